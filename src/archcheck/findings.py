@@ -1,0 +1,171 @@
+"""Findings: what archcheck says about an archive, as data.
+
+Codes are a contract: append-only, each with its category, severity, layer and message
+template. ``tests/test_findings.py`` fails when one changes or disappears.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Category(str, enum.Enum):
+    CORRUPTION = "corruption"  # damage: exit 1
+    TRANSIENT = "transient"  # could not read; retried; run incomplete (exit 3)
+    UNVERIFIED = "unverified"  # readable but cannot be checked here (exit 3)
+    DRIFT = "drift"  # differs from expectation, harmless (policy decides)
+    INFO = "info"  # a fact worth knowing; no effect on the verdict
+
+
+class Severity(str, enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    category: Category
+    severity: Severity
+    layer: str
+    template: str
+
+
+def _c(code: str, category: Category, severity: Severity, layer: str, template: str) -> Code:
+    return Code(code, category, severity, layer, template)
+
+
+C, T, U, D, I = Category.CORRUPTION, Category.TRANSIENT, Category.UNVERIFIED, Category.DRIFT, Category.INFO
+E, W, N = Severity.ERROR, Severity.WARNING, Severity.INFO
+
+CATALOGUE: dict[str, Code] = {c.code: c for c in [
+    # source / raw layer
+    _c("SOURCE_READ_ERROR", T, E, "raw", "could not read bytes {start}-{end}: {error}"),
+    _c("SOURCE_UNSTABLE", T, E, "raw", "bytes {start}-{end} read differently twice; re-run on stable storage"),
+    # zstd layer
+    _c("ZSTD_BAD_MAGIC", C, E, "zstd", "no zstd frame where one must start: {detail}"),
+    _c("ZSTD_TRAILING_GARBAGE", C, E, "zstd", "{length} bytes after the last frame are not a zstd frame"),
+    _c("ZSTD_RESERVED_BIT", C, E, "zstd", "frame header has the reserved bit set"),
+    _c("ZSTD_RESERVED_BLOCK", C, E, "zstd", "block {block} has the reserved block type"),
+    _c("ZSTD_BLOCK_TOO_LARGE", C, E, "zstd", "block {block} claims {size} bytes, over the limit of {limit}"),
+    _c("ZSTD_TRUNCATED_FRAME", C, E, "zstd", "frame is cut off: it needs bytes past the end of the archive"),
+    _c("ZSTD_DECODE_ERROR", C, E, "zstd", "frame does not decode: {error}"),
+    _c("ZSTD_CHECKSUM_MISMATCH", C, E, "zstd", "decoded content does not match the frame's checksum"),
+    _c("ZSTD_CONTENT_SIZE_MISMATCH", C, E, "zstd", "frame decodes to {actual} bytes, header says {expected}"),
+    _c("ZSTD_SEEK_TABLE_MISMATCH", C, E, "zstd", "seek table disagrees with the frames: {detail}"),
+    _c("ZSTD_DICTIONARY_REQUIRED", U, W, "zstd", "frame needs dictionary {dictionary_id}; content not checked"),
+    _c("ZSTD_LEGACY_FRAME", U, W, "zstd", "legacy zstd frame format; content not checked"),
+    _c("ZSTD_NO_CHECKSUM", I, N, "zstd", "{frames} frame(s) carry no content checksum; silent bit flips in them are caught only by deeper layers"),
+    _c("ZSTD_LARGE_WINDOW", I, N, "zstd", "decoding needs a {window} window (zstd --long); restoring needs as much memory"),
+    _c("ZSTD_SINGLE_FRAME", I, N, "zstd", "one frame of {size}: decoded on one core and cannot be resumed mid-way; compress with pzstd or the seekable format for parallel, resumable checks"),
+    # tar layer
+    _c("TAR_HEADER_CHECKSUM", C, E, "tar", "header checksum is {actual}, header says {expected}"),
+    _c("TAR_BAD_NUMBER", C, E, "tar", "header field {field} is not a number: {value}"),
+    _c("TAR_TRUNCATED", C, E, "tar", "archive ends inside {what}: {missing} bytes missing"),
+    _c("TAR_MISSING_END", C, W, "tar", "archive has no end-of-archive marker (two zero blocks): likely cut off"),
+    _c("TAR_LONE_ZERO_BLOCK", D, W, "tar", "a single zero block inside the archive (concatenated archives?)"),
+    _c("TAR_TRAILING_DATA", D, W, "tar", "{length} non-zero bytes after the end-of-archive marker"),
+    _c("TAR_PAX_MALFORMED", C, E, "tar", "pax extended header is malformed: {detail}"),
+    _c("TAR_ORPHAN_EXTENSION", C, E, "tar", "{kind} header is not followed by a member header"),
+    _c("TAR_RESYNC", I, N, "tar", "skipped {length} bytes of unreadable tar data to the next valid header"),
+    _c("TAR_NOT_TAR", I, N, "tar", "decoded content is not a tar archive; tar and member checks skipped"),
+]}
+del C, T, U, D, I, E, W, N
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a finding is, from the archive's bytes down to the member."""
+
+    archive: str
+    byte_range: tuple[int, int] | None = None  # [start, end) in the archive file
+    segment: int | None = None
+    frame: int | None = None
+    uncompressed_offset: int | None = None
+    member: str | None = None
+    member_offset: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.byte_range is not None:
+            data["byte_range"] = list(self.byte_range)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Location":
+        data = dict(data)
+        if "byte_range" in data:
+            data["byte_range"] = tuple(data["byte_range"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    location: Location
+    details: tuple[tuple[str, Any], ...] = field(default=())
+
+    @classmethod
+    def of(cls, code: str, location: Location, **details: Any) -> "Finding":
+        if code not in CATALOGUE:
+            raise KeyError(f"unknown finding code {code}")
+        return cls(code, location, tuple(sorted(details.items())))
+
+    @property
+    def spec(self) -> Code:
+        return CATALOGUE[self.code]
+
+    @property
+    def category(self) -> Category:
+        return self.spec.category
+
+    @property
+    def severity(self) -> Severity:
+        return self.spec.severity
+
+    @property
+    def layer(self) -> str:
+        return self.spec.layer
+
+    @property
+    def message(self) -> str:
+        try:
+            return self.spec.template.format(**dict(self.details))
+        except (KeyError, IndexError, ValueError):
+            return self.spec.template
+
+    def with_location(self, **changes: Any) -> "Finding":
+        fields = {k: v for k, v in asdict(self.location).items()}
+        fields.update({k: v for k, v in changes.items() if v is not None})
+        return Finding(self.code, Location(**fields), self.details)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "category": self.category.value,
+            "severity": self.severity.value,
+            "layer": self.layer,
+            "message": self.message,
+            "location": self.location.to_json(),
+            "details": dict(self.details),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Finding":
+        return cls(data["code"], Location.from_json(data["location"]),
+                   tuple(sorted(data.get("details", {}).items())))
+
+
+VERDICTS = {"intact": 0, "corrupt": 1, "incomplete": 3}
+
+
+def verdict(findings: list[Finding], complete: bool = True) -> str:
+    """corrupt beats incomplete beats intact; drift and info do not change the verdict."""
+    categories = {f.category for f in findings}
+    if Category.CORRUPTION in categories:
+        return "corrupt"
+    if not complete or categories & {Category.TRANSIENT, Category.UNVERIFIED}:
+        return "incomplete"
+    return "intact"

@@ -1,0 +1,24 @@
+"""Format detection by magic bytes, never by file name."""
+from __future__ import annotations
+
+from ..errors import UnsupportedArchive
+from .tar import is_valid_header
+from .zstd import is_zstd_start
+
+OTHER_FORMATS = [  # (magic, offset, name) of formats we recognise but do not verify
+    (b"\x1f\x8b", 0, "gzip"), (b"BZh", 0, "bzip2"), (b"\xfd7zXZ\x00", 0, "xz"),
+    (b"\x04\x22\x4d\x18", 0, "lz4"), (b"7z\xbc\xaf\x27\x1c", 0, "7-Zip"), (b"PK\x03\x04", 0, "zip"),
+    (b"\x89LZO", 0, "lzop"), (b"SQLite format 3\x00", 0, "an SQLite database"),
+]
+
+
+def detect_format(head: bytes, name: str) -> str:
+    """'zstd' or 'tar' from the first bytes; UnsupportedArchive with one clear line otherwise."""
+    if is_zstd_start(head):
+        return "zstd"
+    if is_valid_header(head[:512]) or head[257:262] == b"ustar":
+        return "tar"
+    for magic, offset, label in OTHER_FORMATS:
+        if head[offset:offset + len(magic)] == magic:
+            raise UnsupportedArchive(f"{name} is {label}, not zstd or tar; archcheck verifies .tar, .tar.zst and .zst")
+    raise UnsupportedArchive(f"{name} is not a zstd or tar archive (unrecognised first bytes)")

@@ -1,0 +1,342 @@
+"""The stream check: decode frames in parallel threads, walk tar and hash members in order.
+
+One process owns the decoded bytes; they never cross a process boundary. Frames are decoded by
+``threads`` threads (libzstd releases the GIL), each into its own small pool of buffers, and
+the walker consumes frames strictly in order. A single-frame stream is one thread's work; a
+plain tar is one pseudo-frame read straight from the file. Memory is bounded by
+threads x (depth + 1) x chunk, whatever the archive's size; the zstd window is the exception.
+"""
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+import xxhash
+import zstandard
+
+from ..errors import format_size
+from ..findings import Category, Finding, Location
+from .members import DIGESTS, Member
+from .tar import TarWalker
+from .zstd import DEFAULT_MAX_WINDOW, Frame, FrameWalk, classify_decode_error
+
+STRUCTURAL = (Category.CORRUPTION, Category.UNVERIFIED)  # frame-level facts from the walk
+CHUNK = 1024 * 1024
+DEPTH = 6
+READ_SIZE = 128 * 1024
+LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it decoding needs --long
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    format: str  # "tar", "tar+zstd" or "zstd"
+    frames: int
+    skippable_frames: int
+    checksummed_frames: int
+    max_window: int
+    seekable: bool
+    compressed_size: int
+    uncompressed_size: int
+    members: tuple[Member, ...]
+    findings: tuple[Finding, ...]
+    damaged_ranges: tuple[tuple[int, int], ...] = field(default=())  # uncompressed
+
+
+class _RangeFile:
+    """File-like view of [start, end) of a reader, tracking how far the decoder has read."""
+
+    def __init__(self, reader: Any, start: int, end: int):
+        self.reader, self.pos, self.end = reader, start, end
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.end - self.pos if n < 0 else min(n, self.end - self.pos)
+        data = self.reader.pread(self.pos, n) if n > 0 else b""
+        self.pos += len(data)
+        return data
+
+
+@dataclass
+class _Event:
+    frame: Frame
+    buffer: bytearray | None  # None marks the end of the frame
+    length: int
+    compressed_pos: int
+    error: str | None = None
+    io_error: OSError | None = None
+
+
+class FrameDecoders:
+    """Decodes ``frames`` on ``threads`` threads; iterate to get their output in order."""
+
+    def __init__(self, reader: Any, frames: list[Frame], threads: int, max_window: int):
+        self.reader, self.frames, self.max_window = reader, frames, max_window
+        self.threads = max(1, min(threads, len(frames)))
+        self.queues = [queue.Queue(DEPTH) for _ in range(self.threads)]
+        self.free = [queue.SimpleQueue() for _ in range(self.threads)]
+        for pool in self.free:
+            for _ in range(DEPTH + 1):
+                pool.put(bytearray(CHUNK))
+        self.stop = threading.Event()
+        self.workers = [threading.Thread(target=self._decode_lane, args=(t,), daemon=True)
+                        for t in range(self.threads)]
+
+    def __iter__(self) -> Iterator[_Event]:
+        for worker in self.workers:
+            worker.start()
+        try:
+            for k, frame in enumerate(self.frames):
+                lane = k % self.threads
+                while True:
+                    event = self.queues[lane].get()
+                    yield event
+                    if event.buffer is None:
+                        break
+                    self.free[lane].put(event.buffer)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        for lane, q in enumerate(self.queues):  # unblock producers waiting on a full queue
+            while True:
+                try:
+                    event = q.get_nowait()
+                except queue.Empty:
+                    break
+                if event.buffer is not None:
+                    self.free[lane].put(event.buffer)
+        for worker in self.workers:
+            worker.join(timeout=5)
+
+    def _decode_lane(self, lane: int) -> None:
+        dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window)
+        for frame in self.frames[lane::self.threads]:
+            if self.stop.is_set():
+                return
+            self._decode_frame(dctx, frame, lane)
+
+    def _put(self, lane: int, event: _Event) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queues[lane].put(event, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _decode_frame(self, dctx: zstandard.ZstdDecompressor, frame: Frame, lane: int) -> None:
+        source = _RangeFile(self.reader, frame.offset, frame.end)
+        if frame.kind == "raw":
+            def read(buf: bytearray) -> int:
+                n = self.reader.readinto(source.pos, memoryview(buf)[:max(0, frame.end - source.pos)])
+                source.pos += n
+                return n
+        else:
+            read = dctx.stream_reader(source, read_size=READ_SIZE, read_across_frames=False).readinto
+        error = io_error = None
+        try:
+            while frame.decodable and not self.stop.is_set():
+                buf = self.free[lane].get()
+                n = read(buf)
+                if not n:
+                    self.free[lane].put(buf)
+                    break
+                if not self._put(lane, _Event(frame, buf, n, source.pos)):
+                    return
+        except zstandard.ZstdError as exc:
+            error = str(exc)
+        except OSError as exc:
+            io_error = exc
+        self._put(lane, _Event(frame, None, 0, source.pos, error, io_error))
+
+
+class StreamCheck:
+    """Composes the decoders and the tar walker, and places findings in the archive."""
+
+    def __init__(self, reader: Any, uri: str, *, compressed: bool, check_tar: bool,
+                 digest: str = "xxh3-128", max_window: int = DEFAULT_MAX_WINDOW, threads: int = 2,
+                 on_progress: Callable[[int], None] | None = None):
+        self.reader, self.uri = reader, uri
+        self.compressed, self.check_tar = compressed, check_tar
+        self.digest, self.max_window, self.threads = digest, max_window, threads
+        self.on_progress = on_progress or (lambda done: None)
+        self.findings: list[Finding] = []
+        self.walker = TarWalker(uri, DIGESTS.get(digest)) if check_tar else None
+        self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
+        self.damaged: list[tuple[int, int]] = []
+        self.walker_seen = 0
+        self.fold: tuple[int, int] | None = None  # (finding index, frame end) while tar damage follows a bad frame
+        self.uoff = 0
+
+    def run(self) -> StreamResult:
+        if self.compressed:
+            frames, structural = FrameWalk(self.reader, self.uri, self.max_window).run()
+            self.findings.extend(structural)
+        else:
+            frames = [Frame(0, "raw", 0, self.reader.size)]
+        self._frame_facts(frames)
+        broken = {f.location.frame for f in self.findings if f.category in STRUCTURAL}
+        content_frames = [f for f in frames if f.kind in ("zstd", "raw")]
+        self._consume(FrameDecoders(self.reader, content_frames, self.threads, self.max_window), broken)
+        upstream = bool(self.damaged) or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
+        if self.walker:
+            self.walker.finish(self.uoff, upstream_damage=upstream)
+            self._drain_walker()
+        return self._result(frames)
+
+    def _drain_walker(self) -> None:
+        """Place the walker's new findings while their chunks are still known."""
+        new = self.walker.findings[self.walker_seen:]
+        self.walker_seen += len(new)
+        for finding, start, end in new:
+            if self.fold is not None and _is_tar_damage(finding):
+                self._add_effect(self.fold[0], finding)
+            else:
+                self.findings.append(self._place(finding, start, end))
+        if self.fold is not None and self.walker.members and self.walker.members[-1].header_offset >= self.fold[1]:
+            self.fold = None  # the walk is back in step after the bad frame
+
+    def _add_effect(self, cause_index: int, effect: Finding) -> None:
+        cause = self.findings[cause_index]
+        effects = dict(cause.details).get("tar_effects", ()) + (
+            f"{effect.code} at uncompressed offset {effect.location.uncompressed_offset}",)
+        details = {**dict(cause.details), "tar_effects": effects}
+        self.findings[cause_index] = Finding(cause.code, cause.location, tuple(sorted(details.items())))
+
+    def _frame_facts(self, frames: list[Frame]) -> None:
+        zstd_frames = [f for f in frames if f.kind == "zstd"]
+        unchecked = [f for f in zstd_frames if not f.has_checksum and f.seek_checksum is None]
+        if unchecked:
+            first = unchecked[0]
+            self.findings.append(Finding.of("ZSTD_NO_CHECKSUM", Location(self.uri, frame=first.index),
+                                            frames=len(unchecked)))
+        big = max(zstd_frames, key=lambda f: f.window, default=None)
+        if big is not None and big.window > LARGE_WINDOW:
+            self.findings.append(Finding.of("ZSTD_LARGE_WINDOW", Location(self.uri, frame=big.index),
+                                            window=format_size(big.window)))
+        if len(zstd_frames) == 1 and self.reader.size >= 256 * 1024 * 1024:
+            self.findings.append(Finding.of("ZSTD_SINGLE_FRAME", Location(self.uri, frame=zstd_frames[0].index),
+                                            size=format_size(self.reader.size)))
+
+    def _consume(self, decoders: FrameDecoders, broken: set[int]) -> None:
+        frame_start, start_pos, seek_hash = 0, None, None
+        for event in decoders:
+            frame = event.frame
+            if start_pos is None:  # the frame's first event
+                frame_start, start_pos = self.uoff, frame.offset
+                seek_hash = xxhash.xxh64() if frame.seek_checksum is not None else None
+            if event.buffer is not None:
+                view = memoryview(event.buffer)[:event.length]
+                self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos))
+                if self.walker:
+                    self.walker.feed(view, self.uoff)
+                    if len(self.walker.findings) > self.walker_seen:
+                        self._drain_walker()
+                if seek_hash is not None:
+                    seek_hash.update(view)
+                start_pos = event.compressed_pos
+                self.uoff += event.length
+                view.release()
+                self.on_progress(event.compressed_pos)
+                continue
+            self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, frame.index in broken)
+            start_pos = None
+            self.on_progress(frame.end)
+
+    def _end_frame(self, frame: Frame, event: _Event, frame_start: int, produced: int,
+                   seek_hash: Any, structurally_broken: bool) -> None:
+        if event.io_error is not None:
+            raise event.io_error
+        if event.error is not None:
+            code = classify_decode_error(event.error)
+            if code == "ZSTD_CHECKSUM_MISMATCH":
+                self._content_mismatch(frame, code, frame_start)
+            else:
+                self._lost(frame, code, event, structurally_broken, error=event.error)
+            return
+        if structurally_broken:  # decoded what it could; the structural finding names the damage
+            self._lost(frame, None, event, True)
+            return
+        if frame.content_size is not None and produced != frame.content_size:
+            self._lost(frame, "ZSTD_CONTENT_SIZE_MISMATCH", event, False,
+                       actual=produced, expected=frame.content_size)
+            return
+        if frame.seek_size is not None and produced != frame.seek_size:
+            self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start,
+                                   detail=f"frame decodes to {produced} bytes, table says {frame.seek_size}")
+        elif seek_hash is not None and (seek_hash.intdigest() & 0xFFFFFFFF) != frame.seek_checksum:
+            self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start,
+                                   detail="decoded content does not match the seek table checksum")
+
+    def _lost(self, frame: Frame, code: str | None, event: _Event, structural: bool, **details: Any) -> None:
+        """Decoding stopped early: the rest of the frame's content is gone."""
+        member, member_offset = self.walker.lost(self.uoff) if self.walker else (None, None)
+        self.damaged.append((self.uoff, self.uoff))
+        context = dict(uncompressed_offset=self.uoff, member=member, member_offset=member_offset)
+        if structural:  # attach the member to the walk's finding instead of adding another
+            for i, f in enumerate(self.findings):
+                if f.location.frame == frame.index and f.category in STRUCTURAL:
+                    self.findings[i] = f.with_location(**context)
+                    break
+            return
+        start = max(frame.offset, (self.spans[-1][4] if self.spans and self.spans[-1][2] == frame.index
+                                   else frame.offset) - READ_SIZE)
+        loc = Location(self.uri, byte_range=(start, max(start, event.compressed_pos)), frame=frame.index, **context)
+        self.findings.append(Finding.of(code, loc, **details))
+
+    def _content_mismatch(self, frame: Frame, code: str, frame_start: int, **details: Any) -> None:
+        """The frame decoded, but its content is wrong somewhere in [frame_start, uoff)."""
+        self.damaged.append((frame_start, self.uoff))
+        members = self.walker.members_between(frame_start, self.uoff) if self.walker else []
+        only = members[0] if len(members) == 1 else None  # name a member only when it is the only one
+        loc = Location(self.uri, byte_range=(frame.offset, frame.end), frame=frame.index,
+                       uncompressed_offset=frame_start, member=only)
+        if members:
+            details["members"] = tuple(members[:10]) + ((f"... {len(members) - 10} more",) if len(members) > 10 else ())
+        if self.walker:  # tar damage in or right after a bad frame is that frame's damage
+            self._drain_walker()
+            effects = [f for f in self.findings if _is_tar_damage(f) and frame_start <= f.location.uncompressed_offset]
+            self.findings = [f for f in self.findings if f not in effects]
+            self.fold = (len(self.findings), self.uoff)
+        self.findings.append(Finding.of(code, loc, **details))
+        for effect in effects if self.walker else ():
+            self._add_effect(len(self.findings) - 1, effect)
+
+    def _place(self, finding: Finding, start: int, end: int) -> Finding:
+        """Give a walker finding its archive byte range and frame."""
+        if not self.compressed:
+            return finding.with_location(byte_range=(start, max(end, start)))
+        for u0, u1, frame, c0, c1 in reversed(self.spans):
+            if u0 <= start < u1 or (start == u1 == self.uoff):
+                return finding.with_location(byte_range=(max(0, c0 - READ_SIZE), c1), frame=frame)
+        return finding
+
+    def _result(self, frames: list[Frame]) -> StreamResult:
+        members = tuple(self.walker.members) if self.walker else ()
+        if self.damaged and members:
+            members = tuple(self._mark_damaged(m) for m in members)
+        not_tar = any(f.code == "TAR_NOT_TAR" for f in self.findings)
+        fmt = ("tar+zstd" if self.check_tar and not not_tar else "zstd") if self.compressed else "tar"
+        zstd_frames = [f for f in frames if f.kind == "zstd"]
+        return StreamResult(
+            format=fmt, frames=len(zstd_frames),
+            skippable_frames=sum(f.kind in ("skippable", "seek_table") for f in frames),
+            checksummed_frames=sum(f.has_checksum or f.seek_checksum is not None for f in zstd_frames),
+            max_window=max((f.window for f in zstd_frames), default=0),
+            seekable=any(f.kind == "seek_table" for f in frames),
+            compressed_size=self.reader.size, uncompressed_size=self.uoff,
+            members=members, findings=tuple(self.findings), damaged_ranges=tuple(self.damaged))
+
+    def _mark_damaged(self, member: Member) -> Member:
+        end = member.data_offset + member.size
+        for d0, d1 in self.damaged:
+            if member.header_offset <= d1 and d0 < max(end, member.data_offset + 1) and member.digest:
+                return replace(member, digest=None)
+        return member
+
+
+def _is_tar_damage(finding: Finding) -> bool:
+    return finding.layer == "tar" and finding.category is Category.CORRUPTION

@@ -1,0 +1,138 @@
+"""The manifest: the single source of truth of one verification, saved atomically.
+
+Reports, resume and baselines are all derived from it. Saving writes a temporary file,
+fsyncs it, renames it over the old one and fsyncs the directory: a crash at any instant
+leaves either the previous manifest or the new one, never a torn file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+from .findings import Finding
+from .segments import Segment
+from .sources import ArchiveIdentity
+
+SCHEMA = "archcheck.manifest"
+VERSION = 1
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass
+class SegmentRecord:
+    index: int
+    offset: int
+    length: int
+    nonce: str
+    attempt: int = 0
+    status: str = "pending"  # pending, done, failed
+    digest: str | None = None
+    leaves: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @classmethod
+    def planned(cls, segment: Segment) -> "SegmentRecord":
+        return cls(segment.index, segment.offset, segment.length, segment.nonce)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "offset": self.offset, "length": self.length, "nonce": self.nonce,
+                "attempt": self.attempt, "status": self.status, "digest": self.digest,
+                "leaves": self.leaves, "findings": [f.to_json() for f in self.findings]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SegmentRecord":
+        return cls(d["index"], d["offset"], d["length"], d["nonce"], d["attempt"], d["status"],
+                   d.get("digest"), list(d.get("leaves", [])), [Finding.from_json(f) for f in d.get("findings", [])])
+
+
+@dataclass
+class Manifest:
+    run_id: str
+    archive: ArchiveIdentity
+    format: str
+    config: dict[str, Any]
+    segments: list[SegmentRecord]
+    stream: dict[str, Any] = field(default_factory=dict)
+    stream_findings: list[Finding] = field(default_factory=list)
+    members: list[dict[str, Any]] = field(default_factory=list)
+    run_findings: list[Finding] = field(default_factory=list)  # about the run, not one segment
+    tree_root: str | None = None
+    status: str = "running"  # running, complete, interrupted
+    created: str = field(default_factory=utc_now)
+    updated: str = field(default_factory=utc_now)
+
+    @property
+    def findings(self) -> list[Finding]:
+        out = [f for seg in self.segments for f in seg.findings]
+        return out + self.stream_findings + self.run_findings
+
+    def to_json(self) -> dict[str, Any]:
+        from . import __version__
+        return {
+            "schema": SCHEMA, "version": VERSION, "archcheck_version": __version__,
+            "run_id": self.run_id, "status": self.status, "created": self.created, "updated": self.updated,
+            "archive": self.archive.to_json(), "format": self.format, "config": self.config,
+            "tree_root": self.tree_root,
+            "segments": [s.to_json() for s in self.segments],
+            "stream": self.stream, "stream_findings": [f.to_json() for f in self.stream_findings],
+            "run_findings": [f.to_json() for f in self.run_findings],
+            "members": self.members,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Manifest":
+        if d.get("schema") != SCHEMA or d.get("version") != VERSION:
+            raise StateError(f"not an archcheck manifest of version {VERSION}")
+        try:
+            return cls(d["run_id"], ArchiveIdentity(**d["archive"]), d["format"], d["config"],
+                       [SegmentRecord.from_json(s) for s in d["segments"]], d.get("stream", {}),
+                       [Finding.from_json(f) for f in d.get("stream_findings", [])],
+                       d.get("members", []), [Finding.from_json(f) for f in d.get("run_findings", [])],
+                       d.get("tree_root"), d["status"], d["created"], d["updated"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"manifest is damaged: {exc}") from None
+
+    def save(self, path: Path) -> None:
+        self.updated = utc_now()
+        write_atomic(path, json.dumps(self.to_json(), separators=(",", ":")).encode())
+
+
+def load(path: Path) -> Manifest:
+    try:
+        return Manifest.from_json(json.loads(Path(path).read_bytes()))
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{path}: cannot read manifest: {exc}") from None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """temp file in the same directory, fsync, rename, fsync the directory."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None

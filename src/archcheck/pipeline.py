@@ -1,0 +1,243 @@
+"""One run's machinery: reader task, bounded queue, process pool, nonces, autosave.
+
+Segments flow as descriptors through a bounded ``asyncio.Queue``: when the workers fall
+behind, the reader waits, so nothing grows with the archive. The stream check (zstd, tar,
+members) runs as one task in the same pool beside the raw segment hashing.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from .errors import WindowTooLarge, WorkerCrashed
+from .findings import Category, Finding, Location
+from .layers import raw
+from .layers.stream import CHUNK, DEPTH
+from .manifest import Manifest, SegmentRecord, write_atomic
+from .segments import Segment, new_nonce, segments_overlapping
+from .sources import Source, SourceRef
+from .worker import SegmentResult, StreamTask, check_stream, hash_segment, init_worker
+
+ProgressCallback = Callable[[int, int], None]
+SAVE_INTERVAL = 2.0
+STREAM_LAYERS = ("zstd", "tar", "members")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    layers: tuple[str, ...]
+    segment_size: int
+    max_memory: int
+    workers: int
+    max_window: int
+    digest: str
+
+    @property
+    def stream(self) -> bool:
+        return any(layer in self.layers for layer in STREAM_LAYERS)
+
+    def in_flight(self) -> int:
+        """Raw segments in flight: each maps one leaf at a time; decode buffers come first."""
+        stream_buffers = self.workers * (DEPTH + 1) * CHUNK if self.stream else 0
+        return max(1, min(2 * self.workers, (self.max_memory - stream_buffers) // raw.LEAF_SIZE))
+
+
+class _Progress:
+    def __init__(self, total: int, callback: ProgressCallback | None):
+        self.total, self.callback = total, callback
+        self.raw_done = self.stream_done = 0
+
+    def update(self, *, raw: int = 0, stream: int | None = None) -> None:
+        self.raw_done += raw
+        if stream is not None:
+            self.stream_done = max(self.stream_done, stream)
+        if self.callback:
+            self.callback(self.raw_done + self.stream_done, self.total)
+
+
+class Run:
+    """Verifies one archive into ``manifest``; the manifest is saved as it goes."""
+
+    def __init__(self, source: Source, manifest: Manifest, manifest_path, options: RunOptions,
+                 on_progress: ProgressCallback | None = None):
+        self.source, self.manifest, self.path, self.options = source, manifest, manifest_path, options
+        self.ref: SourceRef = source.ref()
+        total = source.size * ((1 if "raw" in options.layers else 0) + (1 if options.stream else 0))
+        self.progress = _Progress(total, on_progress)
+        self.pool: Executor | None = None
+        self.stream_nonce: str | None = None
+        self.last_save = 0.0
+
+    async def run(self) -> None:
+        ctx = multiprocessing.get_context("forkserver")
+        progress_queue = ctx.Queue()
+        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker,
+                                        initargs=(progress_queue,))
+        ctx.set_forkserver_preload(["archcheck.worker"])
+        layers = []
+        if self.options.stream:  # the longest task goes first, so it starts at once
+            layers.append(self._stream_layer())
+        if "raw" in self.options.layers:
+            layers.append(self._raw_layer())
+        helpers = [asyncio.create_task(self._autosave()), asyncio.create_task(self._poll(progress_queue))]
+        try:
+            await asyncio.gather(*layers)
+            await self._confirm()
+            self._finish()
+        except BaseException:
+            self.manifest.status = "interrupted"
+            _stop_workers(self.pool)
+            raise
+        finally:
+            for task in helpers:
+                task.cancel()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.save()
+
+    def save(self) -> None:
+        write_atomic(self.path, json.dumps(self.manifest.to_json(), separators=(",", ":")).encode())
+        self.last_save = time.monotonic()
+
+    async def _in_pool(self, fn: Callable, *args: Any) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        except BrokenProcessPool:
+            raise WorkerCrashed("a worker process died (killed or out of memory); the manifest keeps "
+                                "what was verified") from None
+
+    # --- raw layer --------------------------------------------------------------------------
+
+    async def _raw_layer(self) -> None:
+        slots = self.options.in_flight()
+        queue: asyncio.Queue[SegmentRecord | None] = asyncio.Queue(maxsize=slots)
+
+        async def reader() -> None:
+            for record in self.manifest.segments:
+                if record.status != "done":
+                    await queue.put(record)
+            for _ in range(slots):
+                await queue.put(None)
+
+        async def consumer() -> None:
+            while (record := await queue.get()) is not None:
+                await self._hash_segment(record)
+                self.progress.update(raw=record.length)
+
+        await asyncio.gather(reader(), *(consumer() for _ in range(slots)))
+
+    async def _hash_segment(self, record: SegmentRecord) -> None:
+        """Hash once; a read error is retried once before it is reported."""
+        error = None
+        for attempt in range(2):
+            if attempt:
+                record.nonce = new_nonce()  # a late answer to the first attempt cannot count
+            record.attempt += 1
+            result: SegmentResult = await self._in_pool(
+                hash_segment, self.ref, Segment(record.index, record.offset, record.length, record.nonce))
+            if result.nonce != record.nonce:
+                continue
+            if result.error is None:
+                record.leaves, record.digest = list(result.leaves), raw.combine(result.leaves)
+                record.status, record.findings = "done", []
+                return
+            error = result.error
+        end = record.offset + record.length
+        loc = Location(self.source.uri, byte_range=(record.offset, end), segment=record.index)
+        record.status = "failed"
+        record.findings = [Finding.of("SOURCE_READ_ERROR", loc, start=record.offset, end=end, error=error)]
+
+    # --- stream layers ----------------------------------------------------------------------
+
+    async def _stream_layer(self) -> None:
+        task = StreamTask(new_nonce(), compressed=self.manifest.format != "tar",
+                          check_tar=any(layer in self.options.layers for layer in ("tar", "members")),
+                          digest=self.options.digest if "members" in self.options.layers else "",
+                          max_window=self.options.max_window, threads=self.options.workers)
+        for attempt in range(2):
+            if attempt:
+                task = replace(task, nonce=new_nonce())
+            self.stream_nonce = task.nonce
+            self.manifest.stream = {"nonce": task.nonce, "status": "running", "attempt": attempt + 1}
+            outcome = await self._in_pool(check_stream, self.ref, task)
+            if outcome.nonce != task.nonce:
+                continue
+            if outcome.window is not None:
+                raise WindowTooLarge(*outcome.window)
+            if outcome.error is None:
+                self._record_stream(outcome.result, task.nonce, attempt + 1)
+                return
+        self.manifest.stream = {"nonce": task.nonce, "status": "failed", "attempt": 2}
+        loc = Location(self.source.uri, byte_range=(0, self.source.size))
+        self.manifest.stream_findings = [Finding.of("SOURCE_READ_ERROR", loc, start=0, end=self.source.size,
+                                                    error=outcome.error)]
+
+    def _record_stream(self, result: Any, nonce: str, attempt: int) -> None:
+        self.manifest.format = result.format
+        self.manifest.stream = {
+            "nonce": nonce, "status": "done", "attempt": attempt,
+            "frames": result.frames, "skippable_frames": result.skippable_frames,
+            "checksummed_frames": result.checksummed_frames, "max_window": result.max_window,
+            "seekable": result.seekable, "uncompressed_size": result.uncompressed_size,
+            "member_count": len(result.members),
+        }
+        self.manifest.stream_findings = list(result.findings)
+        self.manifest.members = [m.to_json() for m in result.members]
+        self.progress.update(stream=self.source.size)
+
+    # --- confirmation -------------------------------------------------------------------------
+
+    async def _confirm(self) -> None:
+        """Read damaged spots again: bytes that differ from the first read are not corruption."""
+        done = [s for s in self.manifest.segments if s.status == "done"]
+        if not done:
+            return
+        stable: dict[int, bool] = {}
+        for i, finding in enumerate(self.manifest.stream_findings):
+            span = finding.location.byte_range
+            if finding.category is not Category.CORRUPTION or span is None:
+                continue
+            for record in segments_overlapping(self.manifest.segments, span[0], span[1]):
+                if record.index not in stable and record.status == "done":
+                    again = await self._in_pool(hash_segment, self.ref, Segment(
+                        record.index, record.offset, record.length, new_nonce()))
+                    stable[record.index] = again.error is None and list(again.leaves) == record.leaves
+                if not stable.get(record.index, True):
+                    self.manifest.stream_findings[i] = Finding.of(
+                        "SOURCE_UNSTABLE", finding.location, start=record.offset, end=record.offset + record.length)
+                    break
+
+    def _finish(self) -> None:
+        segments = self.manifest.segments
+        if segments and all(s.status == "done" for s in segments):
+            self.manifest.tree_root = raw.combine(leaf for s in segments for leaf in s.leaves)
+        self.manifest.status = "complete"
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    async def _autosave(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL)
+            data = json.dumps(self.manifest.to_json(), separators=(",", ":")).encode()
+            await asyncio.to_thread(write_atomic, self.path, data)
+
+    async def _poll(self, progress_queue: Any) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            while not progress_queue.empty():
+                nonce, done = progress_queue.get()
+                if nonce == self.stream_nonce:
+                    self.progress.update(stream=done)
+
+
+def _stop_workers(pool: ProcessPoolExecutor | None) -> None:
+    """On interruption, do not wait for a long stream task: end the workers now."""
+    if pool is None:
+        return
+    for process in list(getattr(pool, "_processes", {}).values()):  # no public API for this
+        process.terminate()

@@ -1,0 +1,77 @@
+"""The human summary, rendered with rich from the manifest alone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.text import Text
+
+from ..errors import format_size
+from ..findings import Finding, Severity, verdict
+from ..manifest import Manifest
+from . import safe_text
+
+STYLES = {"intact": "bold green", "corrupt": "bold red", "incomplete": "bold yellow"}
+SEVERITY_STYLES = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
+SHOWN = 50
+
+
+def where(finding: Finding) -> str:
+    loc = finding.location
+    parts = []
+    if loc.byte_range is not None:
+        parts.append(f"bytes {loc.byte_range[0]}-{loc.byte_range[1]}")
+    if loc.segment is not None:
+        parts.append(f"segment {loc.segment}")
+    if loc.frame is not None:
+        parts.append(f"frame {loc.frame}")
+    if loc.uncompressed_offset is not None and loc.byte_range is not None and loc.frame is not None:
+        parts.append(f"uncompressed offset {loc.uncompressed_offset}")
+    if loc.member is not None:
+        inside = f" at +{loc.member_offset}" if loc.member_offset else ""
+        parts.append(f"member {safe_text(loc.member)!r}{inside}")
+    return ", ".join(parts)
+
+
+def render(console: Console, manifest: Manifest, manifest_path: Path | None = None,
+           report_path: Path | None = None) -> None:
+    findings = manifest.findings
+    result = verdict(findings, complete=manifest.status == "complete")
+    stream = manifest.stream
+    facts = [format_size(manifest.archive.size), manifest.format]
+    if stream.get("frames"):
+        facts.append(f"{stream['frames']} zstd frame{'s' if stream['frames'] != 1 else ''}")
+    if "member_count" in stream:
+        facts.append(f"{stream['member_count']:,} members")
+    line = Text("archive   ")
+    line.append(safe_text(manifest.archive.uri), style="bold")
+    line.append(f"  ({', '.join(facts)})")
+    console.print(line)
+    counts = _counts(findings)
+    console.print(Text("verdict   ").append(result.upper(), style=STYLES[result]).append(counts))
+    if manifest.tree_root:
+        console.print(Text(f"root      blake3-tree:{manifest.tree_root}"))
+    if manifest_path:
+        console.print(Text(f"manifest  {safe_text(str(manifest_path))}"))
+    if report_path:
+        console.print(Text(f"report    {safe_text(str(report_path))}"))
+    shown = sorted(findings, key=lambda f: (list(Severity).index(f.severity),
+                                            (f.location.byte_range or (0,))[0]))
+    for finding in shown[:SHOWN]:
+        text = Text("  ")
+        text.append(f"{finding.severity.value:<7} {finding.code}", style=SEVERITY_STYLES[finding.severity])
+        text.append(f"  {safe_text(finding.message)}")
+        place = where(finding)
+        if place:
+            text.append(f"\n          {place}", style="dim")
+        console.print(text)
+    if len(shown) > SHOWN:
+        console.print(Text(f"  ... and {len(shown) - SHOWN} more findings (see the JSON report)"))
+
+
+def _counts(findings: list[Finding]) -> str:
+    by: dict[str, int] = {}
+    for f in findings:
+        by[f.category.value] = by.get(f.category.value, 0) + 1
+    shown = [f"{n} {cat}" for cat, n in sorted(by.items()) if cat != "info"]
+    return f"  ({', '.join(shown)})" if shown else ""

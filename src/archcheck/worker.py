@@ -1,0 +1,96 @@
+"""Top-level functions that run in worker processes. No asyncio here.
+
+Tasks carry descriptors (a source ref, offsets, a nonce), never archive bytes: each worker
+opens the source itself and maps or reads only the ranges it is given.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import WindowTooLarge
+from .layers import raw
+from .layers.stream import StreamCheck, StreamResult
+from .segments import Segment
+from .sources import SourceRef
+
+_progress: Any = None
+PROGRESS_INTERVAL = 0.25
+
+
+def init_worker(progress_queue: Any) -> None:
+    global _progress
+    _progress = progress_queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    index: int
+    nonce: str
+    leaves: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def hash_segment(ref: SourceRef, segment: Segment) -> SegmentResult:
+    try:
+        reader = ref.open()
+        try:
+            leaves = raw.leaf_digests(reader.view, segment.offset, segment.length)
+        finally:
+            reader.close()
+    except (OSError, ValueError) as exc:
+        return SegmentResult(segment.index, segment.nonce, error=_describe(exc))
+    return SegmentResult(segment.index, segment.nonce, tuple(leaves))
+
+
+@dataclass(frozen=True)
+class StreamTask:
+    nonce: str
+    compressed: bool
+    check_tar: bool
+    digest: str
+    max_window: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class StreamOutcome:
+    nonce: str
+    result: StreamResult | None = None
+    error: str | None = None
+    window: tuple[int, int, int] | None = None  # (frame, window, limit) when over --max-window
+
+
+def check_stream(ref: SourceRef, task: StreamTask) -> StreamOutcome:
+    last = [0.0]
+
+    def progress(done: int) -> None:
+        now = time.monotonic()
+        if _progress is not None and now - last[0] >= PROGRESS_INTERVAL:
+            last[0] = now
+            _progress.put((task.nonce, done))
+
+    try:
+        reader = ref.open()
+        try:
+            result = StreamCheck(reader, ref.uri, compressed=task.compressed, check_tar=task.check_tar,
+                                 digest=task.digest, max_window=task.max_window, threads=task.threads,
+                                 on_progress=progress).run()
+        finally:
+            reader.close()
+    except WindowTooLarge as exc:
+        return StreamOutcome(task.nonce, window=(exc.frame, exc.window, exc.limit))
+    except OSError as exc:
+        return StreamOutcome(task.nonce, error=_describe(exc))
+    if _progress is not None:
+        _progress.put((task.nonce, result.compressed_size))
+    return StreamOutcome(task.nonce, result)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} (errno {exc.errno})"
+    return str(exc) or type(exc).__name__

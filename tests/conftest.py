@@ -1,0 +1,87 @@
+"""Shared fixtures: archives built once per session by fixtures/make_fixtures.py (real tar,
+zstd and pzstd), and helpers to damage copies of them at known places."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHCHECK = [sys.executable, "-m", "archcheck"]
+
+
+def _load_maker():
+    spec = importlib.util.spec_from_file_location("make_fixtures", ROOT / "fixtures" / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+maker = _load_maker()
+
+
+@pytest.fixture(scope="session")
+def fx(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fixtures")
+    maker.build(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def index(fx) -> dict:
+    import json
+    return json.loads((fx / "index.json").read_text())
+
+
+@pytest.fixture
+def state(tmp_path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def damaged(fx, tmp_path):
+    """damaged("gnu.tar", at=..., data=...) or (..., truncate=N): a damaged copy."""
+    def make(name: str, *, at: int | None = None, data: bytes | None = None, xor: int | None = None,
+             truncate: int | None = None, insert: bytes | None = None) -> Path:
+        dst = tmp_path / ("damaged-" + name)
+        shutil.copyfile(fx / name, dst)
+        with open(dst, "r+b") as f:
+            if truncate is not None:
+                f.truncate(truncate)
+            if at is not None and xor is not None:
+                f.seek(at)
+                byte = f.read(1)[0]
+                f.seek(at)
+                f.write(bytes([byte ^ xor]))
+            elif at is not None and data is not None:
+                f.seek(at)
+                f.write(data)
+            elif at is not None and insert is not None:
+                f.seek(at)
+                rest = f.read()
+                f.seek(at)
+                f.write(insert + rest)
+        return dst
+    return make
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*ARCHCHECK, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def member_offsets(tar_path: Path) -> dict[str, tuple[int, int]]:
+    """name -> (header offset, data offset) as Python's tarfile sees a clean archive."""
+    import tarfile
+    with tarfile.open(tar_path) as t:
+        return {m.name: (m.offset, m.offset_data) for m in t}
+
+
+def codes(result) -> list[str]:
+    return [f.code for f in result.findings if f.category.value != "info"]

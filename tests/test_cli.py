@@ -1,0 +1,126 @@
+"""The command line as a user meets it: exit codes, one clear line, safe output, the report."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT, cli
+
+
+def test_intact_archive_exits_0_and_says_so(fx, state):
+    run = cli("verify", fx / "multi.tar.zst", "--state-dir", state)
+    assert run.returncode == 0, run.stderr
+    assert "verdict   INTACT" in run.stdout and "62 members" in run.stdout
+    assert "manifest  " + str(state) in run.stdout
+
+
+def test_state_dir_from_environment(fx, tmp_path):
+    run = cli("verify", fx / "gnu.tar", env={"ARCHCHECK_STATE_DIR": str(tmp_path / "envstate")})
+    assert run.returncode == 0
+    assert list((tmp_path / "envstate" / "runs").glob("*/manifest.json"))
+
+
+def test_corruption_exits_1_with_location(fx, state, damaged):
+    size = (fx / "single.tar.zst").stat().st_size
+    run = cli("verify", damaged("single.tar.zst", at=size - 2, xor=1), "--state-dir", state)
+    assert run.returncode == 1
+    assert "ZSTD_CHECKSUM_MISMATCH" in run.stdout and f"bytes 0-{size}, frame 0" in run.stdout
+
+
+@pytest.mark.parametrize("setup,expected", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: p.write_bytes(b"just some text, not an archive\n" * 40), "not a zstd or tar archive"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, state, setup, expected):
+    target = tmp_path / "backup.tar.zst"
+    setup(target)
+    run = cli("verify", target, "--state-dir", state)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and expected in run.stderr and "Traceback" not in run.stderr
+    assert run.stdout == ""
+
+
+def test_unreadable_file_is_exit_2(state):
+    # reading /proc/self/mem at offset 0 fails with EIO, even for root
+    run = cli("verify", "/proc/self/mem", "--state-dir", state)
+    assert run.returncode == 2
+    assert "cannot read: Input/output error" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_gzip_is_named(fx, state):
+    run = cli("verify", fx / "ustar.tar.gz", "--state-dir", state)
+    assert run.returncode == 2 and "is gzip" in run.stderr
+
+
+def test_window_over_max_window_is_exit_2_naming_the_option(fx, state):
+    run = cli("verify", fx / "long.tar.zst", "--max-window", "64M", "--state-dir", state)
+    assert run.returncode == 2
+    assert "needs a 2 GiB window" in run.stderr and "--max-window" in run.stderr
+    assert run.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--layers", "raw,bogus"], "unknown layer bogus"),
+    (["--segment-size", "5M"], "multiple of 8 MiB"),
+    (["--segment-size", "lots"], "cannot read 'lots' as a size"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--digest", "md5"], "unknown digest md5"),
+    (["--max-memory", "1M"], "--max-memory must be at least"),
+])
+def test_bad_usage_is_exit_2(fx, state, args, expected):
+    run = cli("verify", fx / "gnu.tar", "--state-dir", state, *args)
+    assert run.returncode == 2 and expected in run.stderr and "Traceback" not in run.stderr
+
+
+def test_unknown_option_is_exit_2(fx):
+    run = cli("verify", fx / "gnu.tar", "--frobnicate")
+    assert run.returncode == 2 and "frobnicate" in run.stderr
+
+
+def test_help_lists_exit_codes_and_examples():
+    run = cli("verify", "--help")
+    assert run.returncode == 0
+    assert "Exit codes: 0 intact, 1 corruption" in run.stdout and "archcheck verify /backups/base.tar.zst" in run.stdout
+
+
+def test_hostile_member_names_never_reach_the_terminal_raw(fx, state, tmp_path):
+    bad = tmp_path / "hostile-cut.tar"  # cut inside the member, so a finding names it
+    bad.write_bytes((fx / "hostile.tar").read_bytes()[:512 + 30000])
+    run = cli("verify", bad, "--state-dir", state)
+    assert run.returncode == 1
+    assert "\x1b" not in run.stdout and "\x1b" not in run.stderr
+    assert "\\x1b[31mred" in run.stdout and "[bold]markup" in run.stdout
+
+
+def test_json_report(fx, state, tmp_path, damaged):
+    report = tmp_path / "out" / "report.json"
+    header_cut = 512 * 40
+    run = cli("verify", damaged("gnu.tar", truncate=header_cut + 100), "--state-dir", state, "--report", report)
+    assert run.returncode == 1
+    data = json.loads(report.read_text())
+    assert data["schema"] == "archcheck.report" and data["version"] == 1
+    assert data["verdict"] == "corrupt" and data["exit_code"] == 1
+    assert data["archive"]["size"] == header_cut + 100 and len(data["archive"]["head_blake3"]) == 64
+    [finding] = [f for f in data["findings"] if f["category"] == "corruption"]
+    assert finding["code"] == "TAR_TRUNCATED" and finding["location"]["byte_range"] == [header_cut + 100] * 2
+    assert data["members"] and all("digest" in m for m in data["members"])
+    assert data["manifest"].startswith(str(state))
+
+
+def test_plain_progress_lines_when_not_a_terminal(fx, state):
+    run = cli("verify", fx / "gnu.tar", "--state-dir", state, env={"ARCHCHECK_PROGRESS_INTERVAL": "0"})
+    assert run.returncode == 0
+    lines = [line for line in run.stderr.splitlines() if " progress " in line]
+    assert lines and all(line[:4].isdigit() and line.split()[0].endswith("Z") for line in lines)
+    assert "\x1b" not in run.stderr
+
+
+def test_python_dash_m_entry_point():
+    run = subprocess.run([os.sys.executable, "-m", "archcheck", "--help"], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert run.returncode == 0 and "verify" in run.stdout

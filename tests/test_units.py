@@ -1,0 +1,146 @@
+"""Pure functions against the format facts (formats.md), with known vectors."""
+from __future__ import annotations
+
+import pickle
+import json
+
+import pytest
+import xxhash
+
+from archcheck.findings import CATALOGUE, Category, Finding, Location, Severity, verdict
+from archcheck.layers.members import Member
+from archcheck.layers.raw import combine
+from archcheck.layers.tar import header_checksums, is_valid_header, parse_number, parse_pax
+from archcheck.layers.zstd import parse_frame_header
+from archcheck.reports import safe_text
+from archcheck.segments import plan_segments, segments_overlapping
+from archcheck.worker import SegmentResult, StreamTask
+
+MiB = 1024 * 1024
+
+# The contract: codes are append-only and keep their category, severity and layer.
+FROZEN_CODES = {
+    "SOURCE_READ_ERROR": ("transient", "error", "raw"),
+    "SOURCE_UNSTABLE": ("transient", "error", "raw"),
+    "ZSTD_BAD_MAGIC": ("corruption", "error", "zstd"),
+    "ZSTD_TRAILING_GARBAGE": ("corruption", "error", "zstd"),
+    "ZSTD_RESERVED_BIT": ("corruption", "error", "zstd"),
+    "ZSTD_RESERVED_BLOCK": ("corruption", "error", "zstd"),
+    "ZSTD_BLOCK_TOO_LARGE": ("corruption", "error", "zstd"),
+    "ZSTD_TRUNCATED_FRAME": ("corruption", "error", "zstd"),
+    "ZSTD_DECODE_ERROR": ("corruption", "error", "zstd"),
+    "ZSTD_CHECKSUM_MISMATCH": ("corruption", "error", "zstd"),
+    "ZSTD_CONTENT_SIZE_MISMATCH": ("corruption", "error", "zstd"),
+    "ZSTD_SEEK_TABLE_MISMATCH": ("corruption", "error", "zstd"),
+    "ZSTD_DICTIONARY_REQUIRED": ("unverified", "warning", "zstd"),
+    "ZSTD_LEGACY_FRAME": ("unverified", "warning", "zstd"),
+    "ZSTD_NO_CHECKSUM": ("info", "info", "zstd"),
+    "ZSTD_LARGE_WINDOW": ("info", "info", "zstd"),
+    "ZSTD_SINGLE_FRAME": ("info", "info", "zstd"),
+    "TAR_HEADER_CHECKSUM": ("corruption", "error", "tar"),
+    "TAR_BAD_NUMBER": ("corruption", "error", "tar"),
+    "TAR_TRUNCATED": ("corruption", "error", "tar"),
+    "TAR_MISSING_END": ("corruption", "warning", "tar"),
+    "TAR_LONE_ZERO_BLOCK": ("drift", "warning", "tar"),
+    "TAR_TRAILING_DATA": ("drift", "warning", "tar"),
+    "TAR_PAX_MALFORMED": ("corruption", "error", "tar"),
+    "TAR_ORPHAN_EXTENSION": ("corruption", "error", "tar"),
+    "TAR_RESYNC": ("info", "info", "tar"),
+    "TAR_NOT_TAR": ("info", "info", "tar"),
+}
+
+
+def test_finding_codes_are_a_contract():
+    for code, (category, severity, layer) in FROZEN_CODES.items():
+        spec = CATALOGUE[code]
+        assert (spec.category.value, spec.severity.value, spec.layer) == (category, severity, layer), code
+    assert set(CATALOGUE) >= set(FROZEN_CODES)
+
+
+def test_every_code_is_documented():
+    from pathlib import Path
+    doc = (Path(__file__).parents[1] / "docs" / "findings.md").read_text()
+    for code in CATALOGUE:
+        assert f"`{code}`" in doc, code
+
+
+def test_objects_crossing_processes_round_trip_through_pickle_and_json():
+    loc = Location("a.tar", byte_range=(5, 10), frame=2, member="x", member_offset=3)
+    finding = Finding.of("TAR_TRUNCATED", loc, what="x", missing=7)
+    assert pickle.loads(pickle.dumps(finding)) == finding
+    assert Finding.from_json(json.loads(json.dumps(finding.to_json()))) == finding
+    member = Member("a", "file", 1, 0o644, 0, 0, 512, "ab")
+    assert pickle.loads(pickle.dumps(member)) == member
+    for obj in (SegmentResult(1, "n", ("aa",)), StreamTask("n", True, True, "xxh3-128", 1 << 31, 2)):
+        assert pickle.loads(pickle.dumps(obj)) == obj
+
+
+def test_verdict_order():
+    loc = Location("a")
+    corrupt = Finding.of("TAR_TRUNCATED", loc, what="x", missing=1)
+    transient = Finding.of("SOURCE_READ_ERROR", loc, start=0, end=1, error="EIO")
+    drift = Finding.of("TAR_TRAILING_DATA", loc, length=3)
+    assert verdict([corrupt, transient]) == "corrupt"
+    assert verdict([transient, drift]) == "incomplete"
+    assert verdict([drift]) == "intact"
+    assert verdict([], complete=False) == "incomplete"
+
+
+@pytest.mark.parametrize("field,value", [
+    (b"0000644\x00", 0o644),         # GNU tar, Python: NUL terminated
+    (b"0000600 ", 0o600),            # PostgreSQL: space terminated
+    (b"     17 \x00", 0o17),          # leading spaces
+    (b"\x00" * 8, 0),
+    (b"\x80" + (2**40).to_bytes(11, "big"), 2**40),  # GNU base-256
+    (b"\xff" * 12, -1),              # base-256 negative
+    (b"12x4\x00\x00\x00\x00", None),
+])
+def test_parse_number(field, value):
+    assert parse_number(field) == value
+
+
+def test_header_checksum_accepts_signed_sum():
+    block = bytearray(512)
+    block[0:5] = b"na\xe9me"
+    block[257:263] = b"ustar\x00"
+    unsigned, signed = header_checksums(bytes(block))
+    assert unsigned - signed == 256  # one byte above 127
+    block[148:156] = f"{signed:06o}\x00 ".encode()
+    assert is_valid_header(bytes(block))
+    block[148:156] = f"{signed + 1:06o}\x00 ".encode()
+    assert not is_valid_header(bytes(block))
+
+
+def test_parse_pax():
+    records, problem = parse_pax(b"28 path=some/long/name/here\n20 size=12345678901\n")
+    assert problem is None and records == {"path": b"some/long/name/here", "size": b"12345678901"}
+    assert parse_pax(b"99 path=x\n")[1] is not None
+    assert parse_pax(b"0 path=x\n")[1] is not None
+
+
+def test_frame_header_vectors_from_the_format_sheet():
+    hello = bytes.fromhex("28B52FFD04582900006865 6C6C6FA36D9F88".replace(" ", ""))
+    header = parse_frame_header(hello)
+    assert header.window == 2 * MiB and header.has_checksum and header.content_size is None
+    assert xxhash.xxh64(b"hello").intdigest() & 0xFFFFFFFF == 0x889F6DA3
+    empty = bytes.fromhex("28B52FFD2400010000 99E9D851".replace(" ", ""))
+    header = parse_frame_header(empty)
+    assert header.content_size == 0 and header.length == 6 and header.has_checksum
+
+
+def test_segments_are_deterministic_and_cover_the_file():
+    plan = plan_segments(100 * MiB + 5, 16 * MiB)
+    assert [(s.offset, s.length) for s in plan][-1] == (96 * MiB, 4 * MiB + 5)
+    assert sum(s.length for s in plan) == 100 * MiB + 5
+    assert len({s.nonce for s in plan}) == len(plan)
+    assert [s.index for s in segments_overlapping(plan, 17 * MiB, 33 * MiB)] == [1, 2]
+
+
+def test_tree_root_is_over_leaves():
+    assert combine(["00" * 32, "11" * 32]) != combine(["11" * 32, "00" * 32])
+
+
+def test_safe_text_neutralises_escape_codes():
+    text = safe_text("a\x1b[31mred\x07\u202eb")
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "\\x1b[31mred" in text

@@ -1,0 +1,278 @@
+"""verify() on real archives made by real tar, zstd and pzstd: clean ones first, then copies
+damaged at known places. Each damage test asserts the exact code and location."""
+from __future__ import annotations
+
+import struct
+import subprocess
+
+import pytest
+import xxhash
+
+from archcheck import UnsupportedArchive, WindowTooLarge, verify
+from conftest import codes, member_offsets
+
+MiB = 1024 * 1024
+CLEAN = ["gnu.tar", "pax.tar", "ustar.tar", "single.tar.zst", "multi.tar.zst", "long.tar.zst"]
+
+
+def pzstd_frames(path):
+    """(start, end) of each data frame, read from pzstd's own skippable size hints."""
+    data, pos, frames = path.read_bytes(), 0, []
+    while pos < len(data):
+        magic, size = struct.unpack_from("<II", data, pos)
+        assert magic == 0x184D2A50 and size == 4
+        (csize,) = struct.unpack_from("<I", data, pos + 8)
+        frames.append((pos + 12, pos + 12 + csize))
+        pos += 12 + csize
+    return frames
+
+
+@pytest.mark.parametrize("name", CLEAN)
+def test_clean_archives_are_intact_with_every_member_and_digest(fx, index, state, name):
+    result = verify(fx / name, state=state, segment_size=8 * MiB)
+    assert (result.verdict, result.exit_code) == ("intact", 0)
+    assert codes(result) == []
+    plain = fx / (name if name.endswith(".tar") else "gnu.tar")
+    listed = subprocess.run(["tar", "-tf", plain], capture_output=True, text=True, check=True).stdout.split("\n")[:-1]
+    assert [m["name"] for m in result.manifest.members] == listed
+    checked = 0
+    for member in result.manifest.members:
+        path = member["name"].removeprefix("./")
+        if member["type"] == "file" and "sparse_size" not in member:
+            assert member["digest"] == index["files"][path], path
+            checked += 1
+    assert checked >= 45
+
+
+def test_member_digest_of_a_member_spanning_many_segments(fx, state, index):
+    result = verify(fx / "gnu.tar", state=state, segment_size=8 * MiB)
+    big = next(m for m in result.manifest.members if m["name"] == "./data/big.bin")
+    assert big["size"] > 3 * 8 * MiB - 8 * MiB and big["digest"] == index["files"]["data/big.bin"]
+    assert len(result.manifest.segments) == 4
+
+
+def test_tree_root_does_not_depend_on_segment_size(fx, tmp_path):
+    roots = {verify(fx / "multi.tar.zst", state=tmp_path / str(s), segment_size=s * MiB,
+                    layers=["raw"]).manifest.tree_root for s in (8, 16, 64)}
+    assert len(roots) == 1 and None not in roots
+
+
+def test_blake3_member_digests_on_request(fx, state):
+    import blake3
+    result = verify(fx / "ustar.tar", state=state, digest="blake3", layers=["tar", "members"])
+    member = next(m for m in result.manifest.members if m["name"] == "./etc/config-00.conf")
+    assert member["digest"] == blake3.blake3((fx / "tree/etc/config-00.conf").read_bytes()).hexdigest()
+
+
+def test_sparse_members_keep_their_logical_size(fx, state):
+    for name in ("gnu.tar", "pax.tar"):
+        result = verify(fx / name, state=state, layers=["tar", "members"])
+        sparse = next(m for m in result.manifest.members if m["name"] == "./data/sparse.img")
+        assert sparse["sparse_size"] == 4 * MiB + 19
+
+
+def test_layers_raw_only_hashes(fx, state):
+    result = verify(fx / "single.tar.zst", state=state, layers=["raw"])
+    assert result.manifest.members == [] and result.manifest.stream == {}
+    assert all(s.status == "done" for s in result.manifest.segments) and result.manifest.tree_root
+
+
+def test_a_lone_zst_that_is_not_tar(fx, state):
+    result = verify(fx / "plain.txt.zst", state=state)
+    assert result.verdict == "intact" and result.manifest.format == "zstd"
+    assert [f.code for f in result.findings] == ["TAR_NOT_TAR"]
+
+
+def test_format_comes_from_magic_not_name(fx, state, tmp_path):
+    misnamed = tmp_path / "backup.tar.gz"
+    misnamed.write_bytes((fx / "multi.tar.zst").read_bytes())
+    assert verify(misnamed, state=state).manifest.format == "tar+zstd"
+    with pytest.raises(UnsupportedArchive, match="gzip"):
+        verify(fx / "ustar.tar.gz", state=state)
+
+
+def test_large_window_is_accepted_and_stated_or_refused_below_max_window(fx, state):
+    result = verify(fx / "long.tar.zst", state=state)
+    assert result.verdict == "intact"
+    assert [f.code for f in result.findings if f.code == "ZSTD_LARGE_WINDOW"] == ["ZSTD_LARGE_WINDOW"]
+    with pytest.raises(WindowTooLarge, match="2 GiB window.*--max-window 128 MiB"):
+        verify(fx / "long.tar.zst", state=state, max_window=128 * MiB)
+
+
+def test_manifest_records_segments_with_nonces(fx, state):
+    import json
+    result = verify(fx / "gnu.tar", state=state, segment_size=8 * MiB)
+    saved = json.loads(result.manifest_path.read_text())
+    assert saved["schema"] == "archcheck.manifest" and saved["version"] == 1 and saved["status"] == "complete"
+    assert [(s["offset"], s["length"]) for s in saved["segments"]][:2] == [(0, 8 * MiB), (8 * MiB, 8 * MiB)]
+    assert all(len(s["nonce"]) == 16 and s["status"] == "done" and s["digest"] for s in saved["segments"])
+    assert saved["archive"]["size"] == (fx / "gnu.tar").stat().st_size
+    assert result.manifest_path.is_relative_to(state)
+
+
+# --- damage at known places -----------------------------------------------------------------
+
+def test_flipped_bit_in_compressed_data_names_frame_and_range(fx, state, damaged):
+    frames = pzstd_frames(fx / "multi.tar.zst")
+    start, end = frames[1]
+    bad = damaged("multi.tar.zst", at=start + 800_000, xor=0x10)
+    result = verify(bad, state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "ZSTD_CHECKSUM_MISMATCH"
+    assert finding.location.byte_range == (start, end) and finding.location.frame == 3
+    assert finding.location.uncompressed_offset == 8 * MiB  # pzstd frames hold 8 MiB each here
+    assert "./data/big.bin" in dict(finding.details).get("members", ()) or finding.location.member == "./data/big.bin"
+    assert result.exit_code == 1
+
+
+def test_flip_in_the_frame_checksum(fx, state, damaged):
+    size = (fx / "single.tar.zst").stat().st_size
+    result = verify(damaged("single.tar.zst", at=size - 2, xor=0x01), state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "ZSTD_CHECKSUM_MISMATCH" and finding.location.byte_range == (0, size)
+
+
+def test_truncated_frame(fx, state, damaged):
+    frames = pzstd_frames(fx / "multi.tar.zst")
+    cut = frames[1][0] + 1_000_000
+    result = verify(damaged("multi.tar.zst", truncate=cut), state=state)
+    corrupt = [f for f in result.findings if f.category.value == "corruption"]
+    assert [f.code for f in corrupt] == ["ZSTD_TRUNCATED_FRAME"]
+    loc = corrupt[0].location
+    assert loc.frame == 3 and loc.byte_range[1] == cut and loc.byte_range[0] < cut
+    assert loc.member == "./data/big.bin" and loc.member_offset > 0
+    big = next(m for m in result.manifest.members if m["name"] == "./data/big.bin")
+    assert big["digest"] is None  # its content could not be read whole
+
+
+def test_truncated_tar_inside_a_member(fx, state, damaged):
+    header, data = member_offsets(fx / "gnu.tar")["./data/big.bin"]
+    size = next(m for m in verify(fx / "gnu.tar", state=state, layers=["tar"]).manifest.members
+                if m["name"] == "./data/big.bin")["size"]
+    cut = data + 1_000_000
+    result = verify(damaged("gnu.tar", truncate=cut), state=state)
+    assert codes(result) == ["TAR_TRUNCATED"]
+    finding = result.findings[0] if result.findings[0].code == "TAR_TRUNCATED" else \
+        next(f for f in result.findings if f.code == "TAR_TRUNCATED")
+    assert finding.location.byte_range == (cut, cut)
+    assert finding.location.member == "./data/big.bin" and finding.location.member_offset == 1_000_000
+    assert dict(finding.details) == {"what": "./data/big.bin", "missing": size - 1_000_000 + (-size % 512)}
+
+
+def test_truncated_tar_at_a_member_boundary_has_no_end_marker(fx, state, damaged):
+    header, _ = member_offsets(fx / "gnu.tar")["./etc/config-10.conf"]
+    result = verify(damaged("gnu.tar", truncate=header), state=state)
+    assert codes(result) == ["TAR_MISSING_END"]
+    assert result.findings[0].location.byte_range == (header, header)
+
+
+def test_broken_header_checksum_then_resync(fx, state, damaged):
+    offsets = member_offsets(fx / "gnu.tar")
+    header, _ = offsets["./etc/config-05.conf"]
+    result = verify(damaged("gnu.tar", at=header + 10, xor=0x01), state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "TAR_HEADER_CHECKSUM"
+    assert finding.location.byte_range == (header, header + 512)
+    names = [m["name"] for m in result.manifest.members]
+    assert "./etc/config-05.conf" not in names and "./etc/config-06.conf" in names
+    resync = next(f for f in result.findings if f.code == "TAR_RESYNC")
+    assert resync.location.byte_range == (header, offsets["./etc/config-06.conf"][0])
+
+
+def _set_size(path, header, size_field: bytes):
+    with open(path, "r+b") as f:
+        f.seek(header)
+        block = bytearray(f.read(512))
+        block[124:136] = size_field
+        block[148:156] = b" " * 8
+        block[148:156] = f"{sum(block):06o}\x00 ".encode()
+        f.seek(header)
+        f.write(block)
+
+
+def test_altered_size_field_misaligns_the_next_header(fx, state, damaged):
+    offsets = member_offsets(fx / "gnu.tar")
+    header, data = offsets["./etc/config-05.conf"]
+    bad = damaged("gnu.tar")
+    _set_size(bad, header, b"%011o\x00" % 2048)  # grows into the next member's content
+    result = verify(bad, state=state)
+    corrupt = [f for f in result.findings if f.category.value == "corruption"]
+    assert [f.code for f in corrupt] == ["TAR_HEADER_CHECKSUM"]
+    assert corrupt[0].location.byte_range == (data + 2048, data + 2048 + 512)
+
+
+def test_size_field_that_is_not_a_number(fx, state, damaged):
+    header, _ = member_offsets(fx / "gnu.tar")["./etc/config-05.conf"]
+    bad = damaged("gnu.tar")
+    _set_size(bad, header, b"00000zz0000\x00")
+    result = verify(bad, state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "TAR_BAD_NUMBER" and dict(finding.details)["field"] == "size"
+    assert finding.location.byte_range == (header, header + 512)
+
+
+def test_zeroed_run_inside_a_member_changes_only_that_members_digest(fx, state, damaged, index):
+    _, data = member_offsets(fx / "gnu.tar")["./data/big.bin"]
+    result = verify(damaged("gnu.tar", at=data + 4096, data=bytes(4096)), state=state)
+    assert result.verdict == "intact"  # tar carries no content checksum: the digest is the evidence
+    changed = [m["name"] for m in result.manifest.members
+               if m["type"] == "file" and "sparse_size" not in m
+               and m["digest"] != index["files"][m["name"].removeprefix("./")]]
+    assert changed == ["./data/big.bin"]
+
+
+def test_zeroed_run_inside_compressed_member_data(fx, state, damaged):
+    start, end = pzstd_frames(fx / "multi.tar.zst")[0]
+    result = verify(damaged("multi.tar.zst", at=start + 2_000_000, data=bytes(4096)), state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code in ("ZSTD_CHECKSUM_MISMATCH", "ZSTD_DECODE_ERROR")
+    assert finding.location.frame == 1 and finding.location.byte_range[0] >= start - 4
+    assert finding.location.byte_range[1] <= end
+    assert result.exit_code == 1
+
+
+def test_damage_does_not_hide_later_frames(fx, state, damaged):
+    frames = pzstd_frames(fx / "multi.tar.zst")
+    bad = damaged("multi.tar.zst", at=frames[0][0] + 500_000, xor=0x40)
+    with open(bad, "r+b") as f:
+        f.seek(frames[2][0] + 500_000)
+        byte = f.read(1)[0]
+        f.seek(frames[2][0] + 500_000)
+        f.write(bytes([byte ^ 0x40]))
+    result = verify(bad, state=state)
+    corrupt = [f for f in result.findings if f.category.value == "corruption"]
+    assert sorted(f.location.frame for f in corrupt) == [1, 5]
+
+
+def test_trailing_garbage_after_the_last_frame(fx, state, tmp_path):
+    bad = tmp_path / "garbage.tar.zst"
+    good = (fx / "single.tar.zst").read_bytes()
+    bad.write_bytes(good + b"not a frame at all" * 10)
+    result = verify(bad, state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "ZSTD_TRAILING_GARBAGE" and finding.location.byte_range == (len(good), len(good) + 180)
+
+
+def test_bytes_after_the_tar_end_marker(fx, state, tmp_path):
+    bad = tmp_path / "appended.tar"
+    good = (fx / "gnu.tar").read_bytes()
+    bad.write_bytes(good + b"junk" * 100)
+    result = verify(bad, state=state)
+    assert result.verdict == "intact"
+    [finding] = [f for f in result.findings if f.code == "TAR_TRAILING_DATA"]
+    assert dict(finding.details)["length"] == 400 and finding.location.byte_range[0] == len(good)
+
+
+def test_raw_digest_matches_blake3_of_the_leaves(fx, state):
+    import blake3
+    data = (fx / "single.tar.zst").read_bytes()
+    result = verify(fx / "single.tar.zst", state=state, layers=["raw"], segment_size=8 * MiB)
+    leaves = [blake3.blake3(data[i:i + 8 * MiB]).hexdigest() for i in range(0, len(data), 8 * MiB)]
+    assert [leaf for s in result.manifest.segments for leaf in s.leaves] == leaves
+    assert result.manifest.tree_root == blake3.blake3(b"".join(bytes.fromhex(x) for x in leaves)).hexdigest()
+
+
+def test_member_digests_match_xxhsum_style_hash(fx, state):
+    result = verify(fx / "ustar.tar", state=state, layers=["tar", "members"])
+    member = next(m for m in result.manifest.members if m["name"] == "./data/exactly-512")
+    assert member["digest"] == xxhash.xxh3_128((fx / "tree/data/exactly-512").read_bytes()).hexdigest()
