@@ -1,0 +1,86 @@
+"""Memory is bounded by the budget, not the archive: verifying an archive 24 times the budget
+costs no more peak RSS (whole process tree: coordinator, forkserver, workers) than one of 4
+times the budget, which already fills every buffer the budget allows."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ARCHCHECK
+
+MiB = 1024 * 1024
+BUDGET = 32 * MiB
+SIZES = {"medium": 4 * BUDGET, "big": 24 * BUDGET}  # bytes of member content
+NOISE = 16 * MiB  # malloc arenas of the decode threads, and sampling jitter between runs
+
+
+def tree_rss(root: int) -> int:
+    """Summed VmRSS of ``root`` and all its descendants, in bytes."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields["PPid"])
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def peak_rss(args: list[str]) -> tuple[int, subprocess.CompletedProcess]:
+    proc = subprocess.Popen([*ARCHCHECK, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    return peak, subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    out = tmp_path_factory.mktemp("memory")
+    chunk = os.urandom(4 * MiB)
+    for name, size in SIZES.items():
+        tree = out / name
+        tree.mkdir()
+        for i in range(size // (64 * MiB)):  # 64 MiB files of varied, incompressible content
+            with open(tree / f"file-{i:02d}", "wb") as f:
+                for j in range(16):
+                    f.write(bytes([i, j]) + chunk[2:])
+        subprocess.run(["tar", "-cf", out / f"{name}.tar", "-C", tree, "."], check=True)
+        subprocess.run(["pzstd", "-q", "-1", "-p", "2", out / f"{name}.tar", "-o", out / f"{name}.tar.zst"],
+                       check=True)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".tar", ".tar.zst"])
+def test_peak_rss_does_not_grow_with_the_archive(archives, tmp_path, suffix):
+    big = archives / f"big{suffix}"
+    assert big.stat().st_size >= 20 * BUDGET
+    options = ["--max-memory", "32M", "--segment-size", "8M", "--workers", "2", "--no-progress",
+               "--state-dir", tmp_path]
+    peaks = {}
+    for name in SIZES:
+        peaks[name], run = peak_rss(["verify", archives / f"{name}{suffix}", *options])
+        assert run.returncode == 0, run.stderr
+        assert "verdict   INTACT" in run.stdout
+    print(f"{suffix}: peak RSS {peaks['medium'] // MiB} MiB for {SIZES['medium'] // MiB} MiB, "
+          f"{peaks['big'] // MiB} MiB for {big.stat().st_size // MiB} MiB", file=sys.stderr)
+    assert peaks["big"] <= peaks["medium"] + NOISE
+    assert peaks["big"] < 300 * MiB
