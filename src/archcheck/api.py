@@ -5,7 +5,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .errors import UsageError
 from .findings import VERDICTS, Finding, verdict
@@ -14,7 +14,7 @@ from .layers.detect import detect_format
 from .layers.members import DEFAULT_DIGEST, DIGESTS
 from .layers.raw import LEAF_SIZE
 from .layers.zstd import DEFAULT_MAX_WINDOW
-from .manifest import Manifest, SegmentRecord
+from .manifest import Manifest, SegmentRecord, iter_members
 from .pipeline import ProgressCallback, Run, RunOptions
 from .segments import DEFAULT_SEGMENT_SIZE, plan_segments
 from .sources import open_source
@@ -43,6 +43,10 @@ class Verification:
     @property
     def exit_code(self) -> int:
         return VERDICTS[self.verdict]
+
+    def members(self) -> Iterator[dict]:
+        """Every member with its digest, read from the run's members file."""
+        return iter_members(self.manifest, self.manifest_path)
 
 
 def verify(archive: str | os.PathLike, *, layers: Iterable[str] = ALL_LAYERS,

@@ -12,7 +12,8 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Iterator
 
 from .errors import StateError
 from .findings import Finding
@@ -20,6 +21,7 @@ from .segments import Segment
 from .sources import ArchiveIdentity
 
 SCHEMA = "archcheck.manifest"
+MEMBERS_FILE = "members.jsonl"
 VERSION = 1
 
 
@@ -63,7 +65,7 @@ class Manifest:
     segments: list[SegmentRecord]
     stream: dict[str, Any] = field(default_factory=dict)
     stream_findings: list[Finding] = field(default_factory=list)
-    members: list[dict[str, Any]] = field(default_factory=list)
+    members: dict[str, Any] = field(default_factory=dict)  # {"file", "count", "fields"}
     run_findings: list[Finding] = field(default_factory=list)  # about the run, not one segment
     tree_root: str | None = None
     status: str = "running"  # running, complete, interrupted
@@ -96,7 +98,7 @@ class Manifest:
             return cls(d["run_id"], ArchiveIdentity(**d["archive"]), d["format"], d["config"],
                        [SegmentRecord.from_json(s) for s in d["segments"]], d.get("stream", {}),
                        [Finding.from_json(f) for f in d.get("stream_findings", [])],
-                       d.get("members", []), [Finding.from_json(f) for f in d.get("run_findings", [])],
+                       d.get("members", {}), [Finding.from_json(f) for f in d.get("run_findings", [])],
                        d.get("tree_root"), d["status"], d["created"], d["updated"])
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"manifest is damaged: {exc}") from None
@@ -104,6 +106,18 @@ class Manifest:
     def save(self, path: Path) -> None:
         self.updated = utc_now()
         write_atomic(path, json.dumps(self.to_json(), separators=(",", ":")).encode())
+
+
+def iter_members(manifest: Manifest, manifest_path: Path) -> Iterator[dict[str, Any]]:
+    """The members recorded beside a manifest, as dicts, read one batch at a time."""
+    info = manifest.members
+    if not info:
+        return
+    fields = info["fields"]
+    with open(Path(manifest_path).parent / info["file"], encoding="utf-8") as f:
+        for line in f:
+            for record in json.loads(line):
+                yield {k: v for k, v in zip(fields, record) if v not in (None, "") or k == "digest"}
 
 
 def load(path: Path) -> Manifest:
@@ -114,21 +128,26 @@ def load(path: Path) -> Manifest:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """temp file in the same directory, fsync, rename, fsync the directory."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file that appears at ``path`` whole or not at all: temp file in the same directory,
+    fsync, rename, fsync the directory."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -136,3 +155,6 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError as exc:
         raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 from .errors import WindowTooLarge, WorkerCrashed
 from .findings import Category, Finding, Location
 from .layers import raw
 from .layers.stream import CHUNK, DEPTH
-from .manifest import Manifest, SegmentRecord, write_atomic
+from .layers.members import MEMBER_FIELDS
+from .manifest import MEMBERS_FILE, Manifest, SegmentRecord, write_atomic
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
 from .worker import SegmentResult, StreamTask, check_stream, hash_segment, init_worker
@@ -157,11 +160,11 @@ class Run:
     async def _stream_layer(self) -> None:
         task = StreamTask(new_nonce(), compressed=self.manifest.format != "tar",
                           check_tar=any(layer in self.options.layers for layer in ("tar", "members")),
-                          digest=self.options.digest if "members" in self.options.layers else "",
+                          digest=self.options.digest if "members" in self.options.layers else None,
                           max_window=self.options.max_window, threads=self.options.workers)
         for attempt in range(2):
-            if attempt:
-                task = replace(task, nonce=new_nonce())
+            nonce = new_nonce()  # each attempt writes its own members file: a stale one cannot mix in
+            task = replace(task, nonce=nonce, members_path=str(self.path.parent / f".members.{nonce}.jsonl"))
             self.stream_nonce = task.nonce
             self.manifest.stream = {"nonce": task.nonce, "status": "running", "attempt": attempt + 1}
             outcome = await self._in_pool(check_stream, self.ref, task)
@@ -170,8 +173,10 @@ class Run:
             if outcome.window is not None:
                 raise WindowTooLarge(*outcome.window)
             if outcome.error is None:
+                os.replace(task.members_path, self.path.parent / MEMBERS_FILE)
                 self._record_stream(outcome.result, task.nonce, attempt + 1)
                 return
+            Path(task.members_path).unlink(missing_ok=True)
         self.manifest.stream = {"nonce": task.nonce, "status": "failed", "attempt": 2}
         loc = Location(self.source.uri, byte_range=(0, self.source.size))
         self.manifest.stream_findings = [Finding.of("SOURCE_READ_ERROR", loc, start=0, end=self.source.size,
@@ -184,10 +189,10 @@ class Run:
             "frames": result.frames, "skippable_frames": result.skippable_frames,
             "checksummed_frames": result.checksummed_frames, "max_window": result.max_window,
             "seekable": result.seekable, "uncompressed_size": result.uncompressed_size,
-            "member_count": len(result.members),
+            "member_count": result.member_count,
         }
         self.manifest.stream_findings = list(result.findings)
-        self.manifest.members = [m.to_json() for m in result.members]
+        self.manifest.members = {"file": MEMBERS_FILE, "count": result.member_count, "fields": MEMBER_FIELDS}
         self.progress.update(stream=self.source.size)
 
     # --- confirmation -------------------------------------------------------------------------

@@ -5,6 +5,8 @@ opens the source itself and maps or reads only the ranges it is given.
 """
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -51,9 +53,27 @@ class StreamTask:
     nonce: str
     compressed: bool
     check_tar: bool
-    digest: str
+    digest: str | None
     max_window: int
     threads: int
+    members_path: str | None = None  # where this attempt writes its member records
+
+
+class MembersWriter:
+    """Member records leave the walker in batches, one JSON array per line, so the list of
+    members never has to be held in memory or shipped between processes."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "w", encoding="utf-8")
+
+    def write(self, members: list) -> None:
+        self.file.write(json.dumps(members, ensure_ascii=False, separators=(",", ":")))
+        self.file.write("\n")
+
+    def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
 
 
 @dataclass(frozen=True)
@@ -73,14 +93,18 @@ def check_stream(ref: SourceRef, task: StreamTask) -> StreamOutcome:
             last[0] = now
             _progress.put((task.nonce, done))
 
+    writer = None
     try:
+        writer = MembersWriter(task.members_path) if task.members_path else None
         reader = ref.open()
         try:
             result = StreamCheck(reader, ref.uri, compressed=task.compressed, check_tar=task.check_tar,
                                  digest=task.digest, max_window=task.max_window, threads=task.threads,
-                                 on_progress=progress).run()
+                                 on_progress=progress, on_members=writer.write if writer else None).run()
         finally:
             reader.close()
+            if writer:
+                writer.close()
     except WindowTooLarge as exc:
         return StreamOutcome(task.nonce, window=(exc.frame, exc.window, exc.limit))
     except OSError as exc:

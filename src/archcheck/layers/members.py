@@ -1,21 +1,23 @@
 """Members: one record per tar member, with a digest of its content."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import blake3
 import xxhash
 
-DIGESTS: dict[str, Callable[[], Any]] = {
+DIGESTS: dict[str, Callable[[], Any]] = {  # streaming, for content that spans chunks
     "xxh3-128": xxhash.xxh3_128,
     "blake3": blake3.blake3,
+}
+ONESHOT: dict[str, Callable[[Any], str]] = {  # one call, for content inside one chunk
+    "xxh3-128": xxhash.xxh3_128_hexdigest,
+    "blake3": lambda data: blake3.blake3(data).hexdigest(),
 }
 DEFAULT_DIGEST = "xxh3-128"
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     name: str
     type: str  # "file", "dir", "symlink", "hardlink", "char", "block", "fifo", "other:<flag>"
     size: int  # bytes stored in the archive
@@ -23,13 +25,15 @@ class Member:
     mtime: int
     header_offset: int  # uncompressed offset of the member's (first) header
     data_offset: int  # uncompressed offset of its content
-    digest: str | None  # None when the content could not be read whole
+    digest: str | None  # None when the content could not be read whole (or digests are off)
     linkname: str = ""
     sparse_size: int | None = None  # logical size of a sparse file
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, "") or k == "digest"}
+        return {k: v for k, v in self._asdict().items() if v not in (None, "") or k == "digest"}
 
+
+MEMBER_FIELDS = list(Member._fields)
 
 TYPE_NAMES = {b"0": "file", b"\0": "file", b"7": "file", b"S": "file", b"1": "hardlink",
               b"2": "symlink", b"3": "char", b"4": "block", b"5": "dir", b"6": "fifo"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import xxhash
@@ -19,7 +19,7 @@ import zstandard
 
 from ..errors import format_size
 from ..findings import Category, Finding, Location
-from .members import DIGESTS, Member
+from .members import Member
 from .tar import TarWalker
 from .zstd import DEFAULT_MAX_WINDOW, Frame, FrameWalk, classify_decode_error
 
@@ -40,9 +40,8 @@ class StreamResult:
     seekable: bool
     compressed_size: int
     uncompressed_size: int
-    members: tuple[Member, ...]
+    member_count: int
     findings: tuple[Finding, ...]
-    damaged_ranges: tuple[tuple[int, int], ...] = field(default=())  # uncompressed
 
 
 class _RangeFile:
@@ -157,18 +156,20 @@ class StreamCheck:
     """Composes the decoders and the tar walker, and places findings in the archive."""
 
     def __init__(self, reader: Any, uri: str, *, compressed: bool, check_tar: bool,
-                 digest: str = "xxh3-128", max_window: int = DEFAULT_MAX_WINDOW, threads: int = 2,
-                 on_progress: Callable[[int], None] | None = None):
+                 digest: str | None = "xxh3-128", max_window: int = DEFAULT_MAX_WINDOW, threads: int = 2,
+                 on_progress: Callable[[int], None] | None = None,
+                 on_members: Callable[[list[Member]], None] | None = None):
         self.reader, self.uri = reader, uri
         self.compressed, self.check_tar = compressed, check_tar
         self.digest, self.max_window, self.threads = digest, max_window, threads
         self.on_progress = on_progress or (lambda done: None)
         self.findings: list[Finding] = []
-        self.walker = TarWalker(uri, DIGESTS.get(digest)) if check_tar else None
+        self.walker = TarWalker(uri, digest, on_members) if check_tar else None
         self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
-        self.damaged: list[tuple[int, int]] = []
+        self.upstream_lost = False  # decoded content went missing: tar's own end checks do not apply
         self.walker_seen = 0
-        self.fold: tuple[int, int] | None = None  # (finding index, frame end) while tar damage follows a bad frame
+        self.fold: tuple[int, int, int] | None = None  # (finding, frame end, members then) after a bad frame
+        self.count_at_frame_start = 0
         self.uoff = 0
 
     def run(self) -> StreamResult:
@@ -181,7 +182,7 @@ class StreamCheck:
         broken = {f.location.frame for f in self.findings if f.category in STRUCTURAL}
         content_frames = [f for f in frames if f.kind in ("zstd", "raw")]
         self._consume(FrameDecoders(self.reader, content_frames, self.threads, self.max_window), broken)
-        upstream = bool(self.damaged) or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
+        upstream = self.upstream_lost or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
         if self.walker:
             self.walker.finish(self.uoff, upstream_damage=upstream)
             self._drain_walker()
@@ -196,8 +197,8 @@ class StreamCheck:
                 self._add_effect(self.fold[0], finding)
             else:
                 self.findings.append(self._place(finding, start, end))
-        if self.fold is not None and self.walker.members and self.walker.members[-1].header_offset >= self.fold[1]:
-            self.fold = None  # the walk is back in step after the bad frame
+        if self.fold is not None and self.walker.count > self.fold[2]:
+            self.fold = None  # a member after the bad frame: the walk is back in step
 
     def _add_effect(self, cause_index: int, effect: Finding) -> None:
         cause = self.findings[cause_index]
@@ -227,6 +228,7 @@ class StreamCheck:
             frame = event.frame
             if start_pos is None:  # the frame's first event
                 frame_start, start_pos = self.uoff, frame.offset
+                self.count_at_frame_start = self.walker.count if self.walker else 0
                 seek_hash = xxhash.xxh64() if frame.seek_checksum is not None else None
             if event.buffer is not None:
                 view = memoryview(event.buffer)[:event.length]
@@ -274,7 +276,7 @@ class StreamCheck:
     def _lost(self, frame: Frame, code: str | None, event: _Event, structural: bool, **details: Any) -> None:
         """Decoding stopped early: the rest of the frame's content is gone."""
         member, member_offset = self.walker.lost(self.uoff) if self.walker else (None, None)
-        self.damaged.append((self.uoff, self.uoff))
+        self.upstream_lost = True
         context = dict(uncompressed_offset=self.uoff, member=member, member_offset=member_offset)
         if structural:  # attach the member to the walk's finding instead of adding another
             for i, f in enumerate(self.findings):
@@ -289,18 +291,17 @@ class StreamCheck:
 
     def _content_mismatch(self, frame: Frame, code: str, frame_start: int, **details: Any) -> None:
         """The frame decoded, but its content is wrong somewhere in [frame_start, uoff)."""
-        self.damaged.append((frame_start, self.uoff))
-        members = self.walker.members_between(frame_start, self.uoff) if self.walker else []
-        only = members[0] if len(members) == 1 else None  # name a member only when it is the only one
+        members, total = self.walker.members_since(frame_start, self.count_at_frame_start) if self.walker else ([], 0)
+        only = members[0] if total == 1 else None  # name a member only when it is the only one
         loc = Location(self.uri, byte_range=(frame.offset, frame.end), frame=frame.index,
                        uncompressed_offset=frame_start, member=only)
         if members:
-            details["members"] = tuple(members[:10]) + ((f"... {len(members) - 10} more",) if len(members) > 10 else ())
+            details["members"] = tuple(members[:10]) + ((f"... {total - len(members[:10])} more",) if total > 10 else ())
         if self.walker:  # tar damage in or right after a bad frame is that frame's damage
             self._drain_walker()
             effects = [f for f in self.findings if _is_tar_damage(f) and frame_start <= f.location.uncompressed_offset]
             self.findings = [f for f in self.findings if f not in effects]
-            self.fold = (len(self.findings), self.uoff)
+            self.fold = (len(self.findings), self.uoff, self.walker.count)
         self.findings.append(Finding.of(code, loc, **details))
         for effect in effects if self.walker else ():
             self._add_effect(len(self.findings) - 1, effect)
@@ -315,9 +316,6 @@ class StreamCheck:
         return finding
 
     def _result(self, frames: list[Frame]) -> StreamResult:
-        members = tuple(self.walker.members) if self.walker else ()
-        if self.damaged and members:
-            members = tuple(self._mark_damaged(m) for m in members)
         not_tar = any(f.code == "TAR_NOT_TAR" for f in self.findings)
         fmt = ("tar+zstd" if self.check_tar and not not_tar else "zstd") if self.compressed else "tar"
         zstd_frames = [f for f in frames if f.kind == "zstd"]
@@ -328,14 +326,7 @@ class StreamCheck:
             max_window=max((f.window for f in zstd_frames), default=0),
             seekable=any(f.kind == "seek_table" for f in frames),
             compressed_size=self.reader.size, uncompressed_size=self.uoff,
-            members=members, findings=tuple(self.findings), damaged_ranges=tuple(self.damaged))
-
-    def _mark_damaged(self, member: Member) -> Member:
-        end = member.data_offset + member.size
-        for d0, d1 in self.damaged:
-            if member.header_offset <= d1 and d0 < max(end, member.data_offset + 1) and member.digest:
-                return replace(member, digest=None)
-        return member
+            member_count=self.walker.count if self.walker else 0, findings=tuple(self.findings))
 
 
 def _is_tar_damage(finding: Finding) -> bool:

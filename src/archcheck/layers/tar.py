@@ -8,11 +8,12 @@ end of the archive without saying so (formats.md 2.9).
 """
 from __future__ import annotations
 
-import bisect
+import collections
+import zlib
 from typing import Any, Callable
 
 from ..findings import Finding, Location
-from .members import Member, type_name
+from .members import DIGESTS, ONESHOT, TYPE_NAMES, Member, type_name
 
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
@@ -21,6 +22,7 @@ EXTENSION_LIMIT = 16 * 1024 * 1024  # a pax or long-name header larger than this
 DATA_TYPES = frozenset(b"0\x007SD")  # types whose size counts as content
 NO_DATA_TYPES = frozenset(b"123456")
 EXTENSION_TYPES = frozenset(b"xgXLK")
+FAST_TYPES = frozenset(b"0\x00712345")  # members the hot path may take without extensions
 
 HEADER, DATA, PAD, EXTENSION, SPARSE_MAP, END, RESYNC, NOT_TAR = range(8)
 
@@ -45,6 +47,24 @@ def header_checksums(block: bytes) -> tuple[int, int]:
     unsigned = sum(counted)
     high = BLOCK - len(counted.translate(None, HIGH_BYTES))
     return unsigned, unsigned - 256 * high
+
+
+def byte_sum(block: bytes) -> int:
+    """sum(block) for a 512-byte block, about twice as fast: Adler-32 gives the sum modulo
+    65521, the block read as one integer gives it modulo 255 (256 = 1 mod 255), and as the
+    sum is below 2 * 65521 the two residues fix it exactly."""
+    low = (zlib.adler32(block) - 1) & 0xFFFF
+    return low if low % 255 == int.from_bytes(block, "little") % 255 else low + 65521
+
+
+def checksum_matches(block: bytes) -> bool:
+    """The stored checksum equals the unsigned (or, rarely, signed) header sum."""
+    try:
+        stored = int(block[148:156].replace(b"\0", b" "), 8)
+    except ValueError:
+        return False
+    unsigned = byte_sum(block) - sum(block[148:156]) + 256
+    return stored == unsigned or stored in header_checksums(block)
 
 
 def is_valid_header(block: bytes) -> bool:
@@ -76,6 +96,32 @@ def parse_pax(data: bytes) -> tuple[dict[str, bytes], str | None]:
     return records, None
 
 
+def _member(record: tuple) -> Member:
+    """A member from a raw record: (header offset, data offset, header, size, digest, overrides)."""
+    header_offset, data_offset, header, size, digest, extra = record
+    flag = header[156:157]
+    if extra is None or "name" not in extra:
+        name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+        if header[345] and header[257:263] == b"ustar\x00" and flag not in (b"S", b"L", b"K"):
+            name = _text(header[345:500]) + "/" + name
+    else:
+        name = extra["name"]
+    linkname = _text(header[157:257]) if flag in (b"1", b"2") else ""
+    sparse = parse_number(header[483:495]) if flag == b"S" else None
+    if extra is not None:
+        linkname, sparse = extra.get("linkname", linkname), extra.get("sparse_size", sparse)
+    return Member(name, TYPE_NAMES.get(flag) or type_name(flag), size, _octal(header[100:108]),
+                  _octal(header[136:148]), header_offset, data_offset, digest, linkname, sparse)
+
+
+def _octal(field: bytes) -> int:
+    """Fast path for the common NUL- or space-terminated octal; anything else via parse_number."""
+    try:
+        return int(field[:-1], 8)
+    except ValueError:
+        return parse_number(field) or 0
+
+
 def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
 
@@ -85,17 +131,23 @@ def _round_up(n: int) -> int:
 
 
 class TarWalker:
-    """Feed it decoded chunks in order; read ``members`` and ``findings`` when done.
+    """Feed it decoded chunks in order; members come out in batches through ``on_members``.
 
-    Findings are emitted as (finding, uncompressed start, uncompressed end); the caller turns
-    uncompressed offsets into archive coordinates.
+    Findings are kept as (finding, uncompressed start, uncompressed end); the caller turns
+    uncompressed offsets into archive coordinates. Only a window of recent members is kept in
+    memory, so a walk over millions of members stays small.
     """
 
-    def __init__(self, uri: str, digest_factory: Callable[[], Any] | None):
+    def __init__(self, uri: str, digest: str | None, on_members: Callable[[list[Member]], None] | None = None,
+                 batch: int = 2048):
         self.uri = uri
-        self.digest_factory = digest_factory
-        self.members: list[Member] = []
-        self._starts: list[int] = []  # data offsets of members, for lookups
+        self.digest_factory = DIGESTS.get(digest) if digest else None
+        self.oneshot = ONESHOT.get(digest) if digest else None
+        self.on_members = on_members or (lambda members: None)
+        self.batch_size = batch
+        self.batch: list[tuple] = []  # raw records not yet turned into members
+        self.recent: collections.deque[Member] = collections.deque(maxlen=4096)
+        self.count = 0
         self.findings: list[tuple[Finding, int, int]] = []
         self.state = HEADER
         self.pos = 0  # uncompressed offset of the next byte fed
@@ -104,7 +156,8 @@ class TarWalker:
         self.remaining = 0  # content bytes left in the current member
         self.pad = 0
         self.hasher: Any = None
-        self.current: dict[str, Any] | None = None
+        self.current: tuple | None = None  # the member being read, as a record with no digest yet
+        self.current_whole = True  # False once part of its content went missing
         self.pending: dict[str, Any] = {}  # from pax 'x', 'L', 'K' headers
         self.pending_at = 0
         self.global_pax: dict[str, bytes] = {}
@@ -125,6 +178,10 @@ class TarWalker:
         n, i = len(view), 0
         while i < n:
             state = self.state
+            if state == HEADER and not self.carry and not self.pending and not self.zero_blocks:
+                i = self._fast_members(view, offset, i, n)
+                if i >= n or self.state != HEADER:
+                    continue
             if state == DATA:
                 take = min(self.remaining, n - i)
                 if self.hasher is not None:
@@ -142,7 +199,7 @@ class TarWalker:
             elif state in (HEADER, EXTENSION, SPARSE_MAP):
                 take = min(self.need - len(self.carry), n - i)
                 if not self.carry and take == self.need:
-                    block = bytes(view[i:i + take])
+                    block = view[i:i + take].tobytes()
                 else:
                     self.carry += view[i:i + take]
                     if len(self.carry) < self.need:
@@ -159,7 +216,7 @@ class TarWalker:
                 else:
                     self._sparse_map(block, at)
             elif state == END:
-                rest = bytes(view[i:])
+                rest = view[i:].tobytes()
                 nonzero = len(rest) - rest.count(0)
                 if nonzero and self.trailing_at is None:
                     self.trailing_at = offset + i + len(rest) - len(rest.lstrip(b"\0"))
@@ -171,6 +228,31 @@ class TarWalker:
                 i = n
         self.pos = offset + n
 
+    def _fast_members(self, view: memoryview, offset: int, i: int, n: int) -> int:
+        """The hot path: plain members whose header and content lie in this chunk, one after
+        another. Anything unusual (extensions, zero blocks, bad checksums, content running past
+        the chunk) returns to the general path, which handles and reports it."""
+        oneshot, record = self.oneshot, self._record
+        while i + BLOCK <= n:
+            header = view[i:i + BLOCK].tobytes()
+            flag = header[156]
+            if flag not in FAST_TYPES or header[124] & 0x80 or not checksum_matches(header):
+                return i
+            try:
+                size = int(header[124:136].rstrip(b"\0 "), 8) if flag in DATA_TYPES else 0
+            except ValueError:
+                return i
+            data = i + BLOCK
+            if data + size > n:
+                return i
+            at = offset + i
+            record((at, at + BLOCK, header, size, oneshot(view[data:data + size]) if oneshot else None, None))
+            i = data + ((size + BLOCK - 1) & ~(BLOCK - 1))
+            if i > n:
+                self.pad, self.state = i - n, PAD
+                return n
+        return i
+
     def lost(self, offset: int) -> tuple[str | None, int | None]:
         """Bytes from ``offset`` on are missing (upstream damage). Returns the member hit.
 
@@ -179,7 +261,6 @@ class TarWalker:
         """
         member = self.member_at(offset)
         if self.state == DATA and self.current is not None:
-            self.current["digest_ok"] = False
             self._finish_member(complete=False)
         if self.state not in (END, NOT_TAR):
             self._start_resync(offset, offset)
@@ -195,7 +276,7 @@ class TarWalker:
             upstream_damage = True
         state = self.state
         if state in (DATA, PAD, EXTENSION, SPARSE_MAP) or (state == HEADER and self.carry):
-            what = self.current["name"] if self.current else ("a header" if state != PAD else "padding")
+            what = _member(self.current).name if self.current else ("a header" if state != PAD else "padding")
             missing = self.remaining + self.pad if state in (DATA, PAD) else self.need - len(self.carry)
             if self.current is not None:
                 self._finish_member(complete=False)
@@ -210,37 +291,53 @@ class TarWalker:
             self._emit("TAR_RESYNC", self.resync_from, end, length=end - self.resync_from)
         elif state == END and self.trailing:
             self._emit("TAR_TRAILING_DATA", self.trailing_at or end, end, length=self.trailing)
+        self.flush()
+
+    def flush(self) -> None:
+        if self.batch:
+            members = [_member(record) for record in self.batch]
+            self.batch.clear()
+            self.recent.extend(members)
+            self.on_members(members)
 
     # --- lookups ----------------------------------------------------------------------------
 
     def member_at(self, offset: int) -> tuple[str | None, int | None]:
-        """The member whose header or content holds ``offset``, and the offset within it."""
-        if self.current is not None and offset >= self.current["header_offset"]:
-            return self.current["name"], max(0, offset - self.current["data_offset"])
-        i = bisect.bisect_right(self._starts, offset) - 1
-        while i >= 0:
-            m = self.members[i]
+        """The member whose header or content holds ``offset``, and the offset within it
+        (among the members still in memory: the current one and the recent ones)."""
+        if self.current is not None and offset >= self.current[0]:
+            return _member(self.current).name, max(0, offset - self.current[1])
+        for rec in reversed(self.batch):
+            if rec[0] <= offset < rec[1] + _round_up(rec[3]):
+                return _member(rec).name, max(0, offset - rec[1])
+            if rec[1] + _round_up(rec[3]) <= offset:
+                return None, None
+        for m in reversed(self.recent):
             if m.header_offset <= offset < m.data_offset + _round_up(m.size):
                 return m.name, max(0, offset - m.data_offset)
             if m.data_offset + _round_up(m.size) <= offset:
                 break
-            i -= 1
         return None, None
 
-    def members_between(self, start: int, end: int) -> list[str]:
-        lo = bisect.bisect_left(self._starts, start)
+    def members_since(self, start: int, first_count: int) -> tuple[list[str], int]:
+        """Names (at most 10) and the number of members from ``start`` on, given the member
+        count when ``start`` was reached."""
         hit = self.member_at(start)[0]
         names = [hit] if hit else []
-        for m in self.members[lo:]:
-            if m.header_offset >= end:
-                break
-            if m.name != hit:
-                names.append(m.name)
-        if self.current is not None and self.current["header_offset"] < end and self.current["name"] not in names:
-            names.append(self.current["name"])
-        return names
+        candidates = list(self.recent) + [_member(r) for r in self.batch[:20]]
+        names += [m.name for m in candidates if m.header_offset >= start and m.name != hit][:10 - len(names)]
+        total = self.count - first_count + (1 if hit else 0) + (1 if self.current is not None else 0)
+        if self.current is not None and self.current[0] >= start and len(names) < 10:
+            names.append(_member(self.current).name)
+        return names, total
 
     # --- internals ----------------------------------------------------------------------------
+
+    def _record(self, record: tuple) -> None:
+        self.batch.append(record)
+        self.count += 1
+        if len(self.batch) >= self.batch_size:
+            self.flush()
 
     def _emit(self, code: str, start: int, end: int, **details: Any) -> None:
         member, member_offset = self.member_at(start)
@@ -261,7 +358,7 @@ class TarWalker:
         stored = parse_number(block[148:156])
         sums = header_checksums(block)
         if stored is None or stored not in sums:
-            if at == 0 and not self.members and block[257:262] != b"ustar":
+            if at == 0 and not self.count and block[257:262] != b"ustar":
                 self.state = NOT_TAR
                 self._emit("TAR_NOT_TAR", 0, 0)
                 return
@@ -306,22 +403,11 @@ class TarWalker:
             if size == 0:
                 self.state, self.need = HEADER, BLOCK
             return
-        name = self._member_name(block, pax)
-        mode = parse_number(block[100:108]) or 0
-        mtime = parse_number(block[136:148]) or 0
-        linkname = self.pending.get("linkname") or (pax["linkpath"].decode("utf-8", "backslashreplace")
-                                                     if "linkpath" in pax else _text(block[157:257]))
+        extra = self._overrides(block, pax)
         header_offset = self.pending_at if self.pending else at
         self.pending = {}
         data_len = 0 if flag[0] in NO_DATA_TYPES else size
-        sparse_size = None
-        if flag == b"S":
-            sparse_size = parse_number(block[483:495])
-        elif "GNU.sparse.realsize" in pax or "GNU.sparse.size" in pax:
-            sparse_size = int(pax.get("GNU.sparse.realsize", pax.get("GNU.sparse.size", b"0")) or 0)
-        self.current = {"name": name, "type": type_name(flag), "size": data_len, "mode": mode,
-                        "mtime": mtime, "header_offset": header_offset, "data_offset": at + BLOCK,
-                        "linkname": linkname, "sparse_size": sparse_size, "digest_ok": True}
+        self.current, self.current_whole = (header_offset, at + BLOCK, block, data_len, None, extra), True
         self.hasher = self.digest_factory() if self.digest_factory else None
         self.remaining, self.pad = data_len, _round_up(data_len) - data_len
         if flag == b"S" and block[482]:
@@ -331,17 +417,27 @@ class TarWalker:
         else:
             self._finish_member()
 
-    def _member_name(self, block: bytes, pax: dict[str, bytes]) -> str:
-        if "GNU.sparse.name" in pax:
-            return pax["GNU.sparse.name"].decode("utf-8", "backslashreplace")
-        if "path" in pax:
-            return pax["path"].decode("utf-8", "backslashreplace")
-        if "name" in self.pending:
-            return self.pending["name"]
-        name = _text(block[0:100])
-        if block[257:263] == b"ustar\x00" and block[345] and block[156:157] not in (b"S", b"L", b"K"):
-            name = _text(block[345:500]) + "/" + name
-        return name
+    def _overrides(self, block: bytes, pax: dict[str, bytes]) -> dict[str, Any] | None:
+        """What extension headers say about the member, beyond its own header."""
+        extra: dict[str, Any] = {}
+        for key in ("GNU.sparse.name", "path"):
+            if key in pax:
+                extra["name"] = pax[key].decode("utf-8", "backslashreplace")
+                break
+        else:
+            if "name" in self.pending:
+                extra["name"] = self.pending["name"]
+        if "linkname" in self.pending:
+            extra["linkname"] = self.pending["linkname"]
+        elif "linkpath" in pax:
+            extra["linkname"] = pax["linkpath"].decode("utf-8", "backslashreplace")
+        sparse = pax.get("GNU.sparse.realsize", pax.get("GNU.sparse.size"))
+        if sparse is not None:
+            try:
+                extra["sparse_size"] = int(sparse)
+            except ValueError:
+                self._emit("TAR_PAX_MALFORMED", 0, 0, detail="sparse size is not a number")
+        return extra or None
 
     def _extension(self, data: bytes) -> None:
         flag, size, at = self.extension
@@ -371,12 +467,8 @@ class TarWalker:
         if cur is None:
             self.state = HEADER
             return
-        digest = self.hasher.hexdigest() if complete and cur["digest_ok"] and self.hasher else None
-        member = Member(cur["name"], cur["type"], cur["size"], cur["mode"], cur["mtime"],
-                        cur["header_offset"], cur["data_offset"], digest, cur["linkname"],
-                        cur["sparse_size"])
-        self.members.append(member)
-        self._starts.append(member.header_offset)
+        ok = complete and self.current_whole and self.hasher is not None
+        self._record(cur[:4] + (self.hasher.hexdigest() if ok else None, cur[5]))
         self.current, self.hasher = None, None
         self.state = PAD if self.pad else HEADER
         if not complete:

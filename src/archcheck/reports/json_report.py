@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..findings import VERDICTS, verdict
-from ..manifest import Manifest, write_atomic
+from ..manifest import Manifest, atomic_file, iter_members
 
 SCHEMA, VERSION = "archcheck.report", 1
 
@@ -39,10 +39,15 @@ def build(manifest: Manifest, manifest_path: Path | None = None) -> dict[str, An
             "findings": dict(Counter(f.category.value for f in findings)),
         },
         "findings": sorted((f.to_json() for f in findings), key=_sort_key),
-        "members": manifest.members,
         "manifest": str(manifest_path) if manifest_path else None,
     }
 
 
-def write(manifest: Manifest, path: Path, manifest_path: Path | None = None) -> None:
-    write_atomic(path, json.dumps(build(manifest, manifest_path), indent=1).encode())
+def write(manifest: Manifest, path: Path, manifest_path: Path) -> None:
+    """The report, with the members streamed from their file rather than held in memory."""
+    head = json.dumps(build(manifest, manifest_path), indent=1)
+    with atomic_file(path) as f:
+        f.write(head[:-2].encode() + b',\n "members": [')
+        for i, member in enumerate(iter_members(manifest, manifest_path)):
+            f.write((",\n  " if i else "\n  ").encode() + json.dumps(member, ensure_ascii=False).encode())
+        f.write(b"\n ]\n}\n")
