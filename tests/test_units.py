@@ -5,6 +5,7 @@ import pickle
 import json
 
 import pytest
+from hypothesis import given, strategies as st
 import xxhash
 
 from archcheck.findings import CATALOGUE, Category, Finding, Location, Severity, verdict
@@ -144,3 +145,15 @@ def test_safe_text_neutralises_escape_codes():
     text = safe_text("a\x1b[31mred\x07\u202eb")
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     assert "\\x1b[31mred" in text
+
+
+@given(st.binary(min_size=512, max_size=512))
+def test_fast_byte_sum_equals_sum(block):
+    from archcheck.layers.tar import byte_sum
+    assert byte_sum(block) == sum(block)
+
+
+def test_fast_byte_sum_at_the_extremes():
+    from archcheck.layers.tar import byte_sum
+    for block in (bytes(512), b"\xff" * 512, b"\xff" * 257 + bytes(255), b"\x80" * 512):
+        assert byte_sum(block) == sum(block)

@@ -12,7 +12,8 @@ from archcheck import UnsupportedArchive, WindowTooLarge, verify
 from conftest import codes, member_offsets
 
 MiB = 1024 * 1024
-CLEAN = ["gnu.tar", "pax.tar", "ustar.tar", "single.tar.zst", "multi.tar.zst", "long.tar.zst"]
+CLEAN = ["gnu.tar", "pax.tar", "ustar.tar", "single.tar.zst", "multi.tar.zst", "long.tar.zst",
+         "seekable.tar.zst"]
 
 
 def pzstd_frames(path):
@@ -277,3 +278,36 @@ def test_member_digests_match_xxhsum_style_hash(fx, state):
     result = verify(fx / "ustar.tar", state=state, layers=["tar", "members"])
     member = next(m for m in result.members() if m["name"] == "./data/exactly-512")
     assert member["digest"] == xxhash.xxh3_128((fx / "tree/data/exactly-512").read_bytes()).hexdigest()
+
+
+def test_frame_table_records_every_frame(fx, state):
+    result = verify(fx / "multi.tar.zst", state=state, layers=["zstd"])
+    table = result.manifest.stream["frame_table"]
+    rows = [dict(zip(table["fields"], row)) for row in table["rows"]]
+    assert [r["kind"] for r in rows] == ["skippable", "zstd"] * 4
+    data_rows = [r for r in rows if r["kind"] == "zstd"]
+    assert [(r["offset"], r["end"]) for r in data_rows] == pzstd_frames(fx / "multi.tar.zst")
+    assert data_rows[0]["uncompressed_start"] == 0
+    assert all(a["uncompressed_end"] == b["uncompressed_start"] for a, b in zip(data_rows, data_rows[1:]))
+    assert data_rows[-1]["uncompressed_end"] == (fx / "gnu.tar").stat().st_size
+
+
+def test_seekable_table_checksums_are_checked(fx, state, damaged):
+    result = verify(fx / "seekable.tar.zst", state=state)
+    assert result.manifest.stream["seekable"] and result.manifest.stream["checksummed_frames"] == 7
+    size = (fx / "seekable.tar.zst").stat().st_size
+    table_start = size - 9 - 7 * 12  # entries: compressed size, decompressed size, checksum
+    bad = damaged("seekable.tar.zst", at=table_start + 2 * 12 + 8, xor=0xFF)
+    result = verify(bad, state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "ZSTD_SEEK_TABLE_MISMATCH" and finding.location.frame == 2
+    assert finding.location.uncompressed_offset == 2 * 4 * MiB
+
+
+def test_seekable_table_that_disagrees_with_the_frames(fx, state, damaged):
+    size = (fx / "seekable.tar.zst").stat().st_size
+    table_start = size - 9 - 7 * 12
+    result = verify(damaged("seekable.tar.zst", at=table_start + 12, xor=0x01), state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "ZSTD_SEEK_TABLE_MISMATCH" and finding.location.frame == 1
+    assert "table says" in finding.message

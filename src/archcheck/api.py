@@ -70,9 +70,7 @@ async def _verify(archive, options: RunOptions, state, on_progress) -> Verificat
     run_id = new_run_id()
     manifest = Manifest(run_id, identity, fmt, _config(options), [SegmentRecord.planned(s) for s in segments])
     path = run_manifest_path(state_dir(state), run_id)
-    run = Run(source, manifest, path, options, on_progress)
-    run.save()
-    await run.run()
+    await Run(source, manifest, path, options, on_progress).run()
     return Verification(manifest, path)
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import WindowTooLarge, WorkerCrashed
+from .errors import StateError, WindowTooLarge, WorkerCrashed
 from .findings import Category, Finding, Location
 from .layers import raw
-from .layers.stream import CHUNK, DEPTH
+from .layers.stream import CHUNK, DEPTH, FRAME_FIELDS
 from .layers.members import MEMBER_FIELDS
 from .manifest import MEMBERS_FILE, Manifest, SegmentRecord, write_atomic
 from .segments import Segment, new_nonce, segments_overlapping
@@ -78,6 +78,7 @@ class Run:
         self.last_save = 0.0
 
     async def run(self) -> None:
+        self.save()  # the run directory exists and is writable before any work starts
         ctx = multiprocessing.get_context("forkserver")
         progress_queue = ctx.Queue()
         self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker,
@@ -172,6 +173,8 @@ class Run:
                 continue
             if outcome.window is not None:
                 raise WindowTooLarge(*outcome.window)
+            if outcome.state_error is not None:
+                raise StateError(outcome.state_error)
             if outcome.error is None:
                 os.replace(task.members_path, self.path.parent / MEMBERS_FILE)
                 self._record_stream(outcome.result, task.nonce, attempt + 1)
@@ -190,6 +193,7 @@ class Run:
             "checksummed_frames": result.checksummed_frames, "max_window": result.max_window,
             "seekable": result.seekable, "uncompressed_size": result.uncompressed_size,
             "member_count": result.member_count,
+            "frame_table": {"fields": list(FRAME_FIELDS), "rows": [list(row) for row in result.frame_table]},
         }
         self.manifest.stream_findings = list(result.findings)
         self.manifest.members = {"file": MEMBERS_FILE, "count": result.member_count, "fields": MEMBER_FIELDS}

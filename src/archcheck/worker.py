@@ -9,10 +9,11 @@ import json
 import os
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import WindowTooLarge
+from .errors import StateError, WindowTooLarge
 from .layers import raw
 from .layers.stream import StreamCheck, StreamResult
 from .segments import Segment
@@ -64,16 +65,27 @@ class MembersWriter:
     members never has to be held in memory or shipped between processes."""
 
     def __init__(self, path: str):
-        self.file = open(path, "w", encoding="utf-8")
+        self.path = path
+        with self._state():
+            self.file = open(path, "w", encoding="utf-8")
 
     def write(self, members: list) -> None:
-        self.file.write(json.dumps(members, ensure_ascii=False, separators=(",", ":")))
-        self.file.write("\n")
+        with self._state():
+            self.file.write(json.dumps(members, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     def close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        with self._state():
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+
+    @contextmanager
+    def _state(self):
+        """A failure to write here is the state directory's, not the archive's."""
+        try:
+            yield
+        except OSError as exc:
+            raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class StreamOutcome:
     result: StreamResult | None = None
     error: str | None = None
     window: tuple[int, int, int] | None = None  # (frame, window, limit) when over --max-window
+    state_error: str | None = None  # the members file could not be written
 
 
 def check_stream(ref: SourceRef, task: StreamTask) -> StreamOutcome:
@@ -93,7 +106,6 @@ def check_stream(ref: SourceRef, task: StreamTask) -> StreamOutcome:
             last[0] = now
             _progress.put((task.nonce, done))
 
-    writer = None
     try:
         writer = MembersWriter(task.members_path) if task.members_path else None
         reader = ref.open()
@@ -107,6 +119,8 @@ def check_stream(ref: SourceRef, task: StreamTask) -> StreamOutcome:
                 writer.close()
     except WindowTooLarge as exc:
         return StreamOutcome(task.nonce, window=(exc.frame, exc.window, exc.limit))
+    except StateError as exc:
+        return StreamOutcome(task.nonce, state_error=str(exc))
     except OSError as exc:
         return StreamOutcome(task.nonce, error=_describe(exc))
     if _progress is not None:

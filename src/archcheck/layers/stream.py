@@ -23,6 +23,8 @@ from .members import Member
 from .tar import TarWalker
 from .zstd import DEFAULT_MAX_WINDOW, Frame, FrameWalk, classify_decode_error
 
+FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
+                "uncompressed_start", "uncompressed_end")
 STRUCTURAL = (Category.CORRUPTION, Category.UNVERIFIED)  # frame-level facts from the walk
 CHUNK = 1024 * 1024
 DEPTH = 6
@@ -42,6 +44,7 @@ class StreamResult:
     uncompressed_size: int
     member_count: int
     findings: tuple[Finding, ...]
+    frame_table: tuple[tuple, ...] = ()  # one row per frame, fields in FRAME_FIELDS
 
 
 class _RangeFile:
@@ -168,6 +171,7 @@ class StreamCheck:
         self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
         self.upstream_lost = False  # decoded content went missing: tar's own end checks do not apply
         self.walker_seen = 0
+        self.frame_spans: dict[int, tuple[int, int]] = {}  # frame index -> uncompressed [start, end)
         self.fold: tuple[int, int, int] | None = None  # (finding, frame end, members then) after a bad frame
         self.count_at_frame_start = 0
         self.uoff = 0
@@ -244,6 +248,7 @@ class StreamCheck:
                 view.release()
                 self.on_progress(event.compressed_pos)
                 continue
+            self.frame_spans[frame.index] = (frame_start, self.uoff)
             self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, frame.index in broken)
             start_pos = None
             self.on_progress(frame.end)
@@ -326,7 +331,13 @@ class StreamCheck:
             max_window=max((f.window for f in zstd_frames), default=0),
             seekable=any(f.kind == "seek_table" for f in frames),
             compressed_size=self.reader.size, uncompressed_size=self.uoff,
-            member_count=self.walker.count if self.walker else 0, findings=tuple(self.findings))
+            member_count=self.walker.count if self.walker else 0, findings=tuple(self.findings),
+            frame_table=tuple(self._frame_row(f) for f in frames) if self.compressed else ())
+
+    def _frame_row(self, frame: Frame) -> tuple:
+        span = self.frame_spans.get(frame.index, (None, None))
+        return (frame.index, frame.kind, frame.offset, frame.end, frame.window, frame.content_size,
+                frame.has_checksum or frame.seek_checksum is not None, *span)
 
 
 def _is_tar_damage(finding: Finding) -> bool:
