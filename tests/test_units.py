@@ -48,6 +48,7 @@ FROZEN_CODES = {
     "TAR_ORPHAN_EXTENSION": ("corruption", "error", "tar"),
     "TAR_RESYNC": ("info", "info", "tar"),
     "TAR_NOT_TAR": ("info", "info", "tar"),
+    "FINDINGS_LIMITED": ("info", "info", "run"),
 }
 
 

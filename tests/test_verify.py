@@ -311,3 +311,13 @@ def test_seekable_table_that_disagrees_with_the_frames(fx, state, damaged):
     [finding] = [f for f in result.findings if f.category.value == "corruption"]
     assert finding.code == "ZSTD_SEEK_TABLE_MISMATCH" and finding.location.frame == 1
     assert "table says" in finding.message
+
+
+def test_findings_stop_growing_at_the_limit(state, tmp_path):
+    hostile = tmp_path / "hostile.zst"  # 30,000 frame headers with the reserved bit set
+    hostile.write_bytes(b"\x28\xb5\x2f\xfd\x08" * 30_000)
+    result = verify(hostile, state=state)
+    assert result.verdict == "corrupt"
+    kept = [f for f in result.findings if f.code == "ZSTD_RESERVED_BIT"]
+    [limited] = [f for f in result.findings if f.code == "FINDINGS_LIMITED"]
+    assert len(kept) == 10_000 and dict(limited.details)["by_code"].startswith("19999 ZSTD_RESERVED_BIT")

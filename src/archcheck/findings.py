@@ -5,6 +5,7 @@ template. ``tests/test_findings.py`` fails when one changes or disappears.
 """
 from __future__ import annotations
 
+import collections
 import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -71,6 +72,8 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("TAR_ORPHAN_EXTENSION", C, E, "tar", "{kind} header is not followed by a member header"),
     _c("TAR_RESYNC", I, N, "tar", "skipped {length} bytes of unreadable tar data to the next valid header"),
     _c("TAR_NOT_TAR", I, N, "tar", "decoded content is not a tar archive; tar and member checks skipped"),
+    # the run itself
+    _c("FINDINGS_LIMITED", I, N, "run", "{dropped} more findings not kept (first {limit} kept): {by_code}"),
 ]}
 del C, T, U, D, I, E, W, N
 
@@ -169,3 +172,34 @@ def verdict(findings: list[Finding], complete: bool = True) -> str:
     if not complete or categories & {Category.TRANSIENT, Category.UNVERIFIED}:
         return "incomplete"
     return "intact"
+
+
+FINDINGS_LIMIT = 10_000
+
+
+class Findings(list):
+    """A list of findings that stops growing at a limit and counts what it drops, by code:
+    a hostile archive can hold millions of defects, and memory must not follow it."""
+
+    def __init__(self, limit: int = FINDINGS_LIMIT):
+        super().__init__()
+        self.limit = limit
+        self.dropped: collections.Counter[str] = collections.Counter()
+
+    def append(self, finding: Finding) -> None:
+        if len(self) < self.limit:
+            super().append(finding)
+        else:
+            self.dropped[finding.code] += 1
+
+    def extend(self, findings) -> None:
+        for finding in findings:
+            self.append(finding)
+
+    def closed(self, uri: str) -> list[Finding]:
+        """The kept findings, plus one saying what was dropped."""
+        if not self.dropped:
+            return list(self)
+        by_code = ", ".join(f"{n} {code}" for code, n in self.dropped.most_common())
+        return list(self) + [Finding.of("FINDINGS_LIMITED", Location(uri), dropped=sum(self.dropped.values()),
+                                        limit=self.limit, by_code=by_code)]

@@ -18,7 +18,7 @@ import xxhash
 import zstandard
 
 from ..errors import format_size
-from ..findings import Category, Finding, Location
+from ..findings import Category, Finding, Findings, Location
 from .members import Member
 from .tar import TarWalker
 from .zstd import DEFAULT_MAX_WINDOW, Frame, FrameWalk, classify_decode_error
@@ -166,11 +166,11 @@ class StreamCheck:
         self.compressed, self.check_tar = compressed, check_tar
         self.digest, self.max_window, self.threads = digest, max_window, threads
         self.on_progress = on_progress or (lambda done: None)
-        self.findings: list[Finding] = []
+        self.findings = Findings()
         self.walker = TarWalker(uri, digest, on_members) if check_tar else None
         self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
         self.upstream_lost = False  # decoded content went missing: tar's own end checks do not apply
-        self.walker_seen = 0
+        self.findings_at_frame_start = 0
         self.frame_spans: dict[int, tuple[int, int]] = {}  # frame index -> uncompressed [start, end)
         self.fold: tuple[int, int, int] | None = None  # (finding, frame end, members then) after a bad frame
         self.count_at_frame_start = 0
@@ -178,12 +178,11 @@ class StreamCheck:
 
     def run(self) -> StreamResult:
         if self.compressed:
-            frames, structural = FrameWalk(self.reader, self.uri, self.max_window).run()
-            self.findings.extend(structural)
+            frames, _ = FrameWalk(self.reader, self.uri, self.max_window, self.findings).run()
         else:
             frames = [Frame(0, "raw", 0, self.reader.size)]
         self._frame_facts(frames)
-        broken = {f.location.frame for f in self.findings if f.category in STRUCTURAL}
+        broken = {f.location.frame: i for i, f in enumerate(self.findings) if f.category in STRUCTURAL}
         content_frames = [f for f in frames if f.kind in ("zstd", "raw")]
         self._consume(FrameDecoders(self.reader, content_frames, self.threads, self.max_window), broken)
         upstream = self.upstream_lost or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
@@ -194,8 +193,8 @@ class StreamCheck:
 
     def _drain_walker(self) -> None:
         """Place the walker's new findings while their chunks are still known."""
-        new = self.walker.findings[self.walker_seen:]
-        self.walker_seen += len(new)
+        new = list(self.walker.findings)
+        self.walker.findings.clear()
         for finding, start, end in new:
             if self.fold is not None and _is_tar_damage(finding):
                 self._add_effect(self.fold[0], finding)
@@ -206,6 +205,8 @@ class StreamCheck:
 
     def _add_effect(self, cause_index: int, effect: Finding) -> None:
         cause = self.findings[cause_index]
+        if len(dict(cause.details).get("tar_effects", ())) >= 20:
+            return
         effects = dict(cause.details).get("tar_effects", ()) + (
             f"{effect.code} at uncompressed offset {effect.location.uncompressed_offset}",)
         details = {**dict(cause.details), "tar_effects": effects}
@@ -226,20 +227,21 @@ class StreamCheck:
             self.findings.append(Finding.of("ZSTD_SINGLE_FRAME", Location(self.uri, frame=zstd_frames[0].index),
                                             size=format_size(self.reader.size)))
 
-    def _consume(self, decoders: FrameDecoders, broken: set[int]) -> None:
+    def _consume(self, decoders: FrameDecoders, broken: dict[int, int]) -> None:
         frame_start, start_pos, seek_hash = 0, None, None
         for event in decoders:
             frame = event.frame
             if start_pos is None:  # the frame's first event
                 frame_start, start_pos = self.uoff, frame.offset
                 self.count_at_frame_start = self.walker.count if self.walker else 0
+                self.findings_at_frame_start = len(self.findings)
                 seek_hash = xxhash.xxh64() if frame.seek_checksum is not None else None
             if event.buffer is not None:
                 view = memoryview(event.buffer)[:event.length]
                 self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos))
                 if self.walker:
                     self.walker.feed(view, self.uoff)
-                    if len(self.walker.findings) > self.walker_seen:
+                    if self.walker.findings:
                         self._drain_walker()
                 if seek_hash is not None:
                     seek_hash.update(view)
@@ -249,12 +251,13 @@ class StreamCheck:
                 self.on_progress(event.compressed_pos)
                 continue
             self.frame_spans[frame.index] = (frame_start, self.uoff)
-            self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, frame.index in broken)
+            self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, broken.get(frame.index))
             start_pos = None
             self.on_progress(frame.end)
 
     def _end_frame(self, frame: Frame, event: _Event, frame_start: int, produced: int,
-                   seek_hash: Any, structurally_broken: bool) -> None:
+                   seek_hash: Any, structural: int | None) -> None:
+        """``structural`` is the index of the walk's finding for this frame, if it has one."""
         if event.io_error is not None:
             raise event.io_error
         if event.error is not None:
@@ -262,14 +265,13 @@ class StreamCheck:
             if code == "ZSTD_CHECKSUM_MISMATCH":
                 self._content_mismatch(frame, code, frame_start)
             else:
-                self._lost(frame, code, event, structurally_broken, error=event.error)
+                self._lost(frame, event, structural, code, error=event.error)
             return
-        if structurally_broken:  # decoded what it could; the structural finding names the damage
-            self._lost(frame, None, event, True)
+        if structural is not None:  # decoded what it could; the structural finding names the damage
+            self._lost(frame, event, structural)
             return
         if frame.content_size is not None and produced != frame.content_size:
-            self._lost(frame, "ZSTD_CONTENT_SIZE_MISMATCH", event, False,
-                       actual=produced, expected=frame.content_size)
+            self._lost(frame, event, None, "ZSTD_CONTENT_SIZE_MISMATCH", actual=produced, expected=frame.content_size)
             return
         if frame.seek_size is not None and produced != frame.seek_size:
             self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start,
@@ -278,16 +280,14 @@ class StreamCheck:
             self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start,
                                    detail="decoded content does not match the seek table checksum")
 
-    def _lost(self, frame: Frame, code: str | None, event: _Event, structural: bool, **details: Any) -> None:
+    def _lost(self, frame: Frame, event: _Event, structural: int | None, code: str | None = None,
+              **details: Any) -> None:
         """Decoding stopped early: the rest of the frame's content is gone."""
         member, member_offset = self.walker.lost(self.uoff) if self.walker else (None, None)
         self.upstream_lost = True
         context = dict(uncompressed_offset=self.uoff, member=member, member_offset=member_offset)
-        if structural:  # attach the member to the walk's finding instead of adding another
-            for i, f in enumerate(self.findings):
-                if f.location.frame == frame.index and f.category in STRUCTURAL:
-                    self.findings[i] = f.with_location(**context)
-                    break
+        if structural is not None:  # name the member on the walk's finding instead of adding another
+            self.findings[structural] = self.findings[structural].with_location(**context)
             return
         start = max(frame.offset, (self.spans[-1][4] if self.spans and self.spans[-1][2] == frame.index
                                    else frame.offset) - READ_SIZE)
@@ -304,8 +304,9 @@ class StreamCheck:
             details["members"] = tuple(members[:10]) + ((f"... {total - len(members[:10])} more",) if total > 10 else ())
         if self.walker:  # tar damage in or right after a bad frame is that frame's damage
             self._drain_walker()
-            effects = [f for f in self.findings if _is_tar_damage(f) and frame_start <= f.location.uncompressed_offset]
-            self.findings = [f for f in self.findings if f not in effects]
+            recent = self.findings[self.findings_at_frame_start:]
+            effects = [f for f in recent if _is_tar_damage(f) and frame_start <= f.location.uncompressed_offset]
+            self.findings[self.findings_at_frame_start:] = [f for f in recent if f not in effects]
             self.fold = (len(self.findings), self.uoff, self.walker.count)
         self.findings.append(Finding.of(code, loc, **details))
         for effect in effects if self.walker else ():
@@ -331,7 +332,7 @@ class StreamCheck:
             max_window=max((f.window for f in zstd_frames), default=0),
             seekable=any(f.kind == "seek_table" for f in frames),
             compressed_size=self.reader.size, uncompressed_size=self.uoff,
-            member_count=self.walker.count if self.walker else 0, findings=tuple(self.findings),
+            member_count=self.walker.count if self.walker else 0, findings=tuple(self.findings.closed(self.uri)),
             frame_table=tuple(self._frame_row(f) for f in frames) if self.compressed else ())
 
     def _frame_row(self, frame: Frame) -> tuple:

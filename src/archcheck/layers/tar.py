@@ -148,7 +148,7 @@ class TarWalker:
         self.batch: list[tuple] = []  # raw records not yet turned into members
         self.recent: collections.deque[Member] = collections.deque(maxlen=4096)
         self.count = 0
-        self.findings: list[tuple[Finding, int, int]] = []
+        self.findings: list[tuple[Finding, int, int]] = []  # taken and cleared by the caller
         self.state = HEADER
         self.pos = 0  # uncompressed offset of the next byte fed
         self.carry = bytearray()  # a block (or extension) split across chunks

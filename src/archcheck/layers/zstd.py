@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..errors import WindowTooLarge
-from ..findings import Finding, Location
+from ..findings import Finding, Findings, Location
 
 ZSTD_MAGIC = 0xFD2FB528
 ZSTD_MAGIC_BYTES = b"\x28\xb5\x2f\xfd"
@@ -98,12 +98,13 @@ def parse_frame_header(head: bytes) -> _Header | None:
 class FrameWalk:
     """Walks every frame of a zstd file; collects frames and structural findings."""
 
-    def __init__(self, reader: Reader, uri: str, max_window: int = DEFAULT_MAX_WINDOW):
+    def __init__(self, reader: Reader, uri: str, max_window: int = DEFAULT_MAX_WINDOW,
+                 findings: Findings | None = None):
         self.reader, self.uri, self.max_window = reader, uri, max_window
         self.frames: list[Frame] = []
-        self.findings: list[Finding] = []
+        self.findings = Findings() if findings is None else findings
 
-    def run(self) -> tuple[list[Frame], list[Finding]]:
+    def run(self) -> tuple[list[Frame], Findings]:
         pos, size = 0, self.reader.size
         while pos < size:
             head = self.reader.pread(pos, 18)
