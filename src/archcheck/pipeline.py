@@ -83,7 +83,7 @@ class Run:
         progress_queue = ctx.Queue()
         self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker,
                                         initargs=(progress_queue,))
-        ctx.set_forkserver_preload(["archcheck.worker"])
+        ctx.set_forkserver_preload(["__main__", "archcheck.worker"])  # children start warm
         layers = []
         if self.options.stream:  # the longest task goes first, so it starts at once
             layers.append(self._stream_layer())

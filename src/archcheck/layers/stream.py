@@ -29,6 +29,7 @@ STRUCTURAL = (Category.CORRUPTION, Category.UNVERIFIED)  # frame-level facts fro
 CHUNK = 1024 * 1024
 DEPTH = 6
 READ_SIZE = 128 * 1024
+RAW_PIECE = 16 * 1024 * 1024
 LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it decoding needs --long
 
 
@@ -179,8 +180,9 @@ class StreamCheck:
     def run(self) -> StreamResult:
         if self.compressed:
             frames, _ = FrameWalk(self.reader, self.uri, self.max_window, self.findings).run()
-        else:
-            frames = [Frame(0, "raw", 0, self.reader.size)]
+        else:  # pieces of a plain file, so several threads read ahead in parallel
+            frames = [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
+                      for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
         self._frame_facts(frames)
         broken = {f.location.frame: i for i, f in enumerate(self.findings) if f.category in STRUCTURAL}
         content_frames = [f for f in frames if f.kind in ("zstd", "raw")]

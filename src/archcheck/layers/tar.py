@@ -22,7 +22,9 @@ EXTENSION_LIMIT = 16 * 1024 * 1024  # a pax or long-name header larger than this
 DATA_TYPES = frozenset(b"0\x007SD")  # types whose size counts as content
 NO_DATA_TYPES = frozenset(b"123456")
 EXTENSION_TYPES = frozenset(b"xgXLK")
-FAST_TYPES = frozenset(b"0\x00712345")  # members the hot path may take without extensions
+FAST_TYPES = frozenset(b"0\x00712345LK")  # what the hot path may take
+LONG_NAMES = frozenset(b"LK")
+LONG_NAME = ord("L")
 
 HEADER, DATA, PAD, EXTENSION, SPARSE_MAP, END, RESYNC, NOT_TAR = range(8)
 
@@ -178,7 +180,7 @@ class TarWalker:
         n, i = len(view), 0
         while i < n:
             state = self.state
-            if state == HEADER and not self.carry and not self.pending and not self.zero_blocks:
+            if state == HEADER and not self.carry and "pax" not in self.pending and not self.zero_blocks:
                 i = self._fast_members(view, offset, i, n)
                 if i >= n or self.state != HEADER:
                     continue
@@ -229,9 +231,10 @@ class TarWalker:
         self.pos = offset + n
 
     def _fast_members(self, view: memoryview, offset: int, i: int, n: int) -> int:
-        """The hot path: plain members whose header and content lie in this chunk, one after
-        another. Anything unusual (extensions, zero blocks, bad checksums, content running past
-        the chunk) returns to the general path, which handles and reports it."""
+        """The hot path: plain members, and GNU long names, whose header and content lie in
+        this chunk, one after another. Anything unusual (pax headers, zero blocks, bad
+        checksums, content running past the chunk) returns to the general path, which handles
+        and reports it."""
         oneshot, record = self.oneshot, self._record
         while i + BLOCK <= n:
             header = view[i:i + BLOCK].tobytes()
@@ -239,14 +242,21 @@ class TarWalker:
             if flag not in FAST_TYPES or header[124] & 0x80 or not checksum_matches(header):
                 return i
             try:
-                size = int(header[124:136].rstrip(b"\0 "), 8) if flag in DATA_TYPES else 0
+                size = int(header[124:136].rstrip(b"\0 "), 8) if flag in DATA_TYPES or flag in LONG_NAMES else 0
             except ValueError:
                 return i
             data = i + BLOCK
-            if data + size > n:
+            if data + size > n or (flag in LONG_NAMES and size > EXTENSION_LIMIT):
                 return i
             at = offset + i
-            record((at, at + BLOCK, header, size, oneshot(view[data:data + size]) if oneshot else None, None))
+            if flag in LONG_NAMES:
+                if not self.pending:
+                    self.pending_at = at
+                self.pending["name" if flag == LONG_NAME else "linkname"] = _text(view[data:data + size].tobytes())
+            else:
+                extra, first = (self.pending, self.pending_at) if self.pending else (None, at)
+                self.pending = {}
+                record((first, at + BLOCK, header, size, oneshot(view[data:data + size]) if oneshot else None, extra))
             i = data + ((size + BLOCK - 1) & ~(BLOCK - 1))
             if i > n:
                 self.pad, self.state = i - n, PAD
