@@ -15,7 +15,8 @@ from archcheck.layers.tar import header_checksums, is_valid_header, parse_number
 from archcheck.layers.zstd import parse_frame_header
 from archcheck.reports import safe_text
 from archcheck.segments import plan_segments, segments_overlapping
-from archcheck.worker import SegmentResult, StreamTask
+from archcheck.layers.zstd import Frame
+from archcheck.worker import DecodeTask, SegmentResult
 
 MiB = 1024 * 1024
 
@@ -73,7 +74,9 @@ def test_objects_crossing_processes_round_trip_through_pickle_and_json():
     assert Finding.from_json(json.loads(json.dumps(finding.to_json()))) == finding
     member = Member("a", "file", 1, 0o644, 0, 0, 512, "ab")
     assert pickle.loads(pickle.dumps(member)) == member
-    for obj in (SegmentResult(1, "n", ("aa",)), StreamTask("n", True, True, "xxh3-128", 1 << 31, 2)):
+    frame = Frame(3, "zstd", 0, 100, window=1 << 20, content_size=None, has_checksum=True)
+    task = DecodeTask("n", (frame,), 2, 1 << 31, 6, "psm_x", 14, "\0x", b"k")
+    for obj in (SegmentResult(1, "n", ("aa",)), frame, task):
         assert pickle.loads(pickle.dumps(obj)) == obj
 
 

@@ -46,3 +46,10 @@ def format_size(n: int | float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" or float(n).is_integer() else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} TiB"
+
+
+def describe_error(exc: BaseException) -> str:
+    """An OS error as a short sentence with its errno, for findings."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} (errno {exc.errno})"
+    return str(exc) or type(exc).__name__

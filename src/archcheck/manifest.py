@@ -120,6 +120,33 @@ def iter_members(manifest: Manifest, manifest_path: Path) -> Iterator[dict[str, 
                 yield {k: v for k, v in zip(fields, record) if v not in (None, "") or k == "digest"}
 
 
+class MembersWriter:
+    """Member records arrive in batches and are written one JSON array per line, so the list of
+    members is never held in memory. A failure here is the state directory's, not the archive's."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with self._state():
+            self.file = open(path, "w", encoding="utf-8")
+
+    def write(self, members: list) -> None:
+        with self._state():
+            self.file.write(json.dumps(members, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        with self._state():
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+
+    @contextmanager
+    def _state(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+
 def load(path: Path) -> Manifest:
     try:
         return Manifest.from_json(json.loads(Path(path).read_bytes()))

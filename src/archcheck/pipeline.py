@@ -13,19 +13,20 @@ import os
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import StateError, WindowTooLarge, WorkerCrashed
+from .errors import WorkerCrashed, describe_error
 from .findings import Category, Finding, Location
 from .layers import raw
-from .layers.stream import CHUNK, DEPTH, FRAME_FIELDS
+from .layers.stream import CHUNK, FRAME_FIELDS, StreamCheck, StreamResult
 from .layers.members import MEMBER_FIELDS
-from .manifest import MEMBERS_FILE, Manifest, SegmentRecord, write_atomic
+from .manifest import MEMBERS_FILE, Manifest, MembersWriter, SegmentRecord, write_atomic
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
-from .worker import SegmentResult, StreamTask, check_stream, hash_segment, init_worker
+from .shared_decode import SharedDecoders
+from .worker import SegmentResult, hash_segment, init_worker
 
 ProgressCallback = Callable[[int, int], None]
 SAVE_INTERVAL = 2.0
@@ -45,9 +46,14 @@ class RunOptions:
     def stream(self) -> bool:
         return any(layer in self.layers for layer in STREAM_LAYERS)
 
+    def stream_depth(self) -> int:
+        """Chunks each decode lane may run ahead of the tar walker: a quarter of the budget.
+        Depth pays: the walker's pace varies with member sizes, and the decoder should not."""
+        return max(2, min(32, self.max_memory // 4 // CHUNK // self.workers - 1))
+
     def in_flight(self) -> int:
         """Raw segments in flight: each maps one leaf at a time; decode buffers come first."""
-        stream_buffers = self.workers * (DEPTH + 1) * CHUNK if self.stream else 0
+        stream_buffers = self.workers * (self.stream_depth() + 1) * CHUNK if self.stream else 0
         return max(1, min(2 * self.workers, (self.max_memory - stream_buffers) // raw.LEAF_SIZE))
 
 
@@ -74,22 +80,19 @@ class Run:
         total = source.size * ((1 if "raw" in options.layers else 0) + (1 if options.stream else 0))
         self.progress = _Progress(total, on_progress)
         self.pool: Executor | None = None
-        self.stream_nonce: str | None = None
         self.last_save = 0.0
 
     async def run(self) -> None:
         self.save()  # the run directory exists and is writable before any work starts
         ctx = multiprocessing.get_context("forkserver")
-        progress_queue = ctx.Queue()
-        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker,
-                                        initargs=(progress_queue,))
+        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker)
         ctx.set_forkserver_preload(["__main__", "archcheck.worker"])  # children start warm
         layers = []
         if self.options.stream:  # the longest task goes first, so it starts at once
             layers.append(self._stream_layer())
         if "raw" in self.options.layers:
             layers.append(self._raw_layer())
-        helpers = [asyncio.create_task(self._autosave()), asyncio.create_task(self._poll(progress_queue))]
+        helpers = [asyncio.create_task(self._autosave())]
         try:
             await asyncio.gather(*layers)
             await self._confirm()
@@ -159,31 +162,44 @@ class Run:
     # --- stream layers ----------------------------------------------------------------------
 
     async def _stream_layer(self) -> None:
-        task = StreamTask(new_nonce(), compressed=self.manifest.format != "tar",
-                          check_tar=any(layer in self.options.layers for layer in ("tar", "members")),
-                          digest=self.options.digest if "members" in self.options.layers else None,
-                          max_window=self.options.max_window, threads=self.options.workers)
+        """zstd, tar and members in one pass; a read failure is retried once."""
+        error = None
         for attempt in range(2):
             nonce = new_nonce()  # each attempt writes its own members file: a stale one cannot mix in
-            task = replace(task, nonce=nonce, members_path=str(self.path.parent / f".members.{nonce}.jsonl"))
-            self.stream_nonce = task.nonce
-            self.manifest.stream = {"nonce": task.nonce, "status": "running", "attempt": attempt + 1}
-            outcome = await self._in_pool(check_stream, self.ref, task)
-            if outcome.nonce != task.nonce:
+            self.manifest.stream = {"nonce": nonce, "status": "running", "attempt": attempt + 1}
+            members = self.path.parent / f".members.{nonce}.jsonl"
+            try:
+                result = await asyncio.to_thread(self._check_stream, nonce, members)
+            except OSError as exc:
+                error = describe_error(exc)
+                members.unlink(missing_ok=True)
                 continue
-            if outcome.window is not None:
-                raise WindowTooLarge(*outcome.window)
-            if outcome.state_error is not None:
-                raise StateError(outcome.state_error)
-            if outcome.error is None:
-                os.replace(task.members_path, self.path.parent / MEMBERS_FILE)
-                self._record_stream(outcome.result, task.nonce, attempt + 1)
-                return
-            Path(task.members_path).unlink(missing_ok=True)
-        self.manifest.stream = {"nonce": task.nonce, "status": "failed", "attempt": 2}
+            os.replace(members, self.path.parent / MEMBERS_FILE)
+            self._record_stream(result, nonce, attempt + 1)
+            return
+        self.manifest.stream = {"status": "failed", "attempt": 2}
         loc = Location(self.source.uri, byte_range=(0, self.source.size))
         self.manifest.stream_findings = [Finding.of("SOURCE_READ_ERROR", loc, start=0, end=self.source.size,
-                                                    error=outcome.error)]
+                                                    error=error)]
+
+    def _check_stream(self, nonce: str, members_path: Path) -> StreamResult:
+        """Runs in a thread of this process: frames decode in a worker, tar is walked here."""
+        options = self.options
+        reader = self.ref.open()
+        writer = MembersWriter(members_path)
+        try:
+            return StreamCheck(
+                reader, self.source.uri, compressed=self.manifest.format != "tar",
+                check_tar=any(layer in options.layers for layer in ("tar", "members")),
+                digest=options.digest if "members" in options.layers else None,
+                max_window=options.max_window, threads=options.workers,
+                on_progress=lambda done: self.progress.update(stream=done), on_members=writer.write,
+                decoders=lambda frames: SharedDecoders(self.pool, self.ref, frames, threads=options.workers,
+                                                       max_window=options.max_window,
+                                                       depth=options.stream_depth(), nonce=nonce)).run()
+        finally:
+            reader.close()
+            writer.close()
 
     def _record_stream(self, result: Any, nonce: str, attempt: int) -> None:
         self.manifest.format = result.format
@@ -234,14 +250,6 @@ class Run:
             await asyncio.sleep(SAVE_INTERVAL)
             data = json.dumps(self.manifest.to_json(), separators=(",", ":")).encode()
             await asyncio.to_thread(write_atomic, self.path, data)
-
-    async def _poll(self, progress_queue: Any) -> None:
-        while True:
-            await asyncio.sleep(0.2)
-            while not progress_queue.empty():
-                nonce, done = progress_queue.get()
-                if nonce == self.stream_nonce:
-                    self.progress.update(stream=done)
 
 
 def _stop_workers(pool: ProcessPoolExecutor | None) -> None:

@@ -5,32 +5,23 @@ opens the source itself and maps or reads only the ranges it is given.
 """
 from __future__ import annotations
 
-import json
-import os
 import signal
-import sys
-import time
-from contextlib import contextmanager
+import threading
+from multiprocessing.connection import Client
+from multiprocessing.shared_memory import SharedMemory
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import StateError, WindowTooLarge
+from .errors import describe_error
 from .layers import raw
-from .layers.stream import StreamCheck, StreamResult
+from .layers.stream import CHUNK, FrameDecoders
+from .layers.zstd import Frame
 from .segments import Segment
 from .sources import SourceRef
 
-_progress: Any = None
-PROGRESS_INTERVAL = 0.25
 
-
-def init_worker(progress_queue: Any) -> None:
-    global _progress
-    _progress = progress_queue
+def init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
-    # decode threads need the GIL briefly after every chunk; a short switch interval keeps them
-    # from waiting on the tar walker for the default 5 ms each time
-    sys.setswitchinterval(0.0005)
 
 
 @dataclass(frozen=True)
@@ -49,90 +40,59 @@ def hash_segment(ref: SourceRef, segment: Segment) -> SegmentResult:
         finally:
             reader.close()
     except (OSError, ValueError) as exc:
-        return SegmentResult(segment.index, segment.nonce, error=_describe(exc))
+        return SegmentResult(segment.index, segment.nonce, error=describe_error(exc))
     return SegmentResult(segment.index, segment.nonce, tuple(leaves))
 
 
 @dataclass(frozen=True)
-class StreamTask:
+class DecodeTask:
+    """Decode ``frames`` into the coordinator's shared memory, reporting over ``address``."""
+
     nonce: str
-    compressed: bool
-    check_tar: bool
-    digest: str | None
-    max_window: int
+    frames: tuple[Frame, ...]
     threads: int
-    members_path: str | None = None  # where this attempt writes its member records
+    max_window: int
+    depth: int
+    shm_name: str
+    slots: int
+    address: str
+    authkey: bytes
 
 
-class MembersWriter:
-    """Member records leave the walker in batches, one JSON array per line, so the list of
-    members never has to be held in memory or shipped between processes."""
-
-    def __init__(self, path: str):
-        self.path = path
-        with self._state():
-            self.file = open(path, "w", encoding="utf-8")
-
-    def write(self, members: list) -> None:
-        with self._state():
-            self.file.write(json.dumps(members, ensure_ascii=False, separators=(",", ":")) + "\n")
-
-    def close(self) -> None:
-        with self._state():
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-
-    @contextmanager
-    def _state(self):
-        """A failure to write here is the state directory's, not the archive's."""
-        try:
-            yield
-        except OSError as exc:
-            raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-
-
-@dataclass(frozen=True)
-class StreamOutcome:
-    nonce: str
-    result: StreamResult | None = None
-    error: str | None = None
-    window: tuple[int, int, int] | None = None  # (frame, window, limit) when over --max-window
-    state_error: str | None = None  # the members file could not be written
-
-
-def check_stream(ref: SourceRef, task: StreamTask) -> StreamOutcome:
-    last = [0.0]
-
-    def progress(done: int) -> None:
-        now = time.monotonic()
-        if _progress is not None and now - last[0] >= PROGRESS_INTERVAL:
-            last[0] = now
-            _progress.put((task.nonce, done))
-
+def decode_frames(ref: SourceRef, task: DecodeTask) -> None:
+    """Decode frames into shared-memory slots and send each piece's place, in frame order, to
+    the coordinator, which walks tar over the slots and hands them back. Decoded bytes never
+    travel through a pipe, and the decode threads never wait on the tar walker's GIL."""
+    shm = SharedMemory(task.shm_name)
+    buffers = [shm.buf[i * CHUNK:(i + 1) * CHUNK] for i in range(task.slots)]
+    positions = {frame.index: k for k, frame in enumerate(task.frames)}
+    reader = None
     try:
-        writer = MembersWriter(task.members_path) if task.members_path else None
-        reader = ref.open()
-        try:
-            result = StreamCheck(reader, ref.uri, compressed=task.compressed, check_tar=task.check_tar,
-                                 digest=task.digest, max_window=task.max_window, threads=task.threads,
-                                 on_progress=progress, on_members=writer.write if writer else None).run()
-        finally:
+        with Client(task.address, authkey=task.authkey) as conn:
+            reader = ref.open()
+            decoders = FrameDecoders(reader, list(task.frames), task.threads, task.max_window, task.depth, buffers)
+            returns = threading.Thread(target=_take_back_slots, args=(conn, decoders), daemon=True)
+            returns.start()
+            for event in decoders:
+                conn.send((positions[event.frame.index], event.slot, event.length, event.compressed_pos,
+                           event.error, event.io_error))
+            conn.send(None)
+            returns.join()
+    except (OSError, EOFError):
+        pass  # the coordinator went away or stopped us: nothing is left to report to
+    finally:
+        if reader is not None:
             reader.close()
-            if writer:
-                writer.close()
-    except WindowTooLarge as exc:
-        return StreamOutcome(task.nonce, window=(exc.frame, exc.window, exc.limit))
-    except StateError as exc:
-        return StreamOutcome(task.nonce, state_error=str(exc))
-    except OSError as exc:
-        return StreamOutcome(task.nonce, error=_describe(exc))
-    if _progress is not None:
-        _progress.put((task.nonce, result.compressed_size))
-    return StreamOutcome(task.nonce, result)
+        for view in buffers:
+            view.release()
+        shm.close()
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror} (errno {exc.errno})"
-    return str(exc) or type(exc).__name__
+def _take_back_slots(conn: Any, decoders: FrameDecoders) -> None:
+    """Slots the coordinator is done with go back to their lanes; None means stop."""
+    try:
+        while (slot := conn.recv()) is not None:
+            decoders.release_slot(slot)
+    except (OSError, EOFError):
+        pass
+    decoders.stop.set()

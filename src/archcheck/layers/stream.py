@@ -27,7 +27,7 @@ FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "che
                 "uncompressed_start", "uncompressed_end")
 STRUCTURAL = (Category.CORRUPTION, Category.UNVERIFIED)  # frame-level facts from the walk
 CHUNK = 1024 * 1024
-DEPTH = 6
+DEPTH = 6  # chunks a lane may decode ahead by default; the pipeline sizes it from the budget
 READ_SIZE = 128 * 1024
 RAW_PIECE = 16 * 1024 * 1024
 LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it decoding needs --long
@@ -62,55 +62,84 @@ class _RangeFile:
 
 
 @dataclass
-class _Event:
+class Event:
+    """One piece of a frame's output, or (``slot`` None) the end of the frame."""
+
     frame: Frame
-    buffer: bytearray | None  # None marks the end of the frame
+    slot: int | None
     length: int
     compressed_pos: int
-    error: str | None = None
-    io_error: OSError | None = None
+    error: str | None = None  # the decoder's message when the frame stopped early
+    io_error: str | None = None  # a read of the archive failed
+
+
+def lane_slots(lanes: int, depth: int) -> list[list[int]]:
+    """Buffer slots per lane: each lane owns its own, so no lane can starve another."""
+    return [list(range(t * (depth + 1), (t + 1) * (depth + 1))) for t in range(lanes)]
 
 
 class FrameDecoders:
-    """Decodes ``frames`` on ``threads`` threads; iterate to get their output in order."""
+    """Decodes ``frames`` on ``threads`` threads into buffer slots; iterate for the output in
+    frame order, and ``release`` each event's slot when done with it."""
 
-    def __init__(self, reader: Any, frames: list[Frame], threads: int, max_window: int):
+    def __init__(self, reader: Any, frames: list[Frame], threads: int, max_window: int,
+                 depth: int = DEPTH, buffers: list | None = None):
         self.reader, self.frames, self.max_window = reader, frames, max_window
         self.threads = max(1, min(threads, len(frames)))
-        self.queues = [queue.Queue(DEPTH) for _ in range(self.threads)]
+        self.buffers = buffers if buffers is not None else [bytearray(CHUNK) for _ in range(threads * (depth + 1))]
+        self.queues = [queue.Queue(depth + 1) for _ in range(self.threads)]
         self.free = [queue.SimpleQueue() for _ in range(self.threads)]
-        for pool in self.free:
-            for _ in range(DEPTH + 1):
-                pool.put(bytearray(CHUNK))
+        self.owner: dict[int, int] = {}
+        for lane, slots in enumerate(lane_slots(self.threads, depth)):
+            for slot in slots:
+                self.owner[slot] = lane
+                self.free[lane].put(slot)
         self.stop = threading.Event()
         self.workers = [threading.Thread(target=self._decode_lane, args=(t,), daemon=True)
                         for t in range(self.threads)]
 
-    def __iter__(self) -> Iterator[_Event]:
+    def __iter__(self) -> Iterator[Event]:
         for worker in self.workers:
             worker.start()
         try:
-            for k, frame in enumerate(self.frames):
-                lane = k % self.threads
+            for k in range(len(self.frames)):
                 while True:
-                    event = self.queues[lane].get()
+                    event = self._next(k % self.threads)
+                    if event is None:
+                        return  # stopped from outside
                     yield event
-                    if event.buffer is None:
+                    if event.slot is None:
                         break
-                    self.free[lane].put(event.buffer)
         finally:
             self.close()
 
+    def _next(self, lane: int) -> Event | None:
+        while not self.stop.is_set():
+            try:
+                return self.queues[lane].get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    def view(self, event: Event) -> memoryview:
+        return memoryview(self.buffers[event.slot])[:event.length]
+
+    def release(self, event: Event) -> None:
+        if event.slot is not None:
+            self.release_slot(event.slot)
+
+    def release_slot(self, slot: int) -> None:
+        self.free[self.owner[slot]].put(slot)
+
     def close(self) -> None:
         self.stop.set()
-        for lane, q in enumerate(self.queues):  # unblock producers waiting on a full queue
+        for q in self.queues:  # unblock producers waiting on a full queue
             while True:
                 try:
                     event = q.get_nowait()
                 except queue.Empty:
                     break
-                if event.buffer is not None:
-                    self.free[lane].put(event.buffer)
+                self.release(event)
         for worker in self.workers:
             worker.join(timeout=5)
 
@@ -121,7 +150,7 @@ class FrameDecoders:
                 return
             self._decode_frame(dctx, frame, lane)
 
-    def _put(self, lane: int, event: _Event) -> bool:
+    def _put(self, lane: int, event: Event) -> bool:
         while not self.stop.is_set():
             try:
                 self.queues[lane].put(event, timeout=0.2)
@@ -130,10 +159,18 @@ class FrameDecoders:
                 continue
         return False
 
+    def _take_slot(self, lane: int) -> int | None:
+        while not self.stop.is_set():
+            try:
+                return self.free[lane].get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
     def _decode_frame(self, dctx: zstandard.ZstdDecompressor, frame: Frame, lane: int) -> None:
         source = _RangeFile(self.reader, frame.offset, frame.end)
         if frame.kind == "raw":
-            def read(buf: bytearray) -> int:
+            def read(buf) -> int:
                 n = self.reader.readinto(source.pos, memoryview(buf)[:max(0, frame.end - source.pos)])
                 source.pos += n
                 return n
@@ -141,19 +178,21 @@ class FrameDecoders:
             read = dctx.stream_reader(source, read_size=READ_SIZE, read_across_frames=False).readinto
         error = io_error = None
         try:
-            while frame.decodable and not self.stop.is_set():
-                buf = self.free[lane].get()
-                n = read(buf)
+            while frame.decodable:
+                slot = self._take_slot(lane)
+                if slot is None:
+                    return
+                n = read(self.buffers[slot])
                 if not n:
-                    self.free[lane].put(buf)
+                    self.release_slot(slot)
                     break
-                if not self._put(lane, _Event(frame, buf, n, source.pos)):
+                if not self._put(lane, Event(frame, slot, n, source.pos)):
                     return
         except zstandard.ZstdError as exc:
             error = str(exc)
         except OSError as exc:
-            io_error = exc
-        self._put(lane, _Event(frame, None, 0, source.pos, error, io_error))
+            io_error = f"{exc.strerror or exc} (errno {exc.errno})"
+        self._put(lane, Event(frame, None, 0, source.pos, error, io_error))
 
 
 class StreamCheck:
@@ -162,8 +201,11 @@ class StreamCheck:
     def __init__(self, reader: Any, uri: str, *, compressed: bool, check_tar: bool,
                  digest: str | None = "xxh3-128", max_window: int = DEFAULT_MAX_WINDOW, threads: int = 2,
                  on_progress: Callable[[int], None] | None = None,
-                 on_members: Callable[[list[Member]], None] | None = None):
+                 on_members: Callable[[list[Member]], None] | None = None,
+                 decoders: Callable[[list[Frame]], Any] | None = None):
         self.reader, self.uri = reader, uri
+        # how frames get decoded: threads here by default; the pipeline decodes in a worker
+        self.make_decoders = decoders or (lambda frames: FrameDecoders(reader, frames, threads, max_window))
         self.compressed, self.check_tar = compressed, check_tar
         self.digest, self.max_window, self.threads = digest, max_window, threads
         self.on_progress = on_progress or (lambda done: None)
@@ -186,7 +228,7 @@ class StreamCheck:
         self._frame_facts(frames)
         broken = {f.location.frame: i for i, f in enumerate(self.findings) if f.category in STRUCTURAL}
         content_frames = [f for f in frames if f.kind in ("zstd", "raw")]
-        self._consume(FrameDecoders(self.reader, content_frames, self.threads, self.max_window), broken)
+        self._consume(self.make_decoders(content_frames), broken)
         upstream = self.upstream_lost or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
         if self.walker:
             self.walker.finish(self.uoff, upstream_damage=upstream)
@@ -229,7 +271,7 @@ class StreamCheck:
             self.findings.append(Finding.of("ZSTD_SINGLE_FRAME", Location(self.uri, frame=zstd_frames[0].index),
                                             size=format_size(self.reader.size)))
 
-    def _consume(self, decoders: FrameDecoders, broken: dict[int, int]) -> None:
+    def _consume(self, decoders: Any, broken: dict[int, int]) -> None:
         frame_start, start_pos, seek_hash = 0, None, None
         for event in decoders:
             frame = event.frame
@@ -238,8 +280,8 @@ class StreamCheck:
                 self.count_at_frame_start = self.walker.count if self.walker else 0
                 self.findings_at_frame_start = len(self.findings)
                 seek_hash = xxhash.xxh64() if frame.seek_checksum is not None else None
-            if event.buffer is not None:
-                view = memoryview(event.buffer)[:event.length]
+            if event.slot is not None:
+                view = decoders.view(event)
                 self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos))
                 if self.walker:
                     self.walker.feed(view, self.uoff)
@@ -250,6 +292,7 @@ class StreamCheck:
                 start_pos = event.compressed_pos
                 self.uoff += event.length
                 view.release()
+                decoders.release(event)
                 self.on_progress(event.compressed_pos)
                 continue
             self.frame_spans[frame.index] = (frame_start, self.uoff)
@@ -257,11 +300,11 @@ class StreamCheck:
             start_pos = None
             self.on_progress(frame.end)
 
-    def _end_frame(self, frame: Frame, event: _Event, frame_start: int, produced: int,
+    def _end_frame(self, frame: Frame, event: Event, frame_start: int, produced: int,
                    seek_hash: Any, structural: int | None) -> None:
         """``structural`` is the index of the walk's finding for this frame, if it has one."""
         if event.io_error is not None:
-            raise event.io_error
+            raise OSError(event.io_error)
         if event.error is not None:
             code = classify_decode_error(event.error)
             if code == "ZSTD_CHECKSUM_MISMATCH":
@@ -282,7 +325,7 @@ class StreamCheck:
             self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start,
                                    detail="decoded content does not match the seek table checksum")
 
-    def _lost(self, frame: Frame, event: _Event, structural: int | None, code: str | None = None,
+    def _lost(self, frame: Frame, event: Event, structural: int | None, code: str | None = None,
               **details: Any) -> None:
         """Decoding stopped early: the rest of the frame's content is gone."""
         member, member_offset = self.walker.lost(self.uoff) if self.walker else (None, None)
