@@ -52,10 +52,13 @@ def header_checksums(block: bytes) -> tuple[int, int]:
 
 
 def byte_sum(block: bytes) -> int:
-    """sum(block) for a 512-byte block, about twice as fast: Adler-32 gives the sum modulo
-    65521, the block read as one integer gives it modulo 255 (256 = 1 mod 255), and as the
-    sum is below 2 * 65521 the two residues fix it exactly."""
-    low = (zlib.adler32(block) - 1) & 0xFFFF
+    """sum(block) for a 512-byte block, about three times as fast: Adler-32 gives the sum
+    modulo 65521, and the sum is below 2 * 65521. A block with 257 or more zero bytes (most tar
+    headers) sums to at most 255 * 255 < 65521, so the residue is the sum; otherwise the block
+    read as one integer gives the sum modulo 255 (256 = 1 mod 255), which picks the candidate."""
+    low = ((zlib.adler32(block) & 0xFFFF) - 1) % 65521  # the low half is (1 + sum) mod 65521
+    if block.count(0) >= 257:
+        return low
     return low if low % 255 == int.from_bytes(block, "little") % 255 else low + 65521
 
 
