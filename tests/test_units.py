@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 import xxhash
 
-from archcheck.findings import CATALOGUE, Category, Finding, Location, Severity, verdict
+from archcheck.findings import CATALOGUE, Finding, Location, verdict
 from archcheck.layers.members import Member
 from archcheck.layers.raw import combine
 from archcheck.layers.tar import header_checksums, is_valid_header, parse_number, parse_pax

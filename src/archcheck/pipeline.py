@@ -10,7 +10,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -80,13 +79,12 @@ class Run:
         total = source.size * ((1 if "raw" in options.layers else 0) + (1 if options.stream else 0))
         self.progress = _Progress(total, on_progress)
         self.pool: Executor | None = None
-        self.last_save = 0.0
 
     async def run(self) -> None:
         self.save()  # the run directory exists and is writable before any work starts
         ctx = multiprocessing.get_context("forkserver")
-        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker)
         ctx.set_forkserver_preload(["__main__", "archcheck.worker"])  # children start warm
+        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker)
         layers = []
         if self.options.stream:  # the longest task goes first, so it starts at once
             layers.append(self._stream_layer())
@@ -109,14 +107,12 @@ class Run:
 
     def save(self) -> None:
         write_atomic(self.path, json.dumps(self.manifest.to_json(), separators=(",", ":")).encode())
-        self.last_save = time.monotonic()
 
     async def _in_pool(self, fn: Callable, *args: Any) -> Any:
         try:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
         except BrokenProcessPool:
-            raise WorkerCrashed("a worker process died (killed or out of memory); the manifest keeps "
-                                "what was verified") from None
+            raise _worker_crashed() from None
 
     # --- raw layer --------------------------------------------------------------------------
 
@@ -170,6 +166,8 @@ class Run:
             members = self.path.parent / f".members.{nonce}.jsonl"
             try:
                 result = await asyncio.to_thread(self._check_stream, nonce, members)
+            except BrokenProcessPool:
+                raise _worker_crashed() from None
             except OSError as exc:
                 error = describe_error(exc)
                 members.unlink(missing_ok=True)
@@ -250,6 +248,10 @@ class Run:
             await asyncio.sleep(SAVE_INTERVAL)
             data = json.dumps(self.manifest.to_json(), separators=(",", ":")).encode()
             await asyncio.to_thread(write_atomic, self.path, data)
+
+
+def _worker_crashed() -> WorkerCrashed:
+    return WorkerCrashed("a worker process died (killed or out of memory); the manifest keeps what was verified")
 
 
 def _stop_workers(pool: ProcessPoolExecutor | None) -> None:
