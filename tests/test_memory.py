@@ -104,3 +104,48 @@ def test_a_bomb_of_zeros_costs_time_not_memory(tmp_path):
     assert "verdict   INTACT" in run.stdout
     print(f"bomb: {bomb.stat().st_size // 1024} KiB decoding to 4 GiB, peak RSS {peak // MiB} MiB", file=sys.stderr)
     assert peak < 200 * MiB
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly(archives, tmp_path):
+    """SIGTERM ends a run as Ctrl-C does: exit 3, the manifest says interrupted, and no worker
+    process or shared memory is left behind."""
+    import json
+    import signal
+    shm_before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen([*ARCHCHECK, "verify", archives / "big.tar.zst", "--workers", "1", "--no-progress",
+                             "--state-dir", tmp_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob("runs/*/manifest.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    descendants = tree_pids(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "interrupted" in err and err.count("\n") == 1
+    [manifest] = tmp_path.glob("runs/*/manifest.json")
+    assert json.loads(manifest.read_text())["status"] == "interrupted"
+    deadline = time.monotonic() + 10  # the forkserver and resource tracker exit once they see EOF
+    while [pid for pid in descendants if os.path.exists(f"/proc/{pid}")] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in descendants if os.path.exists(f"/proc/{pid}")]
+    assert not [name for name in set(os.listdir("/dev/shm")) - shm_before if name.startswith("psm_")]
+
+
+def tree_pids(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found[1:]

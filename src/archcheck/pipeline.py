@@ -57,8 +57,10 @@ class RunOptions:
 
 
 class _Progress:
-    def __init__(self, total: int, callback: ProgressCallback | None):
-        self.total, self.callback = total, callback
+    """Archive bytes done, averaged over the passes that read them (raw, stream)."""
+
+    def __init__(self, size: int, passes: int, callback: ProgressCallback | None):
+        self.size, self.passes, self.callback = size, max(1, passes), callback
         self.raw_done = self.stream_done = 0
 
     def update(self, *, raw: int = 0, stream: int | None = None) -> None:
@@ -66,7 +68,7 @@ class _Progress:
         if stream is not None:
             self.stream_done = max(self.stream_done, stream)
         if self.callback:
-            self.callback(self.raw_done + self.stream_done, self.total)
+            self.callback((self.raw_done + self.stream_done) // self.passes, self.size)
 
 
 class Run:
@@ -76,8 +78,8 @@ class Run:
                  on_progress: ProgressCallback | None = None):
         self.source, self.manifest, self.path, self.options = source, manifest, manifest_path, options
         self.ref: SourceRef = source.ref()
-        total = source.size * ((1 if "raw" in options.layers else 0) + (1 if options.stream else 0))
-        self.progress = _Progress(total, on_progress)
+        passes = ("raw" in options.layers) + options.stream
+        self.progress = _Progress(source.size, passes, on_progress)
         self.pool: Executor | None = None
 
     async def run(self) -> None:
