@@ -162,3 +162,24 @@ def test_fast_byte_sum_at_the_extremes():
     edge = bytes([255] * 256 + [240]) + bytes(255)  # sums to 65520: Adler-32's A wraps to 0
     for block in (bytes(512), b"\xff" * 512, b"\xff" * 257 + bytes(255), b"\x80" * 512, edge):
         assert byte_sum(block) == sum(block)
+
+
+def test_twelve_digit_size_fields_are_read_whole():
+    """Some writers fill all 12 bytes of the size field with digits, no terminator."""
+    import xxhash as xx
+    from archcheck.layers.tar import TarWalker
+    block = bytearray(512)
+    block[0:5] = b"file1"
+    block[124:136] = b"000000001000"  # 512 in octal, 12 digits
+    block[156:157] = b"0"
+    block[257:263] = b"ustar\x00"
+    block[263:265] = b"00"
+    block[148:156] = b" " * 8
+    block[148:156] = f"{sum(block):06o}\x00 ".encode()
+    data = bytes(block) + b"x" * 512 + bytes(1024)
+    got = []
+    walker = TarWalker("t", "xxh3-128", got.extend)
+    walker.feed(memoryview(data), 0)
+    walker.finish(len(data))
+    assert [(m.name, m.size, m.digest) for m in got] == [("file1", 512, xx.xxh3_128_hexdigest(b"x" * 512))]
+    assert walker.findings == []

@@ -115,8 +115,11 @@ def _member(record: tuple) -> Member:
     sparse = parse_number(header[483:495]) if flag == b"S" else None
     if extra is not None:
         linkname, sparse = extra.get("linkname", linkname), extra.get("sparse_size", sparse)
-    return Member(name, TYPE_NAMES.get(flag) or type_name(flag), size, _octal(header[100:108]),
-                  _octal(header[136:148]), header_offset, data_offset, digest, linkname, sparse)
+    return _new_member(Member, (name, TYPE_NAMES.get(flag) or type_name(flag), size, _octal(header[100:108]),
+                                _octal(header[136:148]), header_offset, data_offset, digest, linkname, sparse))
+
+
+_new_member = tuple.__new__  # builds a Member without the keyword handling of Member(...)
 
 
 def _octal(field: bytes) -> int:
@@ -242,10 +245,11 @@ class TarWalker:
         while i + BLOCK <= n:
             header = view[i:i + BLOCK].tobytes()
             flag = header[156]
-            if flag not in FAST_TYPES or header[124] & 0x80 or not checksum_matches(header):
+            if flag not in FAST_TYPES or header[124] & 0x80 or 0x30 <= header[135] <= 0x37 \
+                    or not checksum_matches(header):
                 return i
-            try:
-                size = int(header[124:136].rstrip(b"\0 "), 8) if flag in DATA_TYPES or flag in LONG_NAMES else 0
+            try:  # 11 octal digits and a terminator, as GNU tar, Python and PostgreSQL write
+                size = int(header[124:135], 8) if flag in DATA_TYPES or flag in LONG_NAMES else 0
             except ValueError:
                 return i
             data = i + BLOCK

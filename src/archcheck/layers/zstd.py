@@ -30,7 +30,7 @@ class Reader(Protocol):
     def find(self, needle: bytes, start: int, end: int) -> int: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: an archive can have a million frames
 class Frame:
     index: int
     kind: str  # "zstd", "skippable", "seek_table", "raw" (an uncompressed pseudo-frame)
