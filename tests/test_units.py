@@ -50,6 +50,7 @@ FROZEN_CODES = {
     "TAR_RESYNC": ("info", "info", "tar"),
     "TAR_NOT_TAR": ("info", "info", "tar"),
     "FINDINGS_LIMITED": ("info", "info", "run"),
+    "ZSTD_SIZE_NOTE_MISMATCH": ("corruption", "error", "zstd"),
 }
 
 

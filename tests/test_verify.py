@@ -321,3 +321,29 @@ def test_findings_stop_growing_at_the_limit(state, tmp_path):
     kept = [f for f in result.findings if f.code == "ZSTD_RESERVED_BIT"]
     [limited] = [f for f in result.findings if f.code == "FINDINGS_LIMITED"]
     assert len(kept) == 10_000 and dict(limited.details)["by_code"].startswith("19999 ZSTD_RESERVED_BIT")
+
+
+def test_broken_block_header_in_a_pzstd_frame(fx, state, damaged):
+    """pzstd's size notes let the frame walk skip block headers; the decoding thread walks them."""
+    from archcheck.layers.zstd import parse_frame_header
+    data = (fx / "multi.tar.zst").read_bytes()
+    start, end = pzstd_frames(fx / "multi.tar.zst")[1]
+    block = start + parse_frame_header(data[start:start + 18]).length
+    result = verify(damaged("multi.tar.zst", at=block, data=b"\xff\xff\xff"), state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "ZSTD_RESERVED_BLOCK" and finding.location.byte_range == (block, block + 3)
+    assert finding.location.frame == 3 and finding.location.member is not None
+    names = [m["name"] for m in result.members()]
+    assert "./etc/config-00.conf" in names  # frames before and after still verified
+    assert names[-1].startswith("./link-to") or names[-1].startswith("./hardlink")
+
+
+def test_pzstd_size_note_that_disagrees_with_the_blocks(fx, state, damaged):
+    start, end = pzstd_frames(fx / "multi.tar.zst")[0]
+    note = start - 4  # the 4-byte note of frame 1's compressed size, inside the skippable frame
+    size = int.from_bytes((fx / "multi.tar.zst").read_bytes()[note:note + 4], "little")
+    bad = damaged("multi.tar.zst", at=note, data=(size + 12 + pzstd_frames(fx / "multi.tar.zst")[1][1]
+                                                       - pzstd_frames(fx / "multi.tar.zst")[1][0]).to_bytes(4, "little"))
+    result = verify(bad, state=state)
+    codes_found = [f.code for f in result.findings if f.category.value == "corruption"]
+    assert codes_found == ["ZSTD_SIZE_NOTE_MISMATCH"]

@@ -72,6 +72,7 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("TAR_ORPHAN_EXTENSION", C, E, "tar", "{kind} header is not followed by a member header"),
     _c("TAR_RESYNC", I, N, "tar", "skipped {length} bytes of unreadable tar data to the next valid header"),
     _c("TAR_NOT_TAR", I, N, "tar", "decoded content is not a tar archive; tar and member checks skipped"),
+    _c("ZSTD_SIZE_NOTE_MISMATCH", C, E, "zstd", "pzstd noted a {noted}-byte frame, its blocks take {actual} bytes"),
     # the run itself
     _c("FINDINGS_LIMITED", I, N, "run", "{dropped} more findings not kept (first {limit} kept): {by_code}"),
 ]}

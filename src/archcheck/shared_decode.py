@@ -62,8 +62,8 @@ class SharedDecoders:
                 raise OSError("the decoding worker stopped before the end of the archive") from None
             if message is None:
                 return
-            position, slot, length, compressed_pos, error, io_error = message
-            yield Event(self.frames[position], slot, length, compressed_pos, error, io_error)
+            position, *rest = message
+            yield Event(self.frames[position], *rest)
 
     def _unblock(self, authkey: bytes) -> None:
         """If the worker ended without connecting, connect once so accept() returns."""

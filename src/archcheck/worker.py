@@ -75,7 +75,7 @@ def decode_frames(ref: SourceRef, task: DecodeTask) -> None:
             returns.start()
             for event in decoders:
                 conn.send((positions[event.frame.index], event.slot, event.length, event.compressed_pos,
-                           event.error, event.io_error))
+                           event.error, event.io_error, event.problem))
             conn.send(None)
             returns.join()
     except (OSError, EOFError):

@@ -21,7 +21,7 @@ from ..errors import format_size
 from ..findings import Category, Finding, Findings, Location
 from .members import Member
 from .tar import TarWalker
-from .zstd import DEFAULT_MAX_WINDOW, Frame, FrameWalk, classify_decode_error
+from .zstd import DEFAULT_MAX_WINDOW, Frame, FrameWalk, classify_decode_error, unwalked_problem
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")
@@ -71,6 +71,7 @@ class Event:
     compressed_pos: int
     error: str | None = None  # the decoder's message when the frame stopped early
     io_error: str | None = None  # a read of the archive failed
+    problem: tuple | None = None  # what the block walk found in a frame not walked before
 
 
 def lane_slots(lanes: int, depth: int) -> list[list[int]]:
@@ -176,8 +177,10 @@ class FrameDecoders:
                 return n
         else:
             read = dctx.stream_reader(source, read_size=READ_SIZE, read_across_frames=False).readinto
-        error = io_error = None
+        error = io_error = problem = None
         try:
+            if not frame.walked:
+                problem = unwalked_problem(self.reader, frame)
             while frame.decodable:
                 slot = self._take_slot(lane)
                 if slot is None:
@@ -192,7 +195,7 @@ class FrameDecoders:
             error = str(exc)
         except OSError as exc:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
-        self._put(lane, Event(frame, None, 0, source.pos, error, io_error))
+        self._put(lane, Event(frame, None, 0, source.pos, error, io_error, problem))
 
 
 class StreamCheck:
@@ -305,6 +308,15 @@ class StreamCheck:
         """``structural`` is the index of the walk's finding for this frame, if it has one."""
         if event.io_error is not None:
             raise OSError(event.io_error)
+        if event.problem is not None and structural is None:  # found by the decoding thread's block walk
+            code, start, end, details = event.problem
+            before = len(self.findings)
+            self.findings.append(Finding.of(code, Location(self.uri, byte_range=(start, end), frame=frame.index),
+                                            **details))
+            structural = before if len(self.findings) > before else None
+            if structural is None:  # over the findings limit: still, the frame's content is lost
+                self._lost(frame, event, None, code, **details)
+                return
         if event.error is not None:
             code = classify_decode_error(event.error)
             if code == "ZSTD_CHECKSUM_MISMATCH":

@@ -43,6 +43,7 @@ class Frame:
     intact: bool = True  # False when the walk found its structure broken
     seek_checksum: int | None = None  # low 32 bits of XXH64 from a seek table
     seek_size: int | None = None
+    walked: bool = True  # False: its end came from pzstd's size note; the decoder walks its blocks
 
     @property
     def decodable(self) -> bool:
@@ -103,6 +104,7 @@ class FrameWalk:
         self.reader, self.uri, self.max_window = reader, uri, max_window
         self.frames: list[Frame] = []
         self.findings = Findings() if findings is None else findings
+        self.size_hint: tuple[int, int] | None = None  # (frame start, compressed size) from pzstd
 
     def run(self) -> tuple[list[Frame], Findings]:
         pos, size = 0, self.reader.size
@@ -148,6 +150,8 @@ class FrameWalk:
         kind = "seek_table" if magic == SEEK_TABLE_MAGIC and end == self.reader.size and \
             self.reader.pread(end - 4, 4) == struct.pack("<I", SEEKABLE_FOOTER_MAGIC) else "skippable"
         self.frames.append(Frame(index, kind, pos, end))
+        if magic == SKIPPABLE_BASE and end - pos == 12:  # pzstd's note of the next frame's size
+            self.size_hint = (end, struct.unpack_from("<I", head, 8)[0])
         return end
 
     def _zstd_frame(self, pos: int, head: bytes) -> int:
@@ -165,42 +169,35 @@ class FrameWalk:
             end = self._next_magic(pos + 1)
             self.frames.append(replace(frame, end=end, intact=False))
             return end
-        end, intact = self._walk_blocks(pos + header.length, header, index)
+        hinted = self._hinted_end(pos)
+        if hinted is not None:  # the decoding thread walks its blocks, in parallel
+            end, intact = hinted, True
+            frame = replace(frame, walked=False)
+        else:
+            end, intact = self._walk_blocks(pos + header.length, header, index)
         self.frames.append(replace(frame, end=end, intact=intact))
         if frame.dictionary_id:
             self._find("ZSTD_DICTIONARY_REQUIRED", pos, end, frame=index, dictionary_id=frame.dictionary_id)
         return end
 
+    def _hinted_end(self, pos: int) -> int | None:
+        """The end pzstd noted for the frame at ``pos``, if it leads to the next frame or to the
+        end of the file. The block walk then moves to the decoding thread, off the critical path."""
+        hint, self.size_hint = self.size_hint, None
+        if hint is None or hint[0] != pos:
+            return None
+        end = pos + hint[1]
+        if end == self.reader.size or (end < self.reader.size and is_zstd_start(self.reader.pread(end, 4))):
+            return end
+        return None
+
     def _walk_blocks(self, p: int, header: _Header, index: int) -> tuple[int, bool]:
-        size = self.reader.size
-        block_max = min(header.window, BLOCK_SIZE_MAX)
-        block = 0
-        while True:
-            raw = self.reader.pread(p, 3)
-            if len(raw) < 3:
-                self._find("ZSTD_TRUNCATED_FRAME", p, size, frame=index)
-                return size, False
-            h = int.from_bytes(raw, "little")
-            last, btype, bsize = h & 1, (h >> 1) & 3, h >> 3
-            if btype == 3:
-                self._find("ZSTD_RESERVED_BLOCK", p, p + 3, frame=index, block=block)
-                return self._next_magic(p + 3), False
-            if bsize > block_max:
-                self._find("ZSTD_BLOCK_TOO_LARGE", p, p + 3, frame=index, block=block, size=bsize, limit=block_max)
-                return self._next_magic(p + 3), False
-            p += 3 + (1 if btype == 1 else bsize)
-            if p > size:
-                self._find("ZSTD_TRUNCATED_FRAME", p - bsize - 3, size, frame=index)
-                return size, False
-            block += 1
-            if last:
-                break
-        if header.has_checksum:
-            if p + 4 > size:
-                self._find("ZSTD_TRUNCATED_FRAME", p, size, frame=index)
-                return size, False
-            p += 4
-        return p, True
+        end, problem = walk_blocks(self.reader, p, header.window, header.has_checksum)
+        if problem is None:
+            return end, True
+        code, start, stop, details = problem
+        self._find(code, start, stop, frame=index, **details)
+        return (self.reader.size if code == "ZSTD_TRUNCATED_FRAME" else self._next_magic(stop)), False
 
     def _check_seek_table(self) -> None:
         """Seekable format (formats.md 1.7): the table must describe the frames before it."""
@@ -228,6 +225,48 @@ class FrameWalk:
                 self._find("ZSTD_SEEK_TABLE_MISMATCH", frame.offset, frame.end, frame=frame.index,
                            detail=f"frame is {frame.end - frame.offset} bytes, table says {csize}")
             self.frames[i] = replace(frame, seek_checksum=checksum, seek_size=dsize)
+
+
+BlockProblem = tuple  # (code, start, end, details): a structural finding, not yet placed
+
+
+def walk_blocks(reader: Reader, p: int, window: int, has_checksum: bool) -> tuple[int, BlockProblem | None]:
+    """Follow a frame's block headers from ``p`` (formats.md 1.5): (frame end, None), or
+    (where the walk stopped, the problem)."""
+    size = reader.size
+    block_max = min(window, BLOCK_SIZE_MAX)
+    block = 0
+    while True:
+        raw = reader.pread(p, 3)
+        if len(raw) < 3:
+            return size, ("ZSTD_TRUNCATED_FRAME", p, size, {})
+        h = int.from_bytes(raw, "little")
+        last, btype, bsize = h & 1, (h >> 1) & 3, h >> 3
+        if btype == 3:
+            return p, ("ZSTD_RESERVED_BLOCK", p, p + 3, {"block": block})
+        if bsize > block_max:
+            return p, ("ZSTD_BLOCK_TOO_LARGE", p, p + 3, {"block": block, "size": bsize, "limit": block_max})
+        p += 3 + (1 if btype == 1 else bsize)
+        if p > size:
+            return size, ("ZSTD_TRUNCATED_FRAME", p - bsize - 3, size, {})
+        block += 1
+        if last:
+            break
+    if has_checksum:
+        if p + 4 > size:
+            return size, ("ZSTD_TRUNCATED_FRAME", p, size, {})
+        p += 4
+    return p, None
+
+
+def unwalked_problem(reader: Reader, frame: Frame) -> BlockProblem | None:
+    """The block walk of a frame whose end came from a size note: it must end exactly there."""
+    header = parse_frame_header(reader.pread(frame.offset, 18))
+    end, problem = walk_blocks(reader, frame.offset + header.length, header.window, header.has_checksum)
+    if problem is None and end != frame.end:
+        return "ZSTD_SIZE_NOTE_MISMATCH", frame.offset, frame.end, {
+            "noted": frame.end - frame.offset, "actual": end - frame.offset}
+    return problem
 
 
 def classify_decode_error(message: str) -> str:
