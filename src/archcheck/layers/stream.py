@@ -209,8 +209,7 @@ class StreamCheck:
         self.reader, self.uri = reader, uri
         # how frames get decoded: threads here by default; the pipeline decodes in a worker
         self.make_decoders = decoders or (lambda frames: FrameDecoders(reader, frames, threads, max_window))
-        self.compressed, self.check_tar = compressed, check_tar
-        self.digest, self.max_window, self.threads = digest, max_window, threads
+        self.compressed, self.check_tar, self.max_window = compressed, check_tar, max_window
         self.on_progress = on_progress or (lambda done: None)
         self.findings = Findings()
         self.walker = TarWalker(uri, digest, on_members) if check_tar else None
