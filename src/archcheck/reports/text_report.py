@@ -41,7 +41,7 @@ def render(console: Console, manifest: Manifest, manifest_path: Path | None = No
     facts = [format_size(manifest.archive.size), manifest.format]
     if stream.get("frames"):
         facts.append(f"{stream['frames']} zstd frame{'s' if stream['frames'] != 1 else ''}")
-    if "member_count" in stream:
+    if "member_count" in stream and manifest.format != "zstd":  # a lone .zst has no members
         facts.append(f"{stream['member_count']:,} members")
     line = Text("archive   ")
     line.append(safe_text(manifest.archive.uri), style="bold")
