@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -26,6 +25,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from proctree import tree_rss  # noqa: E402
+
 ARCHCHECK = [sys.executable, "-m", "archcheck"]
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SYSTEM_DIRS = ["usr/share", "usr/include", "root/.pyenv", "usr/lib", "opt"]
@@ -91,26 +93,6 @@ def build(work: Path, size_gb: float) -> None:
 
 
 # --- measuring ------------------------------------------------------------------------------
-
-def tree_rss(root: int) -> int:
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/status") as f:
-                    fields = dict(line.split(":", 1) for line in f if ":" in line)
-            except OSError:
-                continue
-            children.setdefault(int(fields["PPid"]), []).append(int(entry))
-            rss[int(entry)] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
-    return total
-
 
 def measure(cmd: str) -> tuple[float, int]:
     """Wall seconds and peak RSS of the whole process tree; a failing command stops the run."""

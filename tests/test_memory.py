@@ -10,35 +10,15 @@ import time
 
 import pytest
 
-from conftest import ARCHCHECK
+from conftest import ARCHCHECK, ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+from proctree import descendants, tree_rss  # noqa: E402
 
 MiB = 1024 * 1024
 BUDGET = 32 * MiB
 SIZES = {"medium": 4 * BUDGET, "big": 24 * BUDGET}  # bytes of member content
 NOISE = 16 * MiB  # malloc arenas of the decode threads, and sampling jitter between runs
-
-
-def tree_rss(root: int) -> int:
-    """Summed VmRSS of ``root`` and all its descendants, in bytes."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        pid, ppid = int(entry), int(fields["PPid"])
-        children.setdefault(ppid, []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
-    return total
 
 
 def peak_rss(args: list[str]) -> tuple[int, subprocess.CompletedProcess]:
@@ -119,7 +99,7 @@ def test_sigterm_stops_cleanly(archives, tmp_path):
     while not list(tmp_path.glob("runs/*/manifest.json")) and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)
-    descendants = tree_pids(proc.pid)
+    children = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
@@ -127,25 +107,7 @@ def test_sigterm_stops_cleanly(archives, tmp_path):
     [manifest] = tmp_path.glob("runs/*/manifest.json")
     assert json.loads(manifest.read_text())["status"] == "interrupted"
     deadline = time.monotonic() + 10  # the forkserver and resource tracker exit once they see EOF
-    while [pid for pid in descendants if os.path.exists(f"/proc/{pid}")] and time.monotonic() < deadline:
+    while [pid for pid in children if os.path.exists(f"/proc/{pid}")] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in descendants if os.path.exists(f"/proc/{pid}")]
+    assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")]
     assert not [name for name in set(os.listdir("/dev/shm")) - shm_before if name.startswith("psm_")]
-
-
-def tree_pids(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found[1:]

@@ -115,10 +115,15 @@ class FrameDecoders:
             self.close()
 
     def _next(self, lane: int) -> Event | None:
+        return self._until_stopped(lambda: self.queues[lane].get(timeout=0.2))
+
+    def _until_stopped(self, attempt: Callable[[], Any]) -> Any:
+        """Retry a blocking queue operation until it succeeds or the decoders are stopped
+        (then None): no thread ever blocks past a stop."""
         while not self.stop.is_set():
             try:
-                return self.queues[lane].get(timeout=0.2)
-            except queue.Empty:
+                return attempt()
+            except (queue.Empty, queue.Full):
                 continue
         return None
 
@@ -152,21 +157,10 @@ class FrameDecoders:
             self._decode_frame(dctx, frame, lane)
 
     def _put(self, lane: int, event: Event) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queues[lane].put(event, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return self._until_stopped(lambda: self.queues[lane].put(event, timeout=0.2) or True) is not None
 
     def _take_slot(self, lane: int) -> int | None:
-        while not self.stop.is_set():
-            try:
-                return self.free[lane].get(timeout=0.2)
-            except queue.Empty:
-                continue
-        return None
+        return self._until_stopped(lambda: self.free[lane].get(timeout=0.2))
 
     def _decode_frame(self, dctx: zstandard.ZstdDecompressor, frame: Frame, lane: int) -> None:
         source = _RangeFile(self.reader, frame.offset, frame.end)
