@@ -124,3 +124,12 @@ def test_python_dash_m_entry_point():
     run = subprocess.run([os.sys.executable, "-m", "archcheck", "--help"], capture_output=True, text=True,
                          cwd=ROOT)
     assert run.returncode == 0 and "verify" in run.stdout
+
+
+def test_quiet_prints_the_verdict_and_findings_only(fx, state, damaged):
+    run = cli("verify", fx / "single.tar.zst", "--state-dir", state, "--quiet")
+    assert run.returncode == 0 and run.stdout == "verdict   INTACT\n" and run.stderr == ""
+    size = (fx / "single.tar.zst").stat().st_size
+    run = cli("verify", damaged("single.tar.zst", at=size - 2, xor=1), "--state-dir", state, "-q")
+    assert run.returncode == 1 and run.stdout.startswith("verdict   CORRUPT")
+    assert "ZSTD_CHECKSUM_MISMATCH" in run.stdout and "manifest" not in run.stdout

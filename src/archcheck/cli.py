@@ -111,7 +111,7 @@ def verify_command(
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)
     show = progress if progress is not None else True
-    with _progress_display(err, archive.name, enabled=show and not quiet) as on_progress:
+    with ProgressDisplay(err, enabled=show and not quiet) as on_progress:
         result = verify(
             archive, layers=[x.strip() for x in layers.split(",") if x.strip()],
             segment_size=parse_size(segment_size, "--segment-size"),
@@ -120,15 +120,15 @@ def verify_command(
             on_progress=on_progress)
     if report:
         json_report.write(result.manifest, report, result.manifest_path)
-    text_report.render(out, result.manifest, result.manifest_path, report)
+    text_report.render(out, result.manifest, result.manifest_path, report, quiet=quiet)
     raise typer.Exit(result.exit_code)
 
 
-class _progress_display:
+class ProgressDisplay:
     """A rich bar on a terminal; plain timestamped lines every few seconds otherwise."""
 
-    def __init__(self, console: Console, label: str, enabled: bool):
-        self.console, self.label, self.enabled = console, label, enabled
+    def __init__(self, console: Console, enabled: bool):
+        self.console, self.enabled = console, enabled
         self.bar: Progress | None = None
         self.task = None
         self.started = self.last_line = time.monotonic()

@@ -34,9 +34,15 @@ def where(finding: Finding) -> str:
 
 
 def render(console: Console, manifest: Manifest, manifest_path: Path | None = None,
-           report_path: Path | None = None) -> None:
+           report_path: Path | None = None, quiet: bool = False) -> None:
+    """The summary; ``quiet`` keeps only the verdict line and the findings that matter."""
     findings = manifest.findings
     result = verdict(findings, complete=manifest.status == "complete")
+    if quiet:
+        findings = [f for f in findings if f.severity is not Severity.INFO]
+        console.print(Text("verdict   ").append(result.upper(), style=STYLES[result]).append(_counts(findings)))
+        _render_findings(console, findings)
+        return
     stream = manifest.stream
     facts = [format_size(manifest.archive.size), manifest.format]
     if stream.get("frames"):
@@ -55,6 +61,10 @@ def render(console: Console, manifest: Manifest, manifest_path: Path | None = No
         console.print(Text(f"manifest  {safe_text(str(manifest_path))}"))
     if report_path:
         console.print(Text(f"report    {safe_text(str(report_path))}"))
+    _render_findings(console, findings)
+
+
+def _render_findings(console: Console, findings: list[Finding]) -> None:
     shown = sorted(findings, key=lambda f: (list(Severity).index(f.severity),
                                             (f.location.byte_range or (0,))[0]))
     for finding in shown[:SHOWN]:
