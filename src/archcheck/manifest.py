@@ -147,6 +147,15 @@ class MembersWriter:
             raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()  # read once, at import: os.umask is process-wide and threads write files
+
+
 def load(path: Path) -> Manifest:
     try:
         return Manifest.from_json(json.loads(Path(path).read_bytes()))
@@ -170,6 +179,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     except OSError as exc:
         raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600; the file should look like any other
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
