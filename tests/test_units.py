@@ -51,6 +51,7 @@ FROZEN_CODES = {
     "TAR_NOT_TAR": ("info", "info", "tar"),
     "FINDINGS_LIMITED": ("info", "info", "run"),
     "ZSTD_SIZE_NOTE_MISMATCH": ("corruption", "error", "zstd"),
+    "TAR_EMPTY": ("drift", "warning", "tar"),
 }
 
 

@@ -347,3 +347,14 @@ def test_pzstd_size_note_that_disagrees_with_the_blocks(fx, state, damaged):
     result = verify(bad, state=state)
     codes_found = [f.code for f in result.findings if f.category.value == "corruption"]
     assert codes_found == ["ZSTD_SIZE_NOTE_MISMATCH"]
+
+
+def test_empty_archives(state, tmp_path):
+    zeros = tmp_path / "zeroed.tar"  # an empty archive, or a backup that was zeroed out
+    zeros.write_bytes(bytes(20 * 512))
+    result = verify(zeros, state=state)
+    assert result.verdict == "intact" and [f.code for f in result.findings] == ["TAR_EMPTY"]
+    empty = tmp_path / "empty.zst"
+    empty.write_bytes(bytes.fromhex("28B52FFD2400010000 99E9D851".replace(" ", "")))
+    result = verify(empty, state=state)
+    assert result.verdict == "intact" and [f.code for f in result.findings] == ["TAR_NOT_TAR"]

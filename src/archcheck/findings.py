@@ -73,6 +73,7 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("TAR_RESYNC", I, N, "tar", "skipped {length} bytes of unreadable tar data to the next valid header"),
     _c("TAR_NOT_TAR", I, N, "tar", "decoded content is not a tar archive; tar and member checks skipped"),
     _c("ZSTD_SIZE_NOTE_MISMATCH", C, E, "zstd", "pzstd noted a {noted}-byte frame, its blocks take {actual} bytes"),
+    _c("TAR_EMPTY", D, W, "tar", "the archive holds no members: its {size} bytes are only end-of-archive zeros"),
     # the run itself
     _c("FINDINGS_LIMITED", I, N, "run", "{dropped} more findings not kept (first {limit} kept): {by_code}"),
 ]}

@@ -16,8 +16,8 @@ def detect_format(head: bytes, name: str) -> str:
     """'zstd' or 'tar' from the first bytes; UnsupportedArchive with one clear line otherwise."""
     if is_zstd_start(head):
         return "zstd"
-    if is_valid_header(head[:512]) or head[257:262] == b"ustar":
-        return "tar"
+    if is_valid_header(head[:512]) or head[257:262] == b"ustar" or head[:1024] == bytes(1024):
+        return "tar"  # the last: an empty archive is just its end marker
     for magic, offset, label in OTHER_FORMATS:
         if head[offset:offset + len(magic)] == magic:
             raise UnsupportedArchive(f"{name} is {label}, not zstd or tar; archcheck verifies .tar, .tar.zst and .zst")

@@ -288,6 +288,9 @@ class TarWalker:
 
     def finish(self, end: int, upstream_damage: bool = False) -> None:
         """The stream ended at uncompressed offset ``end``."""
+        if end == 0 and self.state == HEADER and not upstream_damage:  # empty decoded content
+            self.state = NOT_TAR
+            self._emit("TAR_NOT_TAR", 0, 0)
         if end != self.pos:
             self.lost(self.pos)
             upstream_damage = True
@@ -308,6 +311,8 @@ class TarWalker:
             self._emit("TAR_RESYNC", self.resync_from, end, length=end - self.resync_from)
         elif state == END and self.trailing:
             self._emit("TAR_TRAILING_DATA", self.trailing_at or end, end, length=self.trailing)
+        if state == END and not self.count:  # a zeroed-out file reads as an empty archive
+            self._emit("TAR_EMPTY", 0, end, size=end)
         self.flush()
 
     def flush(self) -> None:
