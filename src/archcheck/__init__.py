@@ -1,14 +1,24 @@
 """archcheck: prove that backup archives would restore, without restoring them."""
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .api import Verification, verify  # noqa: E402
-from .errors import (ArchcheckError, SourceError, StateError, UnsupportedArchive,  # noqa: E402
-                     UsageError, WindowTooLarge)
-from .findings import CATALOGUE, Category, Finding, Location, Severity  # noqa: E402
-from .layers import ALL_LAYERS  # noqa: E402
+# The public API, loaded on first use: worker processes import archcheck.worker without
+# paying for asyncio and the coordinator's modules (their start-up is on the critical path).
+_EXPORTS = {
+    "verify": "api", "Verification": "api",
+    "Finding": "findings", "Location": "findings", "Category": "findings", "Severity": "findings",
+    "CATALOGUE": "findings", "ALL_LAYERS": "layers",
+    "ArchcheckError": "errors", "UsageError": "errors", "SourceError": "errors",
+    "UnsupportedArchive": "errors", "WindowTooLarge": "errors", "StateError": "errors",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["verify", "Verification", "Finding", "Location", "Category", "Severity", "CATALOGUE",
-           "ALL_LAYERS", "ArchcheckError", "UsageError", "SourceError", "UnsupportedArchive",
-           "WindowTooLarge", "StateError", "__version__"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'archcheck' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import aiofiles
 import blake3
 
 from ..errors import SourceError
@@ -25,6 +24,7 @@ class LocalFile:
         self.size = size
 
     async def read(self, offset: int, length: int) -> bytes:
+        import aiofiles  # only the coordinator reads this way; workers start without asyncio
         async with aiofiles.open(self.path, "rb") as f:
             await f.seek(offset)
             return await f.read(length)
