@@ -261,8 +261,9 @@ class TarWalker:
                     self.pending_at = at
                 self.pending["name" if flag == LONG_NAME else "linkname"] = _text(view[data:data + size].tobytes())
             else:
-                extra, first = (self.pending, self.pending_at) if self.pending else (None, at)
-                self.pending = {}
+                extra, first = None, at
+                if self.pending:
+                    extra, first, self.pending = self.pending, self.pending_at, {}
                 record((first, at + BLOCK, header, size, oneshot(view[data:data + size]) if oneshot else None, extra))
             i = data + ((size + BLOCK - 1) & ~(BLOCK - 1))
             if i > n:
