@@ -347,8 +347,9 @@ class TarWalker:
         count when ``start`` was reached."""
         hit = self.member_at(start)[0]
         names = [hit] if hit else []
-        candidates = list(self.recent) + [_member(r) for r in self.batch[:20]]
-        names += [m.name for m in candidates if m.header_offset >= start and m.name != hit][:10 - len(names)]
+        later = [m.name for m in self.recent if m.header_offset >= start][:11]
+        later += [_member(r).name for r in self.batch if r[0] >= start][:11 - len(later)]
+        names += [name for name in later if name != hit][:10 - len(names)]
         total = self.count - first_count + (1 if hit else 0) + (1 if self.current is not None else 0)
         if self.current is not None and self.current[0] >= start and len(names) < 10:
             names.append(_member(self.current).name)
