@@ -185,3 +185,27 @@ def test_twelve_digit_size_fields_are_read_whole():
     walker.finish(len(data))
     assert [(m.name, m.size, m.digest) for m in got] == [("file1", 512, xx.xxh3_128_hexdigest(b"x" * 512))]
     assert walker.findings == []
+
+
+@pytest.mark.parametrize("size", [b"-1536", b"+5", b"5_0", b"", b"0x10"])
+def test_pax_size_that_is_not_a_size_is_malformed_not_a_hang(size):
+    from archcheck.layers.tar import TarWalker
+
+    def header(name: bytes, flag: bytes, length: int) -> bytes:
+        block = bytearray(512)
+        block[0:len(name)] = name
+        block[124:136] = b"%011o\x00" % length
+        block[156:157] = flag
+        block[257:265] = b"ustar\x0000"
+        block[148:156] = b" " * 8
+        block[148:156] = b"%06o\x00 " % sum(block)
+        return bytes(block)
+
+    record = b" size=" + size + b"\n"
+    record = str(len(record) + 2).encode() + record
+    data = header(b"p", b"x", len(record)) + record.ljust(512, b"\0")
+    data += header(b"f", b"0", 5) + b"hello".ljust(512, b"\0") + bytes(1024)
+    walker = TarWalker("t", "xxh3-128")
+    walker.feed(memoryview(data), 0)
+    walker.finish(len(data))
+    assert "TAR_PAX_MALFORMED" in [f.code for f, _, _ in walker.findings]

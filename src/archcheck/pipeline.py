@@ -10,6 +10,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ class Run:
             self.manifest.stream = {"nonce": nonce, "status": "running", "attempt": attempt + 1}
             members = self.path.parent / f".members.{nonce}.jsonl"
             try:
-                result = await asyncio.to_thread(self._check_stream, nonce, members)
+                result = await in_daemon_thread(self._check_stream, nonce, members)
             except BrokenProcessPool:
                 raise _worker_crashed() from None
             except OSError as exc:
@@ -250,6 +251,30 @@ class Run:
             await asyncio.sleep(SAVE_INTERVAL)
             data = json.dumps(self.manifest.to_json(), separators=(",", ":")).encode()
             await asyncio.to_thread(write_atomic, self.path, data)
+
+
+async def in_daemon_thread(fn: Callable, *args: Any) -> Any:
+    """Like asyncio.to_thread, on a daemon thread: an interrupted run must be able to exit even
+    while the thread is busy (executor threads are joined at exit; daemon threads are not)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(outcome: Any, error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(outcome)
+
+    def target() -> None:
+        try:
+            outcome, error = fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, outcome, error)
+        except RuntimeError:
+            pass  # the loop is gone: the run was interrupted
+
+    threading.Thread(target=target, name="archcheck-stream", daemon=True).start()
+    return await future
 
 
 def _worker_crashed() -> WorkerCrashed:

@@ -411,10 +411,13 @@ class TarWalker:
             return
         pax = {**self.global_pax, **self.pending.get("pax", {})}
         if "size" in pax:
-            try:
-                size = int(pax["size"])
-            except ValueError:
-                self._emit("TAR_PAX_MALFORMED", at, at + BLOCK, detail="size is not a number")
+            value = pax["size"].strip()
+            if not value.isdigit():  # no sign, no spaces, no underscores: a size is digits
+                shown = value[:40].decode("latin-1")
+                self._emit("TAR_PAX_MALFORMED", at, at + BLOCK, detail=f"size {shown!r} is not a size")
+                self._start_resync(at, at + 1)
+                return
+            size = int(value)
         if flag[0] in EXTENSION_TYPES:
             if size > EXTENSION_LIMIT:
                 self._emit("TAR_PAX_MALFORMED", at, at + BLOCK, detail=f"{size}-byte extended header")
