@@ -11,7 +11,7 @@ import json
 import multiprocessing
 import os
 import threading
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +101,8 @@ class Run:
         except BaseException:
             self.manifest.status = "interrupted"
             _stop_workers(self.pool)
+            # a decode task still queued is cancelled now, which unblocks the thread waiting for it
+            self.pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
             for task in helpers:
@@ -168,7 +170,7 @@ class Run:
             self.manifest.stream = {"nonce": nonce, "status": "running", "attempt": attempt + 1}
             members = self.path.parent / f".members.{nonce}.jsonl"
             try:
-                result = await in_daemon_thread(self._check_stream, nonce, members)
+                result = await asyncio.to_thread(self._check_stream, nonce, members)
             except BrokenProcessPool:
                 raise _worker_crashed() from None
             except OSError as exc:
@@ -253,30 +255,6 @@ class Run:
             await asyncio.to_thread(write_atomic, self.path, data)
 
 
-async def in_daemon_thread(fn: Callable, *args: Any) -> Any:
-    """Like asyncio.to_thread, on a daemon thread: an interrupted run must be able to exit even
-    while the thread is busy (executor threads are joined at exit; daemon threads are not)."""
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def settle(outcome: Any, error: BaseException | None) -> None:
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(outcome)
-
-    def target() -> None:
-        try:
-            outcome, error = fn(*args), None
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            outcome, error = None, exc
-        try:
-            loop.call_soon_threadsafe(settle, outcome, error)
-        except RuntimeError:
-            pass  # the loop is gone: the run was interrupted
-
-    threading.Thread(target=target, name="archcheck-stream", daemon=True).start()
-    return await future
-
-
 def _worker_crashed() -> WorkerCrashed:
     return WorkerCrashed("a worker process died (killed or out of memory); the manifest keeps what was verified")
 
@@ -285,5 +263,10 @@ def _stop_workers(pool: ProcessPoolExecutor | None) -> None:
     """On interruption, do not wait for a long stream task: end the workers now."""
     if pool is None:
         return
+    # Ending workers under a pool whose futures asyncio has cancelled makes the pool's manager
+    # thread set a result on a cancelled future (CPython 3.11): harmless, but it would print a
+    # traceback. Only that error is silenced.
+    default_hook = threading.excepthook
+    threading.excepthook = lambda args: None if issubclass(args.exc_type, InvalidStateError) else default_hook(args)
     for process in list(getattr(pool, "_processes", {}).values()):  # no public API for this
         process.terminate()

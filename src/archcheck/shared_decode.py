@@ -35,6 +35,7 @@ class SharedDecoders:
         self.views: list[memoryview] = []
         self.conn = None
         self.future: Future | None = None
+        self.unlinked = False
 
     def __iter__(self) -> Iterator[Event]:
         self.shm = SharedMemory(create=True, size=self.slots * CHUNK)
@@ -47,6 +48,7 @@ class SharedDecoders:
             self.future.add_done_callback(lambda f: self._unblock(authkey))
             try:
                 self.conn = listener.accept()
+                self._unlink()  # the worker has attached by now: nothing can be left in /dev/shm
                 yield from self._events()
             finally:
                 self.close()  # tells the worker to stop, if it has not finished
@@ -87,13 +89,17 @@ class SharedDecoders:
             except OSError:
                 pass
             self.conn.close()
-        for view in self.views:
-            view.release()
-        self.views = []
-        if self.shm is not None:
-            self.shm.unlink()
-            try:
+        self._unlink()
+        try:
+            for view in self.views:
+                view.release()
+            if self.shm is not None:
                 self.shm.close()
-            except BufferError:  # a consumer still holds a view (an exception is unwinding): GC unmaps it
-                pass
-            self.shm = None
+        except BufferError:  # a consumer still holds a view (an exception is unwinding): GC unmaps it
+            pass
+        self.views, self.shm = [], None
+
+    def _unlink(self) -> None:
+        if self.shm is not None and not self.unlinked:
+            self.unlinked = True
+            self.shm.unlink()
