@@ -18,7 +18,8 @@ rotates each round. Each run's wall time and peak RSS of its whole process tree
 (summed VmRSS, polled every 20 ms: archcheck's forkserver and workers count) are recorded.
 Prints per-command medians, the target ratios (each computed within a round, then the median
 over rounds) with PASS/FAIL, and writes everything to WORK/results.json. Only ratios from one
-run compare: machines are shared and noisy.
+run compare: machines are shared and noisy, so the CPU load of other work is sampled for a
+second before each round and a busy machine is reported.
 
 Exit status 1 when any command failed (each failure is printed as it happens and again at
 the end); target FAILs are results, not errors. Needs zstd, pzstd, tar, PostgreSQL 15 server
@@ -58,6 +59,7 @@ TAR, SINGLE, MULTI = "bench.tar", "bench.tar.zst", "bench.multi.tar.zst"
 BLOCK = 512
 FILL_SLACK = 1_000_000  # stop looking for entries that fit once this little budget is left
 POLL_S = 0.02
+BUSY_LIMIT = 0.2  # CPUs' worth of other work before a round that makes its numbers suspect
 RSS_LIMIT = 300 * MiB
 TARGETS = [  # (label, numerator, denominator, upper limit or None for reference only)
     ("archcheck single / zstd -t single", "archcheck single", "zstd -t single", 1.0),
@@ -301,11 +303,26 @@ def warm_cache(work: Path) -> None:
     check(["cat", *(work / n for n in (TAR, SINGLE, MULTI))], "warming the page cache")
 
 
-def run_rounds(cmds: dict[str, list[str]], rounds: int, state: Path) -> tuple[dict, list[dict]]:
+def busy_cpus(seconds: float = 1.0) -> float:
+    """CPUs' worth of work the machine does while this process sleeps: other users' load."""
+    def busy_idle() -> tuple[int, int]:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = ticks[3] + ticks[4]  # idle and iowait
+        return sum(ticks[:8]) - idle, idle
+
+    (b0, i0), _, (b1, i1) = busy_idle(), time.sleep(seconds), busy_idle()
+    return (b1 - b0) / max(1, (b1 - b0) + (i1 - i0)) * (os.cpu_count() or 1)
+
+
+def run_rounds(cmds: dict[str, list[str]], rounds: int, state: Path) -> tuple[dict, list[dict], list[float]]:
     names = list(cmds)
     runs: dict[str, list[dict]] = {name: [] for name in names}
-    failures = []
+    failures, busy = [], []
     for r in range(rounds):
+        busy.append(busy_cpus())
+        if busy[-1] > BUSY_LIMIT:
+            say(f"!!! round {r + 1}: the machine is busy with other work ({busy[-1]:.1f} CPUs): "
+                f"this round's times are suspect")
         shift = r % len(names)  # each command meets a different neighbour and position each round
         for name in names[shift:] + names[:shift]:
             shutil.rmtree(state, ignore_errors=True)  # a fresh state dir: no earlier run to find
@@ -319,7 +336,7 @@ def run_rounds(cmds: dict[str, list[str]], rounds: int, state: Path) -> tuple[di
                       f"    {shlex.join(cmds[name])}\n--- stdout:\n{run['stdout_tail'] or '(empty)'}\n"
                       f"--- stderr:\n{run['stderr_tail'] or '(empty)'}\n", file=sys.stderr, flush=True)
         say(f"round {r + 1}/{rounds} done")
-    return runs, failures
+    return runs, failures, busy
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -450,11 +467,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="archcheck-bench-") as tmp:
         state = Path(tmp) / "state"
         cmds = commands(work, args.archcheck, state)
-        runs, failures = run_rounds(cmds, args.rounds, state)
+        runs, failures, busy = run_rounds(cmds, args.rounds, state)
     summary, targets, rss = summarize(runs), ratios(runs), rss_target(runs)
     print_report(summary, targets, rss, failures)
+    if max(busy) > BUSY_LIMIT:
+        say("", f"!!! other work was running before {sum(b > BUSY_LIMIT for b in busy)} of {len(busy)} "
+                f"rounds (CPUs busy: {', '.join(f'{b:.1f}' for b in busy)}): rerun on a quiet machine")
     results = {"environment": env, "build": info, "commands": {n: shlex.join(c) for n, c in cmds.items()},
-               "runs": runs, "summary": summary, "ratios": targets, "rss": rss, "failures": failures}
+               "busy_cpus_before_round": busy, "runs": runs, "summary": summary, "ratios": targets, "rss": rss, "failures": failures}
     (work / "results.json").write_text(json.dumps(results, indent=1))
     say("", f"results: {work / 'results.json'}")
     sys.exit(1 if failures else 0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -164,10 +163,4 @@ class ProgressDisplay:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     app()
-
-
-def _stop_like_ctrl_c(signum: int, frame: object) -> None:
-    """SIGTERM (cron's or systemd's stop) ends the run as Ctrl-C does: manifest saved, exit 3."""
-    raise KeyboardInterrupt

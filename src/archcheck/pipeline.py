@@ -11,7 +11,7 @@ import json
 import multiprocessing
 import os
 import threading
-from concurrent.futures import Executor, InvalidStateError, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +82,7 @@ class Run:
         passes = ("raw" in options.layers) + options.stream
         self.progress = _Progress(source.size, passes, on_progress)
         self.pool: Executor | None = None
+        self.stopping = threading.Event()  # interruption: the stream thread tells its worker to stop
 
     async def run(self) -> None:
         self.save()  # the run directory exists and is writable before any work starts
@@ -99,9 +100,10 @@ class Run:
             await self._confirm()
             self._finish()
         except BaseException:
+            # Stop, do not kill: the stream thread tells its decoding worker to stop, queued tasks
+            # are cancelled (which also releases a thread waiting for one), and what runs is short.
             self.manifest.status = "interrupted"
-            _stop_workers(self.pool)
-            # a decode task still queued is cancelled now, which unblocks the thread waiting for it
+            self.stopping.set()
             self.pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
@@ -199,7 +201,8 @@ class Run:
                 on_progress=lambda done: self.progress.update(stream=done), on_members=writer.write,
                 decoders=lambda frames: SharedDecoders(self.pool, self.ref, frames, threads=options.workers,
                                                        max_window=options.max_window,
-                                                       depth=options.stream_depth(), nonce=nonce)).run()
+                                                       depth=options.stream_depth(), nonce=nonce,
+                                                       stop=self.stopping)).run()
         finally:
             reader.close()
             writer.close()
@@ -257,16 +260,3 @@ class Run:
 
 def _worker_crashed() -> WorkerCrashed:
     return WorkerCrashed("a worker process died (killed or out of memory); the manifest keeps what was verified")
-
-
-def _stop_workers(pool: ProcessPoolExecutor | None) -> None:
-    """On interruption, do not wait for a long stream task: end the workers now."""
-    if pool is None:
-        return
-    # Ending workers under a pool whose futures asyncio has cancelled makes the pool's manager
-    # thread set a result on a cancelled future (CPython 3.11): harmless, but it would print a
-    # traceback. Only that error is silenced.
-    default_hook = threading.excepthook
-    threading.excepthook = lambda args: None if issubclass(args.exc_type, InvalidStateError) else default_hook(args)
-    for process in list(getattr(pool, "_processes", {}).values()):  # no public API for this
-        process.terminate()

@@ -8,6 +8,7 @@ and the tar walker's GIL is not the decode threads' GIL.
 from __future__ import annotations
 
 import secrets
+import threading
 from concurrent.futures import Executor, Future
 from multiprocessing.connection import Client, Listener
 from multiprocessing.shared_memory import SharedMemory
@@ -23,7 +24,7 @@ class SharedDecoders:
     """Iterate for decoded pieces in frame order; ``release`` hands a slot back."""
 
     def __init__(self, pool: Executor, ref: SourceRef, frames: list[Frame], *, threads: int,
-                 max_window: int, depth: int, nonce: str):
+                 max_window: int, depth: int, nonce: str, stop: threading.Event):
         self.pool, self.ref, self.frames = pool, ref, frames
         self.threads = max(1, min(threads, len(frames)))
         self.depth = depth
@@ -36,8 +37,11 @@ class SharedDecoders:
         self.conn = None
         self.future: Future | None = None
         self.unlinked = False
+        self.stop = stop  # set when the run is interrupted: the worker is told to stop, not killed
 
     def __iter__(self) -> Iterator[Event]:
+        if self.stop.is_set():
+            return
         self.shm = SharedMemory(create=True, size=self.slots * CHUNK)
         self.views = [self.shm.buf[i * CHUNK:(i + 1) * CHUNK] for i in range(self.slots)]
         authkey = secrets.token_bytes(16)
@@ -55,7 +59,7 @@ class SharedDecoders:
         self.future.result()  # a worker that failed says why here
 
     def _events(self) -> Iterator[Event]:
-        while True:
+        while not self.stop.is_set():
             try:
                 message = self.conn.recv()
             except EOFError:

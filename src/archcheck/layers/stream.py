@@ -314,6 +314,9 @@ class StreamCheck:
             code = classify_decode_error(event.error)
             if code == "ZSTD_CHECKSUM_MISMATCH":
                 self._content_mismatch(frame, code, frame_start)
+                if self.walker:  # the decoder withholds its last piece of output on this error
+                    self.walker.lost(self.uoff)
+                    self.upstream_lost = True
             else:
                 self._lost(frame, event, structural, code, error=event.error)
             return
@@ -352,15 +355,18 @@ class StreamCheck:
                        uncompressed_offset=frame_start, member=only)
         if members:
             details["members"] = tuple(members[:10]) + ((f"... {total - len(members[:10])} more",) if total > 10 else ())
+        effects: list[Finding] = []
         if self.walker:  # tar damage in or right after a bad frame is that frame's damage
             self._drain_walker()
             recent = self.findings[self.findings_at_frame_start:]
             effects = [f for f in recent if _is_tar_damage(f) and frame_start <= f.location.uncompressed_offset]
             self.findings[self.findings_at_frame_start:] = [f for f in recent if f not in effects]
-            self.fold = (len(self.findings), self.uoff, self.walker.count)
+        before = len(self.findings)
         self.findings.append(Finding.of(code, loc, **details))
-        for effect in effects if self.walker else ():
-            self._add_effect(len(self.findings) - 1, effect)
+        if len(self.findings) > before:  # kept, not over the findings limit
+            self.fold = (before, self.uoff, self.walker.count) if self.walker else None
+            for effect in effects:
+                self._add_effect(before, effect)
 
     def _place(self, finding: Finding, start: int, end: int) -> Finding:
         """Give a walker finding its archive byte range and frame."""

@@ -430,7 +430,7 @@ class TarWalker:
             if size == 0:
                 self.state, self.need = HEADER, BLOCK
             return
-        extra = self._overrides(block, pax)
+        extra = self._overrides(pax, at)
         header_offset = self.pending_at if self.pending else at
         self.pending = {}
         data_len = 0 if flag[0] in NO_DATA_TYPES else size
@@ -444,7 +444,7 @@ class TarWalker:
         else:
             self._finish_member()
 
-    def _overrides(self, block: bytes, pax: dict[str, bytes]) -> dict[str, Any] | None:
+    def _overrides(self, pax: dict[str, bytes], at: int) -> dict[str, Any] | None:
         """What extension headers say about the member, beyond its own header."""
         extra: dict[str, Any] = {}
         for key in ("GNU.sparse.name", "path"):
@@ -463,7 +463,7 @@ class TarWalker:
             try:
                 extra["sparse_size"] = int(sparse)
             except ValueError:
-                self._emit("TAR_PAX_MALFORMED", 0, 0, detail="sparse size is not a number")
+                self._emit("TAR_PAX_MALFORMED", self.pending_at, at, detail="sparse size is not a number")
         return extra or None
 
     def _extension(self, data: bytes) -> None:
