@@ -106,6 +106,7 @@ def test_sigterm_stops_cleanly(archives, tmp_path):
     assert "interrupted" in err and err.count("\n") == 1
     [manifest] = tmp_path.glob("runs/*/manifest.json")
     assert json.loads(manifest.read_text())["status"] == "interrupted"
+    assert not list(manifest.parent.glob(".members.*"))
     deadline = time.monotonic() + 10  # the forkserver and resource tracker exit once they see EOF
     while [pid for pid in children if os.path.exists(f"/proc/{pid}")] and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -173,12 +173,15 @@ class Run:
             members = self.path.parent / f".members.{nonce}.jsonl"
             try:
                 result = await asyncio.to_thread(self._check_stream, nonce, members)
-            except BrokenProcessPool:
-                raise _worker_crashed() from None
             except OSError as exc:
                 error = describe_error(exc)
                 members.unlink(missing_ok=True)
                 continue
+            except BaseException as exc:  # interrupted or crashed: no half-written members file stays
+                members.unlink(missing_ok=True)
+                if isinstance(exc, BrokenProcessPool):
+                    raise _worker_crashed() from None
+                raise
             os.replace(members, self.path.parent / MEMBERS_FILE)
             self._record_stream(result, nonce, attempt + 1)
             return
