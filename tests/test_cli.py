@@ -20,7 +20,7 @@ def test_intact_archive_exits_0_and_says_so(fx, state):
 def test_state_dir_from_environment(fx, tmp_path):
     run = cli("verify", fx / "gnu.tar", env={"ARCHCHECK_STATE_DIR": str(tmp_path / "envstate")})
     assert run.returncode == 0
-    assert list((tmp_path / "envstate" / "runs").glob("*/manifest.json"))
+    assert list((tmp_path / "envstate" / "drills").glob("drill-1/archives/*/manifest.json"))
 
 
 def test_corruption_exits_1_with_location(fx, state, damaged):
@@ -103,8 +103,10 @@ def test_json_report(fx, state, tmp_path, damaged):
     run = cli("verify", damaged("gnu.tar", truncate=header_cut + 100), "--state-dir", state, "--report", report)
     assert run.returncode == 1
     data = json.loads(report.read_text())
-    assert data["schema"] == "archcheck.report" and data["version"] == 1
-    assert data["verdict"] == "corrupt" and data["exit_code"] == 1
+    assert data["schema"] == "archcheck.report" and data["version"] == 2
+    assert data["verdict"] == "corrupt" and data["exit_code"] == 1 and data["drill"] == "drill-1"
+    [data] = data["archives"]
+    assert data["verdict"] == "corrupt" and data["status"] == "complete"
     assert data["archive"]["size"] == header_cut + 100 and len(data["archive"]["head_blake3"]) == 64
     [finding] = [f for f in data["findings"] if f["category"] == "corruption"]
     assert finding["code"] == "TAR_TRUNCATED" and finding["location"]["byte_range"] == [header_cut + 100] * 2

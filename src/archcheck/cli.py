@@ -6,22 +6,25 @@ import functools
 import os
 import re
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from . import __version__
-from .api import DEFAULT_MAX_MEMORY, verify
+from . import api
+from .api import DEFAULT_MAX_MEMORY
 from .errors import ArchcheckError, UsageError, format_size
 from .layers import ALL_LAYERS
 from .layers.members import DEFAULT_DIGEST
 from .layers.zstd import DEFAULT_MAX_WINDOW
-from .reports import json_report, text_report
+from .reports import json_report, safe_text, text_report
 from .segments import DEFAULT_SEGMENT_SIZE
+from .units import parse_budget, parse_duration, parse_size, parse_until
 
 EXIT_CODES = """Exit codes: 0 intact, 1 corruption found, 2 usage or environment error,
 3 incomplete (a read failed, something could not be checked, or the run was interrupted)."""
@@ -44,17 +47,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help=f"archcheck {__version__}: prove backup archives would restore, without restoring them.\n\n"
                        + EXIT_CODES)
 
-SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-              "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
 PLAIN_PROGRESS_INTERVAL = float(os.environ.get("ARCHCHECK_PROGRESS_INTERVAL", "10"))
-
-
-def parse_size(text: str, option: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = match and SIZE_UNITS.get(match.group(2).lower())
-    if not match or unit is None:
-        raise UsageError(f"{option}: cannot read {text!r} as a size (examples: 64M, 1G, 512KiB)")
-    return int(float(match.group(1)) * unit)
 
 
 @app.callback()
@@ -86,10 +79,20 @@ def _exits(command: Callable) -> Callable:
     return wrapper
 
 
+STATE_DIR = typer.Option(None, "--state-dir", envvar="ARCHCHECK_STATE_DIR",
+                         help="State directory (default: $XDG_STATE_HOME/archcheck).")
+REPORT = typer.Option(None, "--report", help="Write the JSON report here.")
+PROGRESS = typer.Option(None, "--progress/--no-progress",
+                        help="Progress display (default: a bar on a terminal, plain timestamped lines otherwise).")
+QUIET = typer.Option(False, "--quiet", "-q", help="Print only findings and the verdict line.")
+DEADLINE = typer.Option(None, "--deadline", help="Stop cleanly after this long (90s, 45m, 2h); exit 3, resumable.")
+UNTIL = typer.Option(None, "--until", help="Stop cleanly at this local time (06:00) or ISO 8601 instant.")
+
+
 @app.command("verify", help=VERIFY_HELP, no_args_is_help=True)
 @_exits
 def verify_command(
-    archive: Path = typer.Argument(..., help="The archive file to verify."),
+    archives: list[Path] = typer.Argument(..., help="The archive files to verify."),
     layers: str = typer.Option(",".join(ALL_LAYERS), help="Comma-separated layers to check."),
     segment_size: str = typer.Option(format_size(DEFAULT_SEGMENT_SIZE).replace(" ", ""),
                                      help="Size of the byte-range segments (a multiple of 8 MiB)."),
@@ -99,28 +102,165 @@ def verify_command(
     max_window: str = typer.Option(format_size(DEFAULT_MAX_WINDOW).replace(" ", ""),
                                    help="Largest zstd window to decode; larger frames are refused (exit 2)."),
     digest: str = typer.Option(DEFAULT_DIGEST, help="Member digest: xxh3-128 or blake3."),
-    report: Optional[Path] = typer.Option(None, help="Write the JSON report here."),
-    state_dir: Optional[Path] = typer.Option(None, envvar="ARCHCHECK_STATE_DIR",
-                                             help="State directory (default: $XDG_STATE_HOME/archcheck)."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
-                                            help="Progress display (default: a bar on a terminal, "
-                                                 "plain lines otherwise)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only findings and the verdict line."),
+    drill: Optional[str] = typer.Option(None, "--drill", help="Name the drill (default: drill-N, numbered)."),
+    deadline: Optional[str] = DEADLINE,
+    until: Optional[str] = UNTIL,
+    budget: Optional[str] = typer.Option(None, "--budget",
+                                         help="Verify this much, least recently verified first: a time "
+                                              "(30m, 2h) or a size (500G; 30M is 30 MiB, 30m 30 minutes)."),
+    skip_verified_within: Optional[str] = typer.Option(
+        None, "--skip-verified-within", help="Skip unchanged archives verified in full within this age (7d)."),
+    report: Optional[Path] = REPORT,
+    state_dir: Optional[Path] = STATE_DIR,
+    progress: Optional[bool] = PROGRESS,
+    quiet: bool = QUIET,
 ) -> None:
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    out = Console(highlight=False, soft_wrap=True)
-    show = progress if progress is not None else True
-    with ProgressDisplay(err, enabled=show and not quiet) as on_progress:
-        result = verify(
-            archive, layers=[x.strip() for x in layers.split(",") if x.strip()],
+    with Output(progress, quiet) as out:
+        result = api.run_drill(
+            archives, layers=[x.strip() for x in layers.split(",") if x.strip()],
             segment_size=parse_size(segment_size, "--segment-size"),
             max_memory=parse_size(max_memory, "--max-memory"), workers=workers,
-            max_window=parse_size(max_window, "--max-window"), digest=digest, state=state_dir,
-            on_progress=on_progress)
-    if report:
-        json_report.write(result.manifest, report, result.manifest_path)
-    text_report.render(out, result.manifest, result.manifest_path, report, quiet=quiet)
+            max_window=parse_size(max_window, "--max-window"), digest=digest, state=state_dir, drill_id=drill,
+            deadline=_deadline(deadline, until), budget=budget and parse_budget(budget, "--budget"),
+            skip_verified_within=skip_verified_within and parse_duration(skip_verified_within,
+                                                                         "--skip-verified-within"),
+            on_progress=out.progress, on_notice=out.notice)
+    out.finish(result, report)
+
+
+@app.command("resume", no_args_is_help=True)
+@_exits
+def resume_command(
+    drill: str = typer.Argument(..., help="The drill to continue, e.g. drill-42."),
+    deadline: Optional[str] = DEADLINE,
+    until: Optional[str] = UNTIL,
+    report: Optional[Path] = REPORT,
+    state_dir: Optional[Path] = STATE_DIR,
+    progress: Optional[bool] = PROGRESS,
+    quiet: bool = QUIET,
+) -> None:
+    """Continue a stopped drill from its last verified segment; nothing verified is verified again.
+
+    Refused when an archive changed since the drill began. Exit codes as for verify."""
+    with Output(progress, quiet) as out:
+        result = api.resume(drill, state=state_dir, deadline=_deadline(deadline, until),
+                            on_progress=out.progress, on_notice=out.notice)
+    out.finish(result, report)
+
+
+drill_app = typer.Typer(no_args_is_help=True, help="Drills: plans, progress and coverage.")
+app.add_typer(drill_app, name="drill")
+
+
+@drill_app.command("run", no_args_is_help=True)
+@_exits
+def drill_run_command(
+    plan: Path = typer.Argument(..., help="The drill plan, e.g. drills/nightly.yaml."),
+    deadline: Optional[str] = DEADLINE,
+    until: Optional[str] = UNTIL,
+    report: Optional[Path] = REPORT,
+    state_dir: Optional[Path] = STATE_DIR,
+    progress: Optional[bool] = PROGRESS,
+    quiet: bool = QUIET,
+) -> None:
+    """Start a drill from a plan file (archives, layers, window or budget, outputs)."""
+    with Output(progress, quiet) as out:
+        result, loaded = api.run_plan(plan, state=state_dir, deadline=_deadline(deadline, until),
+                                      on_progress=out.progress, on_notice=out.notice)
+    template = loaded.report
+    if report is None and template:
+        report = Path(template.format(drill=result.drill.id, date=datetime.now().strftime("%Y-%m-%d")))
+    out.finish(result, report)
+
+
+@drill_app.command("list")
+@_exits
+def drill_list_command(state_dir: Optional[Path] = STATE_DIR) -> None:
+    """Every drill in the state directory, oldest first."""
+    out = Console(highlight=False, soft_wrap=True)
+    for drill in api.list_drills(state=state_dir):
+        if isinstance(drill, ArchcheckError):
+            out.print(Text(f"damaged   {drill}"))
+            continue
+        done = sum(a.status in ("complete", "skipped") for a in drill.archives)
+        out.print(Text(f"{drill.id:<12} {drill.status:<12} {done}/{len(drill.archives)} archives  "
+                       f"started {drill.created}  updated {drill.updated}"))
+
+
+@drill_app.command("status", no_args_is_help=True)
+@_exits
+def drill_status_command(drill: str = typer.Argument(..., help="The drill, e.g. drill-42."),
+                         state_dir: Optional[Path] = STATE_DIR) -> None:
+    """A drill's progress, coverage and what is left, without running anything."""
+    result = api.drill_status(drill, state=state_dir)
+    out = Console(highlight=False, soft_wrap=True)
+    text_report.render_drill(out, result)
+    left = api.remaining_bytes(result)
+    rate = api.throughput(state=state_dir)
+    if left:
+        eta = f", about {left / rate:.0f}s at {format_size(rate)}/s measured" if rate else ""
+        out.print(Text(f"left      {format_size(left)}{eta}"))
     raise typer.Exit(result.exit_code)
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The audit ledger of sealed drill reports.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+@_exits
+def audit_verify_command(state_dir: Optional[Path] = STATE_DIR) -> None:
+    """Check the hash chain of the ledger and every sealed report: exit 0 when intact, 1 when an
+    entry or report was edited, removed or reordered."""
+    audit = api.audit(state=state_dir)
+    out = Console(highlight=False, soft_wrap=True)
+    for problem in audit.problems:
+        out.print(Text(f"  error   {safe_text(problem)}"))
+    verdict = "INTACT" if audit.ok else "TAMPERED"
+    out.print(Text(f"ledger    {audit.entries} entries, {verdict}; head {audit.head or '-'}"))
+    raise typer.Exit(0 if audit.ok else 1)
+
+
+def _deadline(deadline: str | None, until: str | None) -> datetime | None:
+    if deadline and until:
+        raise UsageError("give --deadline or --until, not both")
+    now = datetime.now(timezone.utc)
+    if deadline:
+        return now + timedelta(seconds=parse_duration(deadline, "--deadline"))
+    if until:
+        return parse_until(until, "--until", now.astimezone())
+    return None
+
+
+class Output:
+    """Progress while a drill runs, notices as they come, then the summary and the report."""
+
+    def __init__(self, progress: bool | None, quiet: bool):
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.quiet = quiet
+        self.display = ProgressDisplay(self.err, enabled=(progress if progress is not None else True) and not quiet)
+        self.progress = None
+
+    def __enter__(self) -> "Output":
+        self.progress = self.display.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.display.__exit__(*exc)
+
+    def notice(self, text: str) -> None:
+        self.err.print(Text(f"archcheck: {safe_text(text)}"))
+
+    def finish(self, result, report: Path | None) -> None:
+        drill = result.drill
+        why = {"interrupted": "interrupted", "stopped": "time is up"}.get(drill.status)
+        if why:
+            self.err.print(Text(f"archcheck: {why}; what was verified is kept: archcheck resume {drill.id}"))
+        if report:
+            json_report.write(result, report)
+        text_report.render_drill(self.out, result, report, quiet=self.quiet)
+        raise typer.Exit(result.exit_code)
 
 
 class ProgressDisplay:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+
+import blake3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,7 +70,7 @@ class Manifest:
     members: dict[str, Any] = field(default_factory=dict)  # {"file", "count", "fields"}
     run_findings: list[Finding] = field(default_factory=list)  # about the run, not one segment
     tree_root: str | None = None
-    status: str = "running"  # running, complete, interrupted
+    status: str = "running"  # running, complete, interrupted, stopped (deadline), partial (budget)
     created: str = field(default_factory=utc_now)
     updated: str = field(default_factory=utc_now)
 
@@ -105,7 +107,7 @@ class Manifest:
 
     def save(self, path: Path) -> None:
         self.updated = utc_now()
-        write_atomic(path, json.dumps(self.to_json(), separators=(",", ":")).encode())
+        write_atomic(path, sealed_json(self.to_json()))
 
 
 def iter_members(manifest: Manifest, manifest_path: Path) -> Iterator[dict[str, Any]]:
@@ -124,19 +126,31 @@ class MembersWriter:
     """Member records arrive in batches and are written one JSON array per line, so the list of
     members is never held in memory. A failure here is the state directory's, not the archive's."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume_at: int | None = None):
+        """``resume_at``: continue a file written up to a checkpoint, dropping what came after."""
         self.path = path
         with self._state():
-            self.file = open(path, "w", encoding="utf-8")
+            if resume_at is None:
+                self.file = open(path, "wb")
+            else:
+                self.file = open(path, "r+b")
+                self.file.truncate(resume_at)
+                self.file.seek(resume_at)
 
     def write(self, members: list) -> None:
         with self._state():
-            self.file.write(json.dumps(members, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self.file.write(json.dumps(members, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
 
-    def close(self) -> None:
+    def sync(self) -> int:
+        """Make what was written durable; returns its length, for a checkpoint."""
         with self._state():
             self.file.flush()
             os.fsync(self.file.fileno())
+            return self.file.tell()
+
+    def close(self) -> None:
+        self.sync()
+        with self._state():
             self.file.close()
 
     @contextmanager
@@ -157,10 +171,29 @@ UMASK = _read_umask()  # read once, at import: os.umask is process-wide and thre
 
 
 def load(path: Path) -> Manifest:
+    return Manifest.from_json(read_sealed(path, "manifest"))
+
+
+def sealed_json(body: dict[str, Any]) -> bytes:
+    """State as JSON with a BLAKE3 digest of the rest in front: a file damaged on disk or edited
+    by hand no longer matches it, and is refused rather than trusted."""
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return b'{"integrity":"' + blake3.blake3(data).hexdigest().encode() + b'",' + data[1:]
+
+
+def read_sealed(path: Path, what: str) -> dict[str, Any]:
     try:
-        return Manifest.from_json(json.loads(Path(path).read_bytes()))
-    except (OSError, ValueError) as exc:
-        raise StateError(f"{path}: cannot read manifest: {exc}") from None
+        body = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise StateError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise StateError(f"{what} {path} is damaged (not valid JSON); it cannot be trusted") from None
+    stated = body.pop("integrity", None) if isinstance(body, dict) else None
+    actual = blake3.blake3(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
+    if stated != actual:
+        raise StateError(f"{what} {path} is damaged or was edited (its integrity digest does not match); "
+                         "it cannot be trusted")
+    return body
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -7,10 +7,10 @@ members) runs as one task in the same pool beside the raw segment hashing.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -20,9 +20,9 @@ from typing import Any, Callable
 from .errors import WorkerCrashed, describe_error
 from .findings import Category, Finding, Location
 from .layers import raw
-from .layers.stream import CHUNK, FRAME_FIELDS, StreamCheck, StreamResult
+from .layers.stream import CHUNK, FRAME_FIELDS, CheckpointMismatch, StreamCheck, StreamResult, StreamStopped
 from .layers.members import MEMBER_FIELDS
-from .manifest import MEMBERS_FILE, Manifest, MembersWriter, SegmentRecord, write_atomic
+from .manifest import MEMBERS_FILE, Manifest, MembersWriter, SegmentRecord, sealed_json, utc_now, write_atomic
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
 from .shared_decode import SharedDecoders
@@ -57,6 +57,16 @@ class RunOptions:
         return max(1, min(2 * self.workers, (self.max_memory - stream_buffers) // raw.LEAF_SIZE))
 
 
+@dataclass(frozen=True)
+class RunLimits:
+    """When a run stops short. ``deadline`` (time.monotonic()) abandons what is in flight and
+    ends the run as ``status``; ``stop_offset`` verifies the archive up to that byte only."""
+
+    deadline: float | None = None
+    status: str = "stopped"  # "stopped" for a deadline, "partial" for a budget of time
+    stop_offset: int | None = None
+
+
 class _Progress:
     """Archive bytes done, averaged over the passes that read them (raw, stream)."""
 
@@ -76,13 +86,15 @@ class Run:
     """Verifies one archive into ``manifest``; the manifest is saved as it goes."""
 
     def __init__(self, source: Source, manifest: Manifest, manifest_path, options: RunOptions,
-                 on_progress: ProgressCallback | None = None):
+                 on_progress: ProgressCallback | None = None, limits: RunLimits = RunLimits()):
         self.source, self.manifest, self.path, self.options = source, manifest, manifest_path, options
+        self.limits = limits
         self.ref: SourceRef = source.ref()
         passes = ("raw" in options.layers) + options.stream
         self.progress = _Progress(source.size, passes, on_progress)
         self.pool: Executor | None = None
         self.stopping = threading.Event()  # interruption: the stream thread tells its worker to stop
+        self.progress.update(raw=sum(s.length for s in manifest.segments if s.status == "done"))
 
     async def run(self) -> None:
         self.save()  # the run directory exists and is writable before any work starts
@@ -96,15 +108,16 @@ class Run:
             layers.append(self._raw_layer())
         helpers = [asyncio.create_task(self._autosave())]
         try:
-            await asyncio.gather(*layers)
-            await self._confirm()
-            self._finish()
+            await self._within_deadline(asyncio.gather(*layers))
+            if self._everything_done():
+                await self._confirm()
+                self._finish()
+            else:
+                self.manifest.status = "partial"  # a budget's planned share
+        except TimeoutError:
+            self._halt(self.limits.status)
         except BaseException:
-            # Stop, do not kill: the stream thread tells its decoding worker to stop, queued tasks
-            # are cancelled (which also releases a thread waiting for one), and what runs is short.
-            self.manifest.status = "interrupted"
-            self.stopping.set()
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self._halt("interrupted")
             raise
         finally:
             for task in helpers:
@@ -112,8 +125,26 @@ class Run:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.save()
 
+    async def _within_deadline(self, work: Any) -> None:
+        if self.limits.deadline is None:
+            return await work
+        await asyncio.wait_for(work, max(0.0, self.limits.deadline - time.monotonic()))
+
+    def _halt(self, status: str) -> None:
+        """Stop, do not kill: the stream thread tells its decoding worker to stop, queued tasks
+        are cancelled (which also releases a thread waiting for one), and what runs is short.
+        What was verified is in the manifest; the stream's last checkpoint says where to go on."""
+        self.manifest.status = status
+        self.stopping.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _everything_done(self) -> bool:
+        return (all(s.status != "pending" for s in self.manifest.segments)
+                and (not self.options.stream or self.manifest.stream.get("status") in ("done", "failed")))
+
     def save(self) -> None:
-        write_atomic(self.path, json.dumps(self.manifest.to_json(), separators=(",", ":")).encode())
+        self.manifest.updated = utc_now()
+        write_atomic(self.path, sealed_json(self.manifest.to_json()))
 
     async def _in_pool(self, fn: Callable, *args: Any) -> Any:
         try:
@@ -127,9 +158,11 @@ class Run:
         slots = self.options.in_flight()
         queue: asyncio.Queue[SegmentRecord | None] = asyncio.Queue(maxsize=slots)
 
+        stop_offset = self.limits.stop_offset
+
         async def reader() -> None:
             for record in self.manifest.segments:
-                if record.status != "done":
+                if record.status != "done" and (stop_offset is None or record.offset < stop_offset):
                     await queue.put(record)
             for _ in range(slots):
                 await queue.put(None)
@@ -165,36 +198,66 @@ class Run:
     # --- stream layers ----------------------------------------------------------------------
 
     async def _stream_layer(self) -> None:
-        """zstd, tar and members in one pass; a read failure is retried once."""
+        """zstd, tar and members in one pass, from the last checkpoint if there is one; a read
+        failure is retried once."""
+        if self.manifest.stream.get("status") in ("done", "failed"):
+            return
         error = None
         for attempt in range(2):
-            nonce = new_nonce()  # each attempt writes its own members file: a stale one cannot mix in
-            self.manifest.stream = {"nonce": nonce, "status": "running", "attempt": attempt + 1}
-            members = self.path.parent / f".members.{nonce}.jsonl"
+            checkpoint, members, resume_at = self._stream_start()
             try:
-                result = await asyncio.to_thread(self._check_stream, nonce, members)
+                result = await asyncio.to_thread(self._check_stream, checkpoint, members, resume_at)
+            except StreamStopped:
+                self.manifest.stream = {**self.manifest.stream, "status": "stopped"}
+                return
+            except CheckpointMismatch:  # not this archive's: start the stream over
+                self.manifest.stream = {}
+                continue
             except OSError as exc:
                 error = describe_error(exc)
-                members.unlink(missing_ok=True)
+                self.manifest.stream = {}
                 continue
-            except BaseException as exc:  # interrupted or crashed: no half-written members file stays
-                members.unlink(missing_ok=True)
-                if isinstance(exc, BrokenProcessPool):
-                    raise _worker_crashed() from None
-                raise
+            except BrokenProcessPool:
+                raise _worker_crashed() from None
             os.replace(members, self.path.parent / MEMBERS_FILE)
-            self._record_stream(result, nonce, attempt + 1)
+            self._record_stream(result, self.manifest.stream["nonce"], attempt + 1)
             return
         self.manifest.stream = {"status": "failed", "attempt": 2}
         loc = Location(self.source.uri, byte_range=(0, self.source.size))
         self.manifest.stream_findings = [Finding.of("SOURCE_READ_ERROR", loc, start=0, end=self.source.size,
                                                     error=error)]
 
-    def _check_stream(self, nonce: str, members_path: Path) -> StreamResult:
+    def _stream_start(self) -> tuple[dict | None, Path, int | None]:
+        """The checkpoint to go on from (with its members file and length), or a fresh start
+        with a new nonce: each fresh attempt writes its own members file, so a stale one cannot
+        mix in. A checkpoint whose members file is gone or short is not used."""
+        stream = self.manifest.stream
+        checkpoint = stream.get("checkpoint")
+        if checkpoint is not None:
+            members = self.path.parent / f".members.{stream['nonce']}.jsonl"
+            if members.exists() and members.stat().st_size >= checkpoint["members_bytes"]:
+                self.manifest.stream = {**stream, "status": "running", "resumed": stream.get("resumed", 0) + 1}
+                return checkpoint, members, checkpoint["members_bytes"]
+        for stale in self.path.parent.glob(".members.*.jsonl"):
+            stale.unlink(missing_ok=True)
+        nonce = new_nonce()
+        self.manifest.stream = {"nonce": nonce, "status": "running", "attempt": stream.get("attempt", 0) + 1}
+        return None, self.path.parent / f".members.{nonce}.jsonl", None
+
+    def _check_stream(self, checkpoint: dict | None, members_path: Path, resume_at: int | None) -> StreamResult:
         """Runs in a thread of this process: frames decode in a worker, tar is walked here."""
         options = self.options
         reader = self.ref.open()
-        writer = MembersWriter(members_path)
+        writer = MembersWriter(members_path, resume_at)
+        nonce = self.manifest.stream["nonce"]
+
+        def on_checkpoint(state: dict) -> None:
+            state["members_bytes"] = writer.sync()  # durable before the manifest points at it
+            self.manifest.stream = {**self.manifest.stream, "checkpoint": state}
+            self.progress.update(stream=state["covered"])
+            if self.limits.stop_offset is not None and state["covered"] >= self.limits.stop_offset:
+                self.stopping.set()  # the budget's share is done: the stream stops here
+
         try:
             return StreamCheck(
                 reader, self.source.uri, compressed=self.manifest.format != "tar",
@@ -204,8 +267,9 @@ class Run:
                 on_progress=lambda done: self.progress.update(stream=done), on_members=writer.write,
                 decoders=lambda frames: SharedDecoders(self.pool, self.ref, frames, threads=options.workers,
                                                        max_window=options.max_window,
-                                                       depth=options.stream_depth(), nonce=nonce,
-                                                       stop=self.stopping)).run()
+                                                       depth=options.stream_depth(), nonce=nonce, stop=self.stopping),
+                resume_from=checkpoint, on_checkpoint=on_checkpoint, checkpoint_every=SAVE_INTERVAL,
+                stop=self.stopping).run()
         finally:
             reader.close()
             writer.close()
@@ -257,9 +321,6 @@ class Run:
     async def _autosave(self) -> None:
         while True:
             await asyncio.sleep(SAVE_INTERVAL)
-            data = json.dumps(self.manifest.to_json(), separators=(",", ":")).encode()
+            self.manifest.updated = utc_now()
+            data = sealed_json(self.manifest.to_json())
             await asyncio.to_thread(write_atomic, self.path, data)
-
-
-def _worker_crashed() -> WorkerCrashed:
-    return WorkerCrashed("a worker process died (killed or out of memory); the manifest keeps what was verified")

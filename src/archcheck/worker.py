@@ -73,11 +73,14 @@ def decode_frames(ref: SourceRef, task: DecodeTask) -> None:
             decoders = FrameDecoders(reader, list(task.frames), task.threads, task.max_window, task.depth, buffers)
             returns = threading.Thread(target=_take_back_slots, args=(conn, decoders), daemon=True)
             returns.start()
-            for event in decoders:
-                conn.send((positions[event.frame.index], event.slot, event.length, event.compressed_pos,
-                           event.error, event.io_error, event.problem))
-            conn.send(None)
-            returns.join()
+            try:
+                for event in decoders:
+                    conn.send((positions[event.frame.index], event.slot, event.length, event.compressed_pos,
+                               event.error, event.io_error, event.problem))
+                conn.send(None)
+            finally:  # the connection is not closed under a thread still reading it
+                decoders.stop.set()
+                returns.join(timeout=5)
     except (OSError, EOFError):
         pass  # the coordinator went away or stopped us: nothing is left to report to
     finally:

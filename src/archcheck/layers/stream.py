@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -46,6 +47,14 @@ class StreamResult:
     member_count: int
     findings: tuple[Finding, ...]
     frame_table: tuple[tuple, ...] = ()  # one row per frame, fields in FRAME_FIELDS
+
+
+class StreamStopped(Exception):
+    """The stream check was asked to stop; its last checkpoint says where to go on."""
+
+
+class CheckpointMismatch(Exception):
+    """A checkpoint does not fit the archive's frames: it belongs to other content."""
 
 
 class _RangeFile:
@@ -199,7 +208,10 @@ class StreamCheck:
                  digest: str | None = "xxh3-128", max_window: int = DEFAULT_MAX_WINDOW, threads: int = 2,
                  on_progress: Callable[[int], None] | None = None,
                  on_members: Callable[[list[Member]], None] | None = None,
-                 decoders: Callable[[list[Frame]], Any] | None = None):
+                 decoders: Callable[[list[Frame]], Any] | None = None,
+                 resume_from: dict[str, Any] | None = None,
+                 on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                 checkpoint_every: float = 2.0, stop: threading.Event | None = None):
         self.reader, self.uri = reader, uri
         # how frames get decoded: threads here by default; the pipeline decodes in a worker
         self.make_decoders = decoders or (lambda frames: FrameDecoders(reader, frames, threads, max_window))
@@ -214,6 +226,14 @@ class StreamCheck:
         self.fold: tuple[int, int, int] | None = None  # (finding, frame end, members then) after a bad frame
         self.count_at_frame_start = 0
         self.uoff = 0
+        # resuming: (frame index, uncompressed start, archive offset, members, findings) at recent
+        # frame starts; a checkpoint restarts decoding at one of them
+        self.frame_starts: collections.deque = collections.deque(maxlen=4096)
+        self.resume_from, self.on_checkpoint = resume_from, on_checkpoint
+        self.checkpoint_every, self.last_checkpoint = checkpoint_every, time.monotonic()
+        self.stop = stop or threading.Event()
+        self.walk_findings = 0  # findings of the frame walk: made again by every (resumed) run
+        self.skip_to = 0  # output before this offset was walked before the checkpoint
 
     def run(self) -> StreamResult:
         if self.compressed:
@@ -224,7 +244,12 @@ class StreamCheck:
         self._frame_facts(frames)
         broken = {f.location.frame: i for i, f in enumerate(self.findings) if f.category in STRUCTURAL}
         content_frames = [f for f in frames if f.kind in ("zstd", "raw")]
+        self.walk_findings = len(self.findings)
+        if self.resume_from is not None:
+            content_frames = self._restore(self.resume_from, content_frames)
         self._consume(self.make_decoders(content_frames), broken)
+        if self.stop.is_set():
+            raise StreamStopped()
         upstream = self.upstream_lost or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
         if self.walker:
             self.walker.finish(self.uoff, upstream_damage=upstream)
@@ -274,13 +299,18 @@ class StreamCheck:
             if start_pos is None:  # the frame's first event
                 frame_start, start_pos = self.uoff, frame.offset
                 self.count_at_frame_start = self.walker.count if self.walker else 0
+                if self.resume_from is not None and frame.index == self.resume_from["frame"]:
+                    self.count_at_frame_start = self.resume_from["frame_count"]
                 self.findings_at_frame_start = len(self.findings)
+                self.frame_starts.append((frame.index, self.uoff, frame.offset, self.count_at_frame_start,
+                                          len(self.findings)))
                 seek_hash = xxhash.xxh64() if frame.seek_checksum is not None else None
             if event.slot is not None:
                 view = decoders.view(event)
                 self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos))
-                if self.walker:
-                    self.walker.feed(view, self.uoff)
+                if self.walker and self.uoff + event.length > self.skip_to:
+                    cut = max(0, self.skip_to - self.uoff)  # walked before the checkpoint: skip
+                    self.walker.feed(view[cut:], self.uoff + cut)
                     if self.walker.findings:
                         self._drain_walker()
                 if seek_hash is not None:
@@ -290,11 +320,62 @@ class StreamCheck:
                 view.release()
                 decoders.release(event)
                 self.on_progress(event.compressed_pos)
+                if self.on_checkpoint and time.monotonic() - self.last_checkpoint >= self.checkpoint_every:
+                    self.checkpoint()
                 continue
             self.frame_spans[frame.index] = (frame_start, self.uoff)
             self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, broken.get(frame.index))
             start_pos = None
             self.on_progress(frame.end)
+
+    def checkpoint(self) -> None:
+        """Hand ``on_checkpoint`` the state a later run needs to go on from here: the frame to
+        decode from, the offset where the walk takes over, and the findings made so far. None is
+        taken while a frame's findings are still open (a fold, findings since the frame began)."""
+        self.last_checkpoint = time.monotonic()
+        if self.fold is not None or self.findings.dropped:
+            return
+        walker = self.walker.checkpoint() if self.walker else {"at": self.uoff}
+        if walker is None:
+            return
+        at = walker["at"]
+        start = next((s for s in reversed(self.frame_starts) if s[1] <= at), None)
+        if start is None or start[4] != len(self.findings):
+            return
+        index, frame_start, frame_offset, count, _ = start
+        recent = []
+        if self.walker:
+            self.walker.flush()  # every member before the checkpoint reaches the members file
+            recent = [list(m) for m in self.walker.recent if m.data_offset + m.size > frame_start][:16]
+        self.on_checkpoint({
+            "frame": index, "frame_offset": frame_offset, "frame_start": frame_start, "frame_count": count,
+            "covered": self._archive_offset(at, frame_offset), "walker": walker, "recent": recent,
+            "upstream_lost": self.upstream_lost,
+            "findings": [f.to_json() for f in self.findings[self.walk_findings:]],
+            "frame_spans": [[i, a, b] for i, (a, b) in self.frame_spans.items() if i < index]})
+
+    def _archive_offset(self, uoff: int, frame_offset: int) -> int:
+        """The archive offset before which everything is checked, for an uncompressed offset:
+        the input read before the piece of output holding it (at least its frame's start)."""
+        if not self.compressed:
+            return uoff
+        for u0, u1, _, c0, c1 in reversed(self.spans):
+            if u0 <= uoff <= u1:
+                return max(frame_offset, c1 if uoff == u1 else c0)
+        return frame_offset
+
+    def _restore(self, cp: dict[str, Any], frames: list[Frame]) -> list[Frame]:
+        """Set the walk up as the checkpoint left it; returns the frames still to decode."""
+        rest = [f for f in frames if f.index >= cp["frame"]]
+        if not rest or rest[0].index != cp["frame"] or rest[0].offset != cp["frame_offset"]:
+            raise CheckpointMismatch(f"frame {cp['frame']} is not at {cp['frame_offset']}")
+        self.uoff, self.upstream_lost = cp["frame_start"], cp["upstream_lost"]
+        self.skip_to = cp["walker"]["at"]
+        self.findings.extend(Finding.from_json(f) for f in cp["findings"])
+        self.frame_spans.update({i: (a, b) for i, a, b in cp["frame_spans"]})
+        if self.walker:
+            self.walker.restore(cp["walker"], [Member(*m) for m in cp["recent"]])
+        return rest
 
     def _end_frame(self, frame: Frame, event: Event, frame_start: int, produced: int,
                    seek_hash: Any, structural: int | None) -> None:

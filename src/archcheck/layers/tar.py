@@ -323,6 +323,39 @@ class TarWalker:
             self.recent.extend(members)
             self.on_members(members)
 
+    # --- resuming ---------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """Where a later walk can take over, as plain data: an offset at which the walk stands
+        between members, and what it must know there. None while no such point is at hand
+        (resynchronising, in the middle of an extension chain after a zero block). Members
+        before that offset must have been flushed by the caller."""
+        state = self.state
+        if state in (DATA, SPARSE_MAP) and self.current is not None:
+            at = self.current[0]  # the member is read again from its (first) header
+        elif state == PAD:
+            at = self.pos + self.pad
+        elif state == EXTENSION:
+            at = self.pending_at if self.pending else self.extension[2]
+        elif state == HEADER and not (self.pending and self.zero_blocks):
+            at = self.pending_at if self.pending else self.pos - len(self.carry) - BLOCK * self.zero_blocks
+        elif state in (END, NOT_TAR):
+            at = self.pos
+        else:
+            return None
+        return {"at": at, "state": {END: "end", NOT_TAR: "not_tar"}.get(state, "header"), "count": self.count,
+                "global_pax": {k: v.decode("latin-1") for k, v in self.global_pax.items()},
+                "end_offset": self.end_offset, "trailing": self.trailing, "trailing_at": self.trailing_at}
+
+    def restore(self, snapshot: dict[str, Any], recent: list[Member] = ()) -> None:
+        """Continue a walk from ``checkpoint()``'s data; feeding starts at its offset."""
+        self.pos, self.count = snapshot["at"], snapshot["count"]
+        self.state = {"end": END, "not_tar": NOT_TAR}.get(snapshot["state"], HEADER)
+        self.global_pax = {k: v.encode("latin-1") for k, v in snapshot["global_pax"].items()}
+        self.end_offset, self.trailing, self.trailing_at = (
+            snapshot["end_offset"], snapshot["trailing"], snapshot["trailing_at"])
+        self.recent.extend(recent)
+
     # --- lookups ----------------------------------------------------------------------------
 
     def member_at(self, offset: int) -> tuple[str | None, int | None]:

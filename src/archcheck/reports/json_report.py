@@ -1,15 +1,18 @@
-"""The JSON report (schema ``archcheck.report`` version 1), documented in docs/report.md."""
+"""The JSON report (schema ``archcheck.report`` version 2), documented in docs/report.md: one
+drill, with one entry per archive built from its manifest alone."""
 from __future__ import annotations
 
 import json
 from collections import Counter
+
+import blake3
 from pathlib import Path
 from typing import Any
 
 from ..findings import VERDICTS, verdict
 from ..manifest import Manifest, atomic_file, iter_members
 
-SCHEMA, VERSION = "archcheck.report", 1
+SCHEMA, VERSION = "archcheck.report", 2
 
 
 def _sort_key(finding: dict) -> tuple:
@@ -18,12 +21,11 @@ def _sort_key(finding: dict) -> tuple:
 
 
 def build(manifest: Manifest, manifest_path: Path | None = None) -> dict[str, Any]:
-    from .. import __version__
+    """One archive's entry."""
     findings = manifest.findings
-    result = verdict(findings, complete=manifest.status == "complete")
+    result = verdict(findings, complete=manifest.status in ("complete", "partial"))
     segments = manifest.segments
     return {
-        "schema": SCHEMA, "version": VERSION, "archcheck_version": __version__,
         "run_id": manifest.run_id, "status": manifest.status,
         "verdict": result, "exit_code": VERDICTS[result],
         "started": manifest.created, "finished": manifest.updated,
@@ -35,7 +37,7 @@ def build(manifest: Manifest, manifest_path: Path | None = None) -> dict[str, An
             "segments": len(segments),
             "segments_verified": sum(s.status == "done" for s in segments),
             "segment_reads_retried": sum(s.attempt > 1 for s in segments),
-            "stream": {k: v for k, v in manifest.stream.items() if k != "nonce"},
+            "stream": {k: v for k, v in manifest.stream.items() if k not in ("nonce", "checkpoint")},
             "findings": dict(Counter(f.category.value for f in findings)),
         },
         "findings": sorted((f.to_json() for f in findings), key=_sort_key),
@@ -43,11 +45,55 @@ def build(manifest: Manifest, manifest_path: Path | None = None) -> dict[str, An
     }
 
 
-def write(manifest: Manifest, path: Path, manifest_path: Path) -> None:
-    """The report, with the members streamed from their file rather than held in memory."""
-    head = json.dumps(build(manifest, manifest_path), indent=1)
+def build_drill(result: Any) -> dict[str, Any]:
+    """The drill's head: everything but the archives."""
+    from .. import __version__
+    drill = result.drill
+    return {"schema": SCHEMA, "version": VERSION, "archcheck_version": __version__, "drill": drill.id,
+            "status": drill.status, "verdict": result.verdict, "exit_code": result.exit_code,
+            "started": drill.created, "finished": drill.updated, "plan": drill.plan, "limits": drill.limits,
+            "coverage": result.coverage, "runs": drill.runs}
+
+
+def _archive_entry(entry: Any, verification: Any) -> dict[str, Any]:
+    head = {"path": entry.path, "status": entry.status, "note": entry.note}
+    if verification is None:
+        return head
+    return {**head, **build(verification.manifest, verification.manifest_path)}
+
+
+def sealed_bytes(result: Any) -> bytes:
+    """The report sealed into the audit ledger: members are named by their file's digest rather
+    than listed, so it stays small however many members there are."""
+    archives = []
+    for entry, verification in result.verifications:
+        item = _archive_entry(entry, verification)
+        info = verification.manifest.members if verification else {}
+        if info:
+            members = Path(verification.manifest_path).parent / info["file"]
+            item["members_file"] = {"path": str(members), "count": info["count"], "blake3": _file_digest(members)}
+        archives.append(item)
+    return (json.dumps({**build_drill(result), "archives": archives}, indent=1) + "\n").encode()
+
+
+def _file_digest(path: Path) -> str:
+    digest = blake3.blake3()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write(result: Any, path: Path) -> None:
+    """The full report, with each archive's members streamed from their file rather than held
+    in memory."""
     with atomic_file(path) as f:
-        f.write(head[:-2].encode() + b',\n "members": [')
-        for i, member in enumerate(iter_members(manifest, manifest_path)):
-            f.write((",\n  " if i else "\n  ").encode() + json.dumps(member, ensure_ascii=False).encode())
+        f.write(json.dumps(build_drill(result), indent=1)[:-2].encode() + b',\n "archives": [')
+        for n, (entry, verification) in enumerate(result.verifications):
+            item = json.dumps(_archive_entry(entry, verification), indent=1)
+            f.write((",\n" if n else "\n").encode() + item[:-2].encode() + b',\n "members": [')
+            members = iter_members(verification.manifest, verification.manifest_path) if verification else ()
+            for i, member in enumerate(members):
+                f.write((",\n  " if i else "\n  ").encode() + json.dumps(member, ensure_ascii=False).encode())
+            f.write(b"\n ]\n}")
         f.write(b"\n ]\n}\n")

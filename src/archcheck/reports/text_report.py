@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -37,7 +38,7 @@ def render(console: Console, manifest: Manifest, manifest_path: Path | None = No
            report_path: Path | None = None, quiet: bool = False) -> None:
     """The summary; ``quiet`` keeps only the verdict line and the findings that matter."""
     findings = manifest.findings
-    result = verdict(findings, complete=manifest.status == "complete")
+    result = verdict(findings, complete=manifest.status in ("complete", "partial"))
     if quiet:
         findings = [f for f in findings if f.severity is not Severity.INFO]
         console.print(Text("verdict   ").append(result.upper(), style=STYLES[result]).append(_counts(findings)))
@@ -62,6 +63,46 @@ def render(console: Console, manifest: Manifest, manifest_path: Path | None = No
     if report_path:
         console.print(Text(f"report    {safe_text(str(report_path))}"))
     _render_findings(console, findings)
+
+
+def render_drill(console: Console, result: Any, report_path: Path | None = None, quiet: bool = False) -> None:
+    """Each archive's summary, then the drill's: status, coverage, and how to go on."""
+    drill = result.drill
+    for entry, verification in result.verifications:
+        if verification is not None and entry.status not in ("skipped", "deferred"):
+            render(console, verification.manifest, verification.manifest_path, quiet=quiet)
+        elif not quiet:
+            console.print(Text("archive   ").append(safe_text(entry.path), style="bold")
+                          .append(f"  {entry.status}" + (f": {entry.note}" if entry.note else "")))
+    if quiet and len(result.verifications) == 1:
+        return
+    cov = result.coverage
+    line = Text("drill     ").append(drill.id, style="bold").append(f"  {drill.status}, ")
+    line.append(Text(result.verdict.upper(), style=STYLES[result.verdict]))
+    states = {}
+    for entry in drill.archives:
+        states[entry.status] = states.get(entry.status, 0) + 1
+    line.append(f"  ({', '.join(f'{n} {state}' for state, n in states.items())})")
+    console.print(line)
+    if cov.get("bytes"):
+        text = (f"coverage  {format_size(cov['verified_bytes'])} of {format_size(cov['bytes'])} verified "
+                f"({100 * cov['verified_bytes'] / cov['bytes']:.0f}%)")
+        if cov.get("oldest_unverified_age_seconds") is not None and cov["verified_bytes"] < cov["bytes"]:
+            text += f"; oldest unverified data last verified {_age(cov['oldest_unverified_age_seconds'])} ago"
+        console.print(Text(text))
+    if drill.status in ("stopped", "interrupted"):
+        console.print(Text(f"resume    archcheck resume {drill.id}", style="bold"))
+    if drill.sealed and not quiet:
+        console.print(Text(f"sealed    {drill.sealed['report']} (ledger entry {drill.sealed['seq']})"))
+    if report_path and not quiet:
+        console.print(Text(f"report    {safe_text(str(report_path))}"))
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def _render_findings(console: Console, findings: list[Finding]) -> None:
