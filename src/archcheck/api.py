@@ -103,10 +103,12 @@ def run_drill(archives: Iterable[str | os.PathLike], *, layers: Iterable[str] = 
     paths = [Path(a) for a in archives]
     if not paths:
         raise UsageError("no archive to verify")
-    for path in paths:
-        open_source(path)  # a missing or unreadable archive is one clear line before anything starts
+    # a missing or unreadable archive is one clear line before anything starts; what each one
+    # is now is what resume holds it to
+    identities = [asyncio.run(open_source(path).identity()).to_json() for path in paths]
     limits = {"budget": {"seconds": budget.seconds, "bytes": budget.bytes} if budget else None, "skip_verified_within": skip_verified_within}
-    drill = create_drill(state_dir(state), paths, _config(options), drill_id=drill_id, limits=limits, plan=plan)
+    drill = create_drill(state_dir(state), paths, identities, _config(options), drill_id=drill_id, limits=limits,
+                         plan=plan)
     return _DrillRunner(drill, options, deadline, on_progress, on_notice, now).run()
 
 
@@ -199,6 +201,7 @@ class _DrillRunner:
         self.drill, self.options, self.on_progress = drill, options, on_progress
         self.now = now or (lambda: datetime.now(timezone.utc))
         self.notices: list[str] = []
+        self.cut_short = False  # the deadline came before every archive was reached
         self.on_notice = on_notice or (lambda text: None)
         self.coverage = CoverageStore(drill.root)
         self.deadline = None
@@ -236,9 +239,11 @@ class _DrillRunner:
         todo = self._schedule()
         self._predict(todo)
         for entry, cov in todo:
-            if self._time_left() is not None and self._time_left() <= 0:
+            if self.deadline is not None and self.deadline <= time.monotonic():
+                self.cut_short = True  # what is left stays pending, for resume
                 break
-            if self.budget_bytes is not None and self.budget_bytes <= 0:
+            if (self.budget_bytes is not None and self.budget_bytes <= 0) or (
+                    self.budget_deadline is not None and self.budget_deadline <= time.monotonic()):
                 entry.status, entry.note = "deferred", "budget used up; a later drill takes it first"
                 continue
             self._run_archive(entry, cov)
@@ -260,6 +265,7 @@ class _DrillRunner:
             if entry.status in ("complete", "partial", "skipped"):
                 continue
             cov = self.coverage.get(self._identity(entry), self.options.segment_size, now)
+            self.coverage.put(cov)  # remembered from the first sight, for the age of unverified data
             if (skip_within and cov.complete and cov.in_progress is None
                     and (now - parse_iso(cov.complete)).total_seconds() < skip_within):
                 entry.status = "skipped"
@@ -294,9 +300,10 @@ class _DrillRunner:
         if cov.in_progress is None or cov.in_progress.get("manifest") != str(path):
             since = cov.in_progress["since"] if cov.in_progress else iso(self.now())
             cov.in_progress = {"drill": self.drill.id, "manifest": str(path), "since": since}
-        stop_offset = None
+        stop_offset = start = None
         if self.budget_bytes is not None:
-            stop_offset = cov.size - unverified_bytes(cov, cov.in_progress["since"]) + self.budget_bytes
+            start = cov.size - unverified_bytes(cov, cov.in_progress["since"])
+            stop_offset = start + self.budget_bytes
         left = self._time_left()
         status = "partial" if self.budget_deadline is not None and (
             self.deadline is None or self.budget_deadline < self.deadline) else "stopped"
@@ -314,8 +321,8 @@ class _DrillRunner:
             if manifest.status != "complete":
                 cov.in_progress = {"drill": self.drill.id, "manifest": str(path), "since": since}
             self.coverage.put(cov)
-            if self.budget_bytes is not None:
-                self.budget_bytes -= newly
+            if self.budget_bytes is not None:  # the share planned for it, or what it took to finish
+                self.budget_bytes -= (cov.size if manifest.status == "complete" else stop_offset) - start
             _update_throughput(self.drill.root, newly, time.monotonic() - started)
 
     def _manifest(self, entry: DrillArchive, source, identity: ArchiveIdentity, cov: ArchiveCoverage,
@@ -324,9 +331,14 @@ class _DrillRunner:
         an unfinished pass of an earlier drill to go on with, or a new plan."""
         if not path.exists() and cov.in_progress and Path(cov.in_progress["manifest"]).exists():
             _adopt(Path(cov.in_progress["manifest"]), path)
-        if path.exists():
+        changes = _changes(ArchiveIdentity(**entry.identity), identity)
+        if path.exists() and not changes:
             manifest = load(path)
             changes = _changes(manifest.archive, identity)
+        if changes:
+            raise StateError(f"{entry.path} changed since {self.drill.id} began ({changes}); "
+                             "its results cannot be mixed with new ones: start a new drill")
+        if path.exists():
             if changes:
                 raise StateError(f"{entry.path} changed since {self.drill.id} began ({changes}); "
                                  "its results cannot be mixed with new ones: start a new drill")
@@ -346,8 +358,8 @@ class _DrillRunner:
         drill = self.drill
         states = {a.status for a in drill.archives}
         if drill.status != "interrupted":
-            if states & {"stopped", "interrupted", "running"}:
-                drill.status = "stopped" if "stopped" in states else "interrupted"
+            if states & {"stopped", "interrupted", "running"} or self.cut_short:
+                drill.status = "stopped" if "stopped" in states or self.cut_short else "interrupted"
             elif states & {"partial", "deferred", "pending"}:
                 drill.status = "partial"
             else:
@@ -372,7 +384,8 @@ class _DrillRunner:
         return DrillResult(drill, verifications, self._coverage_summary(), self.notices)
 
     def _coverage_summary(self) -> dict:
-        """Across the drill's archives: what is verified, and the oldest data not verified since."""
+        """Across the drill's archives: the bytes verified at least once, and how long ago the least
+        recently verified data was verified (or first seen, if it never was)."""
         now = self.now()
         total = verified = 0
         oldest: str | None = None
@@ -383,8 +396,7 @@ class _DrillRunner:
                 continue
             cov = self.coverage.get(identity, self.options.segment_size, now)
             total += cov.size
-            since = (cov.in_progress or {}).get("since") or cov.complete or cov.first_seen
-            verified += cov.size - unverified_bytes(cov, since)
+            verified += cov.size - unverified_bytes(cov, None)
             stamp = cov.oldest()
             oldest = stamp if oldest is None or (stamp and stamp < oldest) else oldest
         age = (now - parse_iso(oldest)).total_seconds() if oldest else None

@@ -112,7 +112,7 @@ def record_run(cov: ArchiveCoverage, manifest: Manifest, stream_layers: bool, si
     return newly
 
 
-def unverified_bytes(cov: ArchiveCoverage, since: str) -> int:
-    """Bytes not verified since ``since`` (the start of the current pass over the archive)."""
+def unverified_bytes(cov: ArchiveCoverage, since: str | None) -> int:
+    """Bytes not verified since ``since`` (the start of the current pass), or never (None)."""
     return sum(cov.unit_range(i)[1] - cov.unit_range(i)[0]
-               for i, t in enumerate(cov.units) if t is None or t < since)
+               for i, t in enumerate(cov.units) if t is None or (since is not None and t < since))

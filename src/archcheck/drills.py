@@ -10,7 +10,9 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,11 +31,13 @@ ARCHIVE_STATES = ("pending", "running", "complete", "partial", "stopped", "inter
 class DrillArchive:
     path: str
     manifest: str  # relative to the drill folder
+    identity: dict[str, Any]  # the archive when the drill began: resume refuses another
     status: str = "pending"
     note: str | None = None  # why skipped or deferred
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "manifest": self.manifest, "status": self.status, "note": self.note}
+        return {"path": self.path, "manifest": self.manifest, "identity": self.identity, "status": self.status,
+                "note": self.note}
 
 
 @dataclass
@@ -72,26 +76,29 @@ def drill_folder(root: Path, drill_id: str) -> Path:
     return Path(root) / "drills" / drill_id
 
 
-def create_drill(root: Path, archives: list[Path], options: dict[str, Any], *, drill_id: str | None = None,
+def create_drill(root: Path, archives: list[Path], identities: list[dict[str, Any]], options: dict[str, Any], *, drill_id: str | None = None,
                  limits: dict[str, Any] | None = None, plan: str | None = None) -> Drill:
-    """A new drill folder, numbered ``drill-N`` unless an id is given; made with mkdir, so two
-    drills started at once never share a number."""
+    """A new drill folder, numbered ``drill-N`` unless an id is given. It is made whole in a
+    temporary folder and renamed into place: a crash leaves no half-made drill, and two drills
+    started at once never share a number."""
+    base = Path(root) / "drills"
     for candidate in _candidate_ids(root, drill_id):
-        folder = drill_folder(root, candidate)
-        try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            folder.mkdir()
-        except FileExistsError:
-            if drill_id is not None:
-                raise StateError(f"{drill_id} exists already; continue it with `archcheck resume {drill_id}`") from None
-            continue
-        except OSError as exc:
-            raise StateError(f"cannot create {folder}: {exc.strerror or exc}") from None
-        entries = [DrillArchive(str(Path(a).absolute()), f"archives/{i:04d}/manifest.json")
-                   for i, a in enumerate(archives, 1)]
+        entries = [DrillArchive(str(Path(a).absolute()), f"archives/{i:04d}/manifest.json", identity)
+                   for i, (a, identity) in enumerate(zip(archives, identities), 1)]
         drill = Drill(candidate, Path(root), options, entries, limits or {}, plan)
-        drill.save()
-        return drill
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".new-", dir=base))
+            write_atomic(staging / "drill.json", sealed_json(drill.to_json()))
+            os.rename(staging, drill.folder)
+            return drill
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if drill.folder.exists():
+                if drill_id is not None:
+                    raise StateError(f"{drill_id} exists already; continue it with `archcheck resume {drill_id}`") from None
+                continue
+            raise StateError(f"cannot create {drill.folder}: {exc.strerror or exc}") from None
     raise AssertionError("unreachable")
 
 
@@ -114,7 +121,7 @@ def check_id(drill_id: str) -> None:
 
 def _drill_dirs(root: Path) -> list[Path]:
     base = Path(root) / "drills"
-    return [p for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
+    return [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")] if base.is_dir() else []
 
 
 def load_drill(root: Path, drill_id: str) -> Drill:
@@ -127,7 +134,8 @@ def load_drill(root: Path, drill_id: str) -> Drill:
     try:
         if d["schema"] != SCHEMA or d["version"] != VERSION:
             raise ValueError("schema")
-        archives = [DrillArchive(a["path"], a["manifest"], a["status"], a.get("note")) for a in d["archives"]]
+        archives = [DrillArchive(a["path"], a["manifest"], a["identity"], a["status"], a["note"])
+                    for a in d["archives"]]
         return Drill(d["id"], Path(root), d["options"], archives, d["limits"], d["plan"], d["status"],
                      d["created"], d["updated"], d["runs"], d["sealed"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -29,7 +29,8 @@ from .shared_decode import SharedDecoders
 from .worker import SegmentResult, hash_segment, init_worker
 
 ProgressCallback = Callable[[int, int], None]
-SAVE_INTERVAL = 2.0
+# how often the manifest is saved and the stream checkpointed: what a crash can cost, at most
+SAVE_INTERVAL = float(os.environ.get("ARCHCHECK_SAVE_INTERVAL", "2"))
 STREAM_LAYERS = ("zstd", "tar", "members")
 
 
@@ -269,7 +270,7 @@ class Run:
                                                        max_window=options.max_window,
                                                        depth=options.stream_depth(), nonce=nonce, stop=self.stopping),
                 resume_from=checkpoint, on_checkpoint=on_checkpoint, checkpoint_every=SAVE_INTERVAL,
-                stop=self.stopping).run()
+                checkpoint_from=self.limits.stop_offset, stop=self.stopping).run()
         finally:
             reader.close()
             writer.close()

@@ -211,7 +211,8 @@ class StreamCheck:
                  decoders: Callable[[list[Frame]], Any] | None = None,
                  resume_from: dict[str, Any] | None = None,
                  on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-                 checkpoint_every: float = 2.0, stop: threading.Event | None = None):
+                 checkpoint_every: float = 2.0, checkpoint_from: int | None = None,
+                 stop: threading.Event | None = None):
         self.reader, self.uri = reader, uri
         # how frames get decoded: threads here by default; the pipeline decodes in a worker
         self.make_decoders = decoders or (lambda frames: FrameDecoders(reader, frames, threads, max_window))
@@ -231,6 +232,7 @@ class StreamCheck:
         self.frame_starts: collections.deque = collections.deque(maxlen=4096)
         self.resume_from, self.on_checkpoint = resume_from, on_checkpoint
         self.checkpoint_every, self.last_checkpoint = checkpoint_every, time.monotonic()
+        self.checkpoint_from = checkpoint_from  # past this archive offset, checkpoint at every chunk
         self.stop = stop or threading.Event()
         self.walk_findings = 0  # findings of the frame walk: made again by every (resumed) run
         self.skip_to = 0  # output before this offset was walked before the checkpoint
@@ -320,7 +322,8 @@ class StreamCheck:
                 view.release()
                 decoders.release(event)
                 self.on_progress(event.compressed_pos)
-                if self.on_checkpoint and time.monotonic() - self.last_checkpoint >= self.checkpoint_every:
+                if self.on_checkpoint and (time.monotonic() - self.last_checkpoint >= self.checkpoint_every or (
+                        self.checkpoint_from is not None and event.compressed_pos >= self.checkpoint_from)):
                     self.checkpoint()
                 continue
             self.frame_spans[frame.index] = (frame_start, self.uoff)

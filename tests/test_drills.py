@@ -1,0 +1,301 @@
+"""Drills: resume that cannot lie, locks, deadlines, budgets across nights, sealed reports."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from archcheck import api
+from archcheck.drills import DrillLock, load_drill
+from archcheck.layers.stream import StreamCheck
+from archcheck.manifest import load
+from archcheck.sources import open_source
+from archcheck.units import Budget
+from conftest import ARCHCHECK, cli
+
+MiB = 1024 * 1024
+
+
+# --- the stream check's checkpoints, in process -------------------------------------------------
+
+def _stream(path: Path, *, resume=None, checkpoints=None, members=None):
+    reader = open_source(path).ref().open()
+    out = members if members is not None else []
+    check = StreamCheck(reader, str(path), compressed=path.suffix == ".zst", check_tar=True,
+                        on_members=out.extend, resume_from=resume, checkpoint_every=0,
+                        on_checkpoint=(lambda cp: checkpoints.append((json.loads(json.dumps(cp)), len(out))))
+                        if checkpoints is not None else None)
+    try:
+        return check.run(), out
+    finally:
+        reader.close()
+
+
+def _flip(src: Path, dst: Path, seed: int) -> Path:
+    data = bytearray(src.read_bytes())
+    rnd = random.Random(seed)
+    for _ in range(3):
+        data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("name", ["multi.tar.zst", "single.tar.zst", "seekable.tar.zst", "pax.tar"])
+@pytest.mark.parametrize("damage", [None, 1, 2])
+def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(fx, tmp_path, name, damage):
+    path = fx / name if damage is None else _flip(fx / name, tmp_path / name, damage)
+    checkpoints = []
+    whole, members = _stream(path, checkpoints=checkpoints)
+    assert checkpoints
+    for checkpoint, written in checkpoints:
+        again, members_again = _stream(path, resume=checkpoint, members=list(members[:written]))
+        assert sorted(map(repr, again.findings)) == sorted(map(repr, whole.findings))
+        assert members_again == members
+        assert again.frame_table == whole.frame_table and again.member_count == whole.member_count
+
+
+# --- kill -9 at random instants -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def drill_archives(tmp_path_factory):
+    """A ~300 MB tar of random and text members, as ~35 segments of 8 MiB: multi-frame,
+    single-frame, and multi-frame with a damaged frame."""
+    out = tmp_path_factory.mktemp("drill")
+    tree = out / "tree"
+    tree.mkdir()
+    rnd = random.Random(7)
+    for i in range(48):
+        size = rnd.randrange(1, 12 * MiB)
+        data = rnd.randbytes(size) if i % 3 else (f"line {i}\n" * (size // 8)).encode()
+        (tree / f"file-{i:02d}.bin").write_bytes(data)
+    tar = out / "data.tar"
+    subprocess.run(["tar", "-C", tree, "-cf", tar, "."], check=True)
+    subprocess.run(["pzstd", "-q", "-f", "-p", "2", "-1", tar, "-o", out / "multi.tar.zst"], check=True)
+    subprocess.run(["zstd", "-q", "-f", "-1", tar, "-o", out / "single.tar.zst"], check=True)
+    damaged = bytearray((out / "multi.tar.zst").read_bytes())
+    damaged[len(damaged) // 3] ^= 0x10
+    (out / "damaged.tar.zst").write_bytes(bytes(damaged))
+    return out
+
+
+def _verdict(state: Path, drill: str) -> dict:
+    """What must not depend on interruptions: findings, members, tree root, coverage."""
+    result = api.drill_status(drill, state=state)
+    [(_, verification)] = result.verifications
+    manifest = verification.manifest
+    findings = sorted(json.dumps(f.to_json(), sort_keys=True) for f in manifest.findings)
+    return {"status": manifest.status, "findings": findings, "tree_root": manifest.tree_root,
+            "members": list(verification.members()), "verdict": result.verdict,
+            "coverage": (result.coverage["bytes"], result.coverage["verified_bytes"])}
+
+
+def _done_segments(manifest_path: Path) -> dict:
+    if not manifest_path.exists():
+        return {}
+    manifest = load(manifest_path)  # always readable: a torn or half-written file would raise
+    return {s.index: (s.nonce, s.attempt, tuple(s.leaves)) for s in manifest.segments if s.status == "done"}
+
+
+@pytest.mark.parametrize("name", ["multi.tar.zst", "single.tar.zst", "damaged.tar.zst"])
+def test_sigkill_at_random_instants_then_resume_equals_an_uninterrupted_run(drill_archives, tmp_path, name):
+    archive = drill_archives / name
+    env = {**os.environ, "ARCHCHECK_SAVE_INTERVAL": "0.05"}
+    args = ["--segment-size", "8M", "--workers", "1", "--no-progress"]
+    clean = cli("verify", archive, *args, "--state-dir", tmp_path / "clean", "--drill", "d", env=env)
+    assert clean.returncode in (0, 1), clean.stderr
+    expected = _verdict(tmp_path / "clean", "d")
+
+    state = tmp_path / "killed"
+    manifest_path = state / "drills" / "d" / "archives" / "0001" / "manifest.json"
+    rnd = random.Random(name)
+    seen: dict = {}
+    command = [*ARCHCHECK, "verify", str(archive), *args, "--state-dir", str(state), "--drill", "d"]
+    kills = 0
+    for _ in range(15):
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rnd.uniform(0.05, 0.35))
+        if proc.poll() is not None:
+            break
+        proc.kill()  # SIGKILL: no handler, no cleanup, possibly mid-write
+        proc.wait()
+        kills += 1
+        done = _done_segments(manifest_path)
+        for index, record in seen.items():  # a finished segment is never verified again
+            assert done.get(index) == record, f"segment {index} changed after it was done"
+        seen.update(done)
+        if (state / "drills" / "d").exists():
+            command = [*ARCHCHECK, "resume", "d", "--state-dir", str(state), "--no-progress"]
+    else:  # a single frame re-decodes its prefix on every resume: let the last run finish
+        proc = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+    assert proc.returncode in (0, 1)
+    assert kills >= 3
+    for index, record in seen.items():
+        assert _done_segments(manifest_path)[index] == record
+    assert _verdict(state, "d") == expected
+
+
+# --- refusals -------------------------------------------------------------------------------------
+
+def _stopped_drill(archive: Path, state: Path) -> str:
+    """A drill killed as soon as its manifest exists, so that it has something left to resume."""
+    manifest = state / "drills" / "drill-1" / "archives" / "0001" / "manifest.json"
+    proc = subprocess.Popen([*ARCHCHECK, "verify", archive, "--segment-size", "8M", "--workers", "1",
+                             "--state-dir", state], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not manifest.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    assert load(manifest).status == "running"
+    return "drill-1"
+
+
+def test_deadline_stops_cleanly_and_resume_finishes(drill_archives, tmp_path):
+    run = cli("verify", drill_archives / "multi.tar.zst", "--segment-size", "8M", "--workers", "1",
+              "--deadline", "0.1s", "--state-dir", tmp_path, "--no-progress")
+    assert run.returncode == 3, run.stderr
+    assert "time is up; what was verified is kept: archcheck resume drill-1" in run.stderr
+    assert "coverage  " in run.stdout and "resume    archcheck resume drill-1" in run.stdout
+    assert load_drill(tmp_path, "drill-1").status == "stopped"
+    again = cli("resume", "drill-1", "--state-dir", tmp_path, "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert "drill-1  complete, INTACT" in again.stdout and "(100%)" in again.stdout
+
+
+def test_resume_refuses_a_changed_archive(drill_archives, tmp_path):
+    archive = tmp_path / "a.tar.zst"
+    shutil.copyfile(drill_archives / "multi.tar.zst", archive)  # big enough to be stopped mid-way
+    drill = _stopped_drill(archive, tmp_path / "s")
+    with open(archive, "r+b") as f:
+        f.seek(-10, 2)
+        f.write(b"0123456789")
+    run = cli("resume", drill, "--state-dir", tmp_path / "s")
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == (f"archcheck: {archive} changed since {drill} began (modification time, last 64 KiB "
+                                  "differ); its results cannot be mixed with new ones: start a new drill")
+
+
+def test_a_hand_edited_manifest_is_refused(drill_archives, tmp_path):
+    drill = _stopped_drill(drill_archives / "multi.tar.zst", tmp_path)
+    path = tmp_path / "drills" / drill / "archives" / "0001" / "manifest.json"
+    path.write_text(path.read_text().replace('"status":"running"', '"status":"complete"', 1))
+    run = cli("resume", drill, "--state-dir", tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines()[-1] == (f"archcheck: manifest {path} is damaged or was edited (its integrity digest "
+                                  "does not match); it cannot be trusted")
+    path.write_bytes(path.read_bytes()[:100])  # torn
+    assert "is damaged (not valid JSON)" in cli("resume", drill, "--state-dir", tmp_path).stderr
+
+
+def test_a_second_runner_is_refused_and_a_dead_runners_lock_is_taken_over(drill_archives, tmp_path):
+    drill_id = _stopped_drill(drill_archives / "multi.tar.zst", tmp_path)
+    drill = load_drill(tmp_path, drill_id)
+    with DrillLock(drill):
+        run = cli("resume", drill_id, "--state-dir", tmp_path)
+        assert run.returncode == 2
+        assert run.stderr.startswith(f"archcheck: {drill_id} is being run by pid {os.getpid()} on ")
+    (drill.folder / "lock").write_text("pid 999999 on elsewhere since 2026-11-26T03:10:00Z\n")  # no flock held
+    run = cli("resume", drill_id, "--state-dir", tmp_path, "--no-progress")
+    assert run.returncode == 0, run.stderr
+    assert (f"archcheck: took over {drill_id} from a runner that is gone "
+            "(pid 999999 on elsewhere since 2026-11-26T03:10:00Z)") in run.stderr
+
+
+# --- budgets over simulated nights ------------------------------------------------------------------
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 11, 1, 1, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_budgeted_nights_cover_everything_new_first_then_least_recently_verified(
+        drill_archives, fx, tmp_path, monkeypatch):
+    from archcheck import pipeline
+    monkeypatch.setattr(pipeline, "SAVE_INTERVAL", 0.05)
+    archives = [fx / "single.tar.zst", fx / "multi.tar.zst", drill_archives / "multi.tar.zst"]
+    total = sum(a.stat().st_size for a in archives)
+    clock, state = Clock(), tmp_path / "state"
+    budget = 12 * MiB
+
+    def night() -> tuple[list[str], dict]:
+        result = api.run_drill(archives, state=state, segment_size=8 * MiB, workers=1,
+                               budget=Budget(bytes=budget), now=clock)
+        assert result.exit_code == 0 and result.drill.status in ("partial", "complete") and result.drill.sealed
+        clock.now += timedelta(days=1)
+        return [e.status for e in result.drill.archives], result.coverage
+
+    # night 1: new archives in the order first seen; the budget runs out in the second
+    assert night()[0] == ["complete", "partial", "deferred"]
+    # night 2: the unfinished one goes on where it stopped, then the one never verified starts;
+    # the one verified on night 1 waits
+    assert night()[0] == ["deferred", "complete", "partial"]
+    nights = 2
+    while (coverage := night()[1])["verified_bytes"] < total:
+        nights += 1
+        assert nights < 20
+    nights += 1
+    assert nights <= -(-total // budget) + 1  # every byte covered within what the budget allows
+    # once all is covered, the least recently verified goes first: the archive of night 1
+    statuses, coverage = night()
+    assert statuses[0] == "complete"
+    assert coverage["verified_bytes"] == total and coverage["oldest_unverified_age_seconds"] >= 86400
+
+
+def test_skip_policy_skips_archives_verified_in_full_recently(fx, tmp_path):
+    clock = Clock()
+    first = api.run_drill([fx / "multi.tar.zst"], state=tmp_path, skip_verified_within=7 * 86400, now=clock)
+    assert first.drill.archives[0].status == "complete"
+    clock.now += timedelta(days=2)
+    second = api.run_drill([fx / "multi.tar.zst"], state=tmp_path, skip_verified_within=7 * 86400, now=clock)
+    assert second.drill.archives[0].status == "skipped"
+    assert second.drill.archives[0].note == "unchanged and verified in full 2d 0h ago (policy: within 7d 0h)"
+    clock.now += timedelta(days=6)
+    third = api.run_drill([fx / "multi.tar.zst"], state=tmp_path, skip_verified_within=7 * 86400, now=clock)
+    assert third.drill.archives[0].status == "complete"
+
+
+# --- plans, reports, the ledger ------------------------------------------------------------------------
+
+def test_drill_run_from_a_plan_seals_its_report_and_audit_detects_an_edit(fx, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    shutil.copyfile(fx / "multi.tar.zst", tmp_path / "a.tar.zst")
+    shutil.copyfile(fx / "single.tar.zst", tmp_path / "b.tar.zst")
+    plan.write_text("archives: ['*.tar.zst', 'missing-*.tar.zst']\nstate_dir: state\nreport: out/{drill}.json\n"
+                    "deadline: 10m\n")
+    run = cli("drill", "run", plan, "--no-progress")
+    assert run.returncode == 0, run.stderr
+    assert "archcheck: warning: missing-*.tar.zst matches no archive" in run.stderr
+    report = json.loads((tmp_path / "out" / "drill-1.json").read_text())
+    assert report["schema"] == "archcheck.report" and report["version"] == 2
+    assert [Path(a["path"]).name for a in report["archives"]] == ["a.tar.zst", "b.tar.zst"]
+    assert all(a["verdict"] == "intact" and a["members"] for a in report["archives"])
+    state = tmp_path / "state"
+    listed = cli("drill", "list", "--state-dir", state)
+    assert listed.stdout.startswith("drill-1      complete     2/2 archives")
+    audit = cli("audit", "verify", "--state-dir", state)
+    assert audit.returncode == 0 and "1 entries, INTACT" in audit.stdout
+    sealed = state / "reports" / "drill-1.json"
+    sealed.chmod(0o644)
+    sealed.write_text(sealed.read_text().replace('"intact"', '"corrupt"', 1))
+    audit = cli("audit", "verify", "--state-dir", state)
+    assert audit.returncode == 1
+    assert "line 1 (drill-1): report reports/drill-1.json was edited (digest differs)" in audit.stdout
+
+
+def test_a_bad_plan_is_one_line_with_file_and_line(tmp_path):
+    plan = tmp_path / "bad.yaml"
+    plan.write_text("archives: [x.tar.zst]\nbudjet: 2h\n")
+    run = cli("drill", "run", plan)
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"archcheck: {plan}:2: unknown key 'budjet'") and run.stderr.count("\n") == 1
