@@ -6,7 +6,8 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "archcheck"
-UPSTREAM = {"pipeline", "manifest", "cli", "api", "reports", "worker", "shared_decode", "state"}
+UPSTREAM = {"pipeline", "manifest", "cli", "api", "reports", "worker", "shared_decode", "state", "runner",
+            "drills", "coverage", "ledger", "plans"}
 
 
 def imported_modules(path: Path) -> set[str]:

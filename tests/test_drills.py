@@ -7,7 +7,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -299,3 +298,63 @@ def test_a_bad_plan_is_one_line_with_file_and_line(tmp_path):
     run = cli("drill", "run", plan)
     assert run.returncode == 2
     assert run.stderr.startswith(f"archcheck: {plan}:2: unknown key 'budjet'") and run.stderr.count("\n") == 1
+
+
+def test_sigterm_stops_cleanly_and_resume_gives_the_uninterrupted_result(drill_archives, tmp_path):
+    archive = drill_archives / "damaged.tar.zst"
+    args = ["--segment-size", "8M", "--workers", "1", "--no-progress"]
+    assert cli("verify", archive, *args, "--state-dir", tmp_path / "clean", "--drill", "d").returncode == 1
+    state = tmp_path / "s"
+    manifest = state / "drills" / "d" / "archives" / "0001" / "manifest.json"
+    proc = subprocess.Popen([*ARCHCHECK, "verify", archive, *args, "--state-dir", state, "--drill", "d"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ARCHCHECK_SAVE_INTERVAL": "0.05"})
+    while not manifest.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert err == "archcheck: interrupted; what was verified is kept: archcheck resume d\n"
+    assert load(manifest).status == "interrupted" and load_drill(state, "d").status == "interrupted"
+    assert cli("resume", "d", "--state-dir", state, "--no-progress").returncode == 1
+    assert _verdict(state, "d") == _verdict(tmp_path / "clean", "d")
+
+
+def test_a_time_budget_does_its_share_exits_0_and_the_next_drill_goes_on(drill_archives, tmp_path):
+    archive = drill_archives / "multi.tar.zst"
+    first = cli("verify", archive, "--segment-size", "8M", "--workers", "1", "--budget", "0.2s",
+                "--state-dir", tmp_path, "--no-progress")
+    assert first.returncode == 0, first.stderr
+    assert "drill-1  partial, INTACT" in first.stdout and "(1 partial)" in first.stdout
+    second = cli("verify", archive, "--segment-size", "8M", "--state-dir", tmp_path, "--no-progress")
+    assert second.returncode == 0 and "(100%)" in second.stdout
+    manifest = load(tmp_path / "drills" / "drill-2" / "archives" / "0001" / "manifest.json")
+    assert manifest.run_id == "drill-1/0001"  # the pass of drill-1, gone on with
+
+
+def test_a_drill_that_will_not_fit_its_deadline_says_so(fx, tmp_path):
+    (tmp_path / "throughput.json").write_text('{"bytes_per_second": 1000}')
+    run = cli("verify", fx / "multi.tar.zst", "--deadline", "1h", "--state-dir", tmp_path, "--no-progress")
+    assert run.returncode == 0
+    assert "archcheck: warning: 8.8 MiB to verify at 1000 B/s needs about 2h 33m, more than the 1h 00m given;" in run.stderr
+
+
+def test_a_complete_drill_has_nothing_to_resume(fx, tmp_path):
+    assert cli("verify", fx / "multi.tar.zst", "--state-dir", tmp_path).returncode == 0
+    again = cli("resume", "drill-1", "--state-dir", tmp_path, "--no-progress")
+    assert again.returncode == 0 and again.stderr == "archcheck: drill-1 is complete; nothing to resume\n"
+    missing = cli("resume", "drill-9", "--state-dir", tmp_path)
+    assert missing.returncode == 2 and missing.stderr == f"archcheck: no drill drill-9 in {tmp_path} (recent: drill-1)\n"
+
+
+def test_a_plan_run_outside_its_window_is_refused(fx, tmp_path):
+    now = datetime.now()
+    opens = (now + timedelta(hours=2)).strftime("%H:%M")
+    closes = (now + timedelta(hours=3)).strftime("%H:%M")
+    plan = tmp_path / "p.yaml"
+    plan.write_text(f"archives: ['{fx / 'multi.tar.zst'}']\nwindow: '{opens}-{closes}'\nstate_dir: s\n")
+    run = cli("drill", "run", plan)
+    assert run.returncode == 2
+    assert run.stderr == (f"archcheck: {plan}: the window {opens}-{closes} is not open now (it opens at {opens}); "
+                          "give --deadline or --until to run outside it\n")

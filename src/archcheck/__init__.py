@@ -4,12 +4,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The public API, loaded on first use: worker processes import archcheck.worker without
 # paying for asyncio and the coordinator's modules (their start-up is on the critical path).
 _EXPORTS = {
-    "verify": "api", "Verification": "api",
+    "verify": "api", "Verification": "api", "run_drill": "api", "resume": "api", "run_plan": "api",
+    "drill_status": "api", "DrillResult": "api",
     "Finding": "findings", "Location": "findings", "Category": "findings", "Severity": "findings",
     "CATALOGUE": "findings", "ALL_LAYERS": "layers",
     "ArchcheckError": "errors", "UsageError": "errors", "SourceError": "errors",

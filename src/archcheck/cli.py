@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path

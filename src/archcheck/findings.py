@@ -60,7 +60,7 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("ZSTD_LEGACY_FRAME", U, W, "zstd", "legacy zstd frame format; content not checked"),
     _c("ZSTD_NO_CHECKSUM", I, N, "zstd", "{frames} frame(s) carry no content checksum; silent bit flips in them are caught only by deeper layers"),
     _c("ZSTD_LARGE_WINDOW", I, N, "zstd", "decoding needs a {window} window (zstd --long); restoring needs as much memory"),
-    _c("ZSTD_SINGLE_FRAME", I, N, "zstd", "one frame of {size}: decoded on one core and cannot be resumed mid-way; compress with pzstd or the seekable format for parallel, resumable checks"),
+    _c("ZSTD_SINGLE_FRAME", I, N, "zstd", "one frame of {size}: decoded on one core, and a resumed check must decode the finished part again; compress with pzstd or the seekable format for parallel checks that resume at the next frame"),
     # tar layer
     _c("TAR_HEADER_CHECKSUM", C, E, "tar", "header checksum is {actual}, header says {expected}"),
     _c("TAR_BAD_NUMBER", C, E, "tar", "header field {field} is not a number: {value}"),

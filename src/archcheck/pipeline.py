@@ -201,8 +201,8 @@ class Run:
     async def _stream_layer(self) -> None:
         """zstd, tar and members in one pass, from the last checkpoint if there is one; a read
         failure is retried once."""
-        if self.manifest.stream.get("status") in ("done", "failed"):
-            return
+        if self.manifest.stream.get("status") == "done":
+            return  # a stream that failed to read is tried again: the storage may be back
         error = None
         for attempt in range(2):
             checkpoint, members, resume_at = self._stream_start()
@@ -325,3 +325,7 @@ class Run:
             self.manifest.updated = utc_now()
             data = sealed_json(self.manifest.to_json())
             await asyncio.to_thread(write_atomic, self.path, data)
+
+
+def _worker_crashed() -> WorkerCrashed:
+    return WorkerCrashed("a worker process died (killed or out of memory); the manifest keeps what was verified")
