@@ -224,6 +224,11 @@ def main() -> None:
         extra = med[num] / med[den] - 1
         verdict = "reference" if limit is None else ("PASS" if extra < limit and not errors else "FAIL")
         say(f"  {label:<42} {100 * extra:+6.1f} %  {'target < 5 %' if limit else '':<13} {verdict}")
+    # what a kill costs does not grow with the archive: the work since the last save (at most the
+    # save interval) plus start-up; so the ratio falls with the drill's length
+    lost = med["kill+resume"] - med["default"]
+    say(f"  kill+resume extra time {lost:.2f} s per kill: {100 * lost / 3600:.2f} % of a 1-hour drill, "
+        f"{100 * lost / 60:.1f} % of a 1-minute one")
     if max(busy, default=0) > BUSY_LIMIT:
         say(f"!!! other work ran before some rounds (CPUs busy: {', '.join(f'{b:.1f}' for b in busy)})")
     if errors:

@@ -164,7 +164,9 @@ def test_deadline_stops_cleanly_and_resume_finishes(drill_archives, tmp_path):
     assert "time is up; what was verified is kept: archcheck resume drill-1" in run.stderr
     assert "coverage  " in run.stdout and "resume    archcheck resume drill-1" in run.stdout
     assert load_drill(tmp_path, "drill-1").status == "stopped"
-    again = cli("resume", "drill-1", "--state-dir", tmp_path, "--no-progress")
+    late = cli("resume", "drill-1", "--state-dir", tmp_path, "--no-progress")  # the drill keeps its deadline
+    assert late.returncode == 3 and "drill-1's deadline (" in late.stderr and "has passed; give --deadline" in late.stderr
+    again = cli("resume", "drill-1", "--deadline", "10m", "--state-dir", tmp_path, "--no-progress")
     assert again.returncode == 0, again.stderr
     assert "drill-1  complete, INTACT" in again.stdout and "(100%)" in again.stdout
 
@@ -358,3 +360,64 @@ def test_a_plan_run_outside_its_window_is_refused(fx, tmp_path):
     assert run.returncode == 2
     assert run.stderr == (f"archcheck: {plan}: the window {opens}-{closes} is not open now (it opens at {opens}); "
                           "give --deadline or --until to run outside it\n")
+
+
+def test_a_drill_whose_resume_is_refused_is_not_sealed(drill_archives, fx, tmp_path):
+    big = tmp_path / "big.tar.zst"
+    shutil.copyfile(drill_archives / "multi.tar.zst", big)
+    state = tmp_path / "s"
+    second = state / "drills" / "drill-1" / "archives" / "0002" / "manifest.json"
+    proc = subprocess.Popen([*ARCHCHECK, "verify", fx / "multi.tar.zst", big, "--workers", "1", "--state-dir", state],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not second.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    with open(big, "r+b") as f:
+        f.write(b"X")
+    run = cli("resume", "drill-1", "--state-dir", state)
+    assert run.returncode == 2 and "changed since drill-1 began (modification time, first 64 KiB differ)" in run.stderr
+    drill = load_drill(state, "drill-1")
+    assert drill.status == "interrupted" and drill.sealed is None
+    assert [a.status for a in drill.archives] == ["complete", "interrupted"]
+    assert not (state / "reports").exists()
+
+
+def test_a_crash_while_sealing_is_finished_with_the_same_bytes(fx, tmp_path, monkeypatch):
+    from archcheck import ledger, runner
+    calls = []
+
+    def crash(*args, **kwargs):
+        calls.append(args)
+        raise KeyboardInterrupt  # as a kill would: after the report is kept, before the ledger
+    monkeypatch.setattr(runner, "seal_report", crash)
+    with pytest.raises(KeyboardInterrupt):
+        api.run_drill([fx / "multi.tar.zst"], state=tmp_path)
+    drill = load_drill(tmp_path, "drill-1")
+    assert drill.status == "complete" and drill.sealed is None and calls
+    kept = (drill.folder / "sealed-report.json").read_bytes()
+    monkeypatch.setattr(runner, "seal_report", ledger.seal_report)
+    result = api.resume("drill-1", state=tmp_path)
+    assert result.notices == ["drill-1 is complete; nothing to resume"]
+    assert (tmp_path / "reports" / "drill-1.json").read_bytes() == kept
+    assert result.drill.sealed["seq"] == 1 and api.audit(state=tmp_path).ok
+
+
+def test_an_ended_budgeted_drill_is_not_resumed(fx, tmp_path):
+    result = api.run_drill([fx / "multi.tar.zst", fx / "single.tar.zst"], state=tmp_path,
+                           budget=Budget(bytes=1), segment_size=8 * MiB)
+    assert result.drill.status == "partial" and [a.status for a in result.drill.archives][1] == "deferred"
+    again = api.resume(result.drill.id, state=tmp_path)
+    assert again.notices == ["drill-1 has ended (partial); nothing to resume: start a new drill"]
+    assert [a.status for a in again.drill.archives] == [a.status for a in result.drill.archives]
+
+
+def test_usage_errors_stay_one_line_and_inert(fx, tmp_path):
+    hostile = tmp_path / "evil\x1b]0;pwned\x07\x1b[2J.tar.zst"
+    run = cli("verify", hostile, "--state-dir", tmp_path)
+    assert run.returncode == 2 and "\x1b" not in run.stderr and "\\x1b]0;pwned" in run.stderr
+    run = cli("verify", fx / "multi.tar.zst", "--deadline", "99999999999d", "--state-dir", tmp_path)
+    assert run.returncode == 2 and run.stderr == "archcheck: --deadline: '99999999999d' is more than ten years\n"
+    (tmp_path / "file").write_text("")
+    run = cli("verify", fx / "multi.tar.zst", "--state-dir", tmp_path / "file")
+    assert run.returncode == 2 and run.stderr.startswith("archcheck: cannot create ") and run.stderr.count("\n") == 1

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .coverage import iso
 from .drills import create_drill, load_drill
 from .errors import UsageError
 from .layers import ALL_LAYERS
@@ -52,7 +53,8 @@ def run_drill(archives: Iterable[str | os.PathLike], *, layers: Iterable[str] = 
     # a missing or unreadable archive is one clear line before anything starts; what each one
     # is now is what resume holds it to
     identities = [asyncio.run(open_source(path).identity()).to_json() for path in paths]
-    limits = {"budget": {"seconds": budget.seconds, "bytes": budget.bytes} if budget else None, "skip_verified_within": skip_verified_within}
+    limits = {"budget": {"seconds": budget.seconds, "bytes": budget.bytes} if budget else None,
+              "deadline": iso(deadline) if deadline else None, "skip_verified_within": skip_verified_within}
     drill = create_drill(state_dir(state), paths, identities, _config(options), drill_id=drill_id, limits=limits,
                          plan=plan)
     return DrillRunner(drill, options, deadline, on_progress, on_notice, now).run()

@@ -62,7 +62,7 @@ def _exits(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except ArchcheckError as exc:
-            err.print(f"archcheck: {exc}", markup=False)
+            err.print(Text(f"archcheck: {safe_text(str(exc))}"))  # messages may quote paths: untrusted
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("archcheck: interrupted; the manifest keeps what was verified", markup=False)
@@ -72,8 +72,8 @@ def _exits(command: Callable) -> Callable:
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
             if os.environ.get("ARCHCHECK_DEBUG"):
                 raise
-            err.print(f"archcheck: internal error: {type(exc).__name__}: {exc} "
-                      "(set ARCHCHECK_DEBUG=1 for details)", markup=False)
+            err.print(Text(f"archcheck: internal error: {type(exc).__name__}: {safe_text(str(exc))} "
+                           "(set ARCHCHECK_DEBUG=1 for details)"))
             raise typer.Exit(3) from None
     return wrapper
 

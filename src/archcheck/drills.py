@@ -86,6 +86,7 @@ def create_drill(root: Path, archives: list[Path], identities: list[dict[str, An
         entries = [DrillArchive(str(Path(a).absolute()), f"archives/{i:04d}/manifest.json", identity)
                    for i, (a, identity) in enumerate(zip(archives, identities), 1)]
         drill = Drill(candidate, Path(root), options, entries, limits or {}, plan)
+        staging = None
         try:
             base.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".new-", dir=base))
@@ -93,7 +94,8 @@ def create_drill(root: Path, archives: list[Path], identities: list[dict[str, An
             os.rename(staging, drill.folder)
             return drill
         except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             if drill.folder.exists():
                 if drill_id is not None:
                     raise StateError(f"{drill_id} exists already; continue it with `archcheck resume {drill_id}`") from None

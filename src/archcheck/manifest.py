@@ -23,7 +23,13 @@ from .segments import Segment
 from .sources import ArchiveIdentity
 
 SCHEMA = "archcheck.manifest"
-MEMBERS_FILE = "members.jsonl"
+
+
+def members_file(nonce: str) -> str:
+    """The members file of one stream attempt, beside the manifest: the manifest names the one
+    that counts; a resumed attempt goes on writing its own."""
+    return f"members-{nonce}.jsonl"
+
 VERSION = 1
 
 

@@ -22,15 +22,18 @@ from .findings import Category, Finding, Location
 from .layers import raw
 from .layers.stream import CHUNK, FRAME_FIELDS, CheckpointMismatch, StreamCheck, StreamResult, StreamStopped
 from .layers.members import MEMBER_FIELDS
-from .manifest import MEMBERS_FILE, Manifest, MembersWriter, SegmentRecord, sealed_json, utc_now, write_atomic
+from .manifest import Manifest, MembersWriter, SegmentRecord, members_file, sealed_json, utc_now, write_atomic
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
 from .shared_decode import SharedDecoders
 from .worker import SegmentResult, hash_segment, init_worker
 
 ProgressCallback = Callable[[int, int], None]
-# how often the manifest is saved and the stream checkpointed: what a crash can cost, at most
-SAVE_INTERVAL = float(os.environ.get("ARCHCHECK_SAVE_INTERVAL", "2"))
+# How often the manifest is saved and the stream checkpointed: about what a crash can cost. A
+# manifest that grows costly to save (millions of leaves) is saved less often, so that saving
+# takes at most SAVE_SHARE of the run.
+SAVE_INTERVAL = float(os.environ.get("ARCHCHECK_SAVE_INTERVAL", "0.5"))
+SAVE_SHARE = 0.02
 STREAM_LAYERS = ("zstd", "tar", "members")
 
 
@@ -214,13 +217,11 @@ class Run:
             except CheckpointMismatch:  # not this archive's: start the stream over
                 self.manifest.stream = {}
                 continue
-            except OSError as exc:
+            except OSError as exc:  # read again, from the last checkpoint if there is one
                 error = describe_error(exc)
-                self.manifest.stream = {}
                 continue
             except BrokenProcessPool:
                 raise _worker_crashed() from None
-            os.replace(members, self.path.parent / MEMBERS_FILE)
             self._record_stream(result, self.manifest.stream["nonce"], attempt + 1)
             return
         self.manifest.stream = {"status": "failed", "attempt": 2}
@@ -235,15 +236,15 @@ class Run:
         stream = self.manifest.stream
         checkpoint = stream.get("checkpoint")
         if checkpoint is not None:
-            members = self.path.parent / f".members.{stream['nonce']}.jsonl"
+            members = self.path.parent / members_file(stream["nonce"])
             if members.exists() and members.stat().st_size >= checkpoint["members_bytes"]:
                 self.manifest.stream = {**stream, "status": "running", "resumed": stream.get("resumed", 0) + 1}
                 return checkpoint, members, checkpoint["members_bytes"]
-        for stale in self.path.parent.glob(".members.*.jsonl"):
+        for stale in self.path.parent.glob(members_file("*")):
             stale.unlink(missing_ok=True)
         nonce = new_nonce()
         self.manifest.stream = {"nonce": nonce, "status": "running", "attempt": stream.get("attempt", 0) + 1}
-        return None, self.path.parent / f".members.{nonce}.jsonl", None
+        return None, self.path.parent / members_file(nonce), None
 
     def _check_stream(self, checkpoint: dict | None, members_path: Path, resume_at: int | None) -> StreamResult:
         """Runs in a thread of this process: frames decode in a worker, tar is walked here."""
@@ -286,7 +287,8 @@ class Run:
             "frame_table": {"fields": list(FRAME_FIELDS), "rows": [list(row) for row in result.frame_table]},
         }
         self.manifest.stream_findings = list(result.findings)
-        self.manifest.members = {"file": MEMBERS_FILE, "count": result.member_count, "fields": MEMBER_FIELDS}
+        # the attempt's own file: no rename, so no instant at which the manifest and it disagree
+        self.manifest.members = {"file": members_file(nonce), "count": result.member_count, "fields": MEMBER_FIELDS}
         self.progress.update(stream=self.source.size)
 
     # --- confirmation -------------------------------------------------------------------------
@@ -320,11 +322,14 @@ class Run:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _autosave(self) -> None:
+        cost = 0.0
         while True:
-            await asyncio.sleep(SAVE_INTERVAL)
+            await asyncio.sleep(max(SAVE_INTERVAL, cost / SAVE_SHARE))
+            started = time.monotonic()
             self.manifest.updated = utc_now()
             data = sealed_json(self.manifest.to_json())
             await asyncio.to_thread(write_atomic, self.path, data)
+            cost = time.monotonic() - started
 
 
 def _worker_crashed() -> WorkerCrashed:

@@ -18,7 +18,7 @@ from .errors import StateError, format_size
 from .findings import VERDICTS, Finding, verdict
 from .layers.detect import detect_format
 from .ledger import seal_report
-from .manifest import Manifest, SegmentRecord, iter_members, load, write_atomic
+from .manifest import Manifest, SegmentRecord, iter_members, load, members_file, write_atomic
 from .pipeline import ProgressCallback, Run, RunLimits, RunOptions
 from .reports import json_report
 from .segments import new_nonce, plan_segments
@@ -26,6 +26,7 @@ from .sources import ArchiveIdentity, open_source
 from .units import format_duration
 
 NoticeCallback = Callable[[str], None]
+SEALABLE = ("complete", "partial")  # a drill that has ended: its report is sealed
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,15 @@ class DrillRunner:
         self.now = now or (lambda: datetime.now(timezone.utc))
         self.notices: list[str] = []
         self.cut_short = False  # the deadline came before every archive was reached
+        self.interrupted = False  # SIGINT or SIGTERM
         self.on_notice = on_notice or (lambda text: None)
         self.coverage = CoverageStore(drill.root)
         self.deadline = None
+        if deadline is None and drill.limits.get("deadline"):  # a resumed drill keeps its window
+            deadline = parse_iso(drill.limits["deadline"])
+            if deadline <= self.now() and drill.status not in SEALABLE:
+                self.notice(f"{drill.id}'s deadline ({drill.limits['deadline']}) has passed; "
+                            "give --deadline or --until to go on")
         if deadline is not None:
             self.deadline = time.monotonic() + (deadline - self.now()).total_seconds()
         budget = drill.limits.get("budget") or {}
@@ -100,8 +107,11 @@ class DrillRunner:
 
     def run(self) -> DrillResult:
         drill = self.drill
-        if drill.status == "complete":
-            self.notice(f"{drill.id} is complete; nothing to resume")
+        if drill.status in SEALABLE:  # ended: its report is sealed, and stays as sealed
+            with DrillLock(drill):
+                self._seal()
+            self.notice(f"{drill.id} has ended ({drill.status}); nothing to resume: start a new drill"
+                        if drill.status == "partial" else f"{drill.id} is complete; nothing to resume")
             return self.result()
         with DrillLock(drill) as lock:
             if lock.previous:
@@ -110,12 +120,15 @@ class DrillRunner:
             drill.runs.append({"started": iso(self.now()), "ended": None, "status": "running"})
             drill.status = "running"
             drill.save()
+            failed = True
             try:
                 self._run_archives()
+                failed = False
             except KeyboardInterrupt:
-                drill.status = "interrupted"
-            finally:
-                self._finish(time.monotonic() - started)
+                failed = False
+                self.interrupted = True
+            finally:  # a failure (a refused archive, a state error) ends the run, never the drill
+                self._finish(time.monotonic() - started, failed)
         return self.result()
 
     def _run_archives(self) -> None:
@@ -237,25 +250,38 @@ class DrillRunner:
         run_id = f"{self.drill.id}/{Path(entry.manifest).parent.name}"
         return Manifest(run_id, identity, fmt, self.drill.options, [SegmentRecord.planned(s) for s in segments])
 
-    def _finish(self, elapsed: float) -> None:
+    def _finish(self, elapsed: float, failed: bool) -> None:
         drill = self.drill
-        states = {a.status for a in drill.archives}
-        if drill.status != "interrupted":
-            if states & {"stopped", "interrupted", "running"} or self.cut_short:
-                drill.status = "stopped" if "stopped" in states or self.cut_short else "interrupted"
-            elif states & {"partial", "deferred", "pending"}:
-                drill.status = "partial"
-            else:
-                drill.status = "complete"
         for entry in drill.archives:
             if entry.status == "running":
                 entry.status = "interrupted"
+        drill.status = self._final_status(failed)
         drill.runs[-1].update(ended=iso(self.now()), status=drill.status, seconds=round(elapsed, 3))
         drill.save()
-        if drill.status in ("complete", "partial") and drill.sealed is None:
-            entry = seal_report(drill.root, drill.id, json_report.sealed_bytes(self.result()), self.now())
-            drill.sealed = entry.to_json()
-            drill.save()
+        self._seal()
+
+    def _final_status(self, failed: bool) -> str:
+        """complete or partial (a budget's share done) end a drill; the rest can be resumed."""
+        states = {a.status for a in self.drill.archives}
+        if failed or self.interrupted:
+            return "interrupted"
+        if self.cut_short or "stopped" in states:
+            return "stopped"
+        if states & {"interrupted", "pending"}:
+            return "interrupted"
+        return "partial" if states & {"partial", "deferred"} else "complete"
+
+    def _seal(self) -> None:
+        """Seal the ended drill's report into the ledger. The bytes are kept in the drill folder
+        first, so a crash between any two steps is finished later with the very same bytes."""
+        drill = self.drill
+        if drill.status not in SEALABLE or drill.sealed is not None:
+            return
+        pending = drill.folder / "sealed-report.json"
+        if not pending.exists():
+            write_atomic(pending, json_report.sealed_bytes(self.result()))
+        drill.sealed = seal_report(drill.root, drill.id, pending.read_bytes(), self.now()).to_json()
+        drill.save()
 
     def result(self) -> DrillResult:
         drill = self.drill
@@ -304,14 +330,13 @@ def _adopt(old: Path, new: Path, options: dict) -> None:
     """Go on with an earlier drill's unfinished pass: its manifest and members file, copied;
     not when it checked other layers or cut other segments (then a new pass begins)."""
     manifest = load(old)
-    if any(manifest.config.get(k) != options.get(k) for k in ("layers", "segment_size", "digest")):
+    if any(manifest.config.get(k) != options.get(k) for k in ("layers", "segment_size", "leaf_size", "digest",
+                                                              "max_window")):
         return
     new.parent.mkdir(parents=True, exist_ok=True)
     nonce = manifest.stream.get("nonce")
-    if nonce and (old.parent / f".members.{nonce}.jsonl").exists():
-        shutil.copyfile(old.parent / f".members.{nonce}.jsonl", new.parent / f".members.{nonce}.jsonl")
-    if (old.parent / "members.jsonl").exists():
-        shutil.copyfile(old.parent / "members.jsonl", new.parent / "members.jsonl")
+    if nonce and (old.parent / members_file(nonce)).exists():
+        shutil.copyfile(old.parent / members_file(nonce), new.parent / members_file(nonce))
     manifest.save(new)
 
 

@@ -41,6 +41,9 @@ def _size(text: str) -> int | None:
     return None if not match or unit is None else int(float(match.group(1)) * unit)
 
 
+MAX_DURATION = 3650 * 86400  # beyond this a date overflows long before it matters
+
+
 def parse_duration(text: str, option: str) -> float:
     """Seconds from "90s", "45m", "2h", "1h30m", "7d", "1d12h" or a plain number of seconds."""
     seconds = _seconds(text)
@@ -48,6 +51,8 @@ def parse_duration(text: str, option: str) -> float:
         raise UsageError(f"{option}: cannot read {text!r} as a duration ({DURATION_EXAMPLES})")
     if seconds <= 0:
         raise UsageError(f"{option}: {text!r} is no time at all; give a duration ({DURATION_EXAMPLES})")
+    if seconds > MAX_DURATION:
+        raise UsageError(f"{option}: {text!r} is more than ten years")
     return seconds
 
 

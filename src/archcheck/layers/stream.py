@@ -31,6 +31,7 @@ CHUNK = 1024 * 1024
 DEPTH = 6  # chunks a lane may decode ahead by default; the pipeline sizes it from the budget
 READ_SIZE = 128 * 1024
 RAW_PIECE = 16 * 1024 * 1024
+CHECKPOINT_SHARE = 0.02  # of the run's time, at most, spent taking checkpoints
 LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it decoding needs --long
 
 
@@ -231,7 +232,7 @@ class StreamCheck:
         # frame starts; a checkpoint restarts decoding at one of them
         self.frame_starts: collections.deque = collections.deque(maxlen=4096)
         self.resume_from, self.on_checkpoint = resume_from, on_checkpoint
-        self.checkpoint_every, self.last_checkpoint = checkpoint_every, time.monotonic()
+        self.checkpoint_every, self.next_checkpoint = checkpoint_every, time.monotonic() + checkpoint_every
         self.checkpoint_from = checkpoint_from  # past this archive offset, checkpoint at every chunk
         self.stop = stop or threading.Event()
         self.walk_findings = 0  # findings of the frame walk: made again by every (resumed) run
@@ -249,7 +250,12 @@ class StreamCheck:
         self.walk_findings = len(self.findings)
         if self.resume_from is not None:
             content_frames = self._restore(self.resume_from, content_frames)
-        self._consume(self.make_decoders(content_frames), broken)
+        try:
+            self._consume(self.make_decoders(content_frames), broken)
+        except OSError:
+            if self.stop.is_set():  # the decoders were told to stop: not a read failure
+                raise StreamStopped() from None
+            raise
         if self.stop.is_set():
             raise StreamStopped()
         upstream = self.upstream_lost or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
@@ -322,7 +328,7 @@ class StreamCheck:
                 view.release()
                 decoders.release(event)
                 self.on_progress(event.compressed_pos)
-                if self.on_checkpoint and (time.monotonic() - self.last_checkpoint >= self.checkpoint_every or (
+                if self.on_checkpoint and (time.monotonic() >= self.next_checkpoint or (
                         self.checkpoint_from is not None and event.compressed_pos >= self.checkpoint_from)):
                     self.checkpoint()
                 continue
@@ -335,7 +341,14 @@ class StreamCheck:
         """Hand ``on_checkpoint`` the state a later run needs to go on from here: the frame to
         decode from, the offset where the walk takes over, and the findings made so far. None is
         taken while a frame's findings are still open (a fold, findings since the frame began)."""
-        self.last_checkpoint = time.monotonic()
+        started = time.monotonic()
+        try:
+            self._checkpoint()
+        finally:  # a costly checkpoint (many findings, many frames) is taken less often
+            cost = time.monotonic() - started
+            self.next_checkpoint = time.monotonic() + max(self.checkpoint_every, cost / CHECKPOINT_SHARE)
+
+    def _checkpoint(self) -> None:
         if self.fold is not None or self.findings.dropped:
             return
         walker = self.walker.checkpoint() if self.walker else {"at": self.uoff}
