@@ -70,6 +70,8 @@ def render_drill(console: Console, result: Any, report_path: Path | None = None,
     drill = result.drill
     for entry, verification in result.verifications:
         if verification is not None and entry.status not in ("skipped", "deferred"):
+            if quiet and len(result.verifications) > 1:  # say which archive each verdict is for
+                console.print(Text("archive   ").append(safe_text(entry.path), style="bold"))
             render(console, verification.manifest, verification.manifest_path, quiet=quiet)
         elif not quiet:
             console.print(Text("archive   ").append(safe_text(entry.path), style="bold")
