@@ -38,6 +38,17 @@ def index(fx) -> dict:
     return json.loads((fx / "index.json").read_text())
 
 
+@pytest.fixture(scope="session")
+def pgfx(tmp_path_factory) -> tuple[Path, dict]:
+    """Backups of a real PostgreSQL 15 cluster (tests/pg.py), built once per session."""
+    from pg import make_pg_fixtures, pg_unavailable_reason
+    reason = pg_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("pgfx")
+    return out, make_pg_fixtures(out)
+
+
 @pytest.fixture
 def state(tmp_path) -> Path:
     return tmp_path / "state"

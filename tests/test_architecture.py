@@ -21,7 +21,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_layers_and_sources_do_not_reach_up():
-    for folder in ("layers", "sources"):
+    for folder in ("layers", "sources", "scanners"):
         for path in (SRC / folder).glob("*.py"):
             assert not imported_modules(path) & UPSTREAM, path
 

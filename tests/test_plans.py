@@ -144,7 +144,7 @@ ERRORS = [
     ("archives: [a]\nworkers: 2.5\n", ":2: 'workers' must be a positive integer, not '2.5'"),
     ("archives: [a]\nworkers: \"4\"\n", ":2: 'workers' must be a positive integer, not the string '4'"),
     ("archives: [a]\nworkers: [4]\n", ":2: 'workers' must be a positive integer, not a list"),
-    ("archives: [a]\nlayers:\n  - raw\n  - zst\n", ":4: 'layers' entries must be one of raw, zstd, tar, members, not 'zst'"),
+    ("archives: [a]\nlayers:\n  - raw\n  - zst\n", ":4: 'layers' entries must be one of raw, zstd, tar, members, pages, not 'zst'"),
     ("archives: [a]\nlayers: raw,zstd\n", ":2: 'layers' must be a list, not 'raw,zstd'"),
     ("archives: [a]\nlayers: []\n", ":2: 'layers' is empty: leave it out"),
     ("archives: [a]\ndigest: md5\n", ":2: 'digest' must be one of xxh3-128, blake3, not 'md5'"),

@@ -61,6 +61,15 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("ZSTD_NO_CHECKSUM", I, N, "zstd", "{frames} frame(s) carry no content checksum; silent bit flips in them are caught only by deeper layers"),
     _c("ZSTD_LARGE_WINDOW", I, N, "zstd", "decoding needs a {window} window (zstd --long); restoring needs as much memory"),
     _c("ZSTD_SINGLE_FRAME", I, N, "zstd", "one frame of {size}: decoded on one core, and a resumed check must decode the finished part again; compress with pzstd or the seekable format for parallel checks that resume at the next frame"),
+    # database pages: PostgreSQL (formats.md 3)
+    _c("PG_PAGE_CHECKSUM", C, E, "pages", "page checksum is {actual}, the page says {expected}"),
+    _c("PG_PAGE_HEADER", C, E, "pages", "page header is invalid: {problem}"),
+    _c("PG_LINE_POINTER", C, E, "pages", "line pointer {item} is invalid: {problem}"),
+    _c("PG_PAGE_TORN", I, W, "pages", "{was} on a page written after the backup began (page LSN {page_lsn}, backup start {start_lsn}): WAL replay rewrites it"),
+    _c("PG_PARTIAL_PAGE", D, W, "pages", "the file ends with {length} bytes that are not a whole page (a relation caught mid-extension?)"),
+    _c("PG_CONTROL_DAMAGED", C, E, "pages", "pg_control is damaged: {problem}"),
+    _c("PG_CONTROL_UNKNOWN", U, W, "pages", "pg_control has an unknown layout (version {version}); page checksums not compared"),
+    _c("PG_DATA_DIRECTORY", I, N, "pages", "PostgreSQL {version} data directory at {datadir}: {files} relation files, {pages} pages checked, checksums {checksums}, {backup} backup"),
     # tar layer
     _c("TAR_HEADER_CHECKSUM", C, E, "tar", "header checksum is {actual}, header says {expected}"),
     _c("TAR_BAD_NUMBER", C, E, "tar", "header field {field} is not a number: {value}"),
@@ -91,6 +100,9 @@ class Location:
     uncompressed_offset: int | None = None
     member: str | None = None
     member_offset: int | None = None
+    relation: str | None = None  # a database file inside the member: base/16384/16397
+    fork: str | None = None  # main, fsm, vm, init
+    block: int | None = None  # the page's block number within its relation fork
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if v is not None}

@@ -25,6 +25,7 @@ from .layers.members import MEMBER_FIELDS
 from .manifest import Manifest, MembersWriter, SegmentRecord, members_file, sealed_json, utc_now, write_atomic
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
+from .scanners.postgres import PostgresScanners
 from .shared_decode import SharedDecoders
 from .worker import SegmentResult, hash_segment, init_worker
 
@@ -34,7 +35,7 @@ ProgressCallback = Callable[[int, int], None]
 # takes at most SAVE_SHARE of the run.
 SAVE_INTERVAL = float(os.environ.get("ARCHCHECK_SAVE_INTERVAL", "0.5"))
 SAVE_SHARE = 0.02
-STREAM_LAYERS = ("zstd", "tar", "members")
+STREAM_LAYERS = ("zstd", "tar", "members", "pages")
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,7 @@ class Run:
         try:
             return StreamCheck(
                 reader, self.source.uri, compressed=self.manifest.format != "tar",
-                check_tar=any(layer in options.layers for layer in ("tar", "members")),
+                check_tar=any(layer in options.layers for layer in ("tar", "members", "pages")),
                 digest=options.digest if "members" in options.layers else None,
                 max_window=options.max_window, threads=options.workers,
                 on_progress=lambda done: self.progress.update(stream=done), on_members=writer.write,
@@ -271,7 +272,8 @@ class Run:
                                                        max_window=options.max_window,
                                                        depth=options.stream_depth(), nonce=nonce, stop=self.stopping),
                 resume_from=checkpoint, on_checkpoint=on_checkpoint, checkpoint_every=SAVE_INTERVAL,
-                checkpoint_from=self.limits.stop_offset, stop=self.stopping).run()
+                checkpoint_from=self.limits.stop_offset, stop=self.stopping,
+                scanners=PostgresScanners() if "pages" in options.layers else None).run()
         finally:
             reader.close()
             writer.close()

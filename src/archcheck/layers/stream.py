@@ -213,14 +213,15 @@ class StreamCheck:
                  resume_from: dict[str, Any] | None = None,
                  on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
                  checkpoint_every: float = 2.0, checkpoint_from: int | None = None,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, scanners: Any = None):
         self.reader, self.uri = reader, uri
         # how frames get decoded: threads here by default; the pipeline decodes in a worker
         self.make_decoders = decoders or (lambda frames: FrameDecoders(reader, frames, threads, max_window))
         self.compressed, self.check_tar, self.max_window = compressed, check_tar, max_window
         self.on_progress = on_progress or (lambda done: None)
         self.findings = Findings()
-        self.walker = TarWalker(uri, digest, on_members) if check_tar else None
+        self.scanners = scanners if check_tar else None  # database files inside members
+        self.walker = TarWalker(uri, digest, on_members, scanners=self.scanners) if check_tar else None
         self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
         self.upstream_lost = False  # decoded content went missing: tar's own end checks do not apply
         self.findings_at_frame_start = 0
@@ -262,7 +263,26 @@ class StreamCheck:
         if self.walker:
             self.walker.finish(self.uoff, upstream_damage=upstream)
             self._drain_walker()
+        if self.scanners is not None:
+            self._decide_scans()
         return self._result(frames)
+
+    def _decide_scans(self) -> None:
+        """Scanner findings were provisional: now the whole archive is known, decide them."""
+        decided = Findings(self.findings.limit)
+        decided.dropped = self.findings.dropped
+        for finding in self.findings:
+            if finding.layer == "pages":
+                outcome = self.scanners.decide(finding.code, dict(finding.details))
+                if outcome is None:
+                    continue
+                code, details = outcome
+                details.pop("lsn", None)
+                finding = Finding.of(code, finding.location, **details)
+            decided.append(finding)
+        for code, details in self.scanners.summaries():
+            decided.append(Finding.of(code, Location(self.uri), **details))
+        self.findings = decided
 
     def _drain_walker(self) -> None:
         """Place the walker's new findings while their chunks are still known."""

@@ -147,8 +147,10 @@ class TarWalker:
     """
 
     def __init__(self, uri: str, digest: str | None, on_members: Callable[[list[Member]], None] | None = None,
-                 batch: int = 2048):
+                 batch: int = 2048, scanners: Any = None):
         self.uri = uri
+        self.scanners = scanners  # scanners of member content (database files), or None
+        self.scanner: Any = None  # the current member's scanner
         self.digest_factory = DIGESTS.get(digest) if digest else None
         self.oneshot = ONESHOT.get(digest) if digest else None
         self.on_members = on_members or (lambda members: None)
@@ -194,6 +196,8 @@ class TarWalker:
                 take = min(self.remaining, n - i)
                 if self.hasher is not None:
                     self.hasher.update(view[i:i + take])
+                if self.scanner is not None:
+                    self.scanner.feed(view[i:i + take], self.current[3] - self.remaining)
                 self.remaining -= take
                 i += take
                 if not self.remaining:
@@ -264,7 +268,10 @@ class TarWalker:
                 extra, first = None, at
                 if self.pending:
                     extra, first, self.pending = self.pending, self.pending_at, {}
-                record((first, at + BLOCK, header, size, oneshot(view[data:data + size]) if oneshot else None, extra))
+                rec = (first, at + BLOCK, header, size, oneshot(view[data:data + size]) if oneshot else None, extra)
+                if self.scanners is not None and size and (extra or self.scanners.wants(header[:100])):
+                    self._scan_whole(rec, view[data:data + size])
+                record(rec)
             i = data + ((size + BLOCK - 1) & ~(BLOCK - 1))
             if i > n:
                 self.pad, self.state = i - n, PAD
@@ -344,6 +351,7 @@ class TarWalker:
         else:
             return None
         return {"at": at, "state": {END: "end", NOT_TAR: "not_tar"}.get(state, "header"), "count": self.count,
+                "scanners": self.scanners.state() if self.scanners is not None else None,
                 "global_pax": {k: v.decode("latin-1") for k, v in self.global_pax.items()},
                 "end_offset": self.end_offset, "trailing": self.trailing, "trailing_at": self.trailing_at}
 
@@ -355,6 +363,8 @@ class TarWalker:
         self.end_offset, self.trailing, self.trailing_at = (
             snapshot["end_offset"], snapshot["trailing"], snapshot["trailing_at"])
         self.recent.extend(recent)
+        if self.scanners is not None and snapshot.get("scanners") is not None:
+            self.scanners.restore(snapshot["scanners"])
 
     # --- lookups ----------------------------------------------------------------------------
 
@@ -395,6 +405,25 @@ class TarWalker:
         self.count += 1
         if len(self.batch) >= self.batch_size:
             self.flush()
+
+    def _scan_whole(self, record: tuple, content: memoryview) -> None:
+        """A member whose content lies in one chunk, scanned in one go."""
+        scanner = self.scanners.open(_member(record).name, record[3])
+        if scanner is not None:
+            scanner.feed(content, 0)
+            scanner.close(True)
+            self._scanned(scanner, record)
+
+    def _scanned(self, scanner: Any, record: tuple) -> None:
+        """A scanner's findings, placed at their member's offsets."""
+        if not scanner.found:
+            return
+        name, data_offset = _member(record).name, record[1]
+        for f in scanner.found:
+            loc = Location(self.uri, uncompressed_offset=data_offset + f.offset, member=name, member_offset=f.offset,
+                           **f.where)
+            start = data_offset + f.offset
+            self.findings.append((Finding.of(f.code, loc, **f.details), start, start + f.length))
 
     def _emit(self, code: str, start: int, end: int, **details: Any) -> None:
         member, member_offset = self.member_at(start)
@@ -469,6 +498,8 @@ class TarWalker:
         data_len = 0 if flag[0] in NO_DATA_TYPES else size
         self.current, self.current_whole = (header_offset, at + BLOCK, block, data_len, None, extra), True
         self.hasher = self.digest_factory() if self.digest_factory else None
+        if self.scanners is not None and data_len and (extra or self.scanners.wants(block[:100] + block[345:500])):
+            self.scanner = self.scanners.open(_member(self.current).name, data_len)
         self.remaining, self.pad = data_len, _round_up(data_len) - data_len
         if flag == b"S" and block[482]:
             self.state, self.need = SPARSE_MAP, BLOCK
@@ -528,6 +559,10 @@ class TarWalker:
             self.state = HEADER
             return
         ok = complete and self.current_whole and self.hasher is not None
+        if self.scanner is not None:
+            self.scanner.close(complete)
+            self._scanned(self.scanner, cur)
+            self.scanner = None
         self._record(cur[:4] + (self.hasher.hexdigest() if ok else None, cur[5]))
         self.current, self.hasher = None, None
         self.state = PAD if self.pad else HEADER

@@ -31,6 +31,9 @@ def where(finding: Finding) -> str:
     if loc.member is not None:
         inside = f" at +{loc.member_offset}" if loc.member_offset else ""
         parts.append(f"member {safe_text(loc.member)!r}{inside}")
+    if loc.relation is not None:
+        block = f" block {loc.block}" if loc.block is not None else ""
+        parts.append(f"relation {safe_text(loc.relation)} ({loc.fork or 'main'} fork){block}")
     return ", ".join(parts)
 
 
