@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import pgbackup
 from .coverage import iso
 from .drills import create_drill, load_drill
 from .errors import UsageError
@@ -47,7 +48,7 @@ def run_drill(archives: Iterable[str | os.PathLike], *, layers: Iterable[str] = 
     findings; only archcheck's own failures (usage, unreadable source, state) raise ArchcheckError."""
     options = RunOptions(_check_layers(layers), segment_size, _check_memory(max_memory),
                          _check_workers(workers), max_window, _check_digest(digest))
-    paths = [Path(a) for a in archives]
+    paths, backups = pgbackup.expand(Path(a) for a in archives)
     if not paths:
         raise UsageError("no archive to verify")
     # a missing or unreadable archive is one clear line before anything starts; what each one
@@ -56,7 +57,7 @@ def run_drill(archives: Iterable[str | os.PathLike], *, layers: Iterable[str] = 
     limits = {"budget": {"seconds": budget.seconds, "bytes": budget.bytes} if budget else None,
               "deadline": iso(deadline) if deadline else None, "skip_verified_within": skip_verified_within}
     drill = create_drill(state_dir(state), paths, identities, _config(options), drill_id=drill_id, limits=limits,
-                         plan=plan)
+                         plan=plan, backups=[b.to_json() for b in backups])
     return DrillRunner(drill, options, deadline, on_progress, on_notice, now).run()
 
 

@@ -53,6 +53,8 @@ class Drill:
     updated: str = field(default_factory=utc_now)
     runs: list[dict[str, Any]] = field(default_factory=list)  # one per start or resume
     sealed: dict[str, Any] | None = None  # the sealed report's ledger entry
+    backups: list[dict[str, Any]] = field(default_factory=list)  # pg_basebackup directories: pgbackup.Backup
+    findings: list[dict[str, Any]] = field(default_factory=list)  # about several archives at once
 
     @property
     def folder(self) -> Path:
@@ -65,7 +67,7 @@ class Drill:
         return {"schema": SCHEMA, "version": VERSION, "id": self.id, "status": self.status,
                 "created": self.created, "updated": self.updated, "plan": self.plan, "options": self.options,
                 "limits": self.limits, "archives": [a.to_json() for a in self.archives], "runs": self.runs,
-                "sealed": self.sealed}
+                "sealed": self.sealed, "backups": self.backups, "findings": self.findings}
 
     def save(self) -> None:
         self.updated = utc_now()
@@ -77,7 +79,8 @@ def drill_folder(root: Path, drill_id: str) -> Path:
 
 
 def create_drill(root: Path, archives: list[Path], identities: list[dict[str, Any]], options: dict[str, Any], *, drill_id: str | None = None,
-                 limits: dict[str, Any] | None = None, plan: str | None = None) -> Drill:
+                 limits: dict[str, Any] | None = None, plan: str | None = None,
+                 backups: list[dict[str, Any]] | None = None) -> Drill:
     """A new drill folder, numbered ``drill-N`` unless an id is given. It is made whole in a
     temporary folder and renamed into place: a crash leaves no half-made drill, and two drills
     started at once never share a number."""
@@ -85,7 +88,7 @@ def create_drill(root: Path, archives: list[Path], identities: list[dict[str, An
     for candidate in _candidate_ids(root, drill_id):
         entries = [DrillArchive(str(Path(a).absolute()), f"archives/{i:04d}/manifest.json", identity)
                    for i, (a, identity) in enumerate(zip(archives, identities), 1)]
-        drill = Drill(candidate, Path(root), options, entries, limits or {}, plan)
+        drill = Drill(candidate, Path(root), options, entries, limits or {}, plan, backups=backups or [])
         staging = None
         try:
             base.mkdir(parents=True, exist_ok=True)
@@ -139,7 +142,7 @@ def load_drill(root: Path, drill_id: str) -> Drill:
         archives = [DrillArchive(a["path"], a["manifest"], a["identity"], a["status"], a["note"])
                     for a in d["archives"]]
         return Drill(d["id"], Path(root), d["options"], archives, d["limits"], d["plan"], d["status"],
-                     d["created"], d["updated"], d["runs"], d["sealed"])
+                     d["created"], d["updated"], d["runs"], d["sealed"], d["backups"], d["findings"])
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"drill state {path} is not valid ({exc})") from None
 

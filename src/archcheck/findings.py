@@ -70,6 +70,17 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("PG_CONTROL_DAMAGED", C, E, "pages", "pg_control is damaged: {problem}"),
     _c("PG_CONTROL_UNKNOWN", U, W, "pages", "pg_control has an unknown layout (version {version}); page checksums not compared"),
     _c("PG_DATA_DIRECTORY", I, N, "pages", "PostgreSQL {version} data directory at {datadir}: {files} relation files, {pages} pages checked, checksums {checksums}, {backup} backup"),
+    # pg_basebackup's backup_manifest and WAL (formats.md 3.9, 3.11)
+    _c("PG_MANIFEST_DAMAGED", C, E, "pages", "backup_manifest is damaged: {problem}"),
+    _c("PG_MANIFEST_FILE_SIZE", C, E, "pages", "{path} is {actual} bytes, backup_manifest says {expected}"),
+    _c("PG_MANIFEST_FILE_CHECKSUM", C, E, "pages", "{path}: {algorithm} of the content is {actual}, backup_manifest says {expected}"),
+    _c("PG_MANIFEST_FILE_MISSING", C, E, "pages", "{path} is listed in backup_manifest but is not in the backup"),
+    _c("PG_MANIFEST_FILE_EXTRA", D, W, "pages", "{path} is in the backup but not listed in backup_manifest"),
+    _c("WAL_SEGMENT_MISSING", C, E, "pages", "WAL segment {segment}, needed to make the backup consistent, is missing"),
+    _c("WAL_SEGMENT_SIZE", C, E, "pages", "WAL segment is {size} bytes, not {expected}"),
+    _c("WAL_PAGE_HEADER", C, E, "pages", "WAL page header is invalid: {problem}"),
+    _c("WAL_RECORD_CRC", C, E, "pages", "WAL record at {lsn} fails its CRC-32C: {actual}, record says {expected}"),
+    _c("WAL_RECORD_INVALID", C, E, "pages", "WAL record at {lsn} is invalid: {problem}"),
     # tar layer
     _c("TAR_HEADER_CHECKSUM", C, E, "tar", "header checksum is {actual}, header says {expected}"),
     _c("TAR_BAD_NUMBER", C, E, "tar", "header field {field} is not a number: {value}"),
@@ -103,6 +114,8 @@ class Location:
     relation: str | None = None  # a database file inside the member: base/16384/16397
     fork: str | None = None  # main, fsm, vm, init
     block: int | None = None  # the page's block number within its relation fork
+    wal_segment: str | None = None  # a WAL segment file inside the member, and a position in WAL
+    lsn: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if v is not None}

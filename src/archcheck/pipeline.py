@@ -91,9 +91,10 @@ class Run:
     """Verifies one archive into ``manifest``; the manifest is saved as it goes."""
 
     def __init__(self, source: Source, manifest: Manifest, manifest_path, options: RunOptions,
-                 on_progress: ProgressCallback | None = None, limits: RunLimits = RunLimits()):
+                 on_progress: ProgressCallback | None = None, limits: RunLimits = RunLimits(),
+                 scanners: Callable[[], Any] = PostgresScanners):
         self.source, self.manifest, self.path, self.options = source, manifest, manifest_path, options
-        self.limits = limits
+        self.limits, self.make_scanners = limits, scanners
         self.ref: SourceRef = source.ref()
         passes = ("raw" in options.layers) + options.stream
         self.progress = _Progress(source.size, passes, on_progress)
@@ -273,7 +274,7 @@ class Run:
                                                        depth=options.stream_depth(), nonce=nonce, stop=self.stopping),
                 resume_from=checkpoint, on_checkpoint=on_checkpoint, checkpoint_every=SAVE_INTERVAL,
                 checkpoint_from=self.limits.stop_offset, stop=self.stopping,
-                scanners=PostgresScanners() if "pages" in options.layers else None).run()
+                scanners=self.make_scanners() if "pages" in options.layers else None).run()
         finally:
             reader.close()
             writer.close()

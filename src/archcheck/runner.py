@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import pgbackup
 from .coverage import ArchiveCoverage, CoverageStore, iso, parse_iso, record_run, unverified_bytes
 from .drills import Drill, DrillArchive, DrillLock
 from .errors import StateError, format_size
@@ -21,6 +22,7 @@ from .ledger import seal_report
 from .manifest import Manifest, SegmentRecord, iter_members, load, members_file, write_atomic
 from .pipeline import ProgressCallback, Run, RunLimits, RunOptions
 from .reports import json_report
+from .scanners.postgres import PostgresScanners
 from .segments import new_nonce, plan_segments
 from .sources import ArchiveIdentity, open_source
 from .units import format_duration
@@ -61,10 +63,16 @@ class DrillResult:
     notices: list[str] = field(default_factory=list)
 
     @property
+    def findings(self) -> list[Finding]:
+        """Findings about several archives at once (a pg_basebackup directory as a whole)."""
+        return [Finding.from_json(f) for f in self.drill.findings]
+
+    @property
     def verdict(self) -> str:
         """Corruption anywhere wins; a drill cut short (deadline, signal) or a check that could
         not be made is incomplete; a budget's planned share, done, is not."""
         verdicts = {v.verdict for _, v in self.verifications if v is not None}
+        verdicts.add(verdict(self.findings))
         if "corrupt" in verdicts:
             return "corrupt"
         if "incomplete" in verdicts or self.drill.status in ("stopped", "interrupted", "running"):
@@ -89,6 +97,7 @@ class DrillRunner:
         self.interrupted = False  # SIGINT or SIGTERM
         self.on_notice = on_notice or (lambda text: None)
         self.coverage = CoverageStore(drill.root)
+        self.backups = [pgbackup.Backup(b["folder"], tuple(b["archives"])) for b in drill.backups]
         self.deadline = None
         if deadline is None and drill.limits.get("deadline"):  # a resumed drill keeps its window
             deadline = parse_iso(drill.limits["deadline"])
@@ -207,7 +216,9 @@ class DrillRunner:
         started = time.monotonic()
         entry.status = "running"
         self.drill.save()
-        run = Run(source, manifest, path, self.options, self.on_progress, limits)
+        listed, prefix = pgbackup.scan_options(self.backups, entry.path)
+        run = Run(source, manifest, path, self.options, self.on_progress, limits,
+                  scanners=lambda: PostgresScanners(listed, prefix))
         try:
             asyncio.run(run.run())
         finally:
@@ -256,9 +267,23 @@ class DrillRunner:
             if entry.status == "running":
                 entry.status = "interrupted"
         drill.status = self._final_status(failed)
+        if drill.status in SEALABLE and not failed:
+            drill.findings = [f.to_json() for f in self._cross_check()]
         drill.runs[-1].update(ended=iso(self.now()), status=drill.status, seconds=round(elapsed, 3))
         drill.save()
         self._seal()
+
+    def _cross_check(self) -> list[Finding]:
+        """Checks over all the archives of each pg_basebackup directory, once all are verified."""
+        found = []
+        for backup in self.backups:
+            entries = [a for a in self.drill.archives if a.path in backup.archives]
+            if any(a.status != "complete" for a in entries):
+                continue
+            members = {a.path: iter_members(load(self.drill.manifest_path(a)), self.drill.manifest_path(a))
+                       for a in entries}
+            found += pgbackup.cross_check(backup, members, _wal_needed(backup))
+        return found
 
     def _final_status(self, failed: bool) -> str:
         """complete or partial (a budget's share done) end a drill; the rest can be resumed."""
@@ -310,6 +335,15 @@ class DrillRunner:
         age = (now - parse_iso(oldest)).total_seconds() if oldest else None
         return {"bytes": total, "verified_bytes": verified, "oldest_unverified": oldest,
                 "oldest_unverified_age_seconds": age}
+
+
+def _wal_needed(backup: pgbackup.Backup) -> list[str]:
+    """The WAL segments that make the backup consistent: its manifest's WAL-Ranges."""
+    manifest = backup.manifest()
+    needed: list[str] = []
+    for timeline, start, end in pgbackup.wal_ranges(manifest):
+        needed += [s for s in pgbackup.wal_segments(start, end, timeline) if s not in needed]
+    return needed
 
 
 def _rotation_key(cov: ArchiveCoverage) -> tuple:

@@ -52,7 +52,8 @@ def build_drill(result: Any) -> dict[str, Any]:
     return {"schema": SCHEMA, "version": VERSION, "archcheck_version": __version__, "drill": drill.id,
             "status": drill.status, "verdict": result.verdict, "exit_code": result.exit_code,
             "started": drill.created, "finished": drill.updated, "plan": drill.plan, "limits": drill.limits,
-            "coverage": result.coverage, "runs": drill.runs}
+            "coverage": result.coverage, "runs": drill.runs,
+            "findings": sorted((f.to_json() for f in result.findings), key=_sort_key)}
 
 
 def _archive_entry(entry: Any, verification: Any) -> dict[str, Any]:

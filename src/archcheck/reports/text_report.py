@@ -79,6 +79,9 @@ def render_drill(console: Console, result: Any, report_path: Path | None = None,
         elif not quiet:
             console.print(Text("archive   ").append(safe_text(entry.path), style="bold")
                           .append(f"  {entry.status}" + (f": {entry.note}" if entry.note else "")))
+    if result.findings:
+        console.print(Text("backup    ").append("the archives together", style="bold"))
+        _render_findings(console, result.findings)
     if quiet and len(result.verifications) == 1:
         return
     cov = result.coverage

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import crc32c
 import numpy as np
 
+from . import Both, Found
 from . import pages as pg
+from .pgmanifest import Listed, ListedFileScanner
 
 RELATION = re.compile(
     r"(?P<root>(?:.*/)?)(?P<path>(?:base/\d+|global|pg_tblspc/\d+/PG_[^/]+/\d+)/(?P<node>\d+))"
@@ -51,17 +53,6 @@ class DataDir:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-@dataclass
-class Found:
-    """A scanner's finding, in member coordinates; the walker places it in the archive."""
-
-    code: str
-    offset: int  # within the member
-    length: int
-    where: dict[str, Any] = field(default_factory=dict)  # relation, fork, block
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 class Collect:
@@ -142,13 +133,24 @@ class RelationScanner:
 class PostgresScanners:
     """Routes members to scanners and decides the provisional findings at the end."""
 
-    def __init__(self):
+    def __init__(self, listed: dict[str, Listed] | None = None, prefix: str = ""):
+        """``listed``: the files a backup_manifest lists, checked as they pass; ``prefix``: where
+        this archive's members sit in the data directory (pg_tblspc/<oid>/ for a tablespace tar)."""
         self.datadirs: dict[str, DataDir] = {}
+        self.listed, self.prefix = listed, prefix
 
     def wants(self, raw_name: bytes) -> bool:
-        return RAW_HINT.search(raw_name) is not None
+        return self.listed is not None or RAW_HINT.search(raw_name) is not None
 
     def open(self, name: str, size: int) -> Any:
+        scanner = self._open_page_file(name, size)
+        path = self.prefix + datadir_of(name)
+        if self.listed is None or path not in self.listed:
+            return scanner
+        listed = ListedFileScanner(path, self.listed[path], size)
+        return listed if scanner is None else Both([scanner, listed])
+
+    def _open_page_file(self, name: str, size: int) -> Any:
         if m := RELATION.fullmatch(name):
             root = datadir_of(m["root"])
             return RelationScanner(self.datadirs.setdefault(root, DataDir()), root, m, size)
@@ -196,6 +198,8 @@ class PostgresScanners:
         """What a provisional finding becomes once the whole archive is known: dropped outside a
         data directory and, for checksums, when they are off or unknown; a page changed after a
         hot backup began is torn, not damaged (WAL replay rewrites it; formats.md 3.10)."""
+        if code.startswith(("PG_MANIFEST", "WAL_")):  # judged against the manifest and WAL, not a guess
+            return code, details
         datadir = self.datadirs.get(details.get("datadir", ""))
         if datadir is None or not datadir.confirmed:
             return None
