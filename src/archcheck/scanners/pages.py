@@ -55,11 +55,14 @@ class Fields:
         self.checksum, self.flags, self.lower, self.upper, self.special, self.layout = (
             h16[:, 4], h16[:, 5], h16[:, 6].astype(np.int32), h16[:, 7].astype(np.int32),
             h16[:, 8].astype(np.int32), h16[:, 9])
-        self.zero = ~pages.any(axis=1)
+        # only a page with pd_upper == 0 can be all zero: scan just those
+        self.zero = self.upper == 0
+        if self.zero.any():
+            self.zero[self.zero] = ~pages[self.zero].any(axis=1)
 
 
-def header_problems(f: Fields) -> list[str | None]:
-    """The first broken header rule of each page (None: the header is sound)."""
+def header_problems(f: Fields) -> dict[int, str]:
+    """The first broken header rule of each page whose header is broken: page index -> problem."""
     rules = [
         (f.upper == 0, "pd_upper is 0 (a new page) but the page is not all zero"),
         ((f.flags & ~np.uint16(7)) != 0, "pd_flags has undefined bits set"),
@@ -69,10 +72,10 @@ def header_problems(f: Fields) -> list[str | None]:
          "pd_lower <= pd_upper <= pd_special <= 8192 does not hold"),
         (f.special % 8 != 0, "pd_special is not a multiple of 8"),
     ]
-    out: list[str | None] = [None] * len(f.zero)
+    out: dict[int, str] = {}
     for mask, problem in reversed(rules):  # the first rule that fails wins
         for i in np.flatnonzero(mask & ~f.zero):
-            out[i] = problem
+            out[int(i)] = problem
     return out
 
 

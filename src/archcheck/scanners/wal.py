@@ -165,7 +165,7 @@ class WalSegmentScanner:
             if magic in KNOWN_MAGICS and pageaddr == expected:
                 lsn, problem = self.pending
                 self._invalid(lsn, problem + "; WAL goes on after it")
-                self.state = ALIGN
+                self.pending = None
                 self._resync(info, rem_len)
             else:
                 self._end(*self.pending)
@@ -210,7 +210,8 @@ class WalSegmentScanner:
             problems.append(f"xlp_tli {tli}, file name timeline {self.timeline}")
         elif tli < self.last_tli:
             problems.append(f"xlp_tli {tli} after {self.last_tli}")
-        self.last_tli = max(self.last_tli, tli)
+        else:
+            self.last_tli = tli
         contrecord = bool(info & XLP_FIRST_IS_CONTRECORD)
         if contrecord and rem_len == 0:
             problems.append("XLP_FIRST_IS_CONTRECORD with xlp_rem_len 0")
@@ -220,15 +221,14 @@ class WalSegmentScanner:
             left = self.skip_left if self.state == SKIP else (
                 self.rec_tot - self.rec_got if len(self.rec_header) >= 4 else None)
             if not contrecord:
-                if info & XLP_FIRST_IS_OVERWRITE_CONTRECORD:  # the record was abandoned (crash)
-                    self.state = ALIGN
+                if info & XLP_FIRST_IS_OVERWRITE_CONTRECORD:
+                    pass  # the record was abandoned at a crash and WAL goes on from this page
                 elif self.state == SKIP:
                     problems.append(f"no XLP_FIRST_IS_CONTRECORD, but {left} bytes of a record remain")
-                    self.state = ALIGN
                 else:
                     self._invalid(self._lsn(self.rec_start), "the record goes on to a page without "
                                   "XLP_FIRST_IS_CONTRECORD")
-                    self.state = ALIGN
+                self._resync(info, rem_len)
             elif left is not None and rem_len != left:
                 problems.append(f"xlp_rem_len {rem_len}, but {left} bytes of the record remain")
         elif contrecord:
@@ -238,9 +238,9 @@ class WalSegmentScanner:
 
     def _resync(self, info: int, rem_len: int) -> None:
         """Start reading records at a page start: skip the tail of a record begun before."""
+        self.prev_start = None  # xl_prev of the next record points to a record not read
         if info & XLP_FIRST_IS_CONTRECORD and rem_len:
             self.state, self.skip_left = SKIP, rem_len
-            self.prev_start = None  # xl_prev of the next record points to a record not seen
         else:
             self.state = ALIGN
 
