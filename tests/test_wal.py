@@ -129,7 +129,7 @@ def test_segments_needed_synthetic():
 @pytest.mark.parametrize("which", ["quiet", "busy"])
 def test_segments_needed_match_pg_wal_tar(wal, which):
     start, end, tli = wal[which + "_range"]
-    assert segments_needed(start, end, tli) == sorted(wal[which])
+    assert segments_needed(start, end, tli) == sorted(wal[which]), (format_lsn(start), format_lsn(end))
 
 
 # --------------------------------------------------------------------------- clean WAL
@@ -280,7 +280,8 @@ def test_stale_tail_is_not_an_error(busy):
     garbage = min(200, PAGE - first_free % PAGE)
     b[first_free:first_free + garbage] = os.urandom(garbage)  # garbage after the switch record
     for page in range(first_free // PAGE + 1, SEG_SIZE // PAGE, 3):
-        b[page * PAGE:(page + 1) * PAGE] = data[(page % 500 + 1) * PAGE:(page % 500 + 2) * PAGE]
+        source = 1 + page % (first_free // PAGE - 1)  # a page of real WAL
+        b[page * PAGE:(page + 1) * PAGE] = data[source * PAGE:(source + 1) * PAGE]
         struct.pack_into("<Q", b, page * PAGE + 8, seg_start - 2 * SEG_SIZE + page * PAGE)
     s = scan(name, bytes(b), PATTERNS[0])
     assert s.found == [] and summary(s)[:5] == summary(clean)[:5]
