@@ -105,3 +105,23 @@ def test_the_same_problems_as_pg_verifybackup_on_a_plain_copy(pgfx, tmp_path):
                 theirs.add((code, re.search(r'"([^"]+)"', line)[1]))
     ours = {c for c in _codes(api.run_drill([backup], state=tmp_path / "s", workers=1)) if c[0] in kinds.values()}
     assert ours == theirs and len(theirs) == 3
+
+
+def test_a_damaged_wal_record_in_pg_wal_tar(pgfx, tmp_path):
+    out, facts = pgfx
+    backup = _copy(pgfx, tmp_path)
+    start = facts["backup_tar"]["start_lsn_int"]
+    segment = facts["backup_tar"]["start_wal_file"]
+    with tarfile.open(backup / "pg_wal.tar") as t:
+        data = t.getmember(segment).offset_data
+    at = start % (16 * 1024 * 1024)
+    with open(backup / "pg_wal.tar", "r+b") as f:  # a byte of the backup's first record's data
+        f.seek(data + at + 30)
+        byte = f.read(1)[0]
+        f.seek(data + at + 30)
+        f.write(bytes([byte ^ 0x40]))
+    result = api.run_drill([backup], state=tmp_path / "s", workers=1)
+    [finding] = [f for _, v in result.verifications for f in v.findings if f.code.startswith("WAL_")]
+    assert finding.code == "WAL_RECORD_CRC" and result.verdict == "corrupt"
+    assert (finding.location.member, finding.location.wal_segment) == (segment, segment)
+    assert finding.location.lsn == facts["backup_tar"]["start_lsn"]

@@ -16,7 +16,6 @@ from .errors import UsageError
 from .findings import Finding, Location
 from .scanners.pgmanifest import BackupManifest, Listed, ignored, parse_manifest
 
-WAL_SEGMENT_SIZE = 16 * 1024 * 1024  # the default; a backup's manifest does not say otherwise
 ARCHIVE = re.compile(r"(?P<name>base|pg_wal|\d+)\.tar(?:\.zst)?")
 WAL_NAME = re.compile(r"[0-9A-F]{24}")
 
@@ -110,9 +109,3 @@ def _lsn(text: str) -> int:
     high, low = text.split("/")
     return (int(high, 16) << 32) | int(low, 16)
 
-
-def wal_segments(start: int, end: int, timeline: int, seg_size: int = WAL_SEGMENT_SIZE) -> list[str]:
-    """The names of the WAL segment files holding [start, end) on a timeline (formats.md 3.9)."""
-    per_id = 0x100000000 // seg_size
-    last = max(start, end - 1) // seg_size
-    return [f"{timeline:08X}{n // per_id:08X}{n % per_id:08X}" for n in range(start // seg_size, last + 1)]

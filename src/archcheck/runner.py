@@ -23,6 +23,7 @@ from .manifest import Manifest, SegmentRecord, iter_members, load, members_file,
 from .pipeline import ProgressCallback, Run, RunLimits, RunOptions
 from .reports import json_report
 from .scanners.postgres import PostgresScanners
+from .scanners.wal import segments_needed
 from .segments import new_nonce, plan_segments
 from .sources import ArchiveIdentity, open_source
 from .units import format_duration
@@ -342,7 +343,7 @@ def _wal_needed(backup: pgbackup.Backup) -> list[str]:
     manifest = backup.manifest()
     needed: list[str] = []
     for timeline, start, end in pgbackup.wal_ranges(manifest):
-        needed += [s for s in pgbackup.wal_segments(start, end, timeline) if s not in needed]
+        needed += [s for s in segments_needed(start, end, timeline) if s not in needed]
     return needed
 
 

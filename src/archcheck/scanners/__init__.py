@@ -34,3 +34,8 @@ class Both:
     def close(self, complete: bool) -> None:
         for scanner in self.scanners:
             scanner.close(complete)
+
+
+def format_lsn(lsn: int) -> str:
+    """A WAL position as PostgreSQL writes it: high and low 32 bits in hex, X/X."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"

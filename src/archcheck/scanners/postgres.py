@@ -16,16 +16,18 @@ from typing import Any
 import crc32c
 import numpy as np
 
-from . import Both, Found
+from . import Both, Found, format_lsn
 from . import pages as pg
 from .pgmanifest import Listed, ListedFileScanner
+from .wal import WalSegmentScanner
 
 RELATION = re.compile(
     r"(?P<root>(?:.*/)?)(?P<path>(?:base/\d+|global|pg_tblspc/\d+/PG_[^/]+/\d+)/(?P<node>\d+))"
     r"(?:_(?P<fork>fsm|vm|init))?(?:\.(?P<segno>[1-9]\d*))?")
+WAL_SEGMENT = re.compile(r"(?:.*/)?pg_wal/[0-9A-F]{24}")
 SPECIAL = re.compile(r"(?P<root>(?:.*/)?)(?P<file>global/pg_control|backup_label|PG_VERSION)")
 DATABASE_DIR = re.compile(r"(?:^|/)(?:base/\d+|pg_tblspc/\d+/PG_[^/]+/\d+)/$")  # has its own PG_VERSION
-RAW_HINT = re.compile(rb"base/|global/|pg_tblspc/|backup_label|PG_VERSION")  # cheap test on raw names
+RAW_HINT = re.compile(rb"base/|global/|pg_tblspc/|backup_label|PG_VERSION|pg_wal/")  # cheap test on raw names
 RELSEG_SIZE = 131072  # blocks per segment file; pg_control says otherwise on unusual builds
 BATCH = 128  # pages checked per numpy call
 CONTROL_LAYOUTS = {1300: 288, 1700: 288, 1800: 292}  # pg_control_version -> offset of its CRC
@@ -34,10 +36,6 @@ LSN_TEXT = re.compile(r"START WAL LOCATION: ([0-9A-Fa-f]+)/([0-9A-Fa-f]+)")
 
 def datadir_of(root: str) -> str:
     return root[2:] if root.startswith("./") else root
-
-
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
 @dataclass
@@ -176,6 +174,9 @@ class PostgresScanners:
         return listed if scanner is None else Both([scanner, listed])
 
     def _open_page_file(self, name: str, size: int) -> Any:
+        name = self.prefix + datadir_of(name)
+        if WAL_SEGMENT.fullmatch(name):
+            return WalSegmentScanner(name.rsplit("/", 1)[1], size)
         if m := RELATION.fullmatch(name):
             root = datadir_of(m["root"])
             return RelationScanner(self.datadirs.setdefault(root, DataDir()), root, m, size)
@@ -223,6 +224,8 @@ class PostgresScanners:
         """What a provisional finding becomes once the whole archive is known: dropped outside a
         data directory and, for checksums, when they are off or unknown; a page changed after a
         hot backup began is torn, not damaged (WAL replay rewrites it; formats.md 3.10)."""
+        if code.startswith("WAL_") and details.get("after_end"):
+            return None  # past the end of WAL, stale or odd pages are normal (formats.md 6.3)
         if code.startswith(("PG_MANIFEST", "WAL_")):  # judged against the manifest and WAL, not a guess
             return code, details
         datadir = self.datadirs.get(details.get("datadir", ""))

@@ -20,7 +20,7 @@ from typing import Any
 
 import crc32c
 
-from .postgres import Found, format_lsn
+from . import Found, format_lsn
 
 SEG_SIZE = 16 * 1024 * 1024
 XLOG_BLCKSZ = 8192
