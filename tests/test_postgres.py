@@ -190,3 +190,21 @@ def test_resuming_a_page_scan_from_any_checkpoint_gives_the_same_findings(pgfx, 
     for checkpoint, written in checkpoints:
         again, rest = run(resume=checkpoint, members=list(members[:written]))
         assert sorted(map(repr, again.findings)) == sorted(map(repr, whole.findings)) and rest == members
+
+
+def test_a_damaged_btree_metapage(pgfx, tmp_path):
+    out, facts = pgfx
+    index = facts["relations"]["pgbench_accounts_pkey"]
+    archive, _ = _damaged_copy(out / "cold-datadir.tar", tmp_path, "./" + index, [(0, 25)])  # btm_magic
+    found = {f.code: f for f in _pg(_verify(archive, tmp_path / "s"))}
+    assert set(found) == {"PG_PAGE_CHECKSUM", "PG_BTREE_PAGE"}
+    assert dict(found["PG_BTREE_PAGE"].details)["problem"] == "the metapage's magic or version is wrong"
+    assert (found["PG_BTREE_PAGE"].location.relation, found["PG_BTREE_PAGE"].location.block) == (index, 0)
+
+
+def test_without_checksums_line_pointers_are_still_checked(pgfx, tmp_path):
+    out, facts = pgfx
+    relation = facts["nochecksums"]["relations"]["pgbench_accounts"]
+    archive, _ = _damaged_copy(out / "nochecksums.tar", tmp_path, "./" + relation, [(4, 25)])
+    [finding] = _pg(_verify(archive, tmp_path / "s"))
+    assert (finding.code, finding.location.block, dict(finding.details)["item"]) == ("PG_LINE_POINTER", 4, 1)

@@ -73,6 +73,9 @@ def header_problems(f: Fields) -> dict[int, str]:
         (f.special % 8 != 0, "pd_special is not a multiple of 8"),
     ]
     out: dict[int, str] = {}
+    live = ~f.zero
+    if not np.logical_or.reduce([mask & live for mask, _ in rules]).any():
+        return out  # the common case: one test for the whole batch
     for mask, problem in reversed(rules):  # the first rule that fails wins
         for i in np.flatnonzero(mask & ~f.zero):
             out[int(i)] = problem
@@ -82,6 +85,8 @@ def header_problems(f: Fields) -> dict[int, str]:
 def item_problems(pages: np.ndarray, f: Fields, sound: np.ndarray) -> dict[int, tuple[int, str]]:
     """Line-pointer rules of heap and btree pages (formats.md 3.4-3.5): page index ->
     (item number, problem). Other access methods keep other layouts and are not judged."""
+    if not sound.any():
+        return {}
     special_size = BLCKSZ - f.special
     tail = pages[:, -2:].copy().view("<u2")[:, 0]
     flags_at = np.clip(f.special + 12, 0, BLCKSZ - 2)
@@ -113,4 +118,32 @@ def item_problems(pages: np.ndarray, f: Fields, sound: np.ndarray) -> dict[int, 
     too_many = heap[rows] & (lines[rows] > MAX_HEAP_ITEMS)
     for r in np.flatnonzero(too_many):
         found[int(rows[r])] = (int(lines[rows][r]), f"a heap page holds at most {MAX_HEAP_ITEMS} items")
+    return found
+
+
+BTREE_META_MAGIC = 0x053162
+BT_LEAF, BT_ROOT, BT_META = 0x1, 0x2, 0x8
+
+
+def btree_problems(pages: np.ndarray, f: Fields, judged: np.ndarray, blocks: np.ndarray) -> dict[int, str]:
+    """The btree special space (formats.md 3.5): flags, the metapage, the root's siblings."""
+    btree = judged & (f.special == BLCKSZ - 16)
+    if not btree.any():
+        return {}
+    rows = np.flatnonzero(btree)
+    opaque = np.stack([pages[r, f.special[r]:f.special[r] + 16] for r in rows]).view("<u4")  # prev, next, level, flags|cycle
+    prev, nxt, flags, cycle = opaque[:, 0], opaque[:, 1], opaque[:, 3] & 0xFFFF, opaque[:, 3] >> 16
+    is_btree = cycle <= 0xFF7F  # hash, GiST and SP-GiST pages end in 0xFF80-0xFF82
+    meta = pages[rows, 24:32].copy().view("<u4")
+    rules = [
+        (is_btree & (flags >= 0x200), "btpo_flags has undefined bits set"),
+        (is_btree & ((flags & BT_META) != 0) & (blocks[rows] != 0), "a page other than block 0 is marked as the metapage"),
+        (is_btree & ((flags & BT_META) != 0) & ((meta[:, 0] != BTREE_META_MAGIC) | (meta[:, 1] < 2) | (meta[:, 1] > 4)),
+         "the metapage's magic or version is wrong"),
+        (is_btree & ((flags & BT_ROOT) != 0) & ((prev != 0) | (nxt != 0)), "the root page has siblings"),
+    ]
+    found: dict[int, str] = {}
+    for mask, problem in reversed(rules):
+        for r in np.flatnonzero(mask):
+            found[int(rows[r])] = problem
     return found

@@ -145,6 +145,8 @@ class RelationScanner:
                        expected=f"{int(fields.checksum[i]):04x}")
         for i, (item, problem) in sorted(pg.item_problems(pages, fields, unproven).items()):
             self._page("PG_LINE_POINTER", i, index, fields, blocks, item=item, problem=problem)
+        for i, problem in sorted(pg.btree_problems(pages, fields, unproven, blocks).items()):
+            self._page("PG_BTREE_PAGE", i, index, fields, blocks, problem=problem)
 
     def _page(self, code: str, i: int, index: np.ndarray, fields: pg.Fields, blocks: np.ndarray,
               **details: Any) -> None:
@@ -234,7 +236,7 @@ class PostgresScanners:
         if code == "PG_PAGE_CHECKSUM" and datadir.checksums != 1:
             return None
         lsn = details.get("lsn")
-        if (code in ("PG_PAGE_CHECKSUM", "PG_PAGE_HEADER", "PG_LINE_POINTER") and lsn is not None
+        if (code in ("PG_PAGE_CHECKSUM", "PG_PAGE_HEADER", "PG_LINE_POINTER", "PG_BTREE_PAGE") and lsn is not None
                 and datadir.start_lsn is not None and lsn >= datadir.start_lsn):
             return "PG_PAGE_TORN", {**details, "was": code, "start_lsn": format_lsn(datadir.start_lsn)}
         return code, details
