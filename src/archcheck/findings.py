@@ -82,6 +82,18 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("WAL_PAGE_HEADER", C, E, "pages", "WAL page header is invalid: {problem}"),
     _c("WAL_RECORD_CRC", C, E, "pages", "WAL record at {lsn} fails its CRC-32C: {actual}, record says {expected}"),
     _c("WAL_RECORD_INVALID", C, E, "pages", "WAL record at {lsn} is invalid: {problem}"),
+    # SQLite (formats.md 4) and InnoDB (formats.md 5)
+    _c("SQLITE_HEADER", C, E, "pages", "SQLite header is invalid: {problem}"),
+    _c("SQLITE_PAGE", C, E, "pages", "SQLite page {page} is invalid: {problem}"),
+    _c("SQLITE_FREELIST", C, E, "pages", "SQLite freelist is invalid: {problem}"),
+    _c("SQLITE_UNUSED_PAGE", C, E, "pages", "SQLite page {page} is never used (in no b-tree, overflow chain or freelist)"),
+    _c("SQLITE_WAL_CHECKSUM", C, E, "pages", "SQLite WAL frame {frame} fails its checksum, and committed frames follow it: {problem}"),
+    _c("SQLITE_TOO_LARGE", U, W, "pages", "SQLite database of {size} bytes is larger than {limit}: only its header was checked"),
+    _c("INNODB_HEADER", C, E, "pages", "InnoDB tablespace header is invalid: {problem}"),
+    _c("INNODB_PAGE_CHECKSUM", C, E, "pages", "InnoDB page {page} matches no checksum algorithm (stored {stored})"),
+    _c("INNODB_PAGE_NUMBER", C, E, "pages", "InnoDB page {page} says it is page {stored}"),
+    _c("INNODB_LSN_MISMATCH", C, E, "pages", "InnoDB page {page}: the LSN in its header and trailer differ (a torn write)"),
+    _c("INNODB_PARTIAL_PAGE", D, W, "pages", "InnoDB file ends with {length} bytes that are not a whole page"),
     # tar layer
     _c("TAR_HEADER_CHECKSUM", C, E, "tar", "header checksum is {actual}, header says {expected}"),
     _c("TAR_BAD_NUMBER", C, E, "tar", "header field {field} is not a number: {value}"),
@@ -117,6 +129,8 @@ class Location:
     block: int | None = None  # the page's block number within its relation fork
     wal_segment: str | None = None  # a WAL segment file inside the member, and a position in WAL
     lsn: str | None = None
+    space: int | None = None  # an InnoDB tablespace id
+    page: int | None = None  # a page number in an SQLite or InnoDB file
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if v is not None}

@@ -25,7 +25,7 @@ from .layers.members import MEMBER_FIELDS
 from .manifest import Manifest, MembersWriter, SegmentRecord, members_file, sealed_json, utc_now, write_atomic
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
-from .scanners.postgres import PostgresScanners
+from .scanners.router import Scanners
 from .shared_decode import SharedDecoders
 from .worker import SegmentResult, hash_segment, init_worker
 
@@ -92,7 +92,7 @@ class Run:
 
     def __init__(self, source: Source, manifest: Manifest, manifest_path, options: RunOptions,
                  on_progress: ProgressCallback | None = None, limits: RunLimits = RunLimits(),
-                 scanners: Callable[[], Any] = PostgresScanners):
+                 scanners: Callable[[], Any] = Scanners):
         self.source, self.manifest, self.path, self.options = source, manifest, manifest_path, options
         self.limits, self.make_scanners = limits, scanners
         self.ref: SourceRef = source.ref()

@@ -22,7 +22,7 @@ from .ledger import seal_report
 from .manifest import Manifest, SegmentRecord, iter_members, load, members_file, write_atomic
 from .pipeline import ProgressCallback, Run, RunLimits, RunOptions
 from .reports import json_report
-from .scanners.postgres import PostgresScanners
+from .scanners.router import Scanners
 from .scanners.wal import segments_needed
 from .segments import new_nonce, plan_segments
 from .sources import ArchiveIdentity, open_source
@@ -219,7 +219,7 @@ class DrillRunner:
         self.drill.save()
         listed, prefix = pgbackup.scan_options(self.backups, entry.path)
         run = Run(source, manifest, path, self.options, self.on_progress, limits,
-                  scanners=lambda: PostgresScanners(listed, prefix))
+                  scanners=lambda: Scanners(listed, prefix))
         try:
             asyncio.run(run.run())
         finally:
