@@ -208,3 +208,18 @@ def test_without_checksums_line_pointers_are_still_checked(pgfx, tmp_path):
     archive, _ = _damaged_copy(out / "nochecksums.tar", tmp_path, "./" + relation, [(4, 25)])
     [finding] = _pg(_verify(archive, tmp_path / "s"))
     assert (finding.code, finding.location.block, dict(finding.details)["item"]) == ("PG_LINE_POINTER", 4, 1)
+
+
+def test_all_zero_pages_are_new_pages_not_damage(pgfx, tmp_path):
+    """Relations grow by zero pages, and a crash can leave them behind (formats.md 3.3)."""
+    out, facts = pgfx
+    relation = facts["relations"]["pgbench_branches"]
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    subprocess.run(["tar", "-C", tree, "-xf", out / "cold-datadir.tar"], check=True)
+    with open(tree / relation, "ab") as f:
+        f.write(bytes(3 * BLCKSZ))
+    archive = tmp_path / "zeros.tar"
+    subprocess.run(["tar", "-C", tree, "-cf", archive, "."], check=True)
+    result = _verify(archive, tmp_path / "s")
+    assert result.verdict == "intact" and not _pg(result)
