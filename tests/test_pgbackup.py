@@ -125,3 +125,20 @@ def test_a_damaged_wal_record_in_pg_wal_tar(pgfx, tmp_path):
     assert finding.code == "WAL_RECORD_CRC" and result.verdict == "corrupt"
     assert (finding.location.member, finding.location.wal_segment) == (segment, segment)
     assert finding.location.lsn == facts["backup_tar"]["start_lsn"]
+
+
+def test_pages_in_a_tablespace_tar_are_judged_with_base_tars_facts(pgfx, tmp_path):
+    out, facts = pgfx
+    backup = _copy(pgfx, tmp_path)
+    with tarfile.open(backup / "base.tar") as t:
+        page = bytearray(t.extractfile(facts["relations"]["pgbench_accounts"]).read(8192 * 2))
+    page[8192 + 18] ^= 0xFF  # block 1's pd_pagesize_version
+    tree = tmp_path / "tblspc" / "PG_15_202209061" / "5"
+    tree.mkdir(parents=True)
+    (tree / "16500").write_bytes(bytes(page))
+    subprocess.run(["tar", "-C", tmp_path / "tblspc", "-cf", backup / "16385.tar", "PG_15_202209061"], check=True)
+    result = api.run_drill([backup], state=tmp_path / "s", workers=1)
+    assert [a.path.rsplit("/", 1)[1] for a in result.drill.archives] == ["base.tar", "16385.tar", "pg_wal.tar"]
+    [header] = [f for _, v in result.verifications for f in v.findings if f.code == "PG_PAGE_HEADER"]
+    assert (header.location.relation, header.location.block) == ("pg_tblspc/16385/PG_15_202209061/5/16500", 1)
+    assert ("PG_MANIFEST_FILE_EXTRA", "pg_tblspc/16385/PG_15_202209061/5/16500") in _codes(result)

@@ -126,23 +126,34 @@ def test_a_page_that_merely_looks_like_one_outside_a_data_directory(pgfx, tmp_pa
 
 def test_a_page_written_during_a_hot_backup_is_torn_not_corrupt(pgfx, tmp_path):
     """pg_basebackup's rule (formats.md 3.10): a page whose LSN is at or after the backup's start is
-    rewritten by WAL replay, so its checksum proves nothing."""
+    rewritten by WAL replay, so its checksum proves nothing. Block 5 is made such a page (a new LSN,
+    its old checksum: what a copy torn mid-write looks like); block 9 keeps its old LSN."""
     out, facts = pgfx
-    base = out / "backup-busy" / "base.tar"
-    start = facts["backup_busy"]["start_lsn_int"]
+    base = out / "backup-tar" / "base.tar"
+    start = facts["backup_tar"]["start_lsn_int"]
     relation = facts["relations"]["pgbench_accounts"]
-    with tarfile.open(base) as t:
-        content = t.extractfile(relation).read()
-    late = [b for b in range(len(content) // BLCKSZ)
-            if (int.from_bytes(content[b * BLCKSZ:b * BLCKSZ + 4], "little") << 32
-                | int.from_bytes(content[b * BLCKSZ + 4:b * BLCKSZ + 8], "little")) >= start]
-    early = [b for b in range(len(content) // BLCKSZ) if b not in late and any(content[b * BLCKSZ:(b + 1) * BLCKSZ])]
-    assert late and early
-    archive, _ = _damaged_copy(base, tmp_path, relation, [(late[0], 6000), (early[0], 6000)])
+    archive, data = _damaged_copy(base, tmp_path, relation, [(9, 6000)])
+    with open(archive, "r+b") as f:
+        f.seek(data + 5 * BLCKSZ)
+        f.write((start >> 32).to_bytes(4, "little") + ((start & 0xFFFFFFFF) + 0x100).to_bytes(4, "little"))
     result = _verify(archive, tmp_path / "s")
     found = {f.location.block: f for f in _pg(result)}
-    assert found[late[0]].code == "PG_PAGE_TORN" and dict(found[late[0]].details)["was"] == "PG_PAGE_CHECKSUM"
-    assert found[early[0]].code == "PG_PAGE_CHECKSUM" and result.verdict == "corrupt"
+    assert found[5].code == "PG_PAGE_TORN" and dict(found[5].details)["was"] == "PG_PAGE_CHECKSUM"
+    assert found[9].code == "PG_PAGE_CHECKSUM" and result.verdict == "corrupt"
+
+
+def test_a_hot_copy_of_a_page_being_added_is_torn_but_a_garbage_header_is_not(pgfx, tmp_path):
+    out, facts = pgfx
+    relation = facts["relations"]["pgbench_accounts"]
+    archive, data = _damaged_copy(out / "backup-tar" / "base.tar", tmp_path, relation, [])
+    with open(archive, "r+b") as f:
+        f.seek(data + 20 * BLCKSZ)
+        f.write(bytes(4096))  # the first half of the page not yet written: pd_upper is 0
+        f.seek(data + 10 * BLCKSZ)
+        f.write(bytes(range(256)) * 32)  # garbage: a torn write cannot break the 24-byte header
+    found = {f.location.block: f for f in _pg(_verify(archive, tmp_path / "s"))}
+    assert found[20].code == "PG_PAGE_TORN" and dict(found[20].details)["was"] == "PG_PAGE_HEADER"
+    assert found[10].code == "PG_PAGE_HEADER"
 
 
 def test_the_same_blocks_as_pg_checksums(pgfx, tmp_path):
@@ -223,3 +234,46 @@ def test_all_zero_pages_are_new_pages_not_damage(pgfx, tmp_path):
     subprocess.run(["tar", "-C", tree, "-cf", archive, "."], check=True)
     result = _verify(archive, tmp_path / "s")
     assert result.verdict == "intact" and not _pg(result)
+
+
+def test_without_checksums_many_pages_do_not_crowd_out_real_damage(pgfx, tmp_path):
+    """Until pg_control is read, every page of a cluster without checksums looks like a checksum
+    mismatch; those wait apart and must not fill the findings cap before real damage comes."""
+    out, facts = pgfx
+    relation = facts["nochecksums"]["relations"]["pgbench_accounts"]
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    subprocess.run(["tar", "-C", tree, "-xf", out / "nochecksums.tar"], check=True)
+    content = (tree / relation).read_bytes()
+    base = Path(relation).parent
+    for n in range(7):  # 7 x 1640 pages: past the 10,000-finding cap
+        (tree / base / f"{990001 + n}").write_bytes(content)
+    broken = bytearray(content)
+    broken[3 * BLCKSZ + 18] ^= 0xFF  # pd_pagesize_version
+    (tree / base / "990100").write_bytes(bytes(broken))
+    names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file())
+    names.remove("global/pg_control")  # pg_control last, as pg_basebackup sends it
+    archive = tmp_path / "many.tar"
+    subprocess.run(["tar", "-C", tree, "-cf", archive, *names, "global/pg_control"], check=True)
+    result = _verify(archive, tmp_path / "s")
+    assert [(f.code, f.location.relation, f.location.block) for f in _pg(result)] == [
+        ("PG_PAGE_HEADER", f"{base}/990100", 3)]
+    assert not [f for f in result.findings if f.code == "FINDINGS_LIMITED"]
+
+
+def test_a_deleted_btree_page_has_no_line_pointers_to_judge():
+    """PG14+ keeps a full transaction id where a deleted page's items were (pd_lower = 24 + 8)."""
+    import numpy as np
+    from archcheck.scanners import pages as pg
+    page = bytearray(BLCKSZ)
+    page[12:20] = (32).to_bytes(2, "little") + (8176).to_bytes(2, "little") + (8176).to_bytes(2, "little") + \
+        (0x2004).to_bytes(2, "little")
+    page[24:32] = (200000).to_bytes(8, "little")  # safexid, read as two line pointers it points far away
+    page[8176 + 12:8176 + 14] = (0x4 | 0x1 | 0x100).to_bytes(2, "little")  # DELETED, LEAF, HAS_FULLXID
+    pages = np.frombuffer(bytes(page), dtype=np.uint8).reshape(1, BLCKSZ)
+    fields = pg.Fields(pages)
+    assert pg.header_problems(fields) == {}
+    assert pg.item_problems(pages, fields, np.array([True])) == {}
+    page[8176 + 12:8176 + 14] = (0x1).to_bytes(2, "little")  # the same bytes on a live leaf page: judged
+    pages = np.frombuffer(bytes(page), dtype=np.uint8).reshape(1, BLCKSZ)
+    assert pg.item_problems(pages, pg.Fields(pages), np.array([True]))

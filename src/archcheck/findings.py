@@ -66,7 +66,7 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("PG_PAGE_HEADER", C, E, "pages", "page header is invalid: {problem}"),
     _c("PG_LINE_POINTER", C, E, "pages", "line pointer {item} is invalid: {problem}"),
     _c("PG_BTREE_PAGE", C, E, "pages", "btree page is invalid: {problem}"),
-    _c("PG_PAGE_TORN", I, W, "pages", "{was} on a page written after the backup began (page LSN {page_lsn}, backup start {start_lsn}): WAL replay rewrites it"),
+    _c("PG_PAGE_TORN", I, W, "pages", "{was} on a page PostgreSQL was writing while the backup copied it (page LSN {page_lsn}, backup start {start_lsn}): WAL replay rewrites it"),
     _c("PG_PARTIAL_PAGE", D, W, "pages", "the file ends with {length} bytes that are not a whole page (a relation caught mid-extension?)"),
     _c("PG_CONTROL_DAMAGED", C, E, "pages", "pg_control is damaged: {problem}"),
     _c("PG_CONTROL_UNKNOWN", U, W, "pages", "pg_control has an unknown layout (version {version}); page checksums not compared"),

@@ -51,7 +51,9 @@ def expand(paths: Iterable[Path]) -> tuple[list[Path], list[Backup]]:
         if not (path / "backup_manifest").is_file():
             raise UsageError(f"{path} is a directory without a backup_manifest; give archive files, or a "
                              "pg_basebackup -Ft directory")
-        members = sorted(p for p in path.iterdir() if ARCHIVE.fullmatch(p.name))
+        # base.tar first: its pg_control and backup_label decide the pages of the tablespace tars
+        members = sorted((p for p in path.iterdir() if ARCHIVE.fullmatch(p.name)),
+                         key=lambda p: (not p.name.startswith("base."), p.name))
         others = sorted(p.name for p in path.iterdir() if p.name != "backup_manifest" and p not in members)
         if not members or others:
             raise UsageError(f"{path}: expected base.tar[.zst], pg_wal.tar[.zst], <oid>.tar[.zst] and "

@@ -286,7 +286,7 @@ class Run:
             "frames": result.frames, "skippable_frames": result.skippable_frames,
             "checksummed_frames": result.checksummed_frames, "max_window": result.max_window,
             "seekable": result.seekable, "uncompressed_size": result.uncompressed_size,
-            "member_count": result.member_count,
+            "member_count": result.member_count, "scanners": result.scan_state,
             "frame_table": {"fields": list(FRAME_FIELDS), "rows": [list(row) for row in result.frame_table]},
         }
         self.manifest.stream_findings = list(result.findings)

@@ -218,8 +218,9 @@ class DrillRunner:
         entry.status = "running"
         self.drill.save()
         listed, prefix = pgbackup.scan_options(self.backups, entry.path)
+        known = self._base_facts(entry) if prefix.startswith("pg_tblspc/") else None
         run = Run(source, manifest, path, self.options, self.on_progress, limits,
-                  scanners=lambda: Scanners(listed, prefix))
+                  scanners=lambda: Scanners(listed, prefix, known))
         try:
             asyncio.run(run.run())
         finally:
@@ -273,6 +274,17 @@ class DrillRunner:
         drill.runs[-1].update(ended=iso(self.now()), status=drill.status, seconds=round(elapsed, 3))
         drill.save()
         self._seal()
+
+    def _base_facts(self, entry: DrillArchive) -> dict | None:
+        """The data directory's facts as base.tar's scan found them, for a tablespace tar."""
+        for backup in self.backups:
+            if entry.path not in backup.archives:
+                continue
+            base = next((a for a in self.drill.archives if a.path in backup.archives
+                         and Path(a.path).name.startswith("base.") and a.status == "complete"), None)
+            if base is not None:
+                return (load(self.drill.manifest_path(base)).stream.get("scanners") or {}).get("")
+        return None
 
     def _cross_check(self) -> list[Finding]:
         """Checks over all the archives of each pg_basebackup directory, once all are verified."""
@@ -339,12 +351,17 @@ class DrillRunner:
 
 
 def _wal_needed(backup: pgbackup.Backup) -> list[str]:
-    """The WAL segments that make the backup consistent: its manifest's WAL-Ranges."""
+    """The WAL segments that make the backup consistent: its manifest's WAL-Ranges. A manifest
+    that fails its checksum is not believed (its damage is reported), nor is a range that runs
+    backwards or over more than a million segments."""
     manifest = backup.manifest()
-    needed: list[str] = []
+    if manifest.problems:
+        return []
+    needed: dict[str, None] = {}
     for timeline, start, end in pgbackup.wal_ranges(manifest):
-        needed += [s for s in segments_needed(start, end, timeline) if s not in needed]
-    return needed
+        if start <= end and (end - start) >> 24 <= 1_000_000:
+            needed.update(dict.fromkeys(segments_needed(start, end, timeline)))
+    return list(needed)
 
 
 def _rotation_key(cov: ArchiveCoverage) -> tuple:

@@ -48,6 +48,7 @@ class StreamResult:
     member_count: int
     findings: tuple[Finding, ...]
     frame_table: tuple[tuple, ...] = ()  # one row per frame, fields in FRAME_FIELDS
+    scan_state: dict | None = None  # what the database scanners learnt (e.g. a data directory's facts)
 
 
 class StreamStopped(Exception):
@@ -221,6 +222,9 @@ class StreamCheck:
         self.on_progress = on_progress or (lambda done: None)
         self.findings = Findings()
         self.scanners = scanners if check_tar else None  # database files inside members
+        # findings that wait for the end of the archive to be decided (checksums on or off?):
+        # kept apart, so that a flood of them on a cluster without checksums fills no cap
+        self.provisional = Findings()
         self.walker = TarWalker(uri, digest, on_members, scanners=self.scanners) if check_tar else None
         self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
         self.upstream_lost = False  # decoded content went missing: tar's own end checks do not apply
@@ -267,19 +271,27 @@ class StreamCheck:
             self._decide_scans()
         return self._result(frames)
 
+    def _is_provisional(self, finding: Finding) -> bool:
+        return self.scanners is not None and finding.code == "PG_PAGE_CHECKSUM"
+
     def _decide_scans(self) -> None:
         """Scanner findings were provisional: now the whole archive is known, decide them."""
         decided = Findings(self.findings.limit)
         decided.dropped = self.findings.dropped
-        for finding in self.findings:
+        kept: set[str] = set()
+        for finding in [*self.findings, *self.provisional]:
             if finding.layer == "pages":
                 outcome = self.scanners.decide(finding.code, dict(finding.details))
                 if outcome is None:
                     continue
+                kept.add(finding.code)
                 code, details = outcome
                 details.pop("lsn", None)
                 finding = Finding.of(code, finding.location, **details)
             decided.append(finding)
+        for code, count in self.provisional.dropped.items():  # over the cap, and real after all
+            if code in kept:
+                decided.dropped[code] += count
         for code, details in self.scanners.summaries():
             decided.append(Finding.of(code, Location(self.uri), **details))
         self.findings = decided
@@ -292,7 +304,8 @@ class StreamCheck:
             if self.fold is not None and _is_tar_damage(finding):
                 self._add_effect(self.fold[0], finding)
             else:
-                self.findings.append(self._place(finding, start, end))
+                placed = self._place(finding, start, end)
+                (self.provisional if self._is_provisional(finding) else self.findings).append(placed)
         if self.fold is not None and self.walker.count > self.fold[2]:
             self.fold = None  # a member after the bad frame: the walk is back in step
 
@@ -331,7 +344,7 @@ class StreamCheck:
                     self.count_at_frame_start = self.resume_from["frame_count"]
                 self.findings_at_frame_start = len(self.findings)
                 self.frame_starts.append((frame.index, self.uoff, frame.offset, self.count_at_frame_start,
-                                          len(self.findings)))
+                                          len(self.findings) + len(self.provisional)))
                 seek_hash = xxhash.xxh64() if frame.seek_checksum is not None else None
             if event.slot is not None:
                 view = decoders.view(event)
@@ -376,7 +389,7 @@ class StreamCheck:
             return
         at = walker["at"]
         start = next((s for s in reversed(self.frame_starts) if s[1] <= at), None)
-        if start is None or start[4] != len(self.findings):
+        if start is None or start[4] != len(self.findings) + len(self.provisional):
             return
         index, frame_start, frame_offset, count, _ = start
         recent = []
@@ -388,6 +401,8 @@ class StreamCheck:
             "covered": self._archive_offset(at, frame_offset), "walker": walker, "recent": recent,
             "upstream_lost": self.upstream_lost,
             "findings": [f.to_json() for f in self.findings[self.walk_findings:]],
+            "provisional": [f.to_json() for f in self.provisional],
+            "provisional_dropped": dict(self.provisional.dropped),
             "frame_spans": [[i, a, b] for i, (a, b) in self.frame_spans.items() if i < index]})
 
     def _archive_offset(self, uoff: int, frame_offset: int) -> int:
@@ -408,6 +423,8 @@ class StreamCheck:
         self.uoff, self.upstream_lost = cp["frame_start"], cp["upstream_lost"]
         self.skip_to = cp["walker"]["at"]
         self.findings.extend(Finding.from_json(f) for f in cp["findings"])
+        self.provisional.extend(Finding.from_json(f) for f in cp["provisional"])
+        self.provisional.dropped.update(cp["provisional_dropped"])
         self.frame_spans.update({i: (a, b) for i, a, b in cp["frame_spans"]})
         if self.walker:
             self.walker.restore(cp["walker"], [Member(*m) for m in cp["recent"]])
@@ -506,7 +523,8 @@ class StreamCheck:
             seekable=any(f.kind == "seek_table" for f in frames),
             compressed_size=self.reader.size, uncompressed_size=self.uoff,
             member_count=self.walker.count if self.walker else 0, findings=tuple(self.findings.closed(self.uri)),
-            frame_table=tuple(self._frame_row(f) for f in frames) if self.compressed else ())
+            frame_table=tuple(self._frame_row(f) for f in frames) if self.compressed else (),
+            scan_state=self.scanners.state() if self.scanners is not None else None)
 
     def _frame_row(self, frame: Frame) -> tuple:
         span = self.frame_spans.get(frame.index, (None, None))

@@ -93,7 +93,8 @@ def item_problems(pages: np.ndarray, f: Fields, sound: np.ndarray) -> dict[int, 
     bt_flags = pages[np.arange(len(pages)), flags_at].astype(np.uint16) | (
         pages[np.arange(len(pages)), flags_at + 1].astype(np.uint16) << 8)
     heap = special_size == 0
-    btree = (special_size == 16) & (tail <= 0xFF7F) & ((bt_flags & 0x8) == 0)  # not the metapage
+    # not the metapage, nor a deleted or half-dead page (PG14+ keeps a safexid where items were)
+    btree = (special_size == 16) & (tail <= 0xFF7F) & ((bt_flags & (0x8 | 0x4 | 0x10)) == 0)
     lines = np.where(f.lower > HEADER, (f.lower - HEADER) // 4, 0)
     judged = sound & ~f.zero & (heap | btree) & (lines > 0)
     if not judged.any():

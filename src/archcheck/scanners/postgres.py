@@ -140,7 +140,7 @@ class RelationScanner:
         # a page whose checksum holds was written whole by PostgreSQL: line pointers are checked
         # where it does not vouch for the page (a mismatch, or checksums off: pd_checksum is 0)
         unproven = summed & (actual != fields.checksum)
-        for i in np.flatnonzero(unproven):
+        for i in np.flatnonzero(unproven) if self.datadir.checksums != 0 else ():
             self._page("PG_PAGE_CHECKSUM", i, index, fields, blocks, actual=f"{int(actual[i]):04x}",
                        expected=f"{int(fields.checksum[i]):04x}")
         for i, (item, problem) in sorted(pg.item_problems(pages, fields, unproven).items()):
@@ -158,10 +158,14 @@ class RelationScanner:
 class PostgresScanners:
     """Routes members to scanners and decides the provisional findings at the end."""
 
-    def __init__(self, listed: dict[str, Listed] | None = None, prefix: str = ""):
+    def __init__(self, listed: dict[str, Listed] | None = None, prefix: str = "", known: dict | None = None):
         """``listed``: the files a backup_manifest lists, checked as they pass; ``prefix``: where
-        this archive's members sit in the data directory (pg_tblspc/<oid>/ for a tablespace tar)."""
+        this archive's members sit in the data directory (pg_tblspc/<oid>/ for a tablespace tar);
+        ``known``: the data directory's facts from another archive of the same backup (base.tar
+        holds pg_control and backup_label, a tablespace tar does not)."""
         self.datadirs: dict[str, DataDir] = {}
+        if known:
+            self.datadirs[""] = DataDir(**{**known, "files": 0, "pages": 0})
         self.listed, self.prefix = listed, prefix
 
     def wants(self, raw_name: bytes) -> bool:
@@ -177,8 +181,9 @@ class PostgresScanners:
 
     def _open_page_file(self, name: str, size: int) -> Any:
         name = self.prefix + datadir_of(name)
-        if WAL_SEGMENT.fullmatch(name):
-            return WalSegmentScanner(name.rsplit("/", 1)[1], size)
+        if WAL_SEGMENT.fullmatch(name):  # initdb --wal-segsize: a power of two, 1 MiB to 1 GiB
+            seg_size = size if size & (size - 1) == 0 and (1 << 20) <= size <= (1 << 30) else 16 << 20
+            return WalSegmentScanner(name.rsplit("/", 1)[1], size, seg_size)
         if m := RELATION.fullmatch(name):
             root = datadir_of(m["root"])
             return RelationScanner(self.datadirs.setdefault(root, DataDir()), root, m, size)
@@ -235,10 +240,16 @@ class PostgresScanners:
             return None
         if code == "PG_PAGE_CHECKSUM" and datadir.checksums != 1:
             return None
-        lsn = details.get("lsn")
-        if (code in ("PG_PAGE_CHECKSUM", "PG_PAGE_HEADER", "PG_LINE_POINTER", "PG_BTREE_PAGE") and lsn is not None
-                and datadir.start_lsn is not None and lsn >= datadir.start_lsn):
-            return "PG_PAGE_TORN", {**details, "was": code, "start_lsn": format_lsn(datadir.start_lsn)}
+        if datadir.start_lsn is None:
+            return code, details
+        # A hot copy can tear a page between its sectors: the checksum then fails, and a page
+        # caught mid-extension can have a zeroed header. Both are rewritten by WAL replay. A
+        # torn page keeps a sound header and line pointers, so those findings stand.
+        started = format_lsn(datadir.start_lsn)
+        if code == "PG_PAGE_CHECKSUM" and details.get("lsn", -1) >= datadir.start_lsn:
+            return "PG_PAGE_TORN", {**details, "was": code, "start_lsn": started}
+        if code == "PG_PAGE_HEADER" and details.get("problem", "").startswith("pd_upper is 0"):
+            return "PG_PAGE_TORN", {**details, "was": code, "start_lsn": started}
         return code, details
 
     def summaries(self) -> list[tuple[str, dict[str, Any]]]:

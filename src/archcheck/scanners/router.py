@@ -57,8 +57,8 @@ class Sniffed:
 class Scanners:
     """The database scanners for one archive."""
 
-    def __init__(self, listed: dict[str, Listed] | None = None, prefix: str = ""):
-        self.postgres = PostgresScanners(listed, prefix)
+    def __init__(self, listed: dict[str, Listed] | None = None, prefix: str = "", known: dict | None = None):
+        self.postgres = PostgresScanners(listed, prefix, known)
 
     def wants(self, raw_name: bytes) -> bool:
         return self.postgres.wants(raw_name) or RAW_HINT.search(raw_name + b"\x00") is not None

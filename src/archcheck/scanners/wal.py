@@ -174,6 +174,9 @@ class WalSegmentScanner:
         if at == 0 and magic in KNOWN_MAGICS and pageaddr < self.seg_start and pageaddr % self.seg_size == 0:
             # a recycled segment that has not been written yet: all of it is an older segment
             return self._end(self.seg_start, f"recycled: the first page is from {format_lsn(pageaddr)}")
+        if self.state == ALIGN and at and (not any(raw) or pageaddr < expected):
+            # the last record ended on the page boundary: a zero or stale page is the end of WAL
+            self._end(expected, "zero page" if not any(raw) else f"stale page from {format_lsn(pageaddr)}")
         if self.state in (END, SWITCHED):
             self._page_after_end(at, raw, magic, info, pageaddr)
             return
