@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -35,6 +36,7 @@ ProgressCallback = Callable[[int, int], None]
 # takes at most SAVE_SHARE of the run.
 SAVE_INTERVAL = float(os.environ.get("ARCHCHECK_SAVE_INTERVAL", "0.5"))
 SAVE_SHARE = 0.02
+STOP_GRACE = 2.0  # seconds an interrupted run gives its workers to finish what they hold
 STREAM_LAYERS = ("zstd", "tar", "members", "pages")
 
 
@@ -100,13 +102,29 @@ class Run:
         self.progress = _Progress(source.size, passes, on_progress)
         self.pool: Executor | None = None
         self.stopping = threading.Event()  # interruption: the stream thread tells its worker to stop
+        self.workers: list = []  # the pool's processes when it was stopped
         self.progress.update(raw=sum(s.length for s in manifest.segments if s.status == "done"))
 
     async def run(self) -> None:
+        """Verify; SIGINT and SIGTERM stop the run at its next await, never inside the pool's
+        own bookkeeping (an exception raised there can strand a worker), and surface as
+        KeyboardInterrupt once the run is saved."""
+        signals = _Signals(asyncio.current_task())
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            if signals.received:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            signals.restore()
+
+    async def _run(self) -> None:
         self.save()  # the run directory exists and is writable before any work starts
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["__main__", "archcheck.worker"])  # children start warm
-        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker)
+        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker,
+                                        initargs=(os.getpid(),))
         layers = []
         if self.options.stream:  # the longest task goes first, so it starts at once
             layers.append(self._stream_layer())
@@ -128,7 +146,10 @@ class Run:
         finally:
             for task in helpers:
                 task.cancel()
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.stopping.is_set():
+                _end_workers(self.workers)
+            else:
+                self.pool.shutdown(wait=True, cancel_futures=True)
             self.save()
 
     async def _within_deadline(self, work: Any) -> None:
@@ -142,6 +163,7 @@ class Run:
         What was verified is in the manifest; the stream's last checkpoint says where to go on."""
         self.manifest.status = status
         self.stopping.set()
+        self.workers = list((getattr(self.pool, "_processes", None) or {}).values())  # shutdown forgets them
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _everything_done(self) -> bool:
@@ -337,3 +359,35 @@ class Run:
 
 def _worker_crashed() -> WorkerCrashed:
     return WorkerCrashed("a worker process died (killed or out of memory); the manifest keeps what was verified")
+
+
+def _end_workers(workers: list) -> None:
+    """After an interruption, end any worker still there after a short grace: an interrupt
+    that lands while the pool is starting a worker can leave one that takes another's stop
+    sentinel, and the pool's exit would then wait for that other one forever."""
+    deadline = time.monotonic() + STOP_GRACE
+    for process in workers:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.terminate()
+
+
+class _Signals:
+    """SIGINT and SIGTERM cancel the running task (a cooperative stop), while it runs."""
+
+    STOPPING = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, task: asyncio.Task):
+        self.loop, self.received = asyncio.get_running_loop(), False
+        self.previous = {sig: signal.getsignal(sig) for sig in self.STOPPING}
+        for sig in self.STOPPING:
+            self.loop.add_signal_handler(sig, self._stop, task)
+
+    def _stop(self, task: asyncio.Task) -> None:
+        self.received = True
+        task.cancel()
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            self.loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)

@@ -5,6 +5,8 @@ opens the source itself and maps or reads only the ranges it is given.
 """
 from __future__ import annotations
 
+import os
+import select
 import signal
 import threading
 from multiprocessing.connection import Client
@@ -20,8 +22,23 @@ from .segments import Segment
 from .sources import SourceRef
 
 
-def init_worker() -> None:
+def init_worker(coordinator: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
+    if coordinator is not None:
+        threading.Thread(target=_end_with, args=(coordinator,), daemon=True).start()
+
+
+def _end_with(coordinator: int) -> None:
+    """A worker ends when its coordinator does, however it ended. Killed with SIGKILL, or
+    stopped before the pool was fully up, the coordinator cannot tell it to; and its task
+    queue's pipe is open in the worker itself, so it would wait forever, holding the
+    coordinator's stdout and stderr open. A pidfd cannot be fooled by a reused pid."""
+    try:
+        fd = os.pidfd_open(coordinator)
+    except (OSError, AttributeError):
+        return  # no pidfd (old kernel): the coordinator's own shutdown has to do
+    select.select([fd], [], [])  # readable once the coordinator has exited
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass(frozen=True)
