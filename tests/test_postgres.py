@@ -82,15 +82,32 @@ def test_a_flipped_bit_is_named_by_relation_fork_block_and_archive_offset(pgfx, 
     assert loc.byte_range == (data + block * BLCKSZ, data + (block + 1) * BLCKSZ)
 
 
+def _first_normal_item(content: bytes, from_block: int) -> tuple[int, int]:
+    """(block, item number) of the first line pointer with storage (LP_NORMAL) at or after a
+    block: pgbench's updates and pruning leave some items unused, dead or redirected."""
+    for block in range(from_block, len(content) // BLCKSZ):
+        page = content[block * BLCKSZ:(block + 1) * BLCKSZ]
+        lines = (int.from_bytes(page[12:14], "little") - 24) // 4
+        for item in range(lines):
+            word = int.from_bytes(page[24 + 4 * item:28 + 4 * item], "little")
+            if (word >> 15) & 3 == 1 and word >> 17:
+                return block, item + 1
+    raise AssertionError("no normal item")
+
+
 def test_a_broken_page_header_and_line_pointer(pgfx, tmp_path):
     out, facts = pgfx
     relation = facts["relations"]["pgbench_accounts"]
-    # byte 13 is pd_lower's high byte: lower > upper; byte 25 is in the first line pointer's offset
-    archive, _ = _damaged_copy(out / "cold-datadir.tar", tmp_path, "./" + relation, [(2, 13), (4, 25)])
+    with tarfile.open(out / "cold-datadir.tar") as t:
+        block, item = _first_normal_item(t.extractfile("./" + relation).read(), 4)
+    # byte 13 is pd_lower's high byte: lower > upper; the item's second byte holds offset bits 8-14
+    archive, _ = _damaged_copy(out / "cold-datadir.tar", tmp_path, "./" + relation,
+                               [(2, 13), (block, 24 + 4 * (item - 1) + 1)])
     found = {(f.code, f.location.block): dict(f.details) for f in _pg(_verify(archive, tmp_path / "s"))}
     assert found[("PG_PAGE_HEADER", 2)]["problem"] == "pd_lower <= pd_upper <= pd_special <= 8192 does not hold"
-    assert found[("PG_LINE_POINTER", 4)]["item"] == 1
-    assert ("PG_PAGE_CHECKSUM", 4) in found  # the checksum fails too; the header one stops it on block 2
+    assert found[("PG_LINE_POINTER", block)] == {
+        **found[("PG_LINE_POINTER", block)], "item": item, "problem": "its storage lies outside pd_upper..pd_special"}
+    assert ("PG_PAGE_CHECKSUM", block) in found  # the checksum fails too; the header one stops it on block 2
     assert ("PG_PAGE_CHECKSUM", 2) not in found
 
 
@@ -216,9 +233,11 @@ def test_a_damaged_btree_metapage(pgfx, tmp_path):
 def test_without_checksums_line_pointers_are_still_checked(pgfx, tmp_path):
     out, facts = pgfx
     relation = facts["nochecksums"]["relations"]["pgbench_accounts"]
-    archive, _ = _damaged_copy(out / "nochecksums.tar", tmp_path, "./" + relation, [(4, 25)])
+    with tarfile.open(out / "nochecksums.tar") as t:
+        block, item = _first_normal_item(t.extractfile("./" + relation).read(), 4)
+    archive, _ = _damaged_copy(out / "nochecksums.tar", tmp_path, "./" + relation, [(block, 24 + 4 * (item - 1) + 1)])
     [finding] = _pg(_verify(archive, tmp_path / "s"))
-    assert (finding.code, finding.location.block, dict(finding.details)["item"]) == ("PG_LINE_POINTER", 4, 1)
+    assert (finding.code, finding.location.block, dict(finding.details)["item"]) == ("PG_LINE_POINTER", block, item)
 
 
 def test_all_zero_pages_are_new_pages_not_damage(pgfx, tmp_path):
