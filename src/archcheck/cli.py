@@ -179,7 +179,7 @@ def drill_list_command(state_dir: Optional[Path] = STATE_DIR) -> None:
     out = Console(highlight=False, soft_wrap=True)
     for drill in api.list_drills(state=state_dir):
         if isinstance(drill, ArchcheckError):
-            out.print(Text(f"damaged   {drill}"))
+            out.print(Text(f"damaged   {safe_text(str(drill))}"))
             continue
         done = sum(a.status in ("complete", "skipped") for a in drill.archives)
         out.print(Text(f"{drill.id:<12} {drill.status:<12} {done}/{len(drill.archives)} archives  "
