@@ -209,3 +209,22 @@ def test_pax_size_that_is_not_a_size_is_malformed_not_a_hang(size):
     walker.feed(memoryview(data), 0)
     walker.finish(len(data))
     assert "TAR_PAX_MALFORMED" in [f.code for f, _, _ in walker.findings]
+
+
+def test_a_late_autosave_never_overwrites_a_later_save(fx, tmp_path):
+    """The autosave writes in a thread; the final save may happen while it does. Whatever
+    order the writes land in, the manifest on disk is the latest snapshot."""
+    import asyncio
+    from archcheck.manifest import Manifest, load
+    from archcheck.pipeline import Run, RunOptions
+    from archcheck.sources import open_source
+    source = open_source(fx / "gnu.tar")
+    identity = asyncio.run(source.identity())
+    manifest = Manifest("d/0001", identity, "tar", {}, [])
+    path = tmp_path / "manifest.json"
+    run = Run(source, manifest, path, RunOptions(("tar",), 8 << 20, 64 << 20, 1, 1 << 31, "xxh3-128"))
+    early = run._snapshot()  # an autosave's snapshot, taken while running
+    manifest.status = "complete"
+    run.save()  # the run ends
+    run._write(*early)  # the autosave's thread finishes last
+    assert load(path).status == "complete"

@@ -103,6 +103,8 @@ class Run:
         self.pool: Executor | None = None
         self.stopping = threading.Event()  # interruption: the stream thread tells its worker to stop
         self.workers: list = []  # the pool's processes when it was stopped
+        self.saves = self.written = 0  # snapshots taken, and the latest one written
+        self.save_lock = threading.Lock()
         self.progress.update(raw=sum(s.length for s in manifest.segments if s.status == "done"))
 
     async def run(self) -> None:
@@ -171,8 +173,20 @@ class Run:
                 and (not self.options.stream or self.manifest.stream.get("status") in ("done", "failed")))
 
     def save(self) -> None:
+        self._write(*self._snapshot())
+
+    def _snapshot(self) -> tuple[int, bytes]:
         self.manifest.updated = utc_now()
-        write_atomic(self.path, sealed_json(self.manifest.to_json()))
+        self.saves += 1
+        return self.saves, sealed_json(self.manifest.to_json())
+
+    def _write(self, number: int, data: bytes) -> None:
+        """Write a snapshot unless a later one is on disk already: an autosave still writing in
+        its thread when the run ends must not put back the state from before the end."""
+        with self.save_lock:
+            if number > self.written:
+                write_atomic(self.path, data)
+                self.written = number
 
     async def _in_pool(self, fn: Callable, *args: Any) -> Any:
         try:
@@ -351,9 +365,7 @@ class Run:
         while True:
             await asyncio.sleep(max(SAVE_INTERVAL, cost / SAVE_SHARE))
             started = time.monotonic()
-            self.manifest.updated = utc_now()
-            data = sealed_json(self.manifest.to_json())
-            await asyncio.to_thread(write_atomic, self.path, data)
+            await asyncio.to_thread(self._write, *self._snapshot())
             cost = time.monotonic() - started
 
 
