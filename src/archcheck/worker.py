@@ -35,9 +35,12 @@ def _end_with(coordinator: int) -> None:
     coordinator's stdout and stderr open. A pidfd cannot be fooled by a reused pid."""
     try:
         fd = os.pidfd_open(coordinator)
+    except ProcessLookupError:
+        fd = None  # gone before this worker even started
     except (OSError, AttributeError):
         return  # no pidfd (old kernel): the coordinator's own shutdown has to do
-    select.select([fd], [], [])  # readable once the coordinator has exited
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the coordinator has exited
     os.kill(os.getpid(), signal.SIGTERM)
 
 
