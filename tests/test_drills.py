@@ -164,14 +164,18 @@ def test_deadline_stops_cleanly_and_resume_finishes(drill_archives, tmp_path):
     assert "time is up; what was verified is kept: archcheck resume drill-1" in run.stderr
     assert "coverage  " in run.stdout and "resume    archcheck resume drill-1" in run.stdout
     assert load_drill(tmp_path, "drill-1").status == "stopped"
-    late = cli("resume", "drill-1", "--state-dir", tmp_path, "--no-progress")  # the drill keeps its deadline
-    assert late.returncode == 3 and "drill-1's deadline (" in late.stderr and "has passed; give --deadline" in late.stderr
+    late = cli("resume", "drill-1", "--state-dir", tmp_path, "--no-progress")  # a window as long as the first
+    assert late.returncode in (0, 3) and "drill-1's deadline (" in late.stderr  # 1s: it may even finish
+    assert "has passed; this run gets a new window as long as its first (1s), until " in late.stderr
+    assert load_drill(tmp_path, "drill-1").limits["window_seconds"] == 1.0
     again = cli("resume", "drill-1", "--deadline", "10m", "--state-dir", tmp_path, "--no-progress")
     assert again.returncode == 0, again.stderr
-    assert "drill-1  complete, INTACT" in again.stdout and "(100%)" in again.stdout
+    status = api.drill_status("drill-1", state=tmp_path)
+    assert status.drill.status == "complete" and status.verdict == "intact" and status.coverage["verified_bytes"] == \
+        status.coverage["bytes"]
 
 
-def test_resume_refuses_a_changed_archive(drill_archives, tmp_path):
+def test_resume_of_a_changed_archive_mixes_nothing_and_says_what_changed(drill_archives, tmp_path):
     archive = tmp_path / "a.tar.zst"
     shutil.copyfile(drill_archives / "multi.tar.zst", archive)  # big enough to be stopped mid-way
     drill = _stopped_drill(archive, tmp_path / "s")
@@ -179,9 +183,11 @@ def test_resume_refuses_a_changed_archive(drill_archives, tmp_path):
         f.seek(-10, 2)
         f.write(b"0123456789")
     run = cli("resume", drill, "--state-dir", tmp_path / "s")
-    assert run.returncode == 2
-    assert run.stderr.splitlines()[-1] == (f"archcheck: {archive} changed since {drill} began (modification time, last 64 KiB "
-                                  "differ); its results cannot be mixed with new ones: start a new drill")
+    assert run.returncode == 3  # incomplete: never a verdict on the new content, never corruption
+    assert run.stderr.splitlines()[-1] == (
+        f"archcheck: {archive}: it changed since {drill} began (its modification time and last 64 KiB differ); "
+        "its results cannot be mixed with new ones: verify it in a new drill")
+    assert f"{drill}  complete, INCOMPLETE  (1 changed)" in run.stdout and "CORRUPT" not in run.stdout
 
 
 def test_a_hand_edited_manifest_is_refused(drill_archives, tmp_path):
@@ -189,9 +195,9 @@ def test_a_hand_edited_manifest_is_refused(drill_archives, tmp_path):
     path = tmp_path / "drills" / drill / "archives" / "0001" / "manifest.json"
     path.write_text(path.read_text().replace('"status":"running"', '"status":"complete"', 1))
     run = cli("resume", drill, "--state-dir", tmp_path)
-    assert run.returncode == 2
-    assert run.stderr.splitlines()[-1] == (f"archcheck: manifest {path} is damaged or was edited (its integrity digest "
-                                  "does not match); it cannot be trusted")
+    assert run.returncode == 8  # state that cannot be trusted
+    assert run.stderr.splitlines()[-1].endswith(f": manifest {path} is damaged or was edited (its integrity digest "
+                                                "does not match); it cannot be trusted")
     path.write_bytes(path.read_bytes()[:100])  # torn
     assert "is damaged (not valid JSON)" in cli("resume", drill, "--state-dir", tmp_path).stderr
 
@@ -201,7 +207,7 @@ def test_a_second_runner_is_refused_and_a_dead_runners_lock_is_taken_over(drill_
     drill = load_drill(tmp_path, drill_id)
     with DrillLock(drill):
         run = cli("resume", drill_id, "--state-dir", tmp_path)
-        assert run.returncode == 2
+        assert run.returncode == 6
         assert run.stderr.startswith(f"archcheck: {drill_id} is being run by pid {os.getpid()} on ")
     (drill.folder / "lock").write_text("pid 999999 on elsewhere since 2026-11-26T03:10:00Z\n")  # no flock held
     run = cli("resume", drill_id, "--state-dir", tmp_path, "--no-progress")
@@ -347,7 +353,7 @@ def test_a_complete_drill_has_nothing_to_resume(fx, tmp_path):
     again = cli("resume", "drill-1", "--state-dir", tmp_path, "--no-progress")
     assert again.returncode == 0 and again.stderr == "archcheck: drill-1 is complete; nothing to resume\n"
     missing = cli("resume", "drill-9", "--state-dir", tmp_path)
-    assert missing.returncode == 2 and missing.stderr == f"archcheck: no drill drill-9 in {tmp_path} (recent: drill-1)\n"
+    assert missing.returncode == 7 and missing.stderr == f"archcheck: no drill drill-9 in {tmp_path} (recent: drill-1)\n"
 
 
 def test_a_plan_run_outside_its_window_is_refused(fx, tmp_path):
@@ -362,7 +368,7 @@ def test_a_plan_run_outside_its_window_is_refused(fx, tmp_path):
                           "give --deadline or --until to run outside it\n")
 
 
-def test_a_drill_whose_resume_is_refused_is_not_sealed(drill_archives, fx, tmp_path):
+def test_a_drill_whose_archive_changed_is_sealed_incomplete_never_intact(drill_archives, fx, tmp_path):
     big = tmp_path / "big.tar.zst"
     shutil.copyfile(drill_archives / "multi.tar.zst", big)
     state = tmp_path / "s"
@@ -376,11 +382,11 @@ def test_a_drill_whose_resume_is_refused_is_not_sealed(drill_archives, fx, tmp_p
     with open(big, "r+b") as f:
         f.write(b"X")
     run = cli("resume", "drill-1", "--state-dir", state)
-    assert run.returncode == 2 and "changed since drill-1 began (modification time, first 64 KiB differ)" in run.stderr
-    drill = load_drill(state, "drill-1")
-    assert drill.status == "interrupted" and drill.sealed is None
-    assert [a.status for a in drill.archives] == ["complete", "interrupted"]
-    assert not (state / "reports").exists()
+    assert run.returncode == 3 and "changed since drill-1 began (its modification time and first 64 KiB differ)" in run.stderr
+    drill = load_drill(state, "drill-1")  # ended: the changed archive cannot be resumed, only verified anew
+    assert [a.status for a in drill.archives] == ["complete", "changed"]
+    sealed = json.loads((state / "reports" / "drill-1.json").read_text())  # never sealed as a verdict on it
+    assert sealed["verdict"] == "incomplete" and [a["status"] for a in sealed["archives"]] == ["complete", "changed"]
 
 
 def test_a_crash_while_sealing_is_finished_with_the_same_bytes(fx, tmp_path, monkeypatch):
@@ -415,9 +421,9 @@ def test_an_ended_budgeted_drill_is_not_resumed(fx, tmp_path):
 def test_usage_errors_stay_one_line_and_inert(fx, tmp_path):
     hostile = tmp_path / "evil\x1b]0;pwned\x07\x1b[2J.tar.zst"
     run = cli("verify", hostile, "--state-dir", tmp_path)
-    assert run.returncode == 2 and "\x1b" not in run.stderr and "\\x1b]0;pwned" in run.stderr
+    assert run.returncode == 5 and "\x1b" not in run.stderr and "\\x1b]0;pwned" in run.stderr
     run = cli("verify", fx / "multi.tar.zst", "--deadline", "99999999999d", "--state-dir", tmp_path)
     assert run.returncode == 2 and run.stderr == "archcheck: --deadline: '99999999999d' is more than ten years\n"
     (tmp_path / "file").write_text("")
     run = cli("verify", fx / "multi.tar.zst", "--state-dir", tmp_path / "file")
-    assert run.returncode == 2 and run.stderr.startswith("archcheck: cannot create ") and run.stderr.count("\n") == 1
+    assert run.returncode == 8 and run.stderr.startswith("archcheck: cannot create ") and run.stderr.count("\n") == 1

@@ -2,8 +2,11 @@
 issue names is made by hand here and must be named by verify_ledger, line and drill."""
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
+import os
+import re
 import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,7 +16,8 @@ import pytest
 
 from archcheck import ledger
 from archcheck.errors import StateError
-from archcheck.ledger import GENESIS, AuditResult, entry_hash, seal_report, verify_ledger
+from archcheck.ledger import (GENESIS, AuditResult, RepairResult, entry_hash, repair_ledger, seal_report,
+                              set_aside_torn_tail, verify_ledger)
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -50,6 +54,66 @@ def edit_entry(root: Path, lineno: int, rehash: bool = False, **changes) -> None
 
 def problems(root: Path) -> list[str]:
     return verify_ledger(root).problems
+
+
+def ledger_bytes(root: Path) -> bytes:
+    return (root / "audit" / "ledger.jsonl").read_bytes()
+
+
+def append_raw(root: Path, data: bytes) -> None:
+    with open(root / "audit" / "ledger.jsonl", "ab") as f:
+        f.write(data)
+
+
+def line_of(entry: ledger.LedgerEntry) -> bytes:
+    return (json.dumps(entry.to_json(), separators=(",", ":")) + "\n").encode()
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` and its bytes: to show a refusal changed nothing."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def keep_pending(root: Path, n: int, data: bytes | None = None) -> None:
+    """What the runner does before sealing: the report's bytes kept in the drill folder."""
+    folder = root / "drills" / f"drill-{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sealed-report.json").write_bytes(report(n) if data is None else data)
+
+
+def crash_before_entry(root: Path, n: int, monkeypatch) -> None:
+    """Seal drill-n, the process dying after its report is written and before its entry."""
+    def crash(*args):
+        raise KeyboardInterrupt  # stands for the process dying: nothing after it runs
+
+    with monkeypatch.context() as m:
+        m.setattr(ledger, "_append", crash)
+        with pytest.raises(KeyboardInterrupt):
+            seal(root, n)
+
+
+def torn_note(lineno: int, size: int) -> str:
+    return (f"line {lineno}: an append was cut off by a crash ({size} bytes, no end of line); "
+            f"the next seal or `archcheck audit repair` sets it aside")
+
+
+def cut_off_note(n: int) -> str:
+    return (f"reports/drill-{n}.json has no ledger entry, but drills/drill-{n}/sealed-report.json holds "
+            f"the same bytes: its seal was cut off by a crash; sealing it again or `archcheck audit "
+            f"repair` appends the entry")
+
+
+def the_torn_file(root: Path) -> Path:
+    kept, = (root / "audit" / "torn").iterdir()
+    return kept
+
+
+PARTIAL = b'{"seq":4,"time":"2024-05'  # a crash in the middle of an append
+
+
+def whole_entry_without_newline(tmp_path: Path) -> bytes:
+    # The same entry drill-4 gets in a chain of the same drills: it parses, but has no newline
+    return line_of(chain(tmp_path / "elsewhere", 4)[-1])[:-1]
 
 
 # -- sealing -------------------------------------------------------------------------------------
@@ -127,23 +191,271 @@ def test_hostile_drill_ids_are_refused(tmp_path, drill_id):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_a_torn_last_line_is_reported_and_blocks_appending(tmp_path):
-    chain(tmp_path, 3)
-    with open(tmp_path / "audit" / "ledger.jsonl", "a") as f:
-        f.write('{"seq":4,"time":"2024-05')  # a crash in the middle of an append
-    assert problems(tmp_path) == ["line 4: not a JSON object (torn or edited)"]
-    with pytest.raises(StateError, match=r"the last line is torn or damaged .* "
-                                         r"run `archcheck audit verify`"):
-        seal(tmp_path, 4)
-    assert not (tmp_path / "reports" / "drill-4.json").exists()
-
-
 def test_a_garbled_last_line_with_its_newline_blocks_appending_too(tmp_path):
     chain(tmp_path, 2)
     with open(tmp_path / "audit" / "ledger.jsonl", "a") as f:
         f.write("garbage\n")
-    with pytest.raises(StateError, match="archcheck audit verify"):
+    before = files(tmp_path)
+    # It ends its line, so no crash made it: damage, reported, and not set aside
+    result = verify_ledger(tmp_path)
+    assert (result.problems, result.crashes) == (["line 3: not a JSON object (torn or edited)"], [])
+    with pytest.raises(StateError, match=r"the last line is damaged \(not a ledger entry, and not an "
+                                         r"append cut off by a crash\); run `archcheck audit verify`"):
         seal(tmp_path, 3)
+    assert files(tmp_path) == before
+
+
+# -- crashes -------------------------------------------------------------------------------------
+# These replace test_a_torn_last_line_is_reported_and_blocks_appending: a last line with no end
+# of line used to be a problem that blocked every later seal; it is now a crash, set aside.
+
+@pytest.mark.parametrize("whole", [False, True], ids=["partial", "parseable"])
+def test_a_torn_last_line_is_a_crash_not_a_problem(tmp_path, whole):
+    tail = whole_entry_without_newline(tmp_path) if whole else PARTIAL
+    root = tmp_path / "state"
+    entries = chain(root, 3)
+    append_raw(root, tail)
+    result = verify_ledger(root)
+    assert result == AuditResult(entries=3, head=entries[-1].hash, problems=[],
+                                 crashes=[torn_note(4, len(tail))])
+    assert result.ok
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["partial", "parseable"])
+def test_sealing_after_a_torn_line_sets_it_aside_and_chains_onto_the_last_whole_entry(tmp_path, whole):
+    tail = whole_entry_without_newline(tmp_path) if whole else PARTIAL
+    root = tmp_path / "state"
+    entries = chain(root, 3)
+    before = ledger_bytes(root)
+    append_raw(root, tail)
+    notices = []
+    entry = seal_report(root, "drill-4", report(4), now=T0 + timedelta(minutes=4), on_notice=notices.append)
+    assert (entry.seq, entry.prev) == (4, entries[-1].hash)
+    kept = the_torn_file(root)
+    assert re.fullmatch(rf"\d{{8}}T\d{{6}}Z-{len(before)}\.bin", kept.name)
+    assert kept.read_bytes() == tail
+    assert notices == [f"set aside a torn ledger line left by a crash ({len(tail)} bytes) in "
+                       f"audit/torn/{kept.name}"]
+    assert ledger_bytes(root) == before + line_of(entry)
+    assert verify_ledger(root) == AuditResult(entries=4, head=entry.hash, problems=[], crashes=[])
+
+
+def test_a_torn_first_line_is_set_aside_and_the_chain_starts_again(tmp_path):
+    (tmp_path / "audit").mkdir()
+    append_raw(tmp_path, PARTIAL)
+    assert verify_ledger(tmp_path) == AuditResult(crashes=[torn_note(1, len(PARTIAL))])
+    entry = seal(tmp_path, 1)
+    assert (entry.seq, entry.prev) == (1, GENESIS)
+    assert ledger_bytes(tmp_path) == line_of(entry)
+    assert the_torn_file(tmp_path).read_bytes() == PARTIAL
+
+
+def test_set_aside_torn_tail_on_its_own(tmp_path):
+    assert set_aside_torn_tail(tmp_path) is None  # no ledger
+    assert not (tmp_path / "audit").exists()
+    entries = chain(tmp_path, 2)
+    before = ledger_bytes(tmp_path)
+    assert set_aside_torn_tail(tmp_path) is None
+    append_raw(tmp_path, PARTIAL)
+    notice = set_aside_torn_tail(tmp_path)
+    kept = the_torn_file(tmp_path)
+    assert notice == (f"set aside a torn ledger line left by a crash ({len(PARTIAL)} bytes) in "
+                      f"audit/torn/{kept.name}")
+    assert kept.read_bytes() == PARTIAL and stat.S_IMODE(kept.stat().st_mode) == 0o444
+    assert ledger_bytes(tmp_path) == before
+    # A second crash at the same place in the same second keeps both, never one over the other
+    append_raw(tmp_path, b"{")
+    assert set_aside_torn_tail(tmp_path).startswith("set aside a torn ledger line left by a crash (1 bytes)")
+    assert sorted(p.read_bytes() for p in (tmp_path / "audit" / "torn").iterdir()) == [b"{", PARTIAL]
+    assert verify_ledger(tmp_path) == AuditResult(entries=2, head=entries[-1].hash)
+
+
+def test_a_tail_longer_than_any_entry_is_damage_not_a_crash(tmp_path):
+    chain(tmp_path, 3)
+    append_raw(tmp_path, b"x" * (ledger.LINE_LIMIT + 1))
+    before = files(tmp_path)
+    result = verify_ledger(tmp_path)
+    assert (result.problems, result.crashes) == (["line 4: not a JSON object (torn or edited)"], [])
+    with pytest.raises(StateError, match="the last line is damaged"):
+        seal(tmp_path, 4)
+    assert set_aside_torn_tail(tmp_path) is None
+    assert repair_ledger(tmp_path).refused == [
+        "line 4: not a JSON object (torn or edited): not repaired: a crash leaves at most part of one "
+        "entry, at the very end and without its end of line; removing this line would hide tampering"]
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("failure", ["enospc", "short"])
+def test_a_failed_append_leaves_the_ledger_as_it_was(tmp_path, monkeypatch, failure):
+    entries = chain(tmp_path, 2)
+    before = ledger_bytes(tmp_path)
+    real_write = os.write
+
+    def failing_write(fd, data):
+        if not data.startswith(b'{"seq":'):
+            return real_write(fd, data)
+        written = real_write(fd, data[:len(data) // 2])  # half the line lands on disk
+        if failure == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return written
+
+    with monkeypatch.context() as m:
+        m.setattr(ledger.os, "write", failing_write)
+        why = ("No space left on device" if failure == "enospc"
+               else r"short write, \d+ of \d+ bytes \(disk full\?\)")
+        with pytest.raises(StateError, match=rf"^sealing drill-3 failed \({why}\); nothing was appended "
+                                             rf"to .*ledger\.jsonl; its report was not kept$"):
+            seal(tmp_path, 3)
+    assert ledger_bytes(tmp_path) == before
+    assert not (tmp_path / "reports" / "drill-3.json").exists()
+    assert verify_ledger(tmp_path) == AuditResult(entries=2, head=entries[-1].hash)
+    entry = seal(tmp_path, 3)  # the disk has room again
+    assert (entry.seq, entry.prev) == (3, entries[-1].hash)
+    assert verify_ledger(tmp_path) == AuditResult(entries=3, head=entry.hash)
+
+
+def test_a_failed_append_keeps_a_report_sealed_before(tmp_path, monkeypatch):
+    # The report was written by a seal that crashed earlier: it is not this seal's to remove
+    seal(tmp_path, 1)
+    crash_before_entry(tmp_path, 2, monkeypatch)
+    before = ledger_bytes(tmp_path)
+
+    def enospc(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(ledger.os, "write", enospc)
+        with pytest.raises(StateError, match=r"^sealing drill-2 failed \(No space left on device\); "
+                                             r"nothing was appended to .*ledger\.jsonl$"):
+            seal(tmp_path, 2)
+    assert ledger_bytes(tmp_path) == before
+    assert (tmp_path / "reports" / "drill-2.json").read_bytes() == report(2)
+
+
+# -- repairing -----------------------------------------------------------------------------------
+
+def test_repair_sets_a_torn_line_aside(tmp_path):
+    entries = chain(tmp_path, 3)
+    before = ledger_bytes(tmp_path)
+    append_raw(tmp_path, PARTIAL)
+    result = repair_ledger(tmp_path)
+    kept = the_torn_file(tmp_path)
+    assert result == RepairResult(actions=[
+        f"set aside a torn ledger line left by a crash ({len(PARTIAL)} bytes) in audit/torn/{kept.name}"])
+    assert result.ok
+    assert kept.read_bytes() == PARTIAL
+    assert ledger_bytes(tmp_path) == before
+    assert verify_ledger(tmp_path) == AuditResult(entries=3, head=entries[-1].hash)
+    assert repair_ledger(tmp_path) == RepairResult()  # nothing left to do
+
+
+def test_repair_finishes_a_seal_cut_off_before_its_entry(tmp_path, monkeypatch):
+    entries = chain(tmp_path, 2)
+    keep_pending(tmp_path, 3)
+    crash_before_entry(tmp_path, 3, monkeypatch)
+    assert verify_ledger(tmp_path) == AuditResult(entries=2, head=entries[-1].hash, problems=[],
+                                                  crashes=[cut_off_note(3)])
+    result = repair_ledger(tmp_path, now=T0 + timedelta(hours=1))
+    assert result == RepairResult(actions=[
+        "appended ledger entry 3 for reports/drill-3.json, whose seal a crash cut off "
+        "(drills/drill-3/sealed-report.json holds the same bytes)"])
+    entry = json.loads(ledger_lines(tmp_path)[-1])
+    body = {"seq": 3, "time": "2024-05-01T13:00:00Z", "drill": "drill-3", "report": "reports/drill-3.json",
+            "report_blake3": blake3.blake3(report(3)).hexdigest(), "prev": entries[-1].hash}
+    assert entry == {**body, "hash": entry_hash(body)}
+    assert verify_ledger(tmp_path) == AuditResult(entries=3, head=entry["hash"])
+    assert repair_ledger(tmp_path) == RepairResult()
+    assert seal(tmp_path, 3).seq == 3  # sealing it again finds the entry
+
+
+def test_repair_after_a_crash_mid_append_sets_aside_and_appends(tmp_path):
+    # What a kill in the middle of the write leaves: the report, its kept bytes, half its line
+    entries = chain(tmp_path, 2)
+    keep_pending(tmp_path, 3)
+    (tmp_path / "reports" / "drill-3.json").write_bytes(report(3))
+    append_raw(tmp_path, PARTIAL)
+    assert verify_ledger(tmp_path) == AuditResult(entries=2, head=entries[-1].hash, problems=[],
+                                                  crashes=[torn_note(3, len(PARTIAL)), cut_off_note(3)])
+    result = repair_ledger(tmp_path)
+    assert [a.split(" (")[0] for a in result.actions] == [
+        "set aside a torn ledger line left by a crash", "appended ledger entry 3 for reports/drill-3.json, "
+                                                        "whose seal a crash cut off"]
+    assert result.refused == []
+    audit = verify_ledger(tmp_path)
+    assert (audit.entries, audit.problems, audit.crashes) == (3, [], [])
+
+
+def test_repair_on_an_empty_state_creates_nothing(tmp_path):
+    assert repair_ledger(tmp_path / "absent") == RepairResult()
+    assert repair_ledger(tmp_path) == RepairResult()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _edit(root, monkeypatch):
+    edit_entry(root, 2, time="2024-05-01T12:02:30Z")
+
+
+def _missing_report(root, monkeypatch):
+    (root / "reports" / "drill-2.json").unlink()
+
+
+def _removed_entry(root, monkeypatch):
+    write_lines(root, ledger_lines(root)[:-1])
+
+
+def _other_pending_bytes(root, monkeypatch):
+    keep_pending(root, 4, data=b'{"other": true}')
+    crash_before_entry(root, 4, monkeypatch)
+
+
+def _sealed_in_drill_state(root, monkeypatch):
+    keep_pending(root, 3)
+    entry = json.loads(ledger_lines(root)[-1])
+    state = {"id": "drill-3", "sealed": entry}  # as the runner records it once sealed
+    (root / "drills" / "drill-3" / "drill.json").write_text(json.dumps(state))
+    write_lines(root, ledger_lines(root)[:-1])
+
+
+@pytest.mark.parametrize("damage, verdict", [
+    (_edit, "line 2 (drill-2): entry was edited (hash does not match its content): not repaired: "
+            "rewriting the entry would hide the edit"),
+    (_missing_report, "line 2 (drill-2): report reports/drill-2.json is missing: not repaired: only a "
+                      "copy of the original report can restore it; re-sealing would vouch for what is "
+                      "there now"),
+    (_removed_entry, "reports/drill-3.json has no ledger entry (entry removed?): not repaired: nothing "
+                     "proves its seal was merely cut off (drills/drill-3/sealed-report.json does not exist)"),
+    (_other_pending_bytes, "reports/drill-4.json has no ledger entry (entry removed?): not repaired: "
+                           "drills/drill-4/sealed-report.json holds other bytes than the report"),
+    (_sealed_in_drill_state, "reports/drill-3.json has no ledger entry (entry removed?): not repaired: "
+                             "drills/drill-3/drill.json records its ledger entry (seq 3): the entry was "
+                             "removed, not cut off by a crash"),
+], ids=["edited-entry", "missing-report", "no-entry-no-pending", "pending-differs", "recorded-seal"])
+def test_repair_refuses_what_would_hide_tampering(tmp_path, monkeypatch, damage, verdict):
+    chain(tmp_path, 3)
+    damage(tmp_path, monkeypatch)
+    audit = verify_ledger(tmp_path)
+    before = files(tmp_path)
+    result = repair_ledger(tmp_path)
+    assert result == RepairResult(actions=[], refused=[verdict])
+    assert not result.ok
+    assert files(tmp_path) == before
+    assert verify_ledger(tmp_path) == audit and not audit.ok and audit.crashes == []
+
+
+def test_repair_does_what_a_crash_explains_and_refuses_the_rest(tmp_path, monkeypatch):
+    chain(tmp_path, 3)
+    edit_entry(tmp_path, 1, rehash=True, time="2024-05-01T12:00:30Z")
+    keep_pending(tmp_path, 4)
+    crash_before_entry(tmp_path, 4, monkeypatch)
+    append_raw(tmp_path, PARTIAL)
+    result = repair_ledger(tmp_path)
+    assert len(result.actions) == 2 and result.refused == [
+        "line 2 (drill-2): previous hash does not match line 1: an entry was removed or reordered: "
+        "not repaired: re-chaining the ledger would hide the removed or reordered entries"]
+    audit = verify_ledger(tmp_path)
+    assert (audit.entries, audit.crashes) == (4, [])
+    assert audit.problems == ["line 2 (drill-2): previous hash does not match line 1: an entry was "
+                              "removed or reordered"]
 
 
 # -- verifying -----------------------------------------------------------------------------------

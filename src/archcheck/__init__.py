@@ -14,7 +14,8 @@ _EXPORTS = {
     "Finding": "findings", "Location": "findings", "Category": "findings", "Severity": "findings",
     "CATALOGUE": "findings", "ALL_LAYERS": "layers",
     "ArchcheckError": "errors", "UsageError": "errors", "SourceError": "errors",
-    "UnsupportedArchive": "errors", "WindowTooLarge": "errors", "StateError": "errors",
+    "UnsupportedArchive": "errors", "SourceChanged": "errors", "StateError": "errors", "WorkerCrashed": "errors",
+    "ExitCode": "status",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

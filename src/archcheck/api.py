@@ -13,6 +13,7 @@ from .coverage import iso
 from .drills import create_drill, load_drill
 from .errors import UsageError
 from .layers import ALL_LAYERS
+from .layers.detect import detect_format
 from .layers.members import DEFAULT_DIGEST, DIGESTS
 from .layers.raw import LEAF_SIZE
 from .layers.zstd import DEFAULT_MAX_WINDOW
@@ -25,7 +26,7 @@ from .state import state_dir
 from .units import Budget, parse_until, parse_window
 
 __all__ = ["verify", "run_drill", "run_plan", "resume", "drill_status", "list_drills", "remaining_bytes",
-           "throughput", "audit", "Verification", "DrillResult", "DEFAULT_MAX_MEMORY"]
+           "throughput", "audit", "audit_repair", "Verification", "DrillResult", "DEFAULT_MAX_MEMORY"]
 
 MiB = 1024 * 1024
 DEFAULT_MAX_MEMORY = 256 * MiB
@@ -43,28 +44,30 @@ def run_drill(archives: Iterable[str | os.PathLike], *, layers: Iterable[str] = 
               state: str | os.PathLike | None = None, drill_id: str | None = None, plan: str | None = None,
               deadline: datetime | None = None, budget: Budget | None = None,
               skip_verified_within: float | None = None, on_progress: ProgressCallback | None = None,
-              on_notice: NoticeCallback | None = None, now: Callable[[], datetime] | None = None) -> DrillResult:
+              on_notice: NoticeCallback | None = None, now: Callable[[], datetime] | None = None,
+              recheck: bool = True) -> DrillResult:
     """Start a drill: verify every requested layer of each archive. Damage comes back as
-    findings; only archcheck's own failures (usage, unreadable source, state) raise ArchcheckError."""
+    findings; only archcheck's own failures (usage, unreadable source, state) raise ArchcheckError.
+    ``recheck=False`` trusts what an adopted unfinished pass verified, without reading it again."""
     options = RunOptions(_check_layers(layers), segment_size, _check_memory(max_memory),
                          _check_workers(workers), max_window, _check_digest(digest))
     paths, backups = pgbackup.expand(Path(a) for a in archives)
     if not paths:
         raise UsageError("no archive to verify")
-    # a missing or unreadable archive is one clear line before anything starts; what each one
-    # is now is what resume holds it to
-    identities = [asyncio.run(open_source(path).identity()).to_json() for path in paths]
+    # a missing, unreadable or unknown file is one clear line before anything starts; what each
+    # one is now is what resume holds it to
+    identities = [_usable(path).to_json() for path in paths]
     limits = {"budget": {"seconds": budget.seconds, "bytes": budget.bytes} if budget else None,
               "deadline": iso(deadline) if deadline else None, "skip_verified_within": skip_verified_within}
     drill = create_drill(state_dir(state), paths, identities, _config(options), drill_id=drill_id, limits=limits,
                          plan=plan, backups=[b.to_json() for b in backups])
-    return DrillRunner(drill, options, deadline, on_progress, on_notice, now).run()
+    return DrillRunner(drill, options, deadline, on_progress, on_notice, now, recheck).run()
 
 
 def run_plan(plan_path: str | os.PathLike, *, state: str | os.PathLike | None = None,
              deadline: datetime | None = None, on_progress: ProgressCallback | None = None,
-             on_notice: NoticeCallback | None = None, now: Callable[[], datetime] | None = None
-             ) -> tuple[DrillResult, Plan]:
+             on_notice: NoticeCallback | None = None, now: Callable[[], datetime] | None = None,
+             recheck: bool = True) -> tuple[DrillResult, Plan]:
     """Start a drill from a plan file; ``state`` and ``deadline`` override the plan's."""
     plan = load_plan(plan_path)
     paths, unmatched = expand_archives(plan)
@@ -78,8 +81,15 @@ def run_plan(plan_path: str | os.PathLike, *, state: str | os.PathLike | None = 
     result = run_drill(paths, **options, state=state or plan.state_dir, plan=str(plan.path),
                        deadline=deadline or plan_deadline(plan, clock()), budget=plan.budget,
                        skip_verified_within=plan.skip_verified_within, on_progress=on_progress,
-                       on_notice=on_notice, now=now)
+                       on_notice=on_notice, now=now, recheck=recheck)
     return result, plan
+
+
+def _usable(path: Path):
+    """The archive's identity, once it is known to be a format archcheck verifies."""
+    source = open_source(path)
+    detect_format(asyncio.run(source.read(0, 1024)), str(path))
+    return asyncio.run(source.identity())
 
 
 def plan_deadline(plan: Plan, now: datetime) -> datetime | None:
@@ -100,10 +110,11 @@ def plan_deadline(plan: Plan, now: datetime) -> datetime | None:
 
 def resume(drill_id: str, *, state: str | os.PathLike | None = None, deadline: datetime | None = None,
            on_progress: ProgressCallback | None = None, on_notice: NoticeCallback | None = None,
-           now: Callable[[], datetime] | None = None) -> DrillResult:
-    """Continue a drill where it stopped: nothing verified is verified again."""
+           now: Callable[[], datetime] | None = None, recheck: bool = True) -> DrillResult:
+    """Continue a drill where it stopped: what was verified is read again (hashing only) and
+    not checked again unless it changed; ``recheck=False`` trusts it without reading it."""
     drill = load_drill(state_dir(state), drill_id)
-    return DrillRunner(drill, _options(drill.options), deadline, on_progress, on_notice, now).run()
+    return DrillRunner(drill, _options(drill.options), deadline, on_progress, on_notice, now, recheck).run()
 
 
 def drill_status(drill_id: str, *, state: str | os.PathLike | None = None) -> DrillResult:
@@ -143,6 +154,12 @@ def audit(*, state: str | os.PathLike | None = None):
     """Check the audit ledger and the sealed reports."""
     from .ledger import verify_ledger
     return verify_ledger(state_dir(state))
+
+
+def audit_repair(*, state: str | os.PathLike | None = None):
+    """Repair what crashes left in the ledger, and only that (see ledger.repair_ledger)."""
+    from .ledger import repair_ledger
+    return repair_ledger(state_dir(state))
 
 
 def _options(config: dict) -> RunOptions:

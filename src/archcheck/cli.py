@@ -18,6 +18,7 @@ from . import __version__
 from . import api
 from .api import DEFAULT_MAX_MEMORY
 from .errors import ArchcheckError, UsageError, format_size
+from .status import ExitCode, combine, help_text
 from .layers import ALL_LAYERS
 from .layers.members import DEFAULT_DIGEST
 from .layers.zstd import DEFAULT_MAX_WINDOW
@@ -25,8 +26,7 @@ from .reports import json_report, safe_text, text_report
 from .segments import DEFAULT_SEGMENT_SIZE
 from .units import parse_budget, parse_duration, parse_size, parse_until
 
-EXIT_CODES = """Exit codes: 0 intact, 1 corruption found, 2 usage or environment error,
-3 incomplete (a read failed, something could not be checked, or the run was interrupted)."""
+EXIT_CODES = "\b\n" + help_text()  # \b: click keeps the table's lines as they are
 
 VERIFY_HELP = f"""Verify every layer of a backup archive (.tar, .tar.zst or .zst) without extracting it.
 
@@ -49,8 +49,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 PLAIN_PROGRESS_INTERVAL = float(os.environ.get("ARCHCHECK_PROGRESS_INTERVAL", "10"))
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"archcheck {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     """archcheck: prove backup archives would restore, without restoring them."""
 
 
@@ -66,7 +73,7 @@ def _exits(command: Callable) -> Callable:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("archcheck: interrupted; the manifest keeps what was verified", markup=False)
-            raise typer.Exit(3) from None
+            raise typer.Exit(ExitCode.INCOMPLETE) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
@@ -74,7 +81,7 @@ def _exits(command: Callable) -> Callable:
                 raise
             err.print(Text(f"archcheck: internal error: {type(exc).__name__}: {safe_text(str(exc))} "
                            "(set ARCHCHECK_DEBUG=1 for details)"))
-            raise typer.Exit(3) from None
+            raise typer.Exit(ExitCode.INTERNAL) from None
     return wrapper
 
 
@@ -86,6 +93,9 @@ PROGRESS = typer.Option(None, "--progress/--no-progress",
 QUIET = typer.Option(False, "--quiet", "-q", help="Print only findings and the verdict line.")
 DEADLINE = typer.Option(None, "--deadline", help="Stop cleanly after this long (90s, 45m, 2h); exit 3, resumable.")
 UNTIL = typer.Option(None, "--until", help="Stop cleanly at this local time (06:00) or ISO 8601 instant.")
+TRUST = typer.Option(False, "--trust-verified",
+                     help="Going on with an earlier run: do not read again what it verified (faster; the "
+                          "report says so). By default it is hashed again, and bytes that changed are reported.")
 
 
 @app.command("verify", help=VERIFY_HELP, no_args_is_help=True)
@@ -113,6 +123,7 @@ def verify_command(
     state_dir: Optional[Path] = STATE_DIR,
     progress: Optional[bool] = PROGRESS,
     quiet: bool = QUIET,
+    trust_verified: bool = TRUST,
 ) -> None:
     with Output(progress, quiet) as out:
         result = api.run_drill(
@@ -123,7 +134,7 @@ def verify_command(
             deadline=_deadline(deadline, until), budget=budget and parse_budget(budget, "--budget"),
             skip_verified_within=skip_verified_within and parse_duration(skip_verified_within,
                                                                          "--skip-verified-within"),
-            on_progress=out.progress, on_notice=out.notice)
+            on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified)
     out.finish(result, report)
 
 
@@ -137,13 +148,16 @@ def resume_command(
     state_dir: Optional[Path] = STATE_DIR,
     progress: Optional[bool] = PROGRESS,
     quiet: bool = QUIET,
+    trust_verified: bool = TRUST,
 ) -> None:
-    """Continue a stopped drill from its last verified segment; nothing verified is verified again.
+    """Continue a stopped drill from its last verified segment: what was verified is hashed
+    again (to catch rot since) but not checked again.
 
-    Refused when an archive changed since the drill began. Exit codes as for verify."""
+    An archive that changed since the drill began is not mixed with its earlier results: it is
+    reported as changed (exit 3). Exit codes as for verify."""
     with Output(progress, quiet) as out:
         result = api.resume(drill, state=state_dir, deadline=_deadline(deadline, until),
-                            on_progress=out.progress, on_notice=out.notice)
+                            on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified)
     out.finish(result, report)
 
 
@@ -161,11 +175,13 @@ def drill_run_command(
     state_dir: Optional[Path] = STATE_DIR,
     progress: Optional[bool] = PROGRESS,
     quiet: bool = QUIET,
+    trust_verified: bool = TRUST,
 ) -> None:
     """Start a drill from a plan file (archives, layers, window or budget, outputs)."""
     with Output(progress, quiet) as out:
         result, loaded = api.run_plan(plan, state=state_dir, deadline=_deadline(deadline, until),
-                                      on_progress=out.progress, on_notice=out.notice)
+                                      on_progress=out.progress, on_notice=out.notice,
+                                      recheck=not trust_verified)
     template = loaded.report
     if report is None and template:
         report = Path(template.format(drill=result.drill.id, date=datetime.now().strftime("%Y-%m-%d")))
@@ -212,12 +228,33 @@ def audit_verify_command(state_dir: Optional[Path] = STATE_DIR) -> None:
     """Check the hash chain of the ledger and every sealed report: exit 0 when intact, 1 when an
     entry or report was edited, removed or reordered."""
     audit = api.audit(state=state_dir)
-    out = Console(highlight=False, soft_wrap=True)
-    for problem in audit.problems:
-        out.print(Text(f"  error   {safe_text(problem)}"))
+    out = _listed(("error", audit.problems), ("crash", audit.crashes))
     verdict = "INTACT" if audit.ok else "TAMPERED"
     out.print(Text(f"ledger    {audit.entries} entries, {verdict}; head {audit.head or '-'}"))
-    raise typer.Exit(0 if audit.ok else 1)
+    raise typer.Exit(ExitCode.INTACT if audit.ok else ExitCode.CORRUPT)
+
+
+@audit_app.command("repair")
+@_exits
+def audit_repair_command(state_dir: Optional[Path] = STATE_DIR) -> None:
+    """Repair what crashes left, and only that: a cut-off last line is set aside into
+    audit/torn/ (kept), and a seal cut off before its ledger entry gets its entry, when the
+    drill's own pending copy proves the report's bytes. Edited, removed or reordered entries and
+    edited or missing reports are never repaired: exit 1, as audit verify."""
+    repair = api.audit_repair(state=state_dir)
+    out = _listed(("repaired", repair.actions), ("refused", repair.refused))
+    if not repair.actions and not repair.refused:
+        out.print(Text("ledger    nothing to repair"))
+    raise typer.Exit(ExitCode.INTACT if repair.ok else ExitCode.CORRUPT)
+
+
+def _listed(*groups: tuple[str, list[str]]) -> Console:
+    """Untrusted sentences (they quote paths), each under its label; the console, to go on."""
+    out = Console(highlight=False, soft_wrap=True)
+    for label, lines in groups:
+        for line in lines:
+            out.print(Text(f"  {label:<7} {safe_text(line)}"))
+    return out
 
 
 def _deadline(deadline: str | None, until: str | None) -> datetime | None:
@@ -252,14 +289,25 @@ class Output:
         self.err.print(Text(f"archcheck: {safe_text(text)}"))
 
     def finish(self, result, report: Path | None) -> None:
+        """The verdict first, whatever fails after it: the report, the seal."""
         drill = result.drill
-        why = {"interrupted": "interrupted", "stopped": "time is up"}.get(drill.status)
+        why = {"interrupted": "interrupted", "stopped": "time is up",
+               "failed": "an archive could not be verified"}.get(drill.status)
         if why:
             self.err.print(Text(f"archcheck: {why}; what was verified is kept: archcheck resume {drill.id}"))
-        if report:
-            json_report.write(result, report)
         text_report.render_drill(self.out, result, report, quiet=self.quiet)
-        raise typer.Exit(result.exit_code)
+        codes = [result.exit_code]
+        if report:
+            try:
+                json_report.write(result, report)
+            except ArchcheckError as exc:
+                self.err.print(Text(f"archcheck: {safe_text(str(exc))}"))
+                codes.append(exc.exit_code)
+        if result.seal_error:
+            self.err.print(Text(f"archcheck: not sealed: {safe_text(result.seal_error)}"))
+        if result.state_error:
+            self.err.print(Text(f"archcheck: {safe_text(result.state_error)}"))
+        raise typer.Exit(combine(codes))
 
 
 class ProgressDisplay:

@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import StateError
+from .errors import DrillBusy, ResumeRefused, StateError, UsageError
 from .manifest import read_sealed, sealed_json, utc_now, write_atomic
 
 SCHEMA, VERSION = "archcheck.drill", 1
 NUMBERED = re.compile(r"drill-(\d+)")
 VALID_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
-# an archive's state in a drill; "deferred": not reached within the budget
-ARCHIVE_STATES = ("pending", "running", "complete", "partial", "stopped", "interrupted", "skipped", "deferred")
+# an archive's state in a drill; "deferred": not reached within the budget; "changed": it changed
+# during the drill (never verified again under it); "failed": could not be verified (see note)
+ARCHIVE_STATES = ("pending", "running", "complete", "partial", "stopped", "interrupted", "skipped", "deferred",
+                  "changed", "failed")
 
 
 @dataclass
@@ -33,11 +35,12 @@ class DrillArchive:
     manifest: str  # relative to the drill folder
     identity: dict[str, Any]  # the archive when the drill began: resume refuses another
     status: str = "pending"
-    note: str | None = None  # why skipped or deferred
+    note: str | None = None  # why skipped, deferred, changed or failed
+    exit_code: int | None = None  # what its failure means (status.ExitCode), when it failed
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "manifest": self.manifest, "identity": self.identity, "status": self.status,
-                "note": self.note}
+                "note": self.note, "exit_code": self.exit_code}
 
 
 @dataclass
@@ -101,7 +104,7 @@ def create_drill(root: Path, archives: list[Path], identities: list[dict[str, An
                 shutil.rmtree(staging, ignore_errors=True)
             if drill.folder.exists():
                 if drill_id is not None:
-                    raise StateError(f"{drill_id} exists already; continue it with `archcheck resume {drill_id}`") from None
+                    raise UsageError(f"{drill_id} exists already; continue it with `archcheck resume {drill_id}`") from None
                 continue
             raise StateError(f"cannot create {drill.folder}: {exc.strerror or exc}") from None
     raise AssertionError("unreachable")
@@ -121,7 +124,7 @@ def _candidate_ids(root: Path, drill_id: str | None) -> Iterator[str]:
 
 def check_id(drill_id: str) -> None:
     if not VALID_ID.fullmatch(drill_id):
-        raise StateError(f"{drill_id!r} is not a drill id (letters, digits, '.', '_' and '-', e.g. drill-42)")
+        raise UsageError(f"{drill_id!r} is not a drill id (letters, digits, '.', '_' and '-', e.g. drill-42)")
 
 
 def _drill_dirs(root: Path) -> list[Path]:
@@ -134,12 +137,12 @@ def load_drill(root: Path, drill_id: str) -> Drill:
     path = drill_folder(root, drill_id) / "drill.json"
     if not path.exists():
         known = ", ".join(sorted(p.name for p in _drill_dirs(root))[-5:]) or "none"
-        raise StateError(f"no drill {drill_id} in {root} (recent: {known})")
+        raise ResumeRefused(f"no drill {drill_id} in {root} (recent: {known})")
     d = read_sealed(path, "drill state")
     try:
         if d["schema"] != SCHEMA or d["version"] != VERSION:
             raise ValueError("schema")
-        archives = [DrillArchive(a["path"], a["manifest"], a["identity"], a["status"], a["note"])
+        archives = [DrillArchive(a["path"], a["manifest"], a["identity"], a["status"], a["note"], a.get("exit_code"))
                     for a in d["archives"]]
         return Drill(d["id"], Path(root), d["options"], archives, d["limits"], d["plan"], d["status"],
                      d["created"], d["updated"], d["runs"], d["sealed"], d["backups"], d["findings"])
@@ -181,7 +184,7 @@ class DrillLock:
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
-            raise StateError(f"{self.drill_id} is being run by {holder}; wait for it or stop it") from None
+            raise DrillBusy(f"{self.drill_id} is being run by {holder}; wait for it or stop it") from None
         self.previous = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}\n".encode(), 0)

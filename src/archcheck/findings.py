@@ -16,6 +16,7 @@ class Category(str, enum.Enum):
     TRANSIENT = "transient"  # could not read; retried; run incomplete (exit 3)
     UNVERIFIED = "unverified"  # readable but cannot be checked here (exit 3)
     DRIFT = "drift"  # differs from expectation, harmless (policy decides)
+    WARNING = "warning"  # a hazard for a restore; does not fail the run unless a policy says so
     INFO = "info"  # a fact worth knowing; no effect on the verdict
 
 
@@ -39,6 +40,7 @@ def _c(code: str, category: Category, severity: Severity, layer: str, template: 
 
 
 C, T, U, D, I = Category.CORRUPTION, Category.TRANSIENT, Category.UNVERIFIED, Category.DRIFT, Category.INFO
+H = Category.WARNING  # a hazard
 E, W, N = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 CATALOGUE: dict[str, Code] = {c.code: c for c in [
@@ -108,9 +110,14 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("ZSTD_SIZE_NOTE_MISMATCH", C, E, "zstd", "pzstd noted a {noted}-byte frame, its blocks take {actual} bytes"),
     _c("TAR_EMPTY", D, W, "tar", "the archive holds no members: its {size} bytes are only end-of-archive zeros"),
     # the run itself
+    _c("ZSTD_BAD_WINDOW", C, E, "zstd", "frame header asks for a {window} window, {why}: the header is damaged"),
+    _c("ZSTD_WINDOW_OVER_LIMIT", U, W, "zstd", "frame needs a {window} window, over --max-window {limit}; content not checked: raise --max-window to verify it (decoding needs that much memory)"),
+    _c("SOURCE_CHANGED", T, E, "raw", "the archive changed during the run ({what}): nothing read from it can be judged; verify it again once it is stable"),
+    _c("RAW_CHANGED", C, E, "raw", "bytes {start}-{end} changed since they were first read at {first_read}: read twice since, the same both times"),
+    _c("TAR_UNSAFE_PATH", H, W, "tar", "{what} {path!r}: {restore}"),
     _c("FINDINGS_LIMITED", I, N, "run", "{dropped} more findings not kept (first {limit} kept): {by_code}"),
 ]}
-del C, T, U, D, I, E, W, N
+del C, T, U, D, I, H, E, W, N
 
 
 @dataclass(frozen=True)

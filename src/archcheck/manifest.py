@@ -48,6 +48,7 @@ class SegmentRecord:
     digest: str | None = None
     leaves: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    read_at: str | None = None  # when its leaves were read: a later read that differs names it
 
     @classmethod
     def planned(cls, segment: Segment) -> "SegmentRecord":
@@ -56,12 +57,13 @@ class SegmentRecord:
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "offset": self.offset, "length": self.length, "nonce": self.nonce,
                 "attempt": self.attempt, "status": self.status, "digest": self.digest,
-                "leaves": self.leaves, "findings": [f.to_json() for f in self.findings]}
+                "leaves": self.leaves, "findings": [f.to_json() for f in self.findings], "read_at": self.read_at}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SegmentRecord":
         return cls(d["index"], d["offset"], d["length"], d["nonce"], d["attempt"], d["status"],
-                   d.get("digest"), list(d.get("leaves", [])), [Finding.from_json(f) for f in d.get("findings", [])])
+                   d.get("digest"), list(d.get("leaves", [])), [Finding.from_json(f) for f in d.get("findings", [])],
+                   d.get("read_at"))
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Manifest:
     stream_findings: list[Finding] = field(default_factory=list)
     members: dict[str, Any] = field(default_factory=dict)  # {"file", "count", "fields"}
     run_findings: list[Finding] = field(default_factory=list)  # about the run, not one segment
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # each go-on: when, rechecked or trusted
     tree_root: str | None = None
     status: str = "running"  # running, complete, interrupted, stopped (deadline), partial (budget)
     created: str = field(default_factory=utc_now)
@@ -95,6 +98,7 @@ class Manifest:
             "segments": [s.to_json() for s in self.segments],
             "stream": self.stream, "stream_findings": [f.to_json() for f in self.stream_findings],
             "run_findings": [f.to_json() for f in self.run_findings],
+            "resumes": self.resumes,
             "members": self.members,
         }
 
@@ -107,7 +111,7 @@ class Manifest:
                        [SegmentRecord.from_json(s) for s in d["segments"]], d.get("stream", {}),
                        [Finding.from_json(f) for f in d.get("stream_findings", [])],
                        d.get("members", {}), [Finding.from_json(f) for f in d.get("run_findings", [])],
-                       d.get("tree_root"), d["status"], d["created"], d["updated"])
+                       d.get("resumes", []), d.get("tree_root"), d["status"], d["created"], d["updated"])
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"manifest is damaged: {exc}") from None
 

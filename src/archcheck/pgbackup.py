@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UsageError
+from .errors import SourceError, UsageError
 from .findings import Finding, Location
 from .scanners.pgmanifest import BackupManifest, Listed, ignored, parse_manifest
 
@@ -49,7 +49,7 @@ def expand(paths: Iterable[Path]) -> tuple[list[Path], list[Backup]]:
             archives.append(path)
             continue
         if not (path / "backup_manifest").is_file():
-            raise UsageError(f"{path} is a directory without a backup_manifest; give archive files, or a "
+            raise SourceError(f"{path} is a directory without a backup_manifest; give archive files, or a "
                              "pg_basebackup -Ft directory")
         # base.tar first: its pg_control and backup_label decide the pages of the tablespace tars
         members = sorted((p for p in path.iterdir() if ARCHIVE.fullmatch(p.name)),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import WorkerCrashed, describe_error
+from .errors import SourceChanged, WorkerCrashed, describe_error
 from .findings import Category, Finding, Location
 from .layers import raw
 from .layers.stream import CHUNK, FRAME_FIELDS, CheckpointMismatch, StreamCheck, StreamResult, StreamStopped
@@ -94,8 +94,11 @@ class Run:
 
     def __init__(self, source: Source, manifest: Manifest, manifest_path, options: RunOptions,
                  on_progress: ProgressCallback | None = None, limits: RunLimits = RunLimits(),
-                 scanners: Callable[[], Any] = Scanners):
+                 scanners: Callable[[], Any] = Scanners, recheck: bool = True):
+        """``recheck``: read again what earlier runs verified before building on it."""
         self.source, self.manifest, self.path, self.options = source, manifest, manifest_path, options
+        self.recheck = recheck
+        self.read_here: set[int] = set()  # segments whose bytes this run has read itself
         self.limits, self.make_scanners = limits, scanners
         self.ref: SourceRef = source.ref()
         passes = ("raw" in options.layers) + options.stream
@@ -105,13 +108,17 @@ class Run:
         self.workers: list = []  # the pool's processes when it was stopped
         self.saves = self.written = 0  # snapshots taken, and the latest one written
         self.save_lock = threading.Lock()
+        self.task: asyncio.Task | None = None
+        self.changed: str | None = None  # how the archive changed, when the watcher saw it
+        self.halted = False
         self.progress.update(raw=sum(s.length for s in manifest.segments if s.status == "done"))
 
     async def run(self) -> None:
         """Verify; SIGINT and SIGTERM stop the run at its next await, never inside the pool's
         own bookkeeping (an exception raised there can strand a worker), and surface as
         KeyboardInterrupt once the run is saved."""
-        signals = _Signals(asyncio.current_task())
+        self.task = asyncio.current_task()
+        signals = _Signals(self.task)
         try:
             await self._run()
         except asyncio.CancelledError:
@@ -132,27 +139,47 @@ class Run:
             layers.append(self._stream_layer())
         if "raw" in self.options.layers:
             layers.append(self._raw_layer())
-        helpers = [asyncio.create_task(self._autosave())]
+        helpers = [asyncio.create_task(self._autosave()), asyncio.create_task(self._watch_source())]
         try:
-            await self._within_deadline(asyncio.gather(*layers))
+            await self._within_deadline(self._recheck_then(layers))
+            self._unchanged()
             if self._everything_done():
                 await self._confirm()
+                self._unchanged()
                 self._finish()
             else:
                 self.manifest.status = "partial"  # a budget's planned share
         except TimeoutError:
             self._halt(self.limits.status)
+        except SourceChanged as exc:  # the stamp says best what changed; a reader saw only its effect
+            self._source_changed(self.source.changes() or exc.what)
+        except asyncio.CancelledError:
+            if self.changed is None:  # a signal, or the caller
+                self._halt("interrupted")
+                raise
+            _uncancel(self.task)
+            self._source_changed(self.changed)
+        except Exception:
+            what = self.source.changes()  # a failure (a worker killed by SIGBUS on a truncated map)
+            if not what:                 # that a change explains is the change
+                self._halt("interrupted")
+                raise
+            self._source_changed(what)
         except BaseException:
             self._halt("interrupted")
             raise
         finally:
             for task in helpers:
                 task.cancel()
-            if self.stopping.is_set():
+            if self.halted:
                 _end_workers(self.workers)
             else:
                 self.pool.shutdown(wait=True, cancel_futures=True)
             self.save()
+
+    async def _recheck_then(self, layers: list) -> None:
+        await self._recheck_verified()
+        await asyncio.gather(*layers)
 
     async def _within_deadline(self, work: Any) -> None:
         if self.limits.deadline is None:
@@ -164,9 +191,39 @@ class Run:
         are cancelled (which also releases a thread waiting for one), and what runs is short.
         What was verified is in the manifest; the stream's last checkpoint says where to go on."""
         self.manifest.status = status
+        if self.halted:
+            return
+        self.halted = True
         self.stopping.set()
         self.workers = list((getattr(self.pool, "_processes", None) or {}).values())  # shutdown forgets them
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _unchanged(self) -> None:
+        what = self.source.changes()
+        if what:
+            raise SourceChanged(what)
+
+    def _source_changed(self, what: str) -> None:
+        """The archive is not the file the run began with: nothing read from it is judged. What
+        the layers found is set aside (counted), never reported as the archive's damage."""
+        self._halt("changed")
+        manifest = self.manifest
+        set_aside = len(manifest.findings)
+        for record in manifest.segments:
+            record.findings = []
+        manifest.stream_findings, manifest.tree_root = [], None
+        manifest.run_findings = [Finding.of("SOURCE_CHANGED", Location(self.source.uri), what=what,
+                                            noticed=utc_now(), set_aside=set_aside)]
+
+    async def _watch_source(self) -> None:
+        """A change mid-run stops the run at once: its work would be judged on a moving file."""
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL)
+            what = await asyncio.to_thread(self.source.changes)
+            if what and self.task is not None:
+                self.changed = what
+                self.task.cancel()
+                return
 
     def _everything_done(self) -> bool:
         return (all(s.status != "pending" for s in self.manifest.segments)
@@ -227,9 +284,12 @@ class Run:
                 hash_segment, self.ref, Segment(record.index, record.offset, record.length, record.nonce))
             if result.nonce != record.nonce:
                 continue
+            if result.changed is not None:
+                raise SourceChanged(result.changed)
             if result.error is None:
                 record.leaves, record.digest = list(result.leaves), raw.combine(result.leaves)
-                record.status, record.findings = "done", []
+                record.status, record.findings, record.read_at = "done", [], utc_now()
+                self.read_here.add(record.index)
                 return
             error = result.error
         end = record.offset + record.length
@@ -330,27 +390,126 @@ class Run:
         self.manifest.members = {"file": members_file(nonce), "count": result.member_count, "fields": MEMBER_FIELDS}
         self.progress.update(stream=self.source.size)
 
-    # --- confirmation -------------------------------------------------------------------------
+    # --- reading again: resume, confirmation ------------------------------------------------
 
-    async def _confirm(self) -> None:
-        """Read damaged spots again: bytes that differ from the first read are not corruption."""
-        done = [s for s in self.manifest.segments if s.status == "done"]
+    async def _recheck_verified(self) -> None:
+        """Segments an earlier run verified are read again before anything builds on them: the
+        file may have rotted under an unchanged size and mtime. Bytes that changed and stay
+        changed are corruption, located; the stream starts over if it had walked past them, so
+        the deeper layers name the damage too."""
+        done = [r for r in self.manifest.segments if r.status == "done"]
         if not done:
             return
-        stable: dict[int, bool] = {}
+        resume = {"at": utc_now(), "rechecked": self.recheck, "segments": len(done)}
+        self.manifest.resumes.append(resume)
+        if not self.recheck:
+            return
+        gate = asyncio.Semaphore(self.options.in_flight())
+
+        async def recheck(record: SegmentRecord) -> int | None:
+            async with gate:
+                again = await self._read_again(record)
+            self.read_here.add(record.index)
+            if again.outcome == "changed":
+                return self._record_change(record, again.leaves)
+            if again.outcome == "unstable":
+                record.findings.append(Finding.of("SOURCE_UNSTABLE", self._segment_location(record),
+                                                  start=record.offset, end=record.offset + record.length))
+            elif again.outcome == "failed":  # hashed again by the raw layer, with its retry
+                record.status, record.leaves, record.digest = "pending", [], None
+            return None
+
+        firsts = [at for at in await asyncio.gather(*(recheck(r) for r in done)) if at is not None]
+        resume["changed_segments"] = len(firsts)
+        if firsts and min(firsts) < self._stream_covered():
+            self.manifest.stream, self.manifest.stream_findings = {}, []  # walked on old bytes
+
+    def _stream_covered(self) -> int:
+        stream = self.manifest.stream
+        if stream.get("status") == "done":
+            return self.source.size
+        return (stream.get("checkpoint") or {}).get("covered", 0)
+
+    async def _read_again(self, record: SegmentRecord) -> "_Reread":
+        """Read a verified segment again; when it differs from the record, once more: damage that
+        stays is a change, damage that comes and goes is unstable storage."""
+        reads = []
+        for _ in range(2):
+            result = await self._in_pool(hash_segment, self.ref, Segment(record.index, record.offset, record.length,
+                                                                           new_nonce()))
+            if result.changed is not None:
+                raise SourceChanged(result.changed)
+            if result.error is not None:
+                return _Reread("failed")
+            if list(result.leaves) == record.leaves:
+                return _Reread("same")
+            reads.append(result.leaves)
+        return _Reread("changed", reads[0]) if reads[0] == reads[1] else _Reread("unstable")
+
+    def _record_change(self, record: SegmentRecord, leaves: tuple[str, ...]) -> int:
+        """A RAW_CHANGED finding per changed leaf; the record takes the bytes as they are now, so
+        the tree root is the file's. Returns where the first change starts."""
+        first = None
+        for i, (old, new) in enumerate(zip(record.leaves, leaves)):
+            if old != new:
+                start = record.offset + i * raw.LEAF_SIZE
+                end = min(start + raw.LEAF_SIZE, record.offset + record.length)
+                first = start if first is None else first
+                record.findings.append(Finding.of(
+                    "RAW_CHANGED", self._segment_location(record, (start, end)), start=start, end=end,
+                    first_read=record.read_at or "an earlier run"))
+        record.leaves, record.digest, record.read_at = list(leaves), raw.combine(leaves), utc_now()
+        return first if first is not None else record.offset
+
+    def _segment_location(self, record: SegmentRecord, span: tuple[int, int] | None = None) -> Location:
+        return Location(self.source.uri, byte_range=span or (record.offset, record.offset + record.length),
+                        segment=record.index)
+
+    async def _confirm(self) -> None:
+        """Read damaged spots again. Bytes that do not hold still during this run are unstable
+        storage, not corruption; bytes an earlier run read (a resume that trusted them) that
+        changed since and stay changed are damage, and say since when."""
+        rereads: dict[int, str] = {}
         for i, finding in enumerate(self.manifest.stream_findings):
             span = finding.location.byte_range
             if finding.category is not Category.CORRUPTION or span is None:
                 continue
             for record in segments_overlapping(self.manifest.segments, span[0], span[1]):
-                if record.index not in stable and record.status == "done":
-                    again = await self._in_pool(hash_segment, self.ref, Segment(
-                        record.index, record.offset, record.length, new_nonce()))
-                    stable[record.index] = again.error is None and list(again.leaves) == record.leaves
-                if not stable.get(record.index, True):
+                if record.status != "done":
+                    continue
+                if record.index not in rereads:
+                    again = await self._read_again(record)
+                    rereads[record.index] = again.outcome
+                    if again.outcome == "changed" and record.index in self.read_here:
+                        rereads[record.index] = "unstable"  # it moved while this run read it
+                    elif again.outcome == "changed":
+                        self._record_change(record, again.leaves)
+                if rereads[record.index] in ("unstable", "failed"):
                     self.manifest.stream_findings[i] = Finding.of(
                         "SOURCE_UNSTABLE", finding.location, start=record.offset, end=record.offset + record.length)
                     break
+        self._fold_changes()
+
+    def _fold_changes(self) -> None:
+        """Damage is reported once, at the deepest layer that names it: a stream finding over a
+        changed leaf says when the bytes were first read, and the raw finding folds into it."""
+        findings = self.manifest.stream_findings
+        for record in self.manifest.segments:
+            kept = []
+            for change in record.findings:
+                if change.code != "RAW_CHANGED":
+                    kept.append(change)
+                    continue
+                start, end = change.location.byte_range
+                deeper = [i for i, f in enumerate(findings) if f.category is Category.CORRUPTION
+                          and f.location.byte_range is not None
+                          and f.location.byte_range[0] < end and start < f.location.byte_range[1]]
+                for i in deeper:
+                    details = {**dict(findings[i].details), "changed_since": dict(change.details)["first_read"]}
+                    findings[i] = Finding(findings[i].code, findings[i].location, tuple(sorted(details.items())))
+                if not deeper:
+                    kept.append(change)
+            record.findings = kept
 
     def _finish(self) -> None:
         segments = self.manifest.segments
@@ -367,6 +526,18 @@ class Run:
             started = time.monotonic()
             await asyncio.to_thread(self._write, *self._snapshot())
             cost = time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class _Reread:
+    outcome: str  # "same", "changed" (two new reads agree), "unstable" (they do not), "failed" (an error)
+    leaves: tuple[str, ...] = ()
+
+
+def _uncancel(task: asyncio.Task | None) -> None:
+    """A cancellation handled here (the watcher's) must not linger on the task (Python 3.11+)."""
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
 
 
 def _worker_crashed() -> WorkerCrashed:

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
 from . import pgbackup
 from .coverage import ArchiveCoverage, CoverageStore, iso, parse_iso, record_run, unverified_bytes
 from .drills import Drill, DrillArchive, DrillLock
-from .errors import StateError, format_size
+from .errors import ArchcheckError, SourceChanged, StateError, format_size
 from .findings import VERDICTS, Finding, verdict
 from .layers.detect import detect_format
 from .ledger import seal_report
@@ -26,10 +27,12 @@ from .scanners.router import Scanners
 from .scanners.wal import segments_needed
 from .segments import new_nonce, plan_segments
 from .sources import ArchiveIdentity, open_source
+from .status import ExitCode, combine
 from .units import format_duration
 
 NoticeCallback = Callable[[str], None]
 SEALABLE = ("complete", "partial")  # a drill that has ended: its report is sealed
+ENDED = ("complete", "partial", "skipped", "changed")  # archives a resume does not run again
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class DrillResult:
     verifications: list[tuple[DrillArchive, Verification | None]]
     coverage: dict
     notices: list[str] = field(default_factory=list)
+    seal_error: str | None = None  # the verdict stands; sealing it failed (ExitCode.SEAL_FAILED)
+    state_error: str | None = None  # the drill's state could not be saved at its end
 
     @property
     def findings(self) -> list[Finding]:
@@ -70,19 +75,28 @@ class DrillResult:
 
     @property
     def verdict(self) -> str:
-        """Corruption anywhere wins; a drill cut short (deadline, signal) or a check that could
-        not be made is incomplete; a budget's planned share, done, is not."""
+        """Corruption anywhere wins; a drill cut short (deadline, signal), an archive that could
+        not be verified or changed, or a check that could not be made is incomplete; a budget's
+        planned share, done, is not."""
         verdicts = {v.verdict for _, v in self.verifications if v is not None}
         verdicts.add(verdict(self.findings))
         if "corrupt" in verdicts:
             return "corrupt"
-        if "incomplete" in verdicts or self.drill.status in ("stopped", "interrupted", "running"):
+        if ("incomplete" in verdicts or self.drill.status in ("stopped", "interrupted", "running", "failed")
+                or any(e.status in ("failed", "changed") for e, _ in self.verifications)):
             return "incomplete"
         return "intact"
 
     @property
-    def exit_code(self) -> int:
-        return VERDICTS[self.verdict]
+    def exit_code(self) -> ExitCode:
+        """Every outcome's code, combined by the documented precedence (status.PRECEDENCE)."""
+        codes = [VERDICTS[self.verdict]]
+        codes += [e.exit_code for e, _ in self.verifications if e.status == "failed" and e.exit_code is not None]
+        if self.seal_error:
+            codes.append(ExitCode.SEAL_FAILED)
+        if self.state_error:
+            codes.append(ExitCode.STATE)
+        return combine(codes)
 
 
 class DrillRunner:
@@ -90,12 +104,15 @@ class DrillRunner:
 
     def __init__(self, drill: Drill, options: RunOptions, deadline: datetime | None,
                  on_progress: ProgressCallback | None, on_notice: NoticeCallback | None,
-                 now: Callable[[], datetime] | None):
+                 now: Callable[[], datetime] | None, recheck: bool = True):
         self.drill, self.options, self.on_progress = drill, options, on_progress
+        self.recheck = recheck  # read again what earlier runs verified
         self.now = now or (lambda: datetime.now(timezone.utc))
         self.notices: list[str] = []
         self.cut_short = False  # the deadline came before every archive was reached
         self.interrupted = False  # SIGINT or SIGTERM
+        self.seal_error: str | None = None
+        self.state_error: str | None = None
         self.on_notice = on_notice or (lambda text: None)
         self.coverage = CoverageStore(drill.root)
         self.backups = [pgbackup.Backup(b["folder"], tuple(b["archives"])) for b in drill.backups]
@@ -103,13 +120,25 @@ class DrillRunner:
         if deadline is None and drill.limits.get("deadline"):  # a resumed drill keeps its window
             deadline = parse_iso(drill.limits["deadline"])
             if deadline <= self.now() and drill.status not in SEALABLE:
-                self.notice(f"{drill.id}'s deadline ({drill.limits['deadline']}) has passed; "
-                            "give --deadline or --until to go on")
+                deadline = self._new_window(deadline)
         if deadline is not None:
             self.deadline = time.monotonic() + (deadline - self.now()).total_seconds()
         budget = drill.limits.get("budget") or {}
         self.budget_bytes = budget.get("bytes")
         self.budget_deadline = time.monotonic() + budget["seconds"] if budget.get("seconds") else None
+
+    def _new_window(self, passed: datetime) -> datetime:
+        """A drill resumed after its deadline gets a window as long as its first one (a plan's
+        window included), and says so; --deadline or --until give another."""
+        limits = self.drill.limits
+        window = limits.setdefault("window_seconds",
+                                   max(1.0, (passed - parse_iso(self.drill.created)).total_seconds()))
+        deadline = self.now() + timedelta(seconds=window)
+        self.notice(f"{self.drill.id}'s deadline ({limits['deadline']}) has passed; this run gets a new window as "
+                    f"long as its first ({format_duration(window)}), until {iso(deadline)}; --deadline or --until "
+                    "give another")
+        limits["deadline"] = iso(deadline)
+        return deadline
 
     def notice(self, text: str) -> None:
         self.notices.append(text)
@@ -152,10 +181,27 @@ class DrillRunner:
                     self.budget_deadline is not None and self.budget_deadline <= time.monotonic()):
                 entry.status, entry.note = "deferred", "budget used up; a later drill takes it first"
                 continue
-            self._run_archive(entry, cov)
+            self._run_archive_or_fail(entry, cov)
             self.drill.save()
             if entry.status in ("stopped", "interrupted"):
                 break
+
+    def _run_archive_or_fail(self, entry: DrillArchive, cov: ArchiveCoverage) -> None:
+        """Whatever stops one archive is recorded on it, and the drill goes on: an error in a
+        later archive never hides an earlier one's verdict."""
+        try:
+            self._run_archive(entry, cov)
+        except SourceChanged as exc:
+            entry.status, entry.note, entry.exit_code = "changed", f"it changed {exc.what}", None
+        except ArchcheckError as exc:
+            entry.status, entry.note, entry.exit_code = "failed", str(exc), int(exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - a bug in archcheck: said, and the drill goes on
+            if os.environ.get("ARCHCHECK_DEBUG"):
+                raise
+            entry.status, entry.exit_code = "failed", int(ExitCode.INTERNAL)
+            entry.note = f"internal error: {type(exc).__name__}: {exc} (set ARCHCHECK_DEBUG=1 for details)"
+        if entry.status in ("failed", "changed"):
+            self.notice(f"{entry.path}: {entry.note}")
 
     def _time_left(self) -> float | None:
         ends = [t for t in (self.deadline, self.budget_deadline) if t is not None]
@@ -168,8 +214,9 @@ class DrillRunner:
         now = self.now()
         todo = []
         for entry in self.drill.archives:
-            if entry.status in ("complete", "partial", "skipped"):
+            if entry.status in ENDED:
                 continue
+            entry.note = entry.exit_code = None  # a failed archive is tried again
             cov = self.coverage.get(self._identity(entry), self.options.segment_size, now)
             self.coverage.put(cov)  # remembered from the first sight, for the age of unverified data
             if (skip_within and cov.complete and cov.in_progress is None
@@ -220,15 +267,20 @@ class DrillRunner:
         listed, prefix = pgbackup.scan_options(self.backups, entry.path)
         known = self._base_facts(entry) if prefix.startswith("pg_tblspc/") else None
         run = Run(source, manifest, path, self.options, self.on_progress, limits,
-                  scanners=lambda: Scanners(listed, prefix, known))
+                  scanners=lambda: Scanners(listed, prefix, known), recheck=self.recheck)
         try:
             asyncio.run(run.run())
         finally:
             entry.status = manifest.status
             since = cov.in_progress["since"]
-            newly = record_run(cov, manifest, self.options.stream, since, self.now())
-            if manifest.status != "complete":
-                cov.in_progress = {"drill": self.drill.id, "manifest": str(path), "since": since}
+            newly = 0
+            if manifest.status == "changed":  # nothing verified, and no pass to go on with
+                cov.in_progress = None
+                entry.note = "it changed during the run: " + dict(manifest.run_findings[0].details)["what"]
+            else:
+                newly = record_run(cov, manifest, self.options.stream, since, self.now())
+                if manifest.status != "complete":
+                    cov.in_progress = {"drill": self.drill.id, "manifest": str(path), "since": since}
             self.coverage.put(cov)
             if self.budget_bytes is not None:  # the share planned for it, or what it took to finish
                 self.budget_bytes -= (cov.size if manifest.status == "complete" else stop_offset) - start
@@ -245,12 +297,9 @@ class DrillRunner:
             manifest = load(path)
             changes = _changes(manifest.archive, identity)
         if changes:
-            raise StateError(f"{entry.path} changed since {self.drill.id} began ({changes}); "
-                             "its results cannot be mixed with new ones: start a new drill")
+            raise SourceChanged(f"since {self.drill.id} began ({changes}); its results cannot be mixed "
+                                "with new ones: verify it in a new drill")
         if path.exists():
-            if changes:
-                raise StateError(f"{entry.path} changed since {self.drill.id} began ({changes}); "
-                                 "its results cannot be mixed with new ones: start a new drill")
             for record in manifest.segments:
                 if record.status != "done":
                     record.nonce = new_nonce()  # an answer to an earlier run's attempt cannot count
@@ -272,7 +321,11 @@ class DrillRunner:
         if drill.status in SEALABLE and not failed:
             drill.findings = [f.to_json() for f in self._cross_check()]
         drill.runs[-1].update(ended=iso(self.now()), status=drill.status, seconds=round(elapsed, 3))
-        drill.save()
+        try:
+            drill.save()
+        except StateError as exc:  # the verdict is still printed and reported; not sealed unsaved
+            self.state_error = str(exc)
+            return
         self._seal()
 
     def _base_facts(self, entry: DrillArchive) -> dict | None:
@@ -307,6 +360,8 @@ class DrillRunner:
             return "stopped"
         if states & {"interrupted", "pending"}:
             return "interrupted"
+        if "failed" in states:  # resume tries those archives again
+            return "failed"
         return "partial" if states & {"partial", "deferred"} else "complete"
 
     def _seal(self) -> None:
@@ -315,11 +370,16 @@ class DrillRunner:
         drill = self.drill
         if drill.status not in SEALABLE or drill.sealed is not None:
             return
-        pending = drill.folder / "sealed-report.json"
-        if not pending.exists():
-            write_atomic(pending, json_report.sealed_bytes(self.result()))
-        drill.sealed = seal_report(drill.root, drill.id, pending.read_bytes(), self.now()).to_json()
-        drill.save()
+        try:
+            pending = drill.folder / "sealed-report.json"
+            if not pending.exists():
+                write_atomic(pending, json_report.sealed_bytes(self.result()))
+            drill.sealed = seal_report(drill.root, drill.id, pending.read_bytes(), self.now(),
+                                       on_notice=self.notice).to_json()
+            drill.save()
+        except StateError as exc:  # the verdict stands and is reported; only its seal is missing
+            self.seal_error = f"{exc} (the drill's verdict stands; `archcheck audit repair` can finish the seal)"
+            self.notice(f"sealing {drill.id}'s report failed: {self.seal_error}")
 
     def result(self) -> DrillResult:
         drill = self.drill
@@ -327,7 +387,8 @@ class DrillRunner:
         for entry in drill.archives:
             path = drill.manifest_path(entry)
             verifications.append((entry, Verification(load(path), path) if path.exists() else None))
-        return DrillResult(drill, verifications, self._coverage_summary(), self.notices)
+        return DrillResult(drill, verifications, self._coverage_summary(), self.notices, self.seal_error,
+                           self.state_error)
 
     def _coverage_summary(self) -> dict:
         """Across the drill's archives: the bytes verified at least once, and how long ago the least
@@ -375,7 +436,10 @@ def _changes(before: ArchiveIdentity, now: ArchiveIdentity) -> str:
     names = {"size": "size", "mtime_ns": "modification time", "head_blake3": "first 64 KiB",
              "tail_blake3": "last 64 KiB"}
     changed = [label for key, label in names.items() if getattr(before, key) != getattr(now, key)]
-    return ", ".join(changed) + " differ" if changed else ""
+    if not changed:
+        return ""
+    listed = changed[0] if len(changed) == 1 else ", ".join(changed[:-1]) + " and " + changed[-1]
+    return f"its {listed} {'differs' if len(changed) == 1 else 'differ'}"
 
 
 def _adopt(old: Path, new: Path, options: dict) -> None:

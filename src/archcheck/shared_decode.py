@@ -10,14 +10,21 @@ from __future__ import annotations
 import secrets
 import threading
 from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Client, Listener
 from multiprocessing.shared_memory import SharedMemory
 from typing import Iterator
 
-from .layers.stream import CHUNK, Event
+from .errors import WorkerCrashed
+from .layers.stream import CHUNK, DecoderFailed, Event, Failure
 from .layers.zstd import Frame
 from .sources import SourceRef
 from .worker import DecodeTask, decode_frames
+
+
+POLL = 0.2  # seconds between looks at a stop request while waiting for the worker
+WORKER_END_GRACE = 10.0  # for the pool to say why a worker that hung up ended
 
 
 class SharedDecoders:
@@ -59,17 +66,36 @@ class SharedDecoders:
         self.future.result()  # a worker that failed says why here
 
     def _events(self) -> Iterator[Event]:
+        """Every wait here ends: a message, the worker's end (however it ended), or a stop."""
         while not self.stop.is_set():
+            if not self.conn.poll(POLL):
+                if self.future.done() and not self.conn.poll(0):
+                    raise self._ended()
+                continue
             try:
                 message = self.conn.recv()
             except EOFError:
-                if self.future.done() and self.future.exception() is not None:
-                    raise self.future.exception() from None
-                raise OSError("the decoding worker stopped before the end of the archive") from None
+                raise self._ended() from None
             if message is None:
                 return
+            if isinstance(message, Failure):
+                raise message.exception()
             position, *rest = message
             yield Event(self.frames[position], *rest)
+
+    def _ended(self) -> Exception:
+        """Why the worker stopped talking: killed (the pool breaks), failed, or hung up."""
+        try:
+            exc = self.future.exception(timeout=WORKER_END_GRACE)
+        except FutureTimeout:
+            return DecoderFailed("the decoding worker stopped answering")
+        except Exception as cancelled:  # noqa: BLE001 - cancelled by a stop
+            return OSError(f"the decoding worker was stopped ({type(cancelled).__name__})")
+        if isinstance(exc, BrokenProcessPool):
+            return WorkerCrashed("the decoding worker died (killed or out of memory); what was verified is kept")
+        if exc is not None:
+            return exc
+        return DecoderFailed("the decoding worker ended before the end of the archive")
 
     def _unblock(self, authkey: bytes) -> None:
         """If the worker ended without connecting, connect once so accept() returns."""

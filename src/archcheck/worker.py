@@ -14,9 +14,9 @@ from multiprocessing.shared_memory import SharedMemory
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import describe_error
+from .errors import SourceChanged, describe_error
 from .layers import raw
-from .layers.stream import CHUNK, FrameDecoders
+from .layers.stream import CHUNK, Failure, FrameDecoders
 from .layers.zstd import Frame
 from .segments import Segment
 from .sources import SourceRef
@@ -50,15 +50,21 @@ class SegmentResult:
     nonce: str
     leaves: tuple[str, ...] = ()
     error: str | None = None
+    changed: str | None = None  # the archive is not the file the run was planned on
 
 
 def hash_segment(ref: SourceRef, segment: Segment) -> SegmentResult:
+    """Hash a segment of the file the run was planned on: checked when opened and again when
+    hashed, so digests of another file (or of this one, changed meanwhile) never count."""
     try:
         reader = ref.open()
         try:
             leaves = raw.leaf_digests(reader.view, segment.offset, segment.length)
+            reader.check()
         finally:
             reader.close()
+    except SourceChanged as exc:
+        return SegmentResult(segment.index, segment.nonce, changed=exc.what)
     except (OSError, ValueError) as exc:
         return SegmentResult(segment.index, segment.nonce, error=describe_error(exc))
     return SegmentResult(segment.index, segment.nonce, tuple(leaves))
@@ -85,30 +91,46 @@ def decode_frames(ref: SourceRef, task: DecodeTask) -> None:
     travel through a pipe, and the decode threads never wait on the tar walker's GIL."""
     shm = SharedMemory(task.shm_name)
     buffers = [shm.buf[i * CHUNK:(i + 1) * CHUNK] for i in range(task.slots)]
-    positions = {frame.index: k for k, frame in enumerate(task.frames)}
-    reader = None
     try:
         with Client(task.address, authkey=task.authkey) as conn:
-            reader = ref.open()
-            decoders = FrameDecoders(reader, list(task.frames), task.threads, task.max_window, task.depth, buffers)
-            returns = threading.Thread(target=_take_back_slots, args=(conn, decoders), daemon=True)
-            returns.start()
-            try:
-                for event in decoders:
-                    conn.send((positions[event.frame.index], event.slot, event.length, event.compressed_pos,
-                               event.error, event.io_error, event.problem))
-                conn.send(None)
-            finally:  # the connection is not closed under a thread still reading it
-                decoders.stop.set()
-                returns.join(timeout=5)
+            _decode_to(conn, ref, task, buffers)
     except (OSError, EOFError):
         pass  # the coordinator went away or stopped us: nothing is left to report to
     finally:
-        if reader is not None:
-            reader.close()
         for view in buffers:
             view.release()
         shm.close()
+
+
+def _decode_to(conn: Any, ref: SourceRef, task: DecodeTask, buffers: list) -> None:
+    """Send each decoded piece's place, then None; or, whatever fails here, a Failure: the
+    coordinator waits for this worker's word and must always get one."""
+    try:
+        reader = ref.open()
+    except Exception as exc:  # noqa: BLE001 - handed on, never swallowed
+        conn.send(Failure.of(exc))
+        return
+    positions = {frame.index: k for k, frame in enumerate(task.frames)}
+    decoders = FrameDecoders(reader, list(task.frames), task.threads, task.max_window, task.depth, buffers)
+    returns = threading.Thread(target=_take_back_slots, args=(conn, decoders), daemon=True)
+    returns.start()
+    try:
+        events = iter(decoders)
+        while True:
+            try:
+                event = next(events, None)
+            except Exception as exc:  # noqa: BLE001 - handed on, never swallowed
+                conn.send(Failure.of(exc))
+                return
+            if event is None:
+                break
+            conn.send((positions[event.frame.index], event.slot, event.length, event.compressed_pos,
+                       event.error, event.io_error, event.problem, event.failure))
+        conn.send(None)
+    finally:  # the connection is not closed under a thread still reading it
+        decoders.stop.set()
+        returns.join(timeout=5)
+        reader.close()
 
 
 def _take_back_slots(conn: Any, decoders: FrameDecoders) -> None:

@@ -39,5 +39,17 @@ TYPE_NAMES = {b"0": "file", b"\0": "file", b"7": "file", b"S": "file", b"1": "ha
               b"2": "symlink", b"3": "char", b"4": "block", b"5": "dir", b"6": "fifo"}
 
 
+def restore_hazard(member: Member) -> tuple[str, str, str] | None:
+    """(what, path, what a restore does) when GNU tar would not restore the path as written."""
+    for what, path in (("member name", member.name), ("hard link target", member.linkname)):
+        if what == "hard link target" and member.type != "hardlink":
+            continue
+        if path.startswith("/"):
+            return what, path, "an absolute path: GNU tar strips the leading '/' and restores it below the target"
+        if ".." in path.split("/"):
+            return what, path, "a '..' component: GNU tar refuses to restore it (it would leave the target directory)"
+    return None
+
+
 def type_name(flag: bytes) -> str:
     return TYPE_NAMES.get(flag, "other:" + flag.decode("latin-1"))

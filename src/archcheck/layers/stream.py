@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterator
 import xxhash
 import zstandard
 
-from ..errors import format_size
+from ..errors import SourceChanged, format_size
 from ..findings import Category, Finding, Findings, Location
-from .members import Member
+from .members import Member, restore_hazard
 from .tar import TarWalker
-from .zstd import DEFAULT_MAX_WINDOW, Frame, FrameWalk, classify_decode_error, unwalked_problem
+from .zstd import DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, FrameWalk, classify_decode_error, unwalked_problem
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")
@@ -32,7 +32,6 @@ DEPTH = 6  # chunks a lane may decode ahead by default; the pipeline sizes it fr
 READ_SIZE = 128 * 1024
 RAW_PIECE = 16 * 1024 * 1024
 CHECKPOINT_SHARE = 0.02  # of the run's time, at most, spent taking checkpoints
-LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it decoding needs --long
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,32 @@ class CheckpointMismatch(Exception):
     """A checkpoint does not fit the archive's frames: it belongs to other content."""
 
 
+class DecoderFailed(Exception):
+    """A decoding thread or worker failed in a way no finding describes (a bug)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a decoder or reader stopped: handed on to whoever waits for its output, so that no
+    wait outlives what feeds it."""
+
+    changed: bool  # the archive changed under the reader (SourceChanged); else a bug
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "Failure":
+        if isinstance(exc, SourceChanged):
+            return cls(True, exc.what)
+        return cls(False, f"{type(exc).__name__}: {exc}")
+
+    def exception(self) -> Exception:
+        return SourceChanged(self.message) if self.changed else DecoderFailed(self.message)
+
+
+def _short_read() -> SourceChanged:
+    return SourceChanged("shrank: it ends before frames the run had found")
+
+
 class _RangeFile:
     """File-like view of [start, end) of a reader, tracking how far the decoder has read."""
 
@@ -68,6 +93,8 @@ class _RangeFile:
     def read(self, n: int = -1) -> bytes:
         n = self.end - self.pos if n < 0 else min(n, self.end - self.pos)
         data = self.reader.pread(self.pos, n) if n > 0 else b""
+        if len(data) < n:  # the frame walk saw these bytes: the file shrank since
+            raise _short_read()
         self.pos += len(data)
         return data
 
@@ -83,6 +110,7 @@ class Event:
     error: str | None = None  # the decoder's message when the frame stopped early
     io_error: str | None = None  # a read of the archive failed
     problem: tuple | None = None  # what the block walk found in a frame not walked before
+    failure: Failure | None = None  # the decoder itself failed: the stream cannot go on
 
 
 def lane_slots(lanes: int, depth: int) -> list[list[int]]:
@@ -161,11 +189,17 @@ class FrameDecoders:
             worker.join(timeout=5)
 
     def _decode_lane(self, lane: int) -> None:
-        dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window)
-        for frame in self.frames[lane::self.threads]:
-            if self.stop.is_set():
-                return
-            self._decode_frame(dctx, frame, lane)
+        mine = self.frames[lane::self.threads]
+        frame = mine[0] if mine else None
+        try:
+            dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window)
+            for frame in mine:
+                if self.stop.is_set():
+                    return
+                self._decode_frame(dctx, frame, lane)
+        except BaseException as exc:  # a lane that dies silently leaves the walker waiting forever
+            if frame is not None:
+                self._put(lane, Event(frame, None, 0, frame.offset, failure=Failure.of(exc)))
 
     def _put(self, lane: int, event: Event) -> bool:
         return self._until_stopped(lambda: self.queues[lane].put(event, timeout=0.2) or True) is not None
@@ -178,6 +212,8 @@ class FrameDecoders:
         if frame.kind == "raw":
             def read(buf) -> int:
                 n = self.reader.readinto(source.pos, memoryview(buf)[:max(0, frame.end - source.pos)])
+                if n == 0 and source.pos < frame.end:
+                    raise _short_read()
                 source.pos += n
                 return n
         else:
@@ -225,7 +261,11 @@ class StreamCheck:
         # findings that wait for the end of the archive to be decided (checksums on or off?):
         # kept apart, so that a flood of them on a cluster without checksums fills no cap
         self.provisional = Findings()
-        self.walker = TarWalker(uri, digest, on_members, scanners=self.scanners) if check_tar else None
+        # restore hazards, found as member batches leave the walker: kept apart from its
+        # findings, which would hold checkpoints back until the next frame
+        self.hazards = Findings()
+        self.on_members = on_members or (lambda members: None)
+        self.walker = TarWalker(uri, digest, self._members, scanners=self.scanners) if check_tar else None
         self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
         self.upstream_lost = False  # decoded content went missing: tar's own end checks do not apply
         self.findings_at_frame_start = 0
@@ -250,7 +290,8 @@ class StreamCheck:
             frames = [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
                       for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
         self._frame_facts(frames)
-        broken = {f.location.frame: i for i, f in enumerate(self.findings) if f.category in STRUCTURAL}
+        broken = {f.location.frame: i for i, f in enumerate(self.findings)
+                  if f.category in STRUCTURAL and _loses_content(f, frames)}
         content_frames = [f for f in frames if f.kind in ("zstd", "raw")]
         self.walk_findings = len(self.findings)
         if self.resume_from is not None:
@@ -270,6 +311,16 @@ class StreamCheck:
         if self.scanners is not None:
             self._decide_scans()
         return self._result(frames)
+
+    def _members(self, members: list[Member]) -> None:
+        self.on_members(members)
+        for member in members:
+            hazard = restore_hazard(member)
+            if hazard is not None:
+                what, path, restore = hazard
+                loc = Location(self.uri, uncompressed_offset=member.header_offset, member=member.name)
+                finding = Finding.of("TAR_UNSAFE_PATH", loc, what=what, path=path, restore=restore)
+                self.hazards.append(self._place(finding, member.header_offset, member.header_offset + 512))
 
     def _is_provisional(self, finding: Finding) -> bool:
         return self.scanners is not None and finding.code == "PG_PAGE_CHECKSUM"
@@ -403,6 +454,7 @@ class StreamCheck:
             "findings": [f.to_json() for f in self.findings[self.walk_findings:]],
             "provisional": [f.to_json() for f in self.provisional],
             "provisional_dropped": dict(self.provisional.dropped),
+            "hazards": [f.to_json() for f in self.hazards], "hazards_dropped": dict(self.hazards.dropped),
             "frame_spans": [[i, a, b] for i, (a, b) in self.frame_spans.items() if i < index]})
 
     def _archive_offset(self, uoff: int, frame_offset: int) -> int:
@@ -425,6 +477,8 @@ class StreamCheck:
         self.findings.extend(Finding.from_json(f) for f in cp["findings"])
         self.provisional.extend(Finding.from_json(f) for f in cp["provisional"])
         self.provisional.dropped.update(cp["provisional_dropped"])
+        self.hazards.extend(Finding.from_json(f) for f in cp.get("hazards", ()))
+        self.hazards.dropped.update(cp.get("hazards_dropped", {}))
         self.frame_spans.update({i: (a, b) for i, a, b in cp["frame_spans"]})
         if self.walker:
             self.walker.restore(cp["walker"], [Member(*m) for m in cp["recent"]])
@@ -433,6 +487,8 @@ class StreamCheck:
     def _end_frame(self, frame: Frame, event: Event, frame_start: int, produced: int,
                    seek_hash: Any, structural: int | None) -> None:
         """``structural`` is the index of the walk's finding for this frame, if it has one."""
+        if event.failure is not None:
+            raise event.failure.exception()
         if event.io_error is not None:
             raise OSError(event.io_error)
         if event.problem is not None and structural is None:  # found by the decoding thread's block walk
@@ -522,7 +578,8 @@ class StreamCheck:
             max_window=max((f.window for f in zstd_frames), default=0),
             seekable=any(f.kind == "seek_table" for f in frames),
             compressed_size=self.reader.size, uncompressed_size=self.uoff,
-            member_count=self.walker.count if self.walker else 0, findings=tuple(self.findings.closed(self.uri)),
+            member_count=self.walker.count if self.walker else 0,
+            findings=tuple(self.findings.closed(self.uri)) + tuple(self.hazards.closed(self.uri)),
             frame_table=tuple(self._frame_row(f) for f in frames) if self.compressed else (),
             scan_state=self.scanners.state() if self.scanners is not None else None)
 
@@ -530,6 +587,12 @@ class StreamCheck:
         span = self.frame_spans.get(frame.index, (None, None))
         return (frame.index, frame.kind, frame.offset, frame.end, frame.window, frame.content_size,
                 frame.has_checksum or frame.seek_checksum is not None, *span)
+
+
+def _loses_content(finding: Finding, frames: list[Frame]) -> bool:
+    """A damaged window that still decodes loses nothing: only its header byte is wrong."""
+    frame = frames[finding.location.frame] if finding.location.frame is not None else None
+    return not (finding.code == "ZSTD_BAD_WINDOW" and frame is not None and frame.decodable)
 
 
 def _is_tar_damage(finding: Finding) -> bool:

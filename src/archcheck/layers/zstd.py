@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from ..errors import WindowTooLarge
+from ..errors import format_size
 from ..findings import Finding, Findings, Location
 
 ZSTD_MAGIC = 0xFD2FB528
@@ -20,6 +20,8 @@ SEEK_TABLE_MAGIC, SEEKABLE_FOOTER_MAGIC = 0x184D2A5E, 0x8F92EAB1
 LEGACY_MAGICS = {0xFD2FB522 + i for i in range(6)} | {0x1EB52FFD}
 BLOCK_SIZE_MAX = 1 << 17
 DEFAULT_MAX_WINDOW = 1 << 31
+FORMAT_WINDOW_MAX = 1 << 31  # windowLog 31: the most zstd makes or decodes (ZSTD_WINDOWLOG_MAX_64)
+LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it `zstd -d` needs --long
 
 
 class Reader(Protocol):
@@ -44,10 +46,11 @@ class Frame:
     seek_checksum: int | None = None  # low 32 bits of XXH64 from a seek table
     seek_size: int | None = None
     walked: bool = True  # False: its end came from pzstd's size note; the decoder walks its blocks
+    window_ok: bool = True  # False: a damaged window, or one over --max-window: not decoded
 
     @property
     def decodable(self) -> bool:
-        return self.kind in ("zstd", "raw") and self.dictionary_id == 0
+        return self.kind in ("zstd", "raw") and self.dictionary_id == 0 and self.window_ok
 
 
 def is_zstd_start(head: bytes) -> bool:
@@ -160,10 +163,8 @@ class FrameWalk:
         if header is None:
             self._find("ZSTD_TRUNCATED_FRAME", pos, self.reader.size, frame=index)
             return self.reader.size
-        if header.window > self.max_window:
-            raise WindowTooLarge(index, header.window, self.max_window)
         frame = Frame(index, "zstd", pos, pos, header.window, header.content_size,
-                      header.has_checksum, header.dictionary_id)
+                      header.has_checksum, header.dictionary_id, window_ok=self._window_ok(pos, header, index))
         if header.reserved_bit:
             self._find("ZSTD_RESERVED_BIT", pos, pos + header.length, frame=index)
             end = self._next_magic(pos + 1)
@@ -179,6 +180,25 @@ class FrameWalk:
         if frame.dictionary_id:
             self._find("ZSTD_DICTIONARY_REQUIRED", pos, end, frame=index, dictionary_id=frame.dictionary_id)
         return end
+
+    def _window_ok(self, pos: int, header: _Header, index: int) -> bool:
+        """A window no encoder would write is header damage (corruption); a plausible one over
+        --max-window is a question of memory, and leaves the frame unverified."""
+        window, content = header.window, header.content_size
+        why = None
+        if window > FORMAT_WINDOW_MAX:
+            why = f"beyond what zstd makes or decodes ({format_size(FORMAT_WINDOW_MAX)}, windowLog 31)"
+        elif content is not None and window > max(content, LARGE_WINDOW):
+            # zstd sizes the window to the content when it knows the size (formats.md 1.3)
+            why = f"while the frame holds {format_size(content)}: no encoder asks for more than its content"
+        if why is not None:
+            self._find("ZSTD_BAD_WINDOW", pos, pos + header.length, frame=index, window=format_size(window), why=why)
+            return window <= self.max_window and window <= FORMAT_WINDOW_MAX
+        if window > self.max_window:
+            self._find("ZSTD_WINDOW_OVER_LIMIT", pos, pos + header.length, frame=index, window=format_size(window),
+                       limit=format_size(self.max_window))
+            return False
+        return True
 
     def _hinted_end(self, pos: int) -> int | None:
         """The end pzstd noted for the frame at ``pos``, if it leads to the next frame or to the
@@ -262,6 +282,8 @@ def walk_blocks(reader: Reader, p: int, window: int, has_checksum: bool) -> tupl
 def unwalked_problem(reader: Reader, frame: Frame) -> BlockProblem | None:
     """The block walk of a frame whose end came from a size note: it must end exactly there."""
     header = parse_frame_header(reader.pread(frame.offset, 18))
+    if header is None:  # the file no longer holds the header the walk saw
+        return "ZSTD_TRUNCATED_FRAME", frame.offset, reader.size, {}
     end, problem = walk_blocks(reader, frame.offset + header.length, header.window, header.has_checksum)
     if problem is None and end != frame.end:
         return "ZSTD_SIZE_NOTE_MISMATCH", frame.offset, frame.end, {

@@ -39,7 +39,10 @@ def build(manifest: Manifest, manifest_path: Path | None = None) -> dict[str, An
             "segment_reads_retried": sum(s.attempt > 1 for s in segments),
             "stream": {k: v for k, v in manifest.stream.items() if k not in ("nonce", "checkpoint")},
             "findings": dict(Counter(f.category.value for f in findings)),
+            "resumes": manifest.resumes,
         },
+        # a resume that trusted what earlier runs verified, without reading it again
+        "trusted_without_recheck": any(not r["rechecked"] for r in manifest.resumes),
         "findings": sorted((f.to_json() for f in findings), key=_sort_key),
         "manifest": str(manifest_path) if manifest_path else None,
     }
@@ -57,10 +60,14 @@ def build_drill(result: Any) -> dict[str, Any]:
 
 
 def _archive_entry(entry: Any, verification: Any) -> dict[str, Any]:
+    """The drill's word on the archive (status, note) wins over its manifest's: a manifest left
+    by an earlier run says "running" of an archive that has since changed or failed."""
     head = {"path": entry.path, "status": entry.status, "note": entry.note}
+    if entry.status in ("failed", "changed"):
+        head["exit_code"] = entry.exit_code if entry.status == "failed" else 3
     if verification is None:
-        return head
-    return {**head, **build(verification.manifest, verification.manifest_path)}
+        return {**head, "verdict": "incomplete"} if "exit_code" in head else head
+    return {**build(verification.manifest, verification.manifest_path), **head}
 
 
 def sealed_bytes(result: Any) -> bytes:

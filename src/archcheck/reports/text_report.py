@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import format_size
+from ..errors import format_size, plural
 from ..findings import Finding, Severity, verdict
 from ..manifest import Manifest
 from . import safe_text
@@ -30,7 +30,7 @@ def where(finding: Finding) -> str:
         parts.append(f"uncompressed offset {loc.uncompressed_offset}")
     if loc.member is not None:
         inside = f" at +{loc.member_offset}" if loc.member_offset else ""
-        parts.append(f"member {safe_text(loc.member)!r}{inside}")
+        parts.append(f"member '{safe_text(loc.member)}'{inside}")  # escaped once: repr() would double it
     if loc.relation is not None:
         block = f" block {loc.block}" if loc.block is not None else ""
         parts.append(f"relation {safe_text(loc.relation)} ({loc.fork or 'main'} fork){block}")
@@ -50,9 +50,9 @@ def render(console: Console, manifest: Manifest, manifest_path: Path | None = No
     stream = manifest.stream
     facts = [format_size(manifest.archive.size), manifest.format]
     if stream.get("frames"):
-        facts.append(f"{stream['frames']} zstd frame{'s' if stream['frames'] != 1 else ''}")
+        facts.append(plural(stream["frames"], "zstd frame"))
     if "member_count" in stream and manifest.format != "zstd":  # a lone .zst has no members
-        facts.append(f"{stream['member_count']:,} members")
+        facts.append(plural(stream["member_count"], "member"))
     line = Text("archive   ")
     line.append(safe_text(manifest.archive.uri), style="bold")
     line.append(f"  ({', '.join(facts)})")
@@ -61,6 +61,8 @@ def render(console: Console, manifest: Manifest, manifest_path: Path | None = No
     console.print(Text("verdict   ").append(result.upper(), style=STYLES[result]).append(counts))
     if manifest.tree_root:
         console.print(Text(f"root      blake3-tree:{manifest.tree_root}"))
+    if any(not r["rechecked"] for r in manifest.resumes):
+        console.print(Text("trusted   what earlier runs verified was not read again (--trust-verified)"))
     if manifest_path:
         console.print(Text(f"manifest  {safe_text(str(manifest_path))}"))
     if report_path:
@@ -72,13 +74,15 @@ def render_drill(console: Console, result: Any, report_path: Path | None = None,
     """Each archive's summary, then the drill's: status, coverage, and how to go on."""
     drill = result.drill
     for entry, verification in result.verifications:
+        failed = entry.status in ("failed", "changed")
         if verification is not None and entry.status not in ("skipped", "deferred"):
             if quiet and len(result.verifications) > 1:  # say which archive each verdict is for
                 console.print(Text("archive   ").append(safe_text(entry.path), style="bold"))
             render(console, verification.manifest, verification.manifest_path, quiet=quiet)
-        elif not quiet:
-            console.print(Text("archive   ").append(safe_text(entry.path), style="bold")
-                          .append(f"  {entry.status}" + (f": {entry.note}" if entry.note else "")))
+        if verification is None or (failed and verification.manifest.status != entry.status):
+            if failed or not quiet:  # why an archive has no verdict is never left out
+                console.print(Text("archive   ").append(safe_text(entry.path), style="bold")
+                              .append(f"  {entry.status}" + (f": {safe_text(entry.note)}" if entry.note else "")))
     if result.findings:
         console.print(Text("backup    ").append("the archives together", style="bold"))
         _render_findings(console, result.findings)

@@ -4,8 +4,8 @@ A source has two faces: an async one for the coordinating process (``Source``: i
 small range reads) and a picklable ``SourceRef`` that worker processes open to read the
 ranges they are given, so bytes never travel through the task queue.
 """
-from .base import ArchiveIdentity, RangeReader, Source, SourceRef
+from .base import ArchiveIdentity, FileStamp, RangeReader, Source, SourceRef
 from .local import LocalFile, LocalFileRef, open_source
 
-__all__ = ["ArchiveIdentity", "RangeReader", "Source", "SourceRef", "LocalFile", "LocalFileRef",
+__all__ = ["ArchiveIdentity", "FileStamp", "RangeReader", "Source", "SourceRef", "LocalFile", "LocalFileRef",
            "open_source"]

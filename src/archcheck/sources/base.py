@@ -20,6 +20,36 @@ class ArchiveIdentity:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class FileStamp:
+    """What a file is at one instant, cheaply (one stat): a run checks it again and again, so
+    that bytes read from another file, or from this one after it changed, are never judged."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st) -> "FileStamp":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def changes(self, now: "FileStamp") -> str:
+        """What differs, in words; "" when nothing does."""
+        if (now.device, now.inode) != (self.device, self.inode):
+            return "replaced by another file"
+        said = []
+        if now.size != self.size:
+            delta = now.size - self.size
+            said.append(f"{'grew' if delta > 0 else 'shrank'} by {abs(delta)} bytes to {now.size}")
+        if now.mtime_ns != self.mtime_ns:
+            said.append("modified (mtime)")
+        if now.ctime_ns != self.ctime_ns and not said:
+            said.append("its inode changed (ctime: touched, rewritten, or its permissions changed)")
+        return ", ".join(said)
+
+
 class RangeReader(Protocol):
     """Opened inside a worker process."""
 
@@ -53,3 +83,7 @@ class Source(Protocol):
     async def identity(self) -> ArchiveIdentity: ...
 
     def ref(self) -> SourceRef: ...
+
+    def changes(self) -> str:
+        """How the archive differs from when it was opened ("" when it does not)."""
+        ...

@@ -1,4 +1,9 @@
-"""Local files: aiofiles for the coordinator, pread and windowed mmap in workers."""
+"""Local files: aiofiles for the coordinator, pread and windowed mmap in workers.
+
+The file is stamped when it is opened (device, inode, size, mtime, ctime). Every reader that
+opens it again checks the stamp, and the coordinator keeps a handle open to compare with: a
+file replaced by rename, rewritten, appended to, truncated or touched is a changed source,
+never a damaged one."""
 from __future__ import annotations
 
 import mmap
@@ -11,17 +16,19 @@ from typing import Iterator
 
 import blake3
 
-from ..errors import SourceError
-from .base import ArchiveIdentity
+from ..errors import SourceChanged, SourceError
+from .base import ArchiveIdentity, FileStamp
 
 ID_PROBE = 64 * 1024
 
 
 class LocalFile:
-    def __init__(self, path: Path, size: int):
+    def __init__(self, path: Path, fd: int):
         self.path = path
         self.uri = str(path)
-        self.size = size
+        self.fd = fd  # held for the source's life: fstat on it sees in-place changes
+        self.stamp = FileStamp.of(os.fstat(fd))
+        self.size = self.stamp.size
 
     async def read(self, offset: int, length: int) -> bytes:
         import aiofiles  # only the coordinator reads this way; workers start without asyncio
@@ -30,14 +37,32 @@ class LocalFile:
             return await f.read(length)
 
     async def identity(self) -> ArchiveIdentity:
-        st = os.stat(self.path)
         head = await self.read(0, ID_PROBE)
         tail = await self.read(max(0, self.size - ID_PROBE), ID_PROBE)
-        return ArchiveIdentity(self.uri, st.st_size, st.st_mtime_ns,
+        return ArchiveIdentity(self.uri, self.stamp.size, self.stamp.mtime_ns,
                                blake3.blake3(head).hexdigest(), blake3.blake3(tail).hexdigest())
 
     def ref(self) -> "LocalFileRef":
-        return LocalFileRef(str(self.path))
+        return LocalFileRef(str(self.path), self.stamp)
+
+    def changes(self) -> str:
+        """The held handle tells in-place changes; the path tells a replacement or removal."""
+        try:
+            by_path = FileStamp.of(os.stat(self.path))
+        except FileNotFoundError:
+            return "removed"
+        except OSError as exc:
+            return f"no longer readable ({exc.strerror})"
+        # the path first: a file renamed over this one also bumps the old inode's ctime
+        return self.stamp.changes(by_path) or self.stamp.changes(FileStamp.of(os.fstat(self.fd)))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def open_source(location: str | os.PathLike) -> LocalFile:
@@ -54,27 +79,42 @@ def open_source(location: str | os.PathLike) -> LocalFile:
     if not stat.S_ISREG(st.st_mode):
         raise SourceError(f"{path} is not a regular file")
     try:
-        with open(path, "rb") as f:
-            f.read(1)
+        fd = os.open(path, os.O_RDONLY)
+        os.pread(fd, 1, 0)
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror}") from None
-    if st.st_size == 0:
+    if os.fstat(fd).st_size == 0:
+        os.close(fd)
         raise SourceError(f"{path} is empty: an empty file is no backup")
-    return LocalFile(path.resolve(), st.st_size)
+    return LocalFile(path.resolve(), fd)
 
 
 @dataclass(frozen=True)
 class LocalFileRef:
     uri: str
+    stamp: FileStamp | None = None  # what the file was when the run began: a reader checks it
 
     def open(self) -> "LocalReader":
-        return LocalReader(self.uri)
+        return LocalReader(self.uri, self.stamp)
 
 
 class LocalReader:
-    def __init__(self, path: str):
+    def __init__(self, path: str, stamp: FileStamp | None = None):
         self.fd = os.open(path, os.O_RDONLY)
-        self.size = os.fstat(self.fd).st_size
+        self.stamp = stamp
+        try:
+            self.check()
+        except SourceChanged:
+            os.close(self.fd)
+            raise
+        self.size = os.fstat(self.fd).st_size if stamp is None else stamp.size
+
+    def check(self) -> None:
+        """SourceChanged unless the file is still the one the run began with."""
+        if self.stamp is not None:
+            what = self.stamp.changes(FileStamp.of(os.fstat(self.fd)))
+            if what:
+                raise SourceChanged(what)
 
     def pread(self, offset: int, length: int) -> bytes:
         return os.pread(self.fd, length, offset)
