@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import subprocess
 
@@ -102,10 +103,11 @@ def test_hostile_member_names_never_reach_the_terminal_raw(fx, state, tmp_path):
 def test_json_report(fx, state, tmp_path, damaged):
     report = tmp_path / "out" / "report.json"
     header_cut = 512 * 40
-    run = cli("verify", damaged("gnu.tar", truncate=header_cut + 100), "--state-dir", state, "--report", report)
+    archive = damaged("gnu.tar", truncate=header_cut + 100)
+    run = cli("verify", archive, "--state-dir", state, "--report", report, "--report-members")
     assert run.returncode == 1
     data = json.loads(report.read_text())
-    assert data["schema"] == "archcheck.report" and data["version"] == 2
+    assert data["schema"] == "archcheck.report" and data["version"] == 3
     assert data["verdict"] == "corrupt" and data["exit_code"] == 1 and data["drill"] == "drill-1"
     [data] = data["archives"]
     assert data["verdict"] == "corrupt" and data["status"] == "complete"
@@ -114,6 +116,14 @@ def test_json_report(fx, state, tmp_path, damaged):
     assert finding["code"] == "TAR_TRUNCATED" and finding["location"]["byte_range"] == [header_cut + 100] * 2
     assert data["members"] and all("digest" in m for m in data["members"])
     assert data["manifest"].startswith(str(state))
+    # without --report-members the members are named by their log, with its digests
+    assert cli("verify", archive, "--state-dir", state, "--report", report).returncode == 1
+    [named] = json.loads(report.read_text())["archives"]
+    assert "members" not in named and named["members_log"]["count"] == len(data["members"])
+    import blake3
+    folder = Path(named["members_log"]["folder"])
+    for part in named["members_log"]["parts"]:
+        assert blake3.blake3((folder / part["file"]).read_bytes()[:part["length"]]).hexdigest() == part["blake3"]
 
 
 def test_plain_progress_lines_when_not_a_terminal(fx, state):

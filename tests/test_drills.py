@@ -26,15 +26,18 @@ MiB = 1024 * 1024
 
 # --- the stream check's checkpoints, in process -------------------------------------------------
 
-def _stream(path: Path, *, resume=None, checkpoints=None, members=None):
+def _stream(path: Path, *, resume=None, checkpoints=None, members=None, rows=None):
+    """The stream check alone; members and frame-table rows go to lists, as the pipeline's logs
+    would take them, and a checkpoint records how much of each it covers."""
     reader = open_source(path).ref().open()
     out = members if members is not None else []
+    table = rows if rows is not None else []
     check = StreamCheck(reader, str(path), compressed=path.suffix == ".zst", check_tar=True,
-                        on_members=out.extend, resume_from=resume, checkpoint_every=0,
-                        on_checkpoint=(lambda cp: checkpoints.append((json.loads(json.dumps(cp)), len(out))))
+                        on_members=out.extend, on_frames=table.extend, resume_from=resume, checkpoint_every=0,
+                        on_checkpoint=(lambda cp: checkpoints.append((json.loads(json.dumps(cp)), len(out), len(table))))
                         if checkpoints is not None else None)
     try:
-        return check.run(), out
+        return check.run(), out, table
     finally:
         reader.close()
 
@@ -53,13 +56,14 @@ def _flip(src: Path, dst: Path, seed: int) -> Path:
 def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(fx, tmp_path, name, damage):
     path = fx / name if damage is None else _flip(fx / name, tmp_path / name, damage)
     checkpoints = []
-    whole, members = _stream(path, checkpoints=checkpoints)
+    whole, members, rows = _stream(path, checkpoints=checkpoints)
     assert checkpoints
-    for checkpoint, written in checkpoints:
-        again, members_again = _stream(path, resume=checkpoint, members=list(members[:written]))
+    for checkpoint, written, rows_written in checkpoints:
+        again, members_again, rows_again = _stream(path, resume=checkpoint, members=list(members[:written]),
+                                                   rows=list(rows[:rows_written]))
         assert sorted(map(repr, again.findings)) == sorted(map(repr, whole.findings))
         assert members_again == members
-        assert again.frame_table == whole.frame_table and again.member_count == whole.member_count
+        assert rows_again == rows and again.member_count == whole.member_count
 
 
 # --- kill -9 at random instants -----------------------------------------------------------------
@@ -284,9 +288,9 @@ def test_drill_run_from_a_plan_seals_its_report_and_audit_detects_an_edit(fx, tm
     assert run.returncode == 0, run.stderr
     assert "archcheck: warning: missing-*.tar.zst matches no archive" in run.stderr
     report = json.loads((tmp_path / "out" / "drill-1.json").read_text())
-    assert report["schema"] == "archcheck.report" and report["version"] == 2
+    assert report["schema"] == "archcheck.report" and report["version"] == 3
     assert [Path(a["path"]).name for a in report["archives"]] == ["a.tar.zst", "b.tar.zst"]
-    assert all(a["verdict"] == "intact" and a["members"] for a in report["archives"])
+    assert all(a["verdict"] == "intact" and a["members_log"]["count"] for a in report["archives"])
     state = tmp_path / "state"
     listed = cli("drill", "list", "--state-dir", state)
     assert listed.stdout.startswith("drill-1      complete     2/2 archives")
@@ -427,3 +431,32 @@ def test_usage_errors_stay_one_line_and_inert(fx, tmp_path):
     (tmp_path / "file").write_text("")
     run = cli("verify", fx / "multi.tar.zst", "--state-dir", tmp_path / "file")
     assert run.returncode == 8 and run.stderr.startswith("archcheck: cannot create ") and run.stderr.count("\n") == 1
+
+
+# --- state that grows with the archive lives in logs ------------------------------------------------
+
+def test_a_drill_going_on_with_another_pass_shares_its_logs_without_copying(drill_archives, tmp_path):
+    from archcheck.logs import parts_from_json
+    archive = drill_archives / "multi.tar.zst"
+    api.run_drill([archive], state=tmp_path, segment_size=8 * MiB, budget=Budget(bytes=64 * MiB))
+    first = tmp_path / "drills" / "drill-1" / "archives" / "0001"
+    checkpoint = load(first / "manifest.json").stream["checkpoint"]
+    shared = [p.file for p in parts_from_json(checkpoint["members"])]
+    assert shared
+    second = api.run_drill([archive], state=tmp_path, segment_size=8 * MiB)
+    assert second.verdict == "intact"
+    folder = tmp_path / "drills" / "drill-2" / "archives" / "0001"
+    for name in shared:  # the same inode: a hard link, not a copy
+        assert os.stat(folder / name).st_ino == os.stat(first / name).st_ino
+    members = list(second.verifications[0][1].members())
+    whole = api.verify(archive, state=tmp_path / "fresh", segment_size=8 * MiB)
+    assert members == list(whole.members())
+
+
+def test_an_edited_log_is_refused_never_trusted(fx, tmp_path):
+    result = api.verify(fx / "multi.tar.zst", state=tmp_path, segment_size=8 * MiB)
+    folder = result.manifest_path.parent
+    [log] = folder.glob("segments-*.jsonl")
+    log.write_bytes(log.read_bytes().replace(b'"done"', b'"dOne"', 1))
+    run = cli("drill", "status", "drill-1", "--state-dir", tmp_path)
+    assert run.returncode == 8 and "is damaged or was edited (its digest does not match the manifest)" in run.stderr

@@ -9,6 +9,7 @@ import pytest
 import xxhash
 
 from archcheck import UnsupportedArchive, verify
+from archcheck.manifest import frame_rows, load
 from conftest import codes, member_offsets
 
 MiB = 1024 * 1024
@@ -110,9 +111,12 @@ def test_manifest_records_segments_with_nonces(fx, state):
     import json
     result = verify(fx / "gnu.tar", state=state, segment_size=8 * MiB)
     saved = json.loads(result.manifest_path.read_text())
-    assert saved["schema"] == "archcheck.manifest" and saved["version"] == 1 and saved["status"] == "complete"
-    assert [(s["offset"], s["length"]) for s in saved["segments"]][:2] == [(0, 8 * MiB), (8 * MiB, 8 * MiB)]
-    assert all(len(s["nonce"]) == 16 and s["status"] == "done" and s["digest"] for s in saved["segments"])
+    assert saved["schema"] == "archcheck.manifest" and saved["version"] == 2 and saved["status"] == "complete"
+    # segment results are logged beside the manifest, which names the log's parts and digests
+    assert saved["segments"]["count"] == 4 and saved["segments"]["log"]
+    segments = load(result.manifest_path).segments
+    assert [(s.offset, s.length) for s in segments][:2] == [(0, 8 * MiB), (8 * MiB, 8 * MiB)]
+    assert all(len(s.nonce) == 16 and s.status == "done" and s.digest and s.read_at for s in segments)
     assert saved["archive"]["size"] == (fx / "gnu.tar").stat().st_size
     assert result.manifest_path.is_relative_to(state)
 
@@ -288,7 +292,7 @@ def test_member_digests_match_xxhsum_style_hash(fx, state):
 def test_frame_table_records_every_frame(fx, state):
     result = verify(fx / "multi.tar.zst", state=state, layers=["zstd"])
     table = result.manifest.stream["frame_table"]
-    rows = [dict(zip(table["fields"], row)) for row in table["rows"]]
+    rows = [dict(zip(table["fields"], row)) for row in frame_rows(result.manifest, result.manifest_path)]
     assert [r["kind"] for r in rows] == ["skippable", "zstd"] * 4
     data_rows = [r for r in rows if r["kind"] == "zstd"]
     assert [(r["offset"], r["end"]) for r in data_rows] == pzstd_frames(fx / "multi.tar.zst")

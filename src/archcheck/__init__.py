@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # The public API, loaded on first use: worker processes import archcheck.worker without
 # paying for asyncio and the coordinator's modules (their start-up is on the critical path).

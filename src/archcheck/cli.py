@@ -88,6 +88,9 @@ def _exits(command: Callable) -> Callable:
 STATE_DIR = typer.Option(None, "--state-dir", envvar="ARCHCHECK_STATE_DIR",
                          help="State directory (default: $XDG_STATE_HOME/archcheck).")
 REPORT = typer.Option(None, "--report", help="Write the JSON report here.")
+REPORT_MEMBERS = typer.Option(False, "--report-members",
+                              help="List every member in the JSON report (by default it names the members log, "
+                                   "with its digests: a million members make a report of hundreds of MB).")
 PROGRESS = typer.Option(None, "--progress/--no-progress",
                         help="Progress display (default: a bar on a terminal, plain timestamped lines otherwise).")
 QUIET = typer.Option(False, "--quiet", "-q", help="Print only findings and the verdict line.")
@@ -124,8 +127,9 @@ def verify_command(
     progress: Optional[bool] = PROGRESS,
     quiet: bool = QUIET,
     trust_verified: bool = TRUST,
+    report_members: bool = REPORT_MEMBERS,
 ) -> None:
-    with Output(progress, quiet) as out:
+    with Output(progress, quiet, report_members) as out:
         result = api.run_drill(
             archives, layers=[x.strip() for x in layers.split(",") if x.strip()],
             segment_size=parse_size(segment_size, "--segment-size"),
@@ -149,13 +153,14 @@ def resume_command(
     progress: Optional[bool] = PROGRESS,
     quiet: bool = QUIET,
     trust_verified: bool = TRUST,
+    report_members: bool = REPORT_MEMBERS,
 ) -> None:
     """Continue a stopped drill from its last verified segment: what was verified is hashed
     again (to catch rot since) but not checked again.
 
     An archive that changed since the drill began is not mixed with its earlier results: it is
     reported as changed (exit 3). Exit codes as for verify."""
-    with Output(progress, quiet) as out:
+    with Output(progress, quiet, report_members) as out:
         result = api.resume(drill, state=state_dir, deadline=_deadline(deadline, until),
                             on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified)
     out.finish(result, report)
@@ -176,9 +181,10 @@ def drill_run_command(
     progress: Optional[bool] = PROGRESS,
     quiet: bool = QUIET,
     trust_verified: bool = TRUST,
+    report_members: bool = REPORT_MEMBERS,
 ) -> None:
     """Start a drill from a plan file (archives, layers, window or budget, outputs)."""
-    with Output(progress, quiet) as out:
+    with Output(progress, quiet, report_members) as out:
         result, loaded = api.run_plan(plan, state=state_dir, deadline=_deadline(deadline, until),
                                       on_progress=out.progress, on_notice=out.notice,
                                       recheck=not trust_verified)
@@ -271,7 +277,8 @@ def _deadline(deadline: str | None, until: str | None) -> datetime | None:
 class Output:
     """Progress while a drill runs, notices as they come, then the summary and the report."""
 
-    def __init__(self, progress: bool | None, quiet: bool):
+    def __init__(self, progress: bool | None, quiet: bool, report_members: bool = False):
+        self.report_members = report_members
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
         self.quiet = quiet
@@ -299,7 +306,7 @@ class Output:
         codes = [result.exit_code]
         if report:
             try:
-                json_report.write(result, report)
+                json_report.write(result, report, members=self.report_members)
             except ArchcheckError as exc:
                 self.err.print(Text(f"archcheck: {safe_text(str(exc))}"))
                 codes.append(exc.exit_code)

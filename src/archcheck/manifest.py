@@ -2,7 +2,9 @@
 
 Reports, resume and baselines are all derived from it. Saving writes a temporary file,
 fsyncs it, renames it over the old one and fsyncs the directory: a crash at any instant
-leaves either the previous manifest or the new one, never a torn file.
+leaves either the previous manifest or the new one, never a torn file. What grows with the
+archive (segment results, the frame table, members) lives in append-only logs beside it
+(logs.py): the manifest names their parts, so a save costs the same whatever the archive.
 """
 from __future__ import annotations
 
@@ -19,18 +21,13 @@ from typing import Any, BinaryIO, Iterator
 
 from .errors import StateError
 from .findings import Finding
-from .segments import Segment
+from .logs import LogPart, LogWriter, parts_from_json, parts_json, read_json
+from .segments import Segment, plan_segments
 from .sources import ArchiveIdentity
 
 SCHEMA = "archcheck.manifest"
-
-
-def members_file(nonce: str) -> str:
-    """The members file of one stream attempt, beside the manifest: the manifest names the one
-    that counts; a resumed attempt goes on writing its own."""
-    return f"members-{nonce}.jsonl"
-
-VERSION = 1
+VERSION = 2  # 2: segment results, frame table and members in logs beside the manifest
+LOG_PREFIXES = ("segments", "members", "frames")
 
 
 def utc_now() -> str:
@@ -75,13 +72,36 @@ class Manifest:
     segments: list[SegmentRecord]
     stream: dict[str, Any] = field(default_factory=dict)
     stream_findings: list[Finding] = field(default_factory=list)
-    members: dict[str, Any] = field(default_factory=dict)  # {"file", "count", "fields"}
+    members: dict[str, Any] = field(default_factory=dict)  # {"log": parts, "count", "fields"}
     run_findings: list[Finding] = field(default_factory=list)  # about the run, not one segment
     resumes: list[dict[str, Any]] = field(default_factory=list)  # each go-on: when, rechecked or trusted
     tree_root: str | None = None
     status: str = "running"  # running, complete, interrupted, stopped (deadline), partial (budget)
     created: str = field(default_factory=utc_now)
     updated: str = field(default_factory=utc_now)
+    segment_parts: tuple[LogPart, ...] = ()  # the segment log as earlier runs left it
+    segment_log: LogWriter | None = field(default=None, repr=False, compare=False)
+
+    def bind(self, folder: Path) -> None:
+        """Where the manifest lives: segment results are logged beside it from now on."""
+        if self.segment_log is None or self.segment_log.folder != Path(folder):
+            earlier = self.segment_log.parts() if self.segment_log is not None else self.segment_parts
+            if self.segment_log is not None:
+                self.segment_log.close()
+            self.segment_log = LogWriter(Path(folder), "segments", earlier)
+
+    def record_segment(self, record: SegmentRecord) -> None:
+        """Log a segment's new state (the latest line of an index wins)."""
+        self.segment_log.append_json(record.to_json())
+
+    def log_parts(self) -> list[LogPart]:
+        """Every log part the manifest names (to share them with another drill's folder)."""
+        parts = list(self.segment_log.parts() if self.segment_log else self.segment_parts)
+        checkpoint = self.stream.get("checkpoint") or {}
+        for ref in (self.members.get("log"), (self.stream.get("frame_table") or {}).get("log"),
+                    checkpoint.get("members"), checkpoint.get("frames")):
+            parts += parts_from_json(ref)
+        return parts
 
     @property
     def findings(self) -> list[Finding]:
@@ -95,7 +115,8 @@ class Manifest:
             "run_id": self.run_id, "status": self.status, "created": self.created, "updated": self.updated,
             "archive": self.archive.to_json(), "format": self.format, "config": self.config,
             "tree_root": self.tree_root,
-            "segments": [s.to_json() for s in self.segments],
+            "segments": {"count": len(self.segments),
+                         "log": parts_json(self.segment_log.parts() if self.segment_log else self.segment_parts)},
             "stream": self.stream, "stream_findings": [f.to_json() for f in self.stream_findings],
             "run_findings": [f.to_json() for f in self.run_findings],
             "resumes": self.resumes,
@@ -103,21 +124,39 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Manifest":
+    def from_json(cls, d: dict[str, Any], folder: Path) -> "Manifest":
+        """``folder``: where its logs are."""
         if d.get("schema") != SCHEMA or d.get("version") != VERSION:
-            raise StateError(f"not an archcheck manifest of version {VERSION}")
+            raise StateError(f"not an archcheck manifest of version {VERSION} (written by another "
+                             "archcheck version?): start a new drill")
         try:
-            return cls(d["run_id"], ArchiveIdentity(**d["archive"]), d["format"], d["config"],
-                       [SegmentRecord.from_json(s) for s in d["segments"]], d.get("stream", {}),
+            archive = ArchiveIdentity(**d["archive"])
+            parts = parts_from_json(d["segments"]["log"])
+            segments = _segments(archive.size, d["config"].get("segment_size"), d["segments"]["count"], folder, parts)
+            return cls(d["run_id"], archive, d["format"], d["config"], segments, d.get("stream", {}),
                        [Finding.from_json(f) for f in d.get("stream_findings", [])],
                        d.get("members", {}), [Finding.from_json(f) for f in d.get("run_findings", [])],
-                       d.get("resumes", []), d.get("tree_root"), d["status"], d["created"], d["updated"])
+                       d.get("resumes", []), d.get("tree_root"), d["status"], d["created"], d["updated"], parts)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"manifest is damaged: {exc}") from None
 
     def save(self, path: Path) -> None:
         self.updated = utc_now()
+        self.bind(Path(path).parent)
+        self.segment_log.sync()
         write_atomic(path, sealed_json(self.to_json()))
+
+
+def _segments(size: int, segment_size: int | None, count: int, folder: Path, parts: tuple[LogPart, ...]
+              ) -> list[SegmentRecord]:
+    """The plan, with every logged result laid over it (the latest line of an index wins)."""
+    records = [SegmentRecord.planned(s) for s in plan_segments(size, segment_size)] if count else []
+    if len(records) != count:
+        raise ValueError(f"{count} segments do not plan an archive of {size} bytes")
+    for line in read_json(folder, parts):
+        record = SegmentRecord.from_json(line)
+        records[record.index] = record
+    return records
 
 
 def iter_members(manifest: Manifest, manifest_path: Path) -> Iterator[dict[str, Any]]:
@@ -126,49 +165,35 @@ def iter_members(manifest: Manifest, manifest_path: Path) -> Iterator[dict[str, 
     if not info:
         return
     fields = info["fields"]
-    with open(Path(manifest_path).parent / info["file"], encoding="utf-8") as f:
-        for line in f:
-            for record in json.loads(line):
-                yield {k: v for k, v in zip(fields, record) if v not in (None, "") or k == "digest"}
+    for batch in read_json(Path(manifest_path).parent, parts_from_json(info["log"])):
+        for record in batch:
+            yield {k: v for k, v in zip(fields, record) if v not in (None, "") or k == "digest"}
+
+
+def frame_rows(manifest: Manifest, manifest_path: Path) -> Iterator[list]:
+    """The frame table (fields in ``manifest.stream["frame_table"]["fields"]``), row by row."""
+    table = manifest.stream.get("frame_table") or {}
+    for rows in read_json(Path(manifest_path).parent, parts_from_json(table.get("log"))):
+        yield from rows
 
 
 class MembersWriter:
-    """Member records arrive in batches and are written one JSON array per line, so the list of
+    """Member records arrive in batches and are logged one JSON array per line, so the list of
     members is never held in memory. A failure here is the state directory's, not the archive's."""
 
-    def __init__(self, path: Path, resume_at: int | None = None):
-        """``resume_at``: continue a file written up to a checkpoint, dropping what came after."""
-        self.path = path
-        with self._state():
-            if resume_at is None:
-                self.file = open(path, "wb")
-            else:
-                self.file = open(path, "r+b")
-                self.file.truncate(resume_at)
-                self.file.seek(resume_at)
+    def __init__(self, folder: Path, earlier: tuple[LogPart, ...] = ()):
+        """``earlier``: the parts a checkpoint names; what comes after them goes to a new part."""
+        self.log = LogWriter(folder, "members", earlier)
 
     def write(self, members: list) -> None:
-        with self._state():
-            self.file.write(json.dumps(members, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+        self.log.append_json(members)
 
-    def sync(self) -> int:
-        """Make what was written durable; returns its length, for a checkpoint."""
-        with self._state():
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            return self.file.tell()
+    def sync(self) -> tuple[LogPart, ...]:
+        """Make what was written durable; its parts, for a checkpoint."""
+        return self.log.sync()
 
     def close(self) -> None:
-        self.sync()
-        with self._state():
-            self.file.close()
-
-    @contextmanager
-    def _state(self) -> Iterator[None]:
-        try:
-            yield
-        except OSError as exc:
-            raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self.log.close()
 
 
 def _read_umask() -> int:
@@ -181,7 +206,7 @@ UMASK = _read_umask()  # read once, at import: os.umask is process-wide and thre
 
 
 def load(path: Path) -> Manifest:
-    return Manifest.from_json(read_sealed(path, "manifest"))
+    return Manifest.from_json(read_sealed(path, "manifest"), Path(path).parent)
 
 
 def sealed_json(body: dict[str, Any]) -> bytes:

@@ -23,7 +23,8 @@ from .findings import Category, Finding, Location
 from .layers import raw
 from .layers.stream import CHUNK, FRAME_FIELDS, CheckpointMismatch, StreamCheck, StreamResult, StreamStopped
 from .layers.members import MEMBER_FIELDS
-from .manifest import Manifest, MembersWriter, SegmentRecord, members_file, sealed_json, utc_now, write_atomic
+from .logs import LogWriter, parts_from_json, parts_json
+from .manifest import Manifest, MembersWriter, SegmentRecord, sealed_json, utc_now, write_atomic
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
 from .scanners.router import Scanners
@@ -112,6 +113,7 @@ class Run:
         self.changed: str | None = None  # how the archive changed, when the watcher saw it
         self.halted = False
         self.progress.update(raw=sum(s.length for s in manifest.segments if s.status == "done"))
+        manifest.bind(Path(manifest_path).parent)  # segment results are logged beside it
 
     async def run(self) -> None:
         """Verify; SIGINT and SIGTERM stop the run at its next await, never inside the pool's
@@ -210,7 +212,9 @@ class Run:
         manifest = self.manifest
         set_aside = len(manifest.findings)
         for record in manifest.segments:
-            record.findings = []
+            if record.findings:
+                record.findings = []
+                manifest.record_segment(record)
         manifest.stream_findings, manifest.tree_root = [], None
         manifest.run_findings = [Finding.of("SOURCE_CHANGED", Location(self.source.uri), what=what,
                                             noticed=utc_now(), set_aside=set_aside)]
@@ -242,6 +246,7 @@ class Run:
         its thread when the run ends must not put back the state from before the end."""
         with self.save_lock:
             if number > self.written:
+                self.manifest.segment_log.sync()  # what the snapshot names is durable first
                 write_atomic(self.path, data)
                 self.written = number
 
@@ -290,12 +295,14 @@ class Run:
                 record.leaves, record.digest = list(result.leaves), raw.combine(result.leaves)
                 record.status, record.findings, record.read_at = "done", [], utc_now()
                 self.read_here.add(record.index)
+                self.manifest.record_segment(record)
                 return
             error = result.error
         end = record.offset + record.length
         loc = Location(self.source.uri, byte_range=(record.offset, end), segment=record.index)
         record.status = "failed"
         record.findings = [Finding.of("SOURCE_READ_ERROR", loc, start=record.offset, end=end, error=error)]
+        self.manifest.record_segment(record)
 
     # --- stream layers ----------------------------------------------------------------------
 
@@ -306,9 +313,9 @@ class Run:
             return  # a stream that failed to read is tried again: the storage may be back
         error = None
         for attempt in range(2):
-            checkpoint, members, resume_at = self._stream_start()
+            checkpoint = self._stream_start()
             try:
-                result = await asyncio.to_thread(self._check_stream, checkpoint, members, resume_at)
+                outcome = await asyncio.to_thread(self._check_stream, checkpoint)
             except StreamStopped:
                 self.manifest.stream = {**self.manifest.stream, "status": "stopped"}
                 return
@@ -320,74 +327,82 @@ class Run:
                 continue
             except BrokenProcessPool:
                 raise _worker_crashed() from None
-            self._record_stream(result, self.manifest.stream["nonce"], attempt + 1)
+            self._record_stream(*outcome, attempt=attempt + 1)
             return
         self.manifest.stream = {"status": "failed", "attempt": 2}
         loc = Location(self.source.uri, byte_range=(0, self.source.size))
         self.manifest.stream_findings = [Finding.of("SOURCE_READ_ERROR", loc, start=0, end=self.source.size,
                                                     error=error)]
 
-    def _stream_start(self) -> tuple[dict | None, Path, int | None]:
-        """The checkpoint to go on from (with its members file and length), or a fresh start
-        with a new nonce: each fresh attempt writes its own members file, so a stale one cannot
-        mix in. A checkpoint whose members file is gone or short is not used."""
+    def _stream_start(self) -> dict | None:
+        """The checkpoint to go on from, or a fresh start with a new nonce. A checkpoint whose
+        logs are gone or short is not used; a fresh start removes the logs of earlier attempts."""
         stream = self.manifest.stream
         checkpoint = stream.get("checkpoint")
-        if checkpoint is not None:
-            members = self.path.parent / members_file(stream["nonce"])
-            if members.exists() and members.stat().st_size >= checkpoint["members_bytes"]:
-                self.manifest.stream = {**stream, "status": "running", "resumed": stream.get("resumed", 0) + 1}
-                return checkpoint, members, checkpoint["members_bytes"]
-        for stale in self.path.parent.glob(members_file("*")):
-            stale.unlink(missing_ok=True)
-        nonce = new_nonce()
-        self.manifest.stream = {"nonce": nonce, "status": "running", "attempt": stream.get("attempt", 0) + 1}
-        return None, self.path.parent / members_file(nonce), None
+        if checkpoint is not None and self._logs_present(checkpoint):
+            self.manifest.stream = {**stream, "status": "running", "resumed": stream.get("resumed", 0) + 1}
+            return checkpoint
+        for prefix in ("members", "frames"):
+            for stale in self.path.parent.glob(f"{prefix}-*.jsonl"):
+                stale.unlink(missing_ok=True)
+        self.manifest.stream = {"nonce": new_nonce(), "status": "running", "attempt": stream.get("attempt", 0) + 1}
+        return None
 
-    def _check_stream(self, checkpoint: dict | None, members_path: Path, resume_at: int | None) -> StreamResult:
-        """Runs in a thread of this process: frames decode in a worker, tar is walked here."""
+    def _logs_present(self, checkpoint: dict) -> bool:
+        parts = [*parts_from_json(checkpoint.get("members")), *parts_from_json(checkpoint.get("frames"))]
+        folder = self.path.parent
+        return all((folder / p.file).exists() and (folder / p.file).stat().st_size >= p.length for p in parts)
+
+    def _check_stream(self, checkpoint: dict | None) -> tuple[StreamResult, tuple, tuple]:
+        """Runs in a thread of this process: frames decode in a worker, tar is walked here.
+        Members and frame rows go to logs that each checkpoint names."""
         options = self.options
+        folder = self.path.parent
         reader = self.ref.open()
-        writer = MembersWriter(members_path, resume_at)
+        members = MembersWriter(folder, parts_from_json((checkpoint or {}).get("members")))
+        frames = LogWriter(folder, "frames", parts_from_json((checkpoint or {}).get("frames")))
         nonce = self.manifest.stream["nonce"]
 
         def on_checkpoint(state: dict) -> None:
-            state["members_bytes"] = writer.sync()  # durable before the manifest points at it
+            state["members"] = parts_json(members.sync())  # durable before the manifest points at them
+            state["frames"] = parts_json(frames.sync())
             self.manifest.stream = {**self.manifest.stream, "checkpoint": state}
             self.progress.update(stream=state["covered"])
             if self.limits.stop_offset is not None and state["covered"] >= self.limits.stop_offset:
                 self.stopping.set()  # the budget's share is done: the stream stops here
 
         try:
-            return StreamCheck(
+            result = StreamCheck(
                 reader, self.source.uri, compressed=self.manifest.format != "tar",
                 check_tar=any(layer in options.layers for layer in ("tar", "members", "pages")),
                 digest=options.digest if "members" in options.layers else None,
                 max_window=options.max_window, threads=options.workers,
-                on_progress=lambda done: self.progress.update(stream=done), on_members=writer.write,
+                on_progress=lambda done: self.progress.update(stream=done), on_members=members.write,
+                on_frames=frames.append_json,
                 decoders=lambda frames: SharedDecoders(self.pool, self.ref, frames, threads=options.workers,
                                                        max_window=options.max_window,
                                                        depth=options.stream_depth(), nonce=nonce, stop=self.stopping),
                 resume_from=checkpoint, on_checkpoint=on_checkpoint, checkpoint_every=SAVE_INTERVAL,
                 checkpoint_from=self.limits.stop_offset, stop=self.stopping,
                 scanners=self.make_scanners() if "pages" in options.layers else None).run()
+            return result, members.sync(), frames.sync()
         finally:
             reader.close()
-            writer.close()
+            members.close()
+            frames.close()
 
-    def _record_stream(self, result: Any, nonce: str, attempt: int) -> None:
+    def _record_stream(self, result: StreamResult, members: tuple, frames: tuple, attempt: int) -> None:
         self.manifest.format = result.format
         self.manifest.stream = {
-            "nonce": nonce, "status": "done", "attempt": attempt,
+            "nonce": self.manifest.stream["nonce"], "status": "done", "attempt": attempt,
             "frames": result.frames, "skippable_frames": result.skippable_frames,
             "checksummed_frames": result.checksummed_frames, "max_window": result.max_window,
             "seekable": result.seekable, "uncompressed_size": result.uncompressed_size,
             "member_count": result.member_count, "scanners": result.scan_state,
-            "frame_table": {"fields": list(FRAME_FIELDS), "rows": [list(row) for row in result.frame_table]},
+            "frame_table": {"fields": list(FRAME_FIELDS), "log": parts_json(frames)},
         }
         self.manifest.stream_findings = list(result.findings)
-        # the attempt's own file: no rename, so no instant at which the manifest and it disagree
-        self.manifest.members = {"file": members_file(nonce), "count": result.member_count, "fields": MEMBER_FIELDS}
+        self.manifest.members = {"log": parts_json(members), "count": result.member_count, "fields": MEMBER_FIELDS}
         self.progress.update(stream=self.source.size)
 
     # --- reading again: resume, confirmation ------------------------------------------------
@@ -415,8 +430,10 @@ class Run:
             if again.outcome == "unstable":
                 record.findings.append(Finding.of("SOURCE_UNSTABLE", self._segment_location(record),
                                                   start=record.offset, end=record.offset + record.length))
+                self.manifest.record_segment(record)
             elif again.outcome == "failed":  # hashed again by the raw layer, with its retry
                 record.status, record.leaves, record.digest = "pending", [], None
+                self.manifest.record_segment(record)
             return None
 
         firsts = [at for at in await asyncio.gather(*(recheck(r) for r in done)) if at is not None]
@@ -459,6 +476,7 @@ class Run:
                     "RAW_CHANGED", self._segment_location(record, (start, end)), start=start, end=end,
                     first_read=record.read_at or "an earlier run"))
         record.leaves, record.digest, record.read_at = list(leaves), raw.combine(leaves), utc_now()
+        self.manifest.record_segment(record)
         return first if first is not None else record.offset
 
     def _segment_location(self, record: SegmentRecord, span: tuple[int, int] | None = None) -> Location:
@@ -509,7 +527,9 @@ class Run:
                     findings[i] = Finding(findings[i].code, findings[i].location, tuple(sorted(details.items())))
                 if not deeper:
                     kept.append(change)
-            record.findings = kept
+            if len(kept) != len(record.findings):
+                record.findings = kept
+                self.manifest.record_segment(record)
 
     def _finish(self) -> None:
         segments = self.manifest.segments

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -20,7 +19,8 @@ from .errors import ArchcheckError, SourceChanged, StateError, format_size
 from .findings import VERDICTS, Finding, verdict
 from .layers.detect import detect_format
 from .ledger import seal_report
-from .manifest import Manifest, SegmentRecord, iter_members, load, members_file, write_atomic
+from .logs import link_parts
+from .manifest import Manifest, SegmentRecord, iter_members, load, write_atomic
 from .pipeline import ProgressCallback, Run, RunLimits, RunOptions
 from .reports import json_report
 from .scanners.router import Scanners
@@ -443,16 +443,14 @@ def _changes(before: ArchiveIdentity, now: ArchiveIdentity) -> str:
 
 
 def _adopt(old: Path, new: Path, options: dict) -> None:
-    """Go on with an earlier drill's unfinished pass: its manifest and members file, copied;
-    not when it checked other layers or cut other segments (then a new pass begins)."""
+    """Go on with an earlier drill's unfinished pass: its manifest, with its logs shared (hard
+    links: a log part is never rewritten, so however large, adopting costs nothing); not when it
+    checked other layers or cut other segments (then a new pass begins)."""
     manifest = load(old)
     if any(manifest.config.get(k) != options.get(k) for k in ("layers", "segment_size", "leaf_size", "digest",
                                                               "max_window")):
         return
-    new.parent.mkdir(parents=True, exist_ok=True)
-    nonce = manifest.stream.get("nonce")
-    if nonce and (old.parent / members_file(nonce)).exists():
-        shutil.copyfile(old.parent / members_file(nonce), new.parent / members_file(nonce))
+    link_parts(manifest.log_parts(), old.parent, new.parent)
     manifest.save(new)
 
 

@@ -46,7 +46,7 @@ def restore_hazard(member: Member) -> tuple[str, str, str] | None:
             continue
         if path.startswith("/"):
             return what, path, "an absolute path: GNU tar strips the leading '/' and restores it below the target"
-        if ".." in path.split("/"):
+        if ".." in path and ".." in path.split("/"):  # the substring first: this runs for every member
             return what, path, "a '..' component: GNU tar refuses to restore it (it would leave the target directory)"
     return None
 

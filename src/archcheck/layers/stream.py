@@ -46,7 +46,7 @@ class StreamResult:
     uncompressed_size: int
     member_count: int
     findings: tuple[Finding, ...]
-    frame_table: tuple[tuple, ...] = ()  # one row per frame, fields in FRAME_FIELDS
+    frame_table: tuple[tuple, ...] = ()  # one row per frame (FRAME_FIELDS), unless on_frames took them
     scan_state: dict | None = None  # what the database scanners learnt (e.g. a data directory's facts)
 
 
@@ -246,6 +246,7 @@ class StreamCheck:
                  digest: str | None = "xxh3-128", max_window: int = DEFAULT_MAX_WINDOW, threads: int = 2,
                  on_progress: Callable[[int], None] | None = None,
                  on_members: Callable[[list[Member]], None] | None = None,
+                 on_frames: Callable[[list[tuple]], None] | None = None,
                  decoders: Callable[[list[Frame]], Any] | None = None,
                  resume_from: dict[str, Any] | None = None,
                  on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
@@ -269,7 +270,11 @@ class StreamCheck:
         self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
         self.upstream_lost = False  # decoded content went missing: tar's own end checks do not apply
         self.findings_at_frame_start = 0
-        self.frame_spans: dict[int, tuple[int, int]] = {}  # frame index -> uncompressed [start, end)
+        # the frame table leaves row by row as frames end (a log, not a list held here)
+        self.frame_rows: list[tuple] = []
+        self.on_frames = on_frames or self.frame_rows.extend
+        self.frames: list[Frame] = []
+        self.rows_next = 0  # the first frame whose row has not left yet
         self.fold: tuple[int, int, int] | None = None  # (finding, frame end, members then) after a bad frame
         self.count_at_frame_start = 0
         self.uoff = 0
@@ -289,6 +294,7 @@ class StreamCheck:
         else:  # pieces of a plain file, so several threads read ahead in parallel
             frames = [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
                       for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
+        self.frames = frames
         self._frame_facts(frames)
         broken = {f.location.frame: i for i, f in enumerate(self.findings)
                   if f.category in STRUCTURAL and _loses_content(f, frames)}
@@ -416,7 +422,7 @@ class StreamCheck:
                         self.checkpoint_from is not None and event.compressed_pos >= self.checkpoint_from)):
                     self.checkpoint()
                 continue
-            self.frame_spans[frame.index] = (frame_start, self.uoff)
+            self._table_rows(frame.index, (frame_start, self.uoff))
             self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, broken.get(frame.index))
             start_pos = None
             self.on_progress(frame.end)
@@ -451,11 +457,10 @@ class StreamCheck:
             "frame": index, "frame_offset": frame_offset, "frame_start": frame_start, "frame_count": count,
             "covered": self._archive_offset(at, frame_offset), "walker": walker, "recent": recent,
             "upstream_lost": self.upstream_lost,
-            "findings": [f.to_json() for f in self.findings[self.walk_findings:]],
+            "findings": [f.to_json() for f in self.findings[self.walk_findings:]], "rows_next": self.rows_next,
             "provisional": [f.to_json() for f in self.provisional],
             "provisional_dropped": dict(self.provisional.dropped),
-            "hazards": [f.to_json() for f in self.hazards], "hazards_dropped": dict(self.hazards.dropped),
-            "frame_spans": [[i, a, b] for i, (a, b) in self.frame_spans.items() if i < index]})
+            "hazards": [f.to_json() for f in self.hazards], "hazards_dropped": dict(self.hazards.dropped)})
 
     def _archive_offset(self, uoff: int, frame_offset: int) -> int:
         """The archive offset before which everything is checked, for an uncompressed offset:
@@ -479,7 +484,7 @@ class StreamCheck:
         self.provisional.dropped.update(cp["provisional_dropped"])
         self.hazards.extend(Finding.from_json(f) for f in cp.get("hazards", ()))
         self.hazards.dropped.update(cp.get("hazards_dropped", {}))
-        self.frame_spans.update({i: (a, b) for i, a, b in cp["frame_spans"]})
+        self.rows_next = cp["rows_next"]
         if self.walker:
             self.walker.restore(cp["walker"], [Member(*m) for m in cp["recent"]])
         return rest
@@ -567,7 +572,21 @@ class StreamCheck:
                 return finding.with_location(byte_range=(max(0, c0 - READ_SIZE), c1), frame=frame)
         return finding
 
+    def _table_rows(self, upto: int, span: tuple[int, int] | None) -> None:
+        """The frame table's rows up to frame ``upto`` (its uncompressed span, if decoded), in
+        order: frames between that were not decoded (skippable, seek table) have no span."""
+        if not self.compressed or upto < self.rows_next:
+            return
+        rows = []
+        for frame in self.frames[self.rows_next:upto + 1]:
+            start, end = span if (span is not None and frame.index == upto) else (None, None)
+            rows.append((frame.index, frame.kind, frame.offset, frame.end, frame.window, frame.content_size,
+                         frame.has_checksum or frame.seek_checksum is not None, start, end))
+        self.rows_next = upto + 1
+        self.on_frames(rows)
+
     def _result(self, frames: list[Frame]) -> StreamResult:
+        self._table_rows(len(frames) - 1, None)
         not_tar = any(f.code == "TAR_NOT_TAR" for f in self.findings)
         fmt = ("tar+zstd" if self.check_tar and not not_tar else "zstd") if self.compressed else "tar"
         zstd_frames = [f for f in frames if f.kind == "zstd"]
@@ -580,18 +599,14 @@ class StreamCheck:
             compressed_size=self.reader.size, uncompressed_size=self.uoff,
             member_count=self.walker.count if self.walker else 0,
             findings=tuple(self.findings.closed(self.uri)) + tuple(self.hazards.closed(self.uri)),
-            frame_table=tuple(self._frame_row(f) for f in frames) if self.compressed else (),
+            frame_table=tuple(self.frame_rows),
             scan_state=self.scanners.state() if self.scanners is not None else None)
-
-    def _frame_row(self, frame: Frame) -> tuple:
-        span = self.frame_spans.get(frame.index, (None, None))
-        return (frame.index, frame.kind, frame.offset, frame.end, frame.window, frame.content_size,
-                frame.has_checksum or frame.seek_checksum is not None, *span)
 
 
 def _loses_content(finding: Finding, frames: list[Frame]) -> bool:
     """A damaged window that still decodes loses nothing: only its header byte is wrong."""
-    frame = frames[finding.location.frame] if finding.location.frame is not None else None
+    index = finding.location.frame
+    frame = frames[index] if index is not None and 0 <= index < len(frames) else None
     return not (finding.code == "ZSTD_BAD_WINDOW" and frame is not None and frame.decodable)
 
 

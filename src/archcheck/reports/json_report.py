@@ -1,18 +1,17 @@
-"""The JSON report (schema ``archcheck.report`` version 2), documented in docs/report.md: one
-drill, with one entry per archive built from its manifest alone."""
+"""The JSON report (schema ``archcheck.report`` version 3), documented in docs/report.md: one
+drill, with one entry per archive built from its manifest alone. Members are named by their
+log (files, lengths, digests), or listed on request."""
 from __future__ import annotations
 
 import json
 from collections import Counter
-
-import blake3
 from pathlib import Path
 from typing import Any
 
 from ..findings import VERDICTS, verdict
 from ..manifest import Manifest, atomic_file, iter_members
 
-SCHEMA, VERSION = "archcheck.report", 2
+SCHEMA, VERSION = "archcheck.report", 3
 
 
 def _sort_key(finding: dict) -> tuple:
@@ -70,38 +69,46 @@ def _archive_entry(entry: Any, verification: Any) -> dict[str, Any]:
     return {**build(verification.manifest, verification.manifest_path), **head}
 
 
+def _members_log(verification: Any) -> dict[str, Any] | None:
+    """Where an archive's members are: the log beside its manifest, each part with its length
+    and BLAKE3, so that the report vouches for them without holding them."""
+    info = verification.manifest.members if verification else {}
+    if not info:
+        return None
+    return {"folder": str(Path(verification.manifest_path).parent), "count": info["count"],
+            "fields": info["fields"], "parts": [{"file": f, "length": n, "blake3": d} for f, n, d in info["log"]]}
+
+
 def sealed_bytes(result: Any) -> bytes:
-    """The report sealed into the audit ledger: members are named by their file's digest rather
-    than listed, so it stays small however many members there are."""
+    """The report sealed into the audit ledger: members named by their log, never listed, so it
+    stays small however many members there are."""
     archives = []
     for entry, verification in result.verifications:
         item = _archive_entry(entry, verification)
-        info = verification.manifest.members if verification else {}
-        if info:
-            members = Path(verification.manifest_path).parent / info["file"]
-            item["members_file"] = {"path": str(members), "count": info["count"], "blake3": _file_digest(members)}
+        log = _members_log(verification)
+        if log:
+            item["members_log"] = log
         archives.append(item)
     return (json.dumps({**build_drill(result), "archives": archives}, indent=1) + "\n").encode()
 
 
-def _file_digest(path: Path) -> str:
-    digest = blake3.blake3()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write(result: Any, path: Path) -> None:
-    """The full report, with each archive's members streamed from their file rather than held
-    in memory."""
+def write(result: Any, path: Path, members: bool = False) -> None:
+    """The report; ``members`` lists every member too, streamed from their log rather than held
+    in memory (a million members make it hundreds of MB)."""
     with atomic_file(path) as f:
         f.write(json.dumps(build_drill(result), indent=1)[:-2].encode() + b',\n "archives": [')
         for n, (entry, verification) in enumerate(result.verifications):
-            item = json.dumps(_archive_entry(entry, verification), indent=1)
-            f.write((",\n" if n else "\n").encode() + item[:-2].encode() + b',\n "members": [')
-            members = iter_members(verification.manifest, verification.manifest_path) if verification else ()
-            for i, member in enumerate(members):
+            item = _archive_entry(entry, verification)
+            log = _members_log(verification)
+            if log:
+                item["members_log"] = log
+            text = json.dumps(item, indent=1)
+            if not members:
+                f.write((",\n" if n else "\n").encode() + text.encode())
+                continue
+            f.write((",\n" if n else "\n").encode() + text[:-2].encode() + b',\n "members": [')
+            listed = iter_members(verification.manifest, verification.manifest_path) if verification else ()
+            for i, member in enumerate(listed):
                 f.write((",\n  " if i else "\n  ").encode() + json.dumps(member, ensure_ascii=False).encode())
             f.write(b"\n ]\n}")
         f.write(b"\n ]\n}\n")
