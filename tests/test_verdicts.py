@@ -297,6 +297,17 @@ def _interrupted(tmp_path: Path, source: Path, at: float = 0.6) -> tuple[Path, P
     return archive, state, load(state / "drills" / "drill-1" / "archives" / "0001" / "manifest.json")
 
 
+def _past_the_prefix(manifest, size: int):
+    """A segment the raw layer verified, and a spot in it the stream has yet to walk (away from
+    the first and last 64 KiB, which the archive's identity covers)."""
+    covered = manifest.stream["checkpoint"]["covered"] if manifest.stream.get("checkpoint") else 0
+    for segment in manifest.segments:
+        spot = max(covered, segment.offset, 65536) + 200_000
+        if segment.status == "done" and spot < min(segment.offset + segment.length, size - 65536):
+            return segment, spot
+    raise AssertionError((covered, [(s.offset, s.status) for s in manifest.segments]))
+
+
 def _rot(path: Path, offset: int) -> None:
     """Flip a bit and put the times back: size, mtime, head and tail unchanged."""
     st = os.stat(path)
@@ -331,23 +342,20 @@ def test_rot_in_the_verified_prefix_is_found_on_resume_and_located(fx, tmp_path)
 
 def test_rot_past_the_prefix_is_corruption_at_the_deepest_layer_not_unstable(fx, tmp_path):
     archive, state, manifest = _interrupted(tmp_path, fx / "multi.tar.zst", at=0.55)
-    covered = manifest.stream["checkpoint"]["covered"] if manifest.stream.get("checkpoint") else 0
-    done = [s for s in manifest.segments if s.status == "done" and s.offset >= covered]
-    assert done, (covered, [s.status for s in manifest.segments])
-    _rot(archive, done[0].offset + 200_000)
+    segment, spot = _past_the_prefix(manifest, archive.stat().st_size)
+    _rot(archive, spot)
     run = cli("resume", "drill-1", "--state-dir", state, "--report", tmp_path / "r.json")
     assert run.returncode == 1 and "SOURCE_UNSTABLE" not in run.stdout, run.stdout
     findings = json.loads((tmp_path / "r.json").read_text())["archives"][0]["findings"]
-    deep = [f for f in findings if f["code"].startswith("ZSTD_")and f["category"] == "corruption"]
-    assert deep and all(f["details"]["changed_since"] == done[0].read_at for f in deep)
+    deep = [f for f in findings if f["code"].startswith("ZSTD_") and f["category"] == "corruption"]
+    assert deep and all(f["details"]["changed_since"] == segment.read_at for f in deep)
     assert not [f for f in findings if f["code"] == "RAW_CHANGED"]  # folded into the deeper finding
 
 
 def test_trust_verified_skips_the_reread_and_the_report_says_so(fx, tmp_path):
     archive, state, manifest = _interrupted(tmp_path, fx / "multi.tar.zst", at=0.55)
-    covered = manifest.stream["checkpoint"]["covered"] if manifest.stream.get("checkpoint") else 0
-    [segment, *_] = [s for s in manifest.segments if s.status == "done" and s.offset >= covered]
-    _rot(archive, segment.offset + 200_000)  # where the stream has yet to go
+    segment, spot = _past_the_prefix(manifest, archive.stat().st_size)
+    _rot(archive, spot)  # where the stream has yet to go
     run = cli("resume", "drill-1", "--state-dir", state, "--trust-verified", "--report", tmp_path / "r.json")
     assert "trusted   what earlier runs verified was not read again" in run.stdout
     report = json.loads((tmp_path / "r.json").read_text())["archives"][0]
