@@ -11,6 +11,8 @@ from archcheck.errors import ArchcheckError
 from archcheck.layers.detect import detect_format
 from archcheck.layers.stream import StreamCheck
 from conftest import cli
+from oracle import mutate
+from oracle_run import BytesReader
 
 HANG_LIMIT = 30
 
@@ -27,41 +29,6 @@ def small(fx, tmp_path_factory):
                                      input=tar[i:i + 40_000], capture_output=True, check=True).stdout
                       for i in range(0, len(tar), 40_000))
     return {"tar": tar, "single": single, "multi": frames}
-
-
-class BytesReader:
-    """The RangeReader protocol over bytes, so mutations need no files."""
-
-    def __init__(self, data: bytes):
-        self.data, self.size = data, len(data)
-
-    def pread(self, offset: int, length: int) -> bytes:
-        return self.data[offset:offset + length]
-
-    def readinto(self, offset: int, buffer) -> int:
-        chunk = self.data[offset:offset + len(buffer)]
-        buffer[:len(chunk)] = chunk
-        return len(chunk)
-
-    def find(self, needle: bytes, start: int, end: int) -> int:
-        return self.data.find(needle, start, end)
-
-
-def mutate(data: bytes, ops) -> bytes:
-    out = bytearray(data)
-    for kind, where, value in ops:
-        if not out:
-            break
-        pos = where % len(out)
-        if kind == "flip":
-            out[pos] ^= 1 << (value % 8)
-        elif kind == "truncate":
-            del out[pos:]
-        elif kind == "insert":
-            out[pos:pos] = bytes([value % 256]) * (1 + value % 700)
-        else:  # zero a run
-            out[pos:pos + 1 + value % 4096] = bytes(len(out[pos:pos + 1 + value % 4096]))
-    return bytes(out)
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["flip", "truncate", "insert", "zero"]),
