@@ -6,7 +6,9 @@ from archcheck.errors import ArchcheckError
 from archcheck.layers import raw
 from archcheck.layers.detect import detect_format
 from archcheck.layers.stream import StreamCheck
-from archcheck.scanners.router import Scanners
+from archcheck.scanners import ScanConfig
+
+import json
 
 import blake3
 
@@ -37,8 +39,8 @@ def outcome(data: bytes) -> dict:
     members: list = []
     rows: list = []
     result = StreamCheck(BytesReader(data), "archive", compressed=fmt == "zstd", check_tar=True,
-                         digest="xxh3-128", threads=2, on_members=members.extend, on_frames=rows.extend,
-                         scanners=Scanners()).run()
+                         digest="xxh3-128", threads=2, on_members=lambda line, n: members.extend(json.loads(line)),
+                         on_frames=rows.extend, scan=ScanConfig()).run()
     leaves = [blake3.blake3(data[i:i + raw.LEAF_SIZE]).hexdigest() for i in range(0, len(data), raw.LEAF_SIZE)]
     return {
         "format": result.format, "frames": result.frames, "skippable_frames": result.skippable_frames,

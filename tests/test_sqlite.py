@@ -1,8 +1,8 @@
-"""SQLite scanner: real databases made by the sqlite3 module, fed in pieces of varied size."""
+"""SQLite: real databases made by the sqlite3 module, fed in pieces of varied size to the core,
+which collects a database for the b-tree walk in Python and checks WAL files itself."""
 from __future__ import annotations
 
 import random
-import shutil
 import sqlite3
 import struct
 from pathlib import Path
@@ -10,21 +10,22 @@ from pathlib import Path
 import pytest
 
 from archcheck.scanners import sqlite as sq
+from scanning import scan_pieces, scan_sqlite
 
 PIECES = (1, 777, 65536)
 
 
-def scan(data: bytes, piece: int = 65536, cls=None, **kw) -> list[tuple]:
-    scanner = (cls or sq.SqliteScanner)("x.db", len(data), **kw)
-    view = memoryview(data)
-    for at in range(0, len(data), piece):
-        scanner.feed(view[at:at + piece], at)
-    scanner.close(True)
-    return [(f.code, f.offset, dict(f.where), dict(f.details)) for f in scanner.found]
+def scan(data: bytes, piece: int = 65536, wal: bool = False, limit: int | None = None) -> list[tuple]:
+    """(code, offset, where, details) of each finding: a database collected by the core and
+    walked in Python, or a WAL file checked by the core."""
+    if not wal:
+        return scan_sqlite(data, [piece], limit)
+    found = scan_pieces("sqlite-wal", "x.db-wal", data, [piece]).found
+    return [(f.code, f.offset, dict(f.where), dict(f.details)) for f in found]
 
 
-def scan_all_pieces(data: bytes, cls=None) -> list[tuple]:
-    results = [scan(data, piece, cls) for piece in PIECES]
+def scan_all_pieces(data: bytes, wal: bool = False) -> list[tuple]:
+    results = [scan(data, piece, wal) for piece in PIECES]
     assert all(r == results[0] for r in results), "findings depend on the piece size"
     return results[0]
 
@@ -133,11 +134,6 @@ def patch(data: bytes, at: int, new: bytes) -> bytes:
 # --- clean databases --------------------------------------------------------------------------
 
 
-def test_magic():
-    assert sq.is_sqlite(b"SQLite format 3\x00" + b"\x10\x00")
-    assert not sq.is_sqlite(b"SQLite format 2\x00")
-
-
 @pytest.mark.parametrize("name", ["plain", "autovacuum", "big_pages", "wal_main"])
 def test_clean_databases_have_no_findings(dbs, name, tmp_path):
     data = dbs[name]
@@ -160,25 +156,12 @@ def test_fixtures_cover_overflow_freelist_and_ptrmap(dbs):
 def test_clean_wal_has_no_findings(dbs):
     wal = dbs["wal"]
     assert len(wal) > 32 + 30 * 1048
-    assert scan_all_pieces(wal, sq.SqliteWalScanner) == []
-
-
-def test_wal_checksum_matches_reference():
-    rnd = random.Random(5)
-    for big in (False, True):
-        data = rnd.randbytes(1024)
-        s0 = s1 = 0
-        for i in range(0, len(data), 8):
-            a, b = struct.unpack_from(">II" if big else "<II", data, i)
-            s0 = (s0 + a + s1) & 0xFFFFFFFF
-            s1 = (s1 + b + s0) & 0xFFFFFFFF
-        assert sq.wal_checksum(data, big) == (s0, s1)
-        assert sq.wal_checksum(data[512:], big, *sq.wal_checksum(data[:512], big)) == (s0, s1)
+    assert scan_all_pieces(wal, wal=True) == []
 
 
 def test_too_large_is_info_only(dbs):
     data = dbs["plain"]
-    found = scan(data, 777, max_buffer=4096)
+    found = scan(data, 777, limit=4096)
     assert found == [("SQLITE_TOO_LARGE", 0, {}, {"size": len(data), "limit": 4096})]
 
 
@@ -189,8 +172,8 @@ def test_wal_stale_tail_is_not_damage(dbs):
     stale = bytearray(wal)
     for k in range(19, (len(wal) - 32) // frame):
         stale[32 + k * frame + 8] ^= 0xFF
-    assert scan_all_pieces(bytes(stale), sq.SqliteWalScanner) == []
-    assert scan_all_pieces(wal[:32 + 10 * frame + 500], sq.SqliteWalScanner) == []  # torn last frame
+    assert scan_all_pieces(bytes(stale), wal=True) == []
+    assert scan_all_pieces(wal[:32 + 10 * frame + 500], wal=True) == []  # torn last frame
 
 
 # --- damage at known places -------------------------------------------------------------------
@@ -284,14 +267,14 @@ def test_wal_frame_byte(dbs):
     frame = 24 + 1024
     wal[32 + 2 * frame + 24 + 100] ^= 0x40  # the page data of the third frame
     page = struct.unpack_from(">I", wal, 32 + 2 * frame)[0]
-    found = scan_all_pieces(bytes(wal), sq.SqliteWalScanner)
+    found = scan_all_pieces(bytes(wal), wal=True)
     assert [(c, w, d["frame"]) for c, _, w, d in found] == [("SQLITE_WAL_CHECKSUM", {"page": page}, 3)]
 
 
 def test_wal_header_checksum(dbs):
     wal = bytearray(dbs["wal"])
     wal[17] ^= 1  # salt-1: the header checksum no longer holds
-    found = scan_all_pieces(bytes(wal), sq.SqliteWalScanner)
+    found = scan_all_pieces(bytes(wal), wal=True)
     assert [(c, d["frame"]) for c, _, _, d in found] == [("SQLITE_WAL_CHECKSUM", 0)]
 
 

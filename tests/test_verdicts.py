@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from archcheck import api
 from archcheck.status import PRECEDENCE, ExitCode
-from conftest import ARCHCHECK, ROOT, cli, member_offsets
+from conftest import ROOT, cli
 
 MiB = 1024 * 1024
 DRIVER = Path(__file__).with_name("change_driver.py")
@@ -116,7 +115,8 @@ def test_an_archive_cut_while_its_frames_decode_ends_by_itself(big_multi, tmp_pa
 
 def test_a_decoder_that_fails_hands_its_failure_on(fx):
     """A lane thread that raises (a bug, a reader gone wrong) ends the walk with the failure."""
-    from archcheck.layers.stream import DecoderFailed, StreamCheck
+    from archcheck.layers.decoding import DecoderFailed
+    from archcheck.layers.stream import StreamCheck
     from archcheck.sources import open_source
 
     reader = open_source(fx / "multi.tar.zst").ref().open()
@@ -136,6 +136,28 @@ def test_a_decoder_that_fails_hands_its_failure_on(fx):
         check.run()
     assert time.monotonic() - started < 10
     reader.close()
+
+
+def test_a_panic_in_the_native_core_is_one_clear_line_and_hides_no_verdict(fx, tmp_path):
+    """A bug in the core (a failpoint stands in for it) ends the archive's check in its worker:
+    one line saying where it panicked, no traceback, exit 11; and what was found before the
+    panic (garbage after the last frame, found by the frame walk) is reported and wins."""
+    clean = cli("verify", fx / "multi.tar.zst", "--state-dir", tmp_path / "a",
+                env={"ARCHCHECK_FAILPOINT": "native-panic"})
+    assert clean.returncode == int(ExitCode.INTERNAL), clean.stdout + clean.stderr
+    assert "the native core panicked: failpoint native-panic at " in clean.stderr
+    assert "Traceback" not in clean.stdout + clean.stderr and "panicked at" not in clean.stderr
+    assert "(1 failed)" in clean.stdout
+    garbage = tmp_path / "garbage.tar.zst"
+    garbage.write_bytes((fx / "multi.tar.zst").read_bytes() + b"not a frame")
+    run = cli("verify", garbage, "--state-dir", tmp_path / "b", "--report", tmp_path / "r.json",
+              env={"ARCHCHECK_FAILPOINT": "native-panic"})
+    assert run.returncode == int(ExitCode.CORRUPT), run.stdout + run.stderr
+    assert "ZSTD_TRAILING_GARBAGE" in run.stdout and "the native core panicked" in run.stderr
+    [archive] = json.loads((tmp_path / "r.json").read_text())["archives"]
+    [finding] = [f for f in archive["findings"] if f["category"] == "corruption"]
+    size = garbage.stat().st_size
+    assert finding["code"] == "ZSTD_TRAILING_GARBAGE" and finding["location"]["byte_range"] == [size - 11, size]
 
 
 def test_killed_workers_end_the_run_with_their_own_code_and_hide_no_verdict(big_multi, tmp_path, fx):
@@ -319,14 +341,29 @@ def _rot(path: Path, offset: int) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def test_rot_in_the_verified_prefix_is_found_on_resume_and_located(fx, tmp_path):
-    archive, state, manifest = _interrupted(tmp_path, fx / "gnu.tar", at=0.9)
-    covered = manifest.stream["checkpoint"]["covered"]
-    # inside a member's content, verified before the stop: no tar checksum covers it
-    spot = max(data for _, data in member_offsets(archive).values() if 65536 < data < covered - 100) + 50
-    [segment] = [s for s in manifest.segments if s.offset <= spot < s.offset + s.length]
-    assert segment.status == "done", (covered, spot)
-    done = [segment]
+def _contents(tar_path: Path) -> list[tuple[int, int]]:
+    """(data offset, size) of each member with content, as Python's tarfile sees it."""
+    import tarfile
+    with tarfile.open(tar_path) as t:
+        return [(m.offset_data, m.size) for m in t if m.size]
+
+
+def test_rot_in_the_verified_prefix_is_found_on_resume_and_located(big_multi, tmp_path):
+    archive, state, manifest = _interrupted(tmp_path, big_multi / "big.tar", at=0.5)
+    # what the stream walked before the stop: up to its checkpoint, or all of it (the core walks
+    # this small tar long before the raw layer has hashed it)
+    stream = manifest.stream
+    covered = stream["checkpoint"]["covered"] if stream.get("checkpoint") else archive.stat().st_size
+    assert stream.get("checkpoint") or stream["status"] == "done"
+    # inside a member's content (no tar checksum covers it), walked and hashed before the stop
+    contents = [(data, data + size) for data, size in _contents(archive)]
+    spots = [spot for segment in manifest.segments if segment.status == "done"
+             for spot in [max(segment.offset, 65536) + 4096]
+             if spot < min(segment.offset + segment.length, covered - 100)
+             and any(start <= spot < end for start, end in contents)]
+    assert spots, (covered, [(s.offset, s.status) for s in manifest.segments])
+    spot = spots[-1]
+    done = [s for s in manifest.segments if s.offset <= spot < s.offset + s.length]
     _rot(archive, spot)
     run = cli("resume", "drill-1", "--state-dir", state, "--report", tmp_path / "r.json")
     assert run.returncode == 1, run.stdout + run.stderr

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from archcheck.scanners import format_lsn
-from archcheck.scanners.wal import (SEG_SIZE, WalSegmentScanner, segment_name_info,
-                                    segments_needed)
+from archcheck.scanners.wal import SEG_SIZE, segment_name_info, segments_needed
+from scanning import Scanned, scan_pieces
 from pg import chown_tree, parse_lsn, pg_bin, pg_dir, run_pg
 
 PAGE = 8192
@@ -30,19 +30,12 @@ PATTERNS = [
 # --------------------------------------------------------------------------- helpers
 
 def scan(name: str, data: bytes, pattern: list[int] = PATTERNS[0], size: int | None = None,
-         **kw) -> WalSegmentScanner:
+         **kw) -> Scanned:
     """Feed `data` in pieces cycling through `pattern`, as the tar walker would."""
-    s = WalSegmentScanner(name, len(data) if size is None else size, keep_lsns=True, **kw)
-    view, at, i = memoryview(data), 0, 0
-    while at < len(data):
-        n = pattern[i % len(pattern)]
-        s.feed(view[at:at + n], at)
-        at, i = at + n, i + 1
-    s.close(True)
-    return s
+    return scan_pieces("wal", name, data, pattern, size=size, keep_lsns=True, **kw)
 
 
-def summary(s: WalSegmentScanner) -> tuple:
+def summary(s: Scanned) -> tuple:
     return (s.records, s.record_lsns, s.last_lsn, s.end_lsn, s.end_reason, s.first_lsn,
             s.first_prev, s.sysid, s.open_record_lsn, [(f.code, f.offset, f.where, f.details) for f in s.found])
 
@@ -70,7 +63,7 @@ def flip(data: bytes, at: int, mask: int = 0x10) -> bytes:
     return bytes(b)
 
 
-def codes(s: WalSegmentScanner) -> list[str]:
+def codes(s: Scanned) -> list[str]:
     return [f.code for f in s.found]
 
 

@@ -23,14 +23,12 @@ from .runner import DrillResult, DrillRunner, NoticeCallback, Verification, read
 from .segments import DEFAULT_SEGMENT_SIZE
 from .sources import open_source
 from .state import state_dir
-from .units import Budget, parse_until, parse_window
+from .units import DEFAULT_MAX_MEMORY, MIN_MAX_MEMORY, Budget, parse_until, parse_window
 
 __all__ = ["verify", "run_drill", "run_plan", "resume", "drill_status", "list_drills", "remaining_bytes",
            "throughput", "audit", "audit_repair", "Verification", "DrillResult", "DEFAULT_MAX_MEMORY"]
 
 MiB = 1024 * 1024
-DEFAULT_MAX_MEMORY = 256 * MiB
-MIN_MAX_MEMORY = 32 * MiB
 
 def verify(archive: str | os.PathLike, **kwargs) -> Verification:
     """Verify one archive (a drill of one); see ``run_drill`` for the options."""

@@ -7,24 +7,24 @@ import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.text import Text
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from . import __version__
-from . import api
-from .api import DEFAULT_MAX_MEMORY
 from .errors import ArchcheckError, UsageError, format_size
 from .status import ExitCode, combine, help_text
 from .layers import ALL_LAYERS
 from .layers.members import DEFAULT_DIGEST
 from .layers.zstd import DEFAULT_MAX_WINDOW
-from .reports import json_report, safe_text, text_report
+from .reports import safe_text
 from .segments import DEFAULT_SEGMENT_SIZE
-from .units import parse_budget, parse_duration, parse_size, parse_until
+from .units import DEFAULT_MAX_MEMORY, parse_budget, parse_duration, parse_size, parse_until
+
+# The library (api, pipeline, reports) and rich's progress bar load on use, inside the commands:
+# `archcheck --help` and `--version` start without them.
 
 EXIT_CODES = "\b\n" + help_text()  # \b: click keeps the table's lines as they are
 
@@ -42,7 +42,7 @@ Examples:
 
 {EXIT_CODES}"""
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help=f"archcheck {__version__}: prove backup archives would restore, without restoring them.\n\n"
                        + EXIT_CODES)
 
@@ -129,6 +129,7 @@ def verify_command(
     trust_verified: bool = TRUST,
     report_members: bool = REPORT_MEMBERS,
 ) -> None:
+    from . import api
     with Output(progress, quiet, report_members) as out:
         result = api.run_drill(
             archives, layers=[x.strip() for x in layers.split(",") if x.strip()],
@@ -160,6 +161,7 @@ def resume_command(
 
     An archive that changed since the drill began is not mixed with its earlier results: it is
     reported as changed (exit 3). Exit codes as for verify."""
+    from . import api
     with Output(progress, quiet, report_members) as out:
         result = api.resume(drill, state=state_dir, deadline=_deadline(deadline, until),
                             on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified)
@@ -184,6 +186,7 @@ def drill_run_command(
     report_members: bool = REPORT_MEMBERS,
 ) -> None:
     """Start a drill from a plan file (archives, layers, window or budget, outputs)."""
+    from . import api
     with Output(progress, quiet, report_members) as out:
         result, loaded = api.run_plan(plan, state=state_dir, deadline=_deadline(deadline, until),
                                       on_progress=out.progress, on_notice=out.notice,
@@ -198,6 +201,7 @@ def drill_run_command(
 @_exits
 def drill_list_command(state_dir: Optional[Path] = STATE_DIR) -> None:
     """Every drill in the state directory, oldest first."""
+    from . import api
     out = Console(highlight=False, soft_wrap=True)
     for drill in api.list_drills(state=state_dir):
         if isinstance(drill, ArchcheckError):
@@ -213,6 +217,8 @@ def drill_list_command(state_dir: Optional[Path] = STATE_DIR) -> None:
 def drill_status_command(drill: str = typer.Argument(..., help="The drill, e.g. drill-42."),
                          state_dir: Optional[Path] = STATE_DIR) -> None:
     """A drill's progress, coverage and what is left, without running anything."""
+    from . import api
+    from .reports import text_report
     result = api.drill_status(drill, state=state_dir)
     out = Console(highlight=False, soft_wrap=True)
     text_report.render_drill(out, result)
@@ -233,6 +239,7 @@ app.add_typer(audit_app, name="audit")
 def audit_verify_command(state_dir: Optional[Path] = STATE_DIR) -> None:
     """Check the hash chain of the ledger and every sealed report: exit 0 when intact, 1 when an
     entry or report was edited, removed or reordered."""
+    from . import api
     audit = api.audit(state=state_dir)
     out = _listed(("error", audit.problems), ("crash", audit.crashes))
     verdict = "INTACT" if audit.ok else "TAMPERED"
@@ -247,6 +254,7 @@ def audit_repair_command(state_dir: Optional[Path] = STATE_DIR) -> None:
     audit/torn/ (kept), and a seal cut off before its ledger entry gets its entry, when the
     drill's own pending copy proves the report's bytes. Edited, removed or reordered entries and
     edited or missing reports are never repaired: exit 1, as audit verify."""
+    from . import api
     repair = api.audit_repair(state=state_dir)
     out = _listed(("repaired", repair.actions), ("refused", repair.refused))
     if not repair.actions and not repair.refused:
@@ -297,6 +305,7 @@ class Output:
 
     def finish(self, result, report: Path | None) -> None:
         """The verdict first, whatever fails after it: the report, the seal."""
+        from .reports import json_report, text_report
         drill = result.drill
         why = {"interrupted": "interrupted", "stopped": "time is up",
                "failed": "an archive could not be verified"}.get(drill.status)
@@ -322,7 +331,7 @@ class ProgressDisplay:
 
     def __init__(self, console: Console, enabled: bool):
         self.console, self.enabled = console, enabled
-        self.bar: Progress | None = None
+        self.bar: Any = None  # a rich Progress, on a terminal
         self.task = None
         self.started = self.last_line = time.monotonic()
 
@@ -330,6 +339,7 @@ class ProgressDisplay:
         if not self.enabled:
             return None
         if self.console.is_terminal:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
             self.bar = Progress("[bold]verifying",
                                 BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
                                 TimeRemainingColumn(), console=self.console, transient=True)

@@ -185,8 +185,9 @@ class MembersWriter:
         """``earlier``: the parts a checkpoint names; what comes after them goes to a new part."""
         self.log = LogWriter(folder, "members", earlier)
 
-    def write(self, members: list) -> None:
-        self.log.append_json(members)
+    def write_line(self, line: bytes) -> None:
+        """A batch as one JSON array (the core writes it so)."""
+        self.log.append(line + b"\n")
 
     def sync(self) -> tuple[LogPart, ...]:
         """Make what was written durable; its parts, for a checkpoint."""

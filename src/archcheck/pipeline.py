@@ -21,15 +21,16 @@ from typing import Any, Callable
 from .errors import SourceChanged, WorkerCrashed, describe_error
 from .findings import Category, Finding, Location
 from .layers import raw
-from .layers.stream import CHUNK, FRAME_FIELDS, CheckpointMismatch, StreamCheck, StreamResult, StreamStopped
+from .layers.decoding import CHUNK, MIN_CHUNK
+from .layers.stream import FRAME_FIELDS, CheckpointMismatch, StreamResult, StreamStopped
 from .layers.members import MEMBER_FIELDS
 from .logs import LogWriter, parts_from_json, parts_json
 from .manifest import Manifest, MembersWriter, SegmentRecord, sealed_json, utc_now, write_atomic
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
-from .scanners.router import Scanners
-from .shared_decode import SharedDecoders
-from .worker import SegmentResult, hash_segment, init_worker
+from .scanners import ScanConfig
+from .stream_channel import StreamChannel, StreamStoppedHere
+from .worker import SegmentResult, StreamTask, hash_segment, init_worker
 
 ProgressCallback = Callable[[int, int], None]
 # How often the manifest is saved and the stream checkpointed: about what a crash can cost. A
@@ -54,14 +55,19 @@ class RunOptions:
     def stream(self) -> bool:
         return any(layer in self.layers for layer in STREAM_LAYERS)
 
+    def stream_chunk(self) -> int:
+        """Decoded bytes per chunk: large (fewer Python steps), yet at least four per lane
+        within a quarter of the budget."""
+        return max(MIN_CHUNK, min(CHUNK, self.max_memory // 4 // self.workers // 4))
+
     def stream_depth(self) -> int:
         """Chunks each decode lane may run ahead of the tar walker: a quarter of the budget.
         Depth pays: the walker's pace varies with member sizes, and the decoder should not."""
-        return max(2, min(32, self.max_memory // 4 // CHUNK // self.workers - 1))
+        return max(2, min(32, self.max_memory // 4 // self.stream_chunk() // self.workers - 1))
 
     def in_flight(self) -> int:
-        """Raw segments in flight: each maps one leaf at a time; decode buffers come first."""
-        stream_buffers = self.workers * (self.stream_depth() + 1) * CHUNK if self.stream else 0
+        """Raw segments in flight: each reads a few leaves at a time; decode buffers come first."""
+        stream_buffers = self.workers * (self.stream_depth() + 1) * self.stream_chunk() if self.stream else 0
         return max(1, min(2 * self.workers, (self.max_memory - stream_buffers) // raw.LEAF_SIZE))
 
 
@@ -95,12 +101,13 @@ class Run:
 
     def __init__(self, source: Source, manifest: Manifest, manifest_path, options: RunOptions,
                  on_progress: ProgressCallback | None = None, limits: RunLimits = RunLimits(),
-                 scanners: Callable[[], Any] = Scanners, recheck: bool = True):
-        """``recheck``: read again what earlier runs verified before building on it."""
+                 scan: ScanConfig = ScanConfig(), recheck: bool = True):
+        """``scan``: what the database scanners are told; ``recheck``: read again what earlier
+        runs verified before building on it."""
         self.source, self.manifest, self.path, self.options = source, manifest, manifest_path, options
-        self.recheck = recheck
+        self.scan, self.recheck = scan, recheck
         self.read_here: set[int] = set()  # segments whose bytes this run has read itself
-        self.limits, self.make_scanners = limits, scanners
+        self.limits = limits
         self.ref: SourceRef = source.ref()
         passes = ("raw" in options.layers) + options.stream
         self.progress = _Progress(source.size, passes, on_progress)
@@ -354,42 +361,55 @@ class Run:
         return all((folder / p.file).exists() and (folder / p.file).stat().st_size >= p.length for p in parts)
 
     def _check_stream(self, checkpoint: dict | None) -> tuple[StreamResult, tuple, tuple]:
-        """Runs in a thread of this process: frames decode in a worker, tar is walked here.
-        Members and frame rows go to logs that each checkpoint names."""
-        options = self.options
-        folder = self.path.parent
-        reader = self.ref.open()
+        """Runs in a thread of this process. The check itself runs in a pool worker, where the
+        bytes are; this takes its messages: member lines and frame rows go to logs that each
+        checkpoint names, checkpoints to the manifest."""
+        options, folder = self.options, self.path.parent
         members = MembersWriter(folder, parts_from_json((checkpoint or {}).get("members")))
         frames = LogWriter(folder, "frames", parts_from_json((checkpoint or {}).get("frames")))
-        nonce = self.manifest.stream["nonce"]
-
-        def on_checkpoint(state: dict) -> None:
-            state["members"] = parts_json(members.sync())  # durable before the manifest points at them
-            state["frames"] = parts_json(frames.sync())
-            self.manifest.stream = {**self.manifest.stream, "checkpoint": state}
-            self.progress.update(stream=state["covered"])
-            if self.limits.stop_offset is not None and state["covered"] >= self.limits.stop_offset:
-                self.stopping.set()  # the budget's share is done: the stream stops here
-
+        task = StreamTask(
+            self.source.uri, compressed=self.manifest.format != "tar",
+            check_tar=any(layer in options.layers for layer in ("tar", "members", "pages")),
+            digest=options.digest if "members" in options.layers else None, max_window=options.max_window,
+            threads=options.workers, depth=options.stream_depth(), chunk=options.stream_chunk(), checkpoint=checkpoint,
+            checkpoint_every=SAVE_INTERVAL, checkpoint_from=self.limits.stop_offset,
+            scan=self.scan if "pages" in options.layers else None, address="", authkey=b"")
         try:
-            result = StreamCheck(
-                reader, self.source.uri, compressed=self.manifest.format != "tar",
-                check_tar=any(layer in options.layers for layer in ("tar", "members", "pages")),
-                digest=options.digest if "members" in options.layers else None,
-                max_window=options.max_window, threads=options.workers,
-                on_progress=lambda done: self.progress.update(stream=done), on_members=members.write,
-                on_frames=frames.append_json,
-                decoders=lambda frames: SharedDecoders(self.pool, self.ref, frames, threads=options.workers,
-                                                       max_window=options.max_window,
-                                                       depth=options.stream_depth(), nonce=nonce, stop=self.stopping),
-                resume_from=checkpoint, on_checkpoint=on_checkpoint, checkpoint_every=SAVE_INTERVAL,
-                checkpoint_from=self.limits.stop_offset, stop=self.stopping,
-                scanners=self.make_scanners() if "pages" in options.layers else None).run()
-            return result, members.sync(), frames.sync()
+            with StreamChannel(self.pool, self.ref, task, self.stopping) as channel:
+                for message in channel:
+                    kind = message[0]
+                    if kind == "members":
+                        members.write_line(message[1])
+                    elif kind == "frames":
+                        frames.append_json(message[1])
+                    elif kind == "checkpoint":
+                        self._stream_checkpoint(message[1], members, frames)
+                    elif kind == "progress":
+                        self.progress.update(stream=message[1])
+                    elif kind == "found":  # the check failed: what it found before is reported
+                        self.manifest.stream_findings = list(message[1])
+                    elif kind == "result":
+                        return message[1], members.sync(), frames.sync()
+                    elif kind == "mismatch":
+                        raise CheckpointMismatch()
+                    elif kind == "io_error":
+                        raise OSError(message[1])
+                    else:
+                        raise StreamStopped()
+            raise StreamStopped()
+        except StreamStoppedHere:
+            raise StreamStopped() from None
         finally:
-            reader.close()
             members.close()
             frames.close()
+
+    def _stream_checkpoint(self, state: dict, members: MembersWriter, frames: LogWriter) -> None:
+        state["members"] = parts_json(members.sync())  # durable before the manifest points at them
+        state["frames"] = parts_json(frames.sync())
+        self.manifest.stream = {**self.manifest.stream, "checkpoint": state}
+        self.progress.update(stream=state["covered"])
+        if self.limits.stop_offset is not None and state["covered"] >= self.limits.stop_offset:
+            self.stopping.set()  # the budget's share is done: the stream stops here
 
     def _record_stream(self, result: StreamResult, members: tuple, frames: tuple, attempt: int) -> None:
         self.manifest.format = result.format

@@ -23,7 +23,7 @@ from .logs import link_parts
 from .manifest import Manifest, SegmentRecord, iter_members, load, write_atomic
 from .pipeline import ProgressCallback, Run, RunLimits, RunOptions
 from .reports import json_report
-from .scanners.router import Scanners
+from .scanners import ScanConfig
 from .scanners.wal import segments_needed
 from .segments import new_nonce, plan_segments
 from .sources import ArchiveIdentity, open_source
@@ -265,9 +265,9 @@ class DrillRunner:
         entry.status = "running"
         self.drill.save()
         listed, prefix = pgbackup.scan_options(self.backups, entry.path)
-        known = self._base_facts(entry) if prefix.startswith("pg_tblspc/") else None
+        known = self._base_facts(entry) if prefix.startswith(("pg_tblspc/", "pg_wal/")) else None
         run = Run(source, manifest, path, self.options, self.on_progress, limits,
-                  scanners=lambda: Scanners(listed, prefix, known), recheck=self.recheck)
+                  scan=ScanConfig(listed, prefix, known), recheck=self.recheck)
         try:
             asyncio.run(run.run())
         finally:
@@ -329,7 +329,7 @@ class DrillRunner:
         self._seal()
 
     def _base_facts(self, entry: DrillArchive) -> dict | None:
-        """The data directory's facts as base.tar's scan found them, for a tablespace tar."""
+        """The data directory's facts as base.tar's scan found them, for a tablespace or WAL tar."""
         for backup in self.backups:
             if entry.path not in backup.archives:
                 continue

@@ -11,6 +11,9 @@ from datetime import datetime, time, timedelta
 
 from .errors import UsageError
 
+DEFAULT_MAX_MEMORY = 256 * 1024 * 1024  # what a run may use: queues, chunks, workers' buffers
+MIN_MAX_MEMORY = 32 * 1024 * 1024
+
 SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
               "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
 DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

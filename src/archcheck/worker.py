@@ -1,7 +1,8 @@
 """Top-level functions that run in worker processes. No asyncio here.
 
 Tasks carry descriptors (a source ref, offsets, a nonce), never archive bytes: each worker
-opens the source itself and maps or reads only the ranges it is given.
+opens the source itself and reads only the ranges it is given. The per-byte work is the native
+core's, called with the GIL released.
 """
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import os
 import select
 import signal
 import threading
+import time
 from multiprocessing.connection import Client
-from multiprocessing.shared_memory import SharedMemory
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import SourceChanged, describe_error
 from .layers import raw
-from .layers.stream import CHUNK, Failure, FrameDecoders
-from .layers.zstd import Frame
+from .layers.decoding import Failure
+from .layers.stream import CheckpointMismatch, StreamCheck, StreamStopped
+from .scanners import ScanConfig
 from .segments import Segment
 from .sources import SourceRef
 
@@ -59,7 +61,7 @@ def hash_segment(ref: SourceRef, segment: Segment) -> SegmentResult:
     try:
         reader = ref.open()
         try:
-            leaves = raw.leaf_digests(reader.view, segment.offset, segment.length)
+            leaves = raw.leaf_digests(reader, segment.offset, segment.length)
             reader.check()
         finally:
             reader.close()
@@ -71,73 +73,105 @@ def hash_segment(ref: SourceRef, segment: Segment) -> SegmentResult:
 
 
 @dataclass(frozen=True)
-class DecodeTask:
-    """Decode ``frames`` into the coordinator's shared memory, reporting over ``address``."""
+class StreamTask:
+    """Run the stream check where the bytes are, reporting over ``address``."""
 
-    nonce: str
-    frames: tuple[Frame, ...]
-    threads: int
+    uri: str
+    compressed: bool
+    check_tar: bool
+    digest: str | None
     max_window: int
+    threads: int
     depth: int
-    shm_name: str
-    slots: int
+    chunk: int
+    checkpoint: dict | None  # go on from here
+    checkpoint_every: float
+    checkpoint_from: int | None  # past this archive offset, checkpoint at every chunk
+    scan: ScanConfig | None
     address: str
     authkey: bytes
 
 
-def decode_frames(ref: SourceRef, task: DecodeTask) -> None:
-    """Decode frames into shared-memory slots and send each piece's place, in frame order, to
-    the coordinator, which walks tar over the slots and hands them back. Decoded bytes never
-    travel through a pipe, and the decode threads never wait on the tar walker's GIL."""
-    shm = SharedMemory(task.shm_name)
-    buffers = [shm.buf[i * CHUNK:(i + 1) * CHUNK] for i in range(task.slots)]
+PROGRESS_EVERY = 0.1  # seconds between progress messages
+
+
+def check_stream(ref: SourceRef, task: StreamTask) -> None:
+    """The stream check of one archive, in this worker: decoded bytes never leave it. What it
+    finds goes to the coordinator as messages: ("members", line, count), ("frames", rows),
+    ("checkpoint", state), ("progress", offset), then ("result", StreamResult) or ("stopped",),
+    ("mismatch",), ("io_error", text), or ("found", findings) and a Failure. The coordinator's "stop" ends it early."""
     try:
         with Client(task.address, authkey=task.authkey) as conn:
-            _decode_to(conn, ref, task, buffers)
+            _stream_to(_Sender(conn), ref, task)
     except (OSError, EOFError):
-        pass  # the coordinator went away or stopped us: nothing is left to report to
-    finally:
-        for view in buffers:
-            view.release()
-        shm.close()
+        pass  # the coordinator went away: nothing is left to report to
 
 
-def _decode_to(conn: Any, ref: SourceRef, task: DecodeTask, buffers: list) -> None:
-    """Send each decoded piece's place, then None; or, whatever fails here, a Failure: the
-    coordinator waits for this worker's word and must always get one."""
+class _Sender:
+    """Messages from the walker thread and a progress clock, one at a time."""
+
+    def __init__(self, conn: Any):
+        self.conn, self.lock, self.last_progress = conn, threading.Lock(), 0.0
+
+    def send(self, *message: Any) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+    def failure(self, exc: BaseException) -> None:
+        with self.lock:
+            self.conn.send(Failure.of(exc))
+
+    def progress(self, offset: int) -> None:
+        now = time.monotonic()
+        if now - self.last_progress >= PROGRESS_EVERY:
+            self.last_progress = now
+            self.send("progress", offset)
+
+
+def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
     try:
         reader = ref.open()
     except Exception as exc:  # noqa: BLE001 - handed on, never swallowed
-        conn.send(Failure.of(exc))
+        out.failure(exc)
         return
-    positions = {frame.index: k for k, frame in enumerate(task.frames)}
-    decoders = FrameDecoders(reader, list(task.frames), task.threads, task.max_window, task.depth, buffers)
-    returns = threading.Thread(target=_take_back_slots, args=(conn, decoders), daemon=True)
-    returns.start()
+    stop = threading.Event()
+    listener = threading.Thread(target=_wait_for_stop, args=(out.conn, stop), daemon=True)
+    listener.start()
+    check = StreamCheck(
+        reader, task.uri, compressed=task.compressed, check_tar=task.check_tar, digest=task.digest,
+        max_window=task.max_window, threads=task.threads, depth=task.depth, chunk=task.chunk,
+        on_progress=out.progress,
+        on_members=lambda line, count: out.send("members", line, count),
+        on_frames=lambda rows: out.send("frames", rows), resume_from=task.checkpoint,
+        on_checkpoint=lambda state: out.send("checkpoint", state), checkpoint_every=task.checkpoint_every,
+        checkpoint_from=task.checkpoint_from, stop=stop, scan=task.scan)
     try:
-        events = iter(decoders)
-        while True:
-            try:
-                event = next(events, None)
-            except Exception as exc:  # noqa: BLE001 - handed on, never swallowed
-                conn.send(Failure.of(exc))
-                return
-            if event is None:
-                break
-            conn.send((positions[event.frame.index], event.slot, event.length, event.compressed_pos,
-                       event.error, event.io_error, event.problem, event.failure))
-        conn.send(None)
-    finally:  # the connection is not closed under a thread still reading it
-        decoders.stop.set()
-        returns.join(timeout=5)
+        out.send("result", check.run())
+    except StreamStopped:
+        out.send("stopped")
+    except CheckpointMismatch:
+        out.send("mismatch")
+    except OSError as exc:
+        out.send("io_error", describe_error(exc))
+    except Exception as exc:  # noqa: BLE001 - handed on, never swallowed
+        out.send("found", check.found_so_far())  # what was found before the failure is kept
+        out.failure(exc)
+    finally:
+        stop.set()
+        listener.join()  # it reads the connection, which is closed once this returns
         reader.close()
 
 
-def _take_back_slots(conn: Any, decoders: FrameDecoders) -> None:
-    """Slots the coordinator is done with go back to their lanes; None means stop."""
+STOP_POLL = 0.1  # seconds between looks at whether the walk ended by itself
+
+
+def _wait_for_stop(conn: Any, stop: threading.Event) -> None:
+    """The coordinator says "stop", or goes away: either way the walk stops. Ends as soon as
+    the walk does, so that the connection is never closed under it."""
     try:
-        while (slot := conn.recv()) is not None:
-            decoders.release_slot(slot)
+        while not stop.is_set():
+            if conn.poll(STOP_POLL) and conn.recv() == "stop":
+                break
     except (OSError, EOFError):
         pass
-    decoders.stop.set()
+    stop.set()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..errors import UnsupportedArchive
-from .tar import is_valid_header
+from .. import _native
 from .zstd import is_zstd_start
 
 OTHER_FORMATS = [  # (magic, offset, name) of formats we recognise but do not verify
@@ -16,7 +16,7 @@ def detect_format(head: bytes, name: str) -> str:
     """'zstd' or 'tar' from the first bytes; UnsupportedArchive with one clear line otherwise."""
     if is_zstd_start(head):
         return "zstd"
-    if is_valid_header(head[:512]) or head[257:262] == b"ustar" or head[:1024] == bytes(1024):
+    if _native.is_tar_header(head[:512]) or head[257:262] == b"ustar" or head[:1024] == bytes(1024):
         return "tar"  # the last: an empty archive is just its end marker
     for magic, offset, label in OTHER_FORMATS:
         if head[offset:offset + len(magic)] == magic:

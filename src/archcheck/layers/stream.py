@@ -1,37 +1,37 @@
-"""The stream check: decode frames in parallel threads, walk tar and hash members in order.
+"""The stream check: frames decoded on parallel lanes, tar walked and members hashed in order,
+database files scanned as they pass (all by the native core), and findings placed in the
+archive.
 
-One process owns the decoded bytes; they never cross a process boundary. Frames are decoded by
-``threads`` threads (libzstd releases the GIL), each into its own small pool of buffers, and
-the walker consumes frames strictly in order. A single-frame stream is one thread's work; a
-plain tar is one pseudo-frame read straight from the file. Memory is bounded by
-threads x (depth + 1) x chunk, whatever the archive's size; the zstd window is the exception.
+It runs where the bytes are (a pool worker): decoded bytes never leave the process. What it
+finds leaves as data through callbacks: member batches (JSON lines), frame-table rows,
+checkpoints and the final result.
 """
 from __future__ import annotations
 
 import collections
-import queue
+import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import xxhash
-import zstandard
-
-from ..errors import SourceChanged, format_size
+from .. import _native
+from ..errors import format_size
 from ..findings import Category, Finding, Findings, Location
-from .members import Member, restore_hazard
-from .tar import TarWalker
-from .zstd import DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, FrameWalk, classify_decode_error, unwalked_problem
+from ..scanners import ScanConfig
+from ..scanners.policy import DatabasePolicy
+from ..scanners.sqlite import scan_handoff
+from .decoding import CHUNK, DEPTH, Event, FrameDecoders
+from .zstd import DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, classify_decode_error, walk_frames
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")
 STRUCTURAL = (Category.CORRUPTION, Category.UNVERIFIED)  # frame-level facts from the walk
-CHUNK = 1024 * 1024
-DEPTH = 6  # chunks a lane may decode ahead by default; the pipeline sizes it from the budget
-READ_SIZE = 128 * 1024
 RAW_PIECE = 16 * 1024 * 1024
 CHECKPOINT_SHARE = 0.02  # of the run's time, at most, spent taking checkpoints
+READ_APPROXIMATION = 128 * 1024  # where no block is known, a range this far back from the input read
+BLOCK = 512
+MembersCallback = Callable[[bytes, int], None]
 
 
 @dataclass(frozen=True)
@@ -58,215 +58,33 @@ class CheckpointMismatch(Exception):
     """A checkpoint does not fit the archive's frames: it belongs to other content."""
 
 
-class DecoderFailed(Exception):
-    """A decoding thread or worker failed in a way no finding describes (a bug)."""
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why a decoder or reader stopped: handed on to whoever waits for its output, so that no
-    wait outlives what feeds it."""
-
-    changed: bool  # the archive changed under the reader (SourceChanged); else a bug
-    message: str
-
-    @classmethod
-    def of(cls, exc: BaseException) -> "Failure":
-        if isinstance(exc, SourceChanged):
-            return cls(True, exc.what)
-        return cls(False, f"{type(exc).__name__}: {exc}")
-
-    def exception(self) -> Exception:
-        return SourceChanged(self.message) if self.changed else DecoderFailed(self.message)
-
-
-def _short_read() -> SourceChanged:
-    return SourceChanged("shrank: it ends before frames the run had found")
-
-
-class _RangeFile:
-    """File-like view of [start, end) of a reader, tracking how far the decoder has read."""
-
-    def __init__(self, reader: Any, start: int, end: int):
-        self.reader, self.pos, self.end = reader, start, end
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.end - self.pos if n < 0 else min(n, self.end - self.pos)
-        data = self.reader.pread(self.pos, n) if n > 0 else b""
-        if len(data) < n:  # the frame walk saw these bytes: the file shrank since
-            raise _short_read()
-        self.pos += len(data)
-        return data
-
-
-@dataclass
-class Event:
-    """One piece of a frame's output, or (``slot`` None) the end of the frame."""
-
-    frame: Frame
-    slot: int | None
-    length: int
-    compressed_pos: int
-    error: str | None = None  # the decoder's message when the frame stopped early
-    io_error: str | None = None  # a read of the archive failed
-    problem: tuple | None = None  # what the block walk found in a frame not walked before
-    failure: Failure | None = None  # the decoder itself failed: the stream cannot go on
-
-
-def lane_slots(lanes: int, depth: int) -> list[list[int]]:
-    """Buffer slots per lane: each lane owns its own, so no lane can starve another."""
-    return [list(range(t * (depth + 1), (t + 1) * (depth + 1))) for t in range(lanes)]
-
-
-class FrameDecoders:
-    """Decodes ``frames`` on ``threads`` threads into buffer slots; iterate for the output in
-    frame order, and ``release`` each event's slot when done with it."""
-
-    def __init__(self, reader: Any, frames: list[Frame], threads: int, max_window: int,
-                 depth: int = DEPTH, buffers: list | None = None):
-        self.reader, self.frames, self.max_window = reader, frames, max_window
-        self.threads = max(1, min(threads, len(frames)))
-        self.buffers = buffers if buffers is not None else [bytearray(CHUNK) for _ in range(threads * (depth + 1))]
-        self.queues = [queue.Queue(depth + 1) for _ in range(self.threads)]
-        self.free = [queue.SimpleQueue() for _ in range(self.threads)]
-        self.owner: dict[int, int] = {}
-        for lane, slots in enumerate(lane_slots(self.threads, depth)):
-            for slot in slots:
-                self.owner[slot] = lane
-                self.free[lane].put(slot)
-        self.stop = threading.Event()
-        self.workers = [threading.Thread(target=self._decode_lane, args=(t,), daemon=True)
-                        for t in range(self.threads)]
-
-    def __iter__(self) -> Iterator[Event]:
-        for worker in self.workers:
-            worker.start()
-        try:
-            for k in range(len(self.frames)):
-                while True:
-                    event = self._next(k % self.threads)
-                    if event is None:
-                        return  # stopped from outside
-                    yield event
-                    if event.slot is None:
-                        break
-        finally:
-            self.close()
-
-    def _next(self, lane: int) -> Event | None:
-        return self._until_stopped(lambda: self.queues[lane].get(timeout=0.2))
-
-    def _until_stopped(self, attempt: Callable[[], Any]) -> Any:
-        """Retry a blocking queue operation until it succeeds or the decoders are stopped
-        (then None): no thread ever blocks past a stop."""
-        while not self.stop.is_set():
-            try:
-                return attempt()
-            except (queue.Empty, queue.Full):
-                continue
-        return None
-
-    def view(self, event: Event) -> memoryview:
-        return memoryview(self.buffers[event.slot])[:event.length]
-
-    def release(self, event: Event) -> None:
-        if event.slot is not None:
-            self.release_slot(event.slot)
-
-    def release_slot(self, slot: int) -> None:
-        self.free[self.owner[slot]].put(slot)
-
-    def close(self) -> None:
-        self.stop.set()
-        for q in self.queues:  # unblock producers waiting on a full queue
-            while True:
-                try:
-                    event = q.get_nowait()
-                except queue.Empty:
-                    break
-                self.release(event)
-        for worker in self.workers:
-            worker.join(timeout=5)
-
-    def _decode_lane(self, lane: int) -> None:
-        mine = self.frames[lane::self.threads]
-        frame = mine[0] if mine else None
-        try:
-            dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window)
-            for frame in mine:
-                if self.stop.is_set():
-                    return
-                self._decode_frame(dctx, frame, lane)
-        except BaseException as exc:  # a lane that dies silently leaves the walker waiting forever
-            if frame is not None:
-                self._put(lane, Event(frame, None, 0, frame.offset, failure=Failure.of(exc)))
-
-    def _put(self, lane: int, event: Event) -> bool:
-        return self._until_stopped(lambda: self.queues[lane].put(event, timeout=0.2) or True) is not None
-
-    def _take_slot(self, lane: int) -> int | None:
-        return self._until_stopped(lambda: self.free[lane].get(timeout=0.2))
-
-    def _decode_frame(self, dctx: zstandard.ZstdDecompressor, frame: Frame, lane: int) -> None:
-        source = _RangeFile(self.reader, frame.offset, frame.end)
-        if frame.kind == "raw":
-            def read(buf) -> int:
-                n = self.reader.readinto(source.pos, memoryview(buf)[:max(0, frame.end - source.pos)])
-                if n == 0 and source.pos < frame.end:
-                    raise _short_read()
-                source.pos += n
-                return n
-        else:
-            read = dctx.stream_reader(source, read_size=READ_SIZE, read_across_frames=False).readinto
-        error = io_error = problem = None
-        try:
-            if not frame.walked:
-                problem = unwalked_problem(self.reader, frame)
-            while frame.decodable:
-                slot = self._take_slot(lane)
-                if slot is None:
-                    return
-                n = read(self.buffers[slot])
-                if not n:
-                    self.release_slot(slot)
-                    break
-                if not self._put(lane, Event(frame, slot, n, source.pos)):
-                    return
-        except zstandard.ZstdError as exc:
-            error = str(exc)
-        except OSError as exc:
-            io_error = f"{exc.strerror or exc} (errno {exc.errno})"
-        self._put(lane, Event(frame, None, 0, source.pos, error, io_error, problem))
-
-
 class StreamCheck:
     """Composes the decoders and the tar walker, and places findings in the archive."""
 
     def __init__(self, reader: Any, uri: str, *, compressed: bool, check_tar: bool,
                  digest: str | None = "xxh3-128", max_window: int = DEFAULT_MAX_WINDOW, threads: int = 2,
-                 on_progress: Callable[[int], None] | None = None,
-                 on_members: Callable[[list[Member]], None] | None = None,
+                 depth: int = DEPTH, chunk: int = CHUNK, on_progress: Callable[[int], None] | None = None,
+                 on_members: MembersCallback | None = None,
                  on_frames: Callable[[list[tuple]], None] | None = None,
-                 decoders: Callable[[list[Frame]], Any] | None = None,
                  resume_from: dict[str, Any] | None = None,
                  on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
                  checkpoint_every: float = 2.0, checkpoint_from: int | None = None,
-                 stop: threading.Event | None = None, scanners: Any = None):
+                 stop: threading.Event | None = None, scan: ScanConfig | None = None):
         self.reader, self.uri = reader, uri
-        # how frames get decoded: threads here by default; the pipeline decodes in a worker
-        self.make_decoders = decoders or (lambda frames: FrameDecoders(reader, frames, threads, max_window))
+        self.threads, self.depth, self.chunk = threads, depth, chunk
         self.compressed, self.check_tar, self.max_window = compressed, check_tar, max_window
         self.on_progress = on_progress or (lambda done: None)
+        self.on_members = on_members or (lambda line, count: None)
         self.findings = Findings()
-        self.scanners = scanners if check_tar else None  # database files inside members
+        self.scan = scan if check_tar else None  # database files inside members
+        self.policy = DatabasePolicy()
         # findings that wait for the end of the archive to be decided (checksums on or off?):
         # kept apart, so that a flood of them on a cluster without checksums fills no cap
         self.provisional = Findings()
         # restore hazards, found as member batches leave the walker: kept apart from its
         # findings, which would hold checkpoints back until the next frame
         self.hazards = Findings()
-        self.on_members = on_members or (lambda members: None)
-        self.walker = TarWalker(uri, digest, self._members, scanners=self.scanners) if check_tar else None
+        self.walker = self._walker(digest) if check_tar else None
         self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
         self.upstream_lost = False  # decoded content went missing: tar's own end checks do not apply
         self.findings_at_frame_start = 0
@@ -276,6 +94,7 @@ class StreamCheck:
         self.frames: list[Frame] = []
         self.rows_next = 0  # the first frame whose row has not left yet
         self.fold: tuple[int, int, int] | None = None  # (finding, frame end, members then) after a bad frame
+        self.losses: list[tuple[int, int]] = []  # (finding, offset): where the walk lost the stream
         self.count_at_frame_start = 0
         self.uoff = 0
         # resuming: (frame index, uncompressed start, archive offset, members, findings) at recent
@@ -287,10 +106,24 @@ class StreamCheck:
         self.stop = stop or threading.Event()
         self.walk_findings = 0  # findings of the frame walk: made again by every (resumed) run
         self.skip_to = 0  # output before this offset was walked before the checkpoint
+        self.content_frames = 0
+
+    def _walker(self, digest: str | None) -> Any:
+        if self.scan is None:
+            return _native.TarWalker(digest)
+        listed = {path: (entry.size, entry.algorithm, entry.checksum) for path, entry in (self.scan.listed or {}).items()}
+        known = json.dumps(self.scan.known) if self.scan.known else None
+        return _native.TarWalker(digest, scan=True, listed=listed if self.scan.listed is not None else None,
+                                 prefix=self.scan.prefix, known=known)
+
+    def found_so_far(self) -> list[Finding]:
+        """The findings made before a failure ended the check (those whose meaning waits for the
+        end of the archive, such as PostgreSQL pages before pg_control, are left out)."""
+        return list(self.findings)
 
     def run(self) -> StreamResult:
         if self.compressed:
-            frames, _ = FrameWalk(self.reader, self.uri, self.max_window, self.findings).run()
+            frames = walk_frames(self.reader, self.uri, self.max_window, self.findings)
         else:  # pieces of a plain file, so several threads read ahead in parallel
             frames = [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
                       for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
@@ -299,11 +132,13 @@ class StreamCheck:
         broken = {f.location.frame: i for i, f in enumerate(self.findings)
                   if f.category in STRUCTURAL and _loses_content(f, frames)}
         content_frames = [f for f in frames if f.kind in ("zstd", "raw")]
+        self.content_frames = len(content_frames)
         self.walk_findings = len(self.findings)
         if self.resume_from is not None:
             content_frames = self._restore(self.resume_from, content_frames)
+        decoders = FrameDecoders(self.reader, content_frames, self.threads, self.max_window, self.depth, self.chunk)
         try:
-            self._consume(self.make_decoders(content_frames), broken)
+            self._consume(decoders, broken)
         except OSError:
             if self.stop.is_set():  # the decoders were told to stop: not a read failure
                 raise StreamStopped() from None
@@ -314,31 +149,60 @@ class StreamCheck:
         if self.walker:
             self.walker.finish(self.uoff, upstream_damage=upstream)
             self._drain_walker()
-        if self.scanners is not None:
+            self._name_recoveries()
+        if self.scan is not None:
             self._decide_scans()
         return self._result(frames)
 
-    def _members(self, members: list[Member]) -> None:
-        self.on_members(members)
-        for member in members:
-            hazard = restore_hazard(member)
-            if hazard is not None:
-                what, path, restore = hazard
-                loc = Location(self.uri, uncompressed_offset=member.header_offset, member=member.name)
+    # --- what the walker made ----------------------------------------------------------------
+
+    def _drain_walker(self) -> None:
+        """Members out, hazards and findings placed while their chunks are still known."""
+        members = self.walker.take_members()
+        if members is not None:
+            line, count, hazards = members
+            self.on_members(line, count)
+            for what, path, restore, name, header_offset in hazards:
+                loc = Location(self.uri, uncompressed_offset=header_offset, member=name)
                 finding = Finding.of("TAR_UNSAFE_PATH", loc, what=what, path=path, restore=restore)
-                self.hazards.append(self._place(finding, member.header_offset, member.header_offset + 512))
+                self.hazards.append(self._place(finding, header_offset, header_offset + BLOCK))
+        for handoff in self.walker.take_handoffs():
+            self._scan_handoff(*handoff)
+        if not self.walker.has_findings():
+            return
+        for code, start, end, member, member_offset, place, details in self.walker.take_findings():
+            loc = Location(self.uri, uncompressed_offset=start, member=member, member_offset=member_offset, **place)
+            self._add(Finding.of(code, loc, **details), start, end)
+        if self.fold is not None and self.walker.count > self.fold[2]:
+            self.fold = None  # a member after the bad frame: the walk is back in step
+
+    def _add(self, finding: Finding, start: int, end: int) -> None:
+        if self.fold is not None and _is_tar_damage(finding):
+            self._add_effect(self.fold[0], finding)
+            return
+        placed = self._place(finding, start, end)
+        (self.provisional if self._is_provisional(finding) else self.findings).append(placed)
+
+    def _scan_handoff(self, kind: str, name: str, data_offset: int, size: int, received: int, complete: bool,
+                      head: bytes, data: bytes | None, limit: int) -> None:
+        """A database the core collected whole (SQLite): walked here, its findings placed."""
+        for code, offset, length, place, details in scan_handoff(size, received, complete, head, data, limit):
+            start = data_offset + offset
+            loc = Location(self.uri, uncompressed_offset=start, member=name, member_offset=offset, **place)
+            self._add(Finding.of(code, loc, **details), start, start + length)
 
     def _is_provisional(self, finding: Finding) -> bool:
-        return self.scanners is not None and finding.code == "PG_PAGE_CHECKSUM"
+        return self.scan is not None and finding.code == "PG_PAGE_CHECKSUM"
 
     def _decide_scans(self) -> None:
         """Scanner findings were provisional: now the whole archive is known, decide them."""
+        datadirs = json.loads(self.walker.data_dirs())
         decided = Findings(self.findings.limit)
         decided.dropped = self.findings.dropped
         kept: set[str] = set()
         for finding in [*self.findings, *self.provisional]:
             if finding.layer == "pages":
-                outcome = self.scanners.decide(finding.code, dict(finding.details))
+                outcome = self.policy.decide(finding.code, dict(finding.details), datadirs)
                 if outcome is None:
                     continue
                 kept.add(finding.code)
@@ -349,22 +213,9 @@ class StreamCheck:
         for code, count in self.provisional.dropped.items():  # over the cap, and real after all
             if code in kept:
                 decided.dropped[code] += count
-        for code, details in self.scanners.summaries():
+        for code, details in self.policy.summaries(datadirs):
             decided.append(Finding.of(code, Location(self.uri), **details))
         self.findings = decided
-
-    def _drain_walker(self) -> None:
-        """Place the walker's new findings while their chunks are still known."""
-        new = list(self.walker.findings)
-        self.walker.findings.clear()
-        for finding, start, end in new:
-            if self.fold is not None and _is_tar_damage(finding):
-                self._add_effect(self.fold[0], finding)
-            else:
-                placed = self._place(finding, start, end)
-                (self.provisional if self._is_provisional(finding) else self.findings).append(placed)
-        if self.fold is not None and self.walker.count > self.fold[2]:
-            self.fold = None  # a member after the bad frame: the walk is back in step
 
     def _add_effect(self, cause_index: int, effect: Finding) -> None:
         cause = self.findings[cause_index]
@@ -390,7 +241,9 @@ class StreamCheck:
             self.findings.append(Finding.of("ZSTD_SINGLE_FRAME", Location(self.uri, frame=zstd_frames[0].index),
                                             size=format_size(self.reader.size)))
 
-    def _consume(self, decoders: Any, broken: dict[int, int]) -> None:
+    # --- the stream -------------------------------------------------------------------------
+
+    def _consume(self, decoders: FrameDecoders, broken: dict[int, int]) -> None:
         frame_start, start_pos, seek_hash = 0, None, None
         for event in decoders:
             frame = event.frame
@@ -402,30 +255,34 @@ class StreamCheck:
                 self.findings_at_frame_start = len(self.findings)
                 self.frame_starts.append((frame.index, self.uoff, frame.offset, self.count_at_frame_start,
                                           len(self.findings) + len(self.provisional)))
-                seek_hash = xxhash.xxh64() if frame.seek_checksum is not None else None
-            if event.slot is not None:
-                view = decoders.view(event)
-                self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos))
-                if self.walker and self.uoff + event.length > self.skip_to:
-                    cut = max(0, self.skip_to - self.uoff)  # walked before the checkpoint: skip
-                    self.walker.feed(view[cut:], self.uoff + cut)
-                    if self.walker.findings:
-                        self._drain_walker()
-                if seek_hash is not None:
-                    seek_hash.update(view)
+                seek_hash = _native.Xxh64() if frame.seek_checksum is not None else None
+            if event.data is not None:
+                self._piece(event, frame, start_pos, seek_hash)
                 start_pos = event.compressed_pos
-                self.uoff += event.length
-                view.release()
                 decoders.release(event)
-                self.on_progress(event.compressed_pos)
                 if self.on_checkpoint and (time.monotonic() >= self.next_checkpoint or (
                         self.checkpoint_from is not None and event.compressed_pos >= self.checkpoint_from)):
                     self.checkpoint()
                 continue
             self._table_rows(frame.index, (frame_start, self.uoff))
             self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, broken.get(frame.index))
+            if self.losses and self.walker:
+                self._name_recoveries()
             start_pos = None
             self.on_progress(frame.end)
+
+    def _piece(self, event: Event, frame: Frame, start_pos: int, seek_hash: Any) -> None:
+        self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos))
+        if self.walker and self.uoff + event.length > self.skip_to:
+            cut = max(0, self.skip_to - self.uoff)  # walked before the checkpoint: skip
+            self.walker.feed(event.data, self.uoff, cut)
+            self._drain_walker()
+        if seek_hash is not None:
+            seek_hash.update(event.data)
+        self.uoff += event.length
+        self.on_progress(event.compressed_pos)
+
+    # --- checkpoints ---------------------------------------------------------------------------
 
     def checkpoint(self) -> None:
         """Hand ``on_checkpoint`` the state a later run needs to go on from here: the frame to
@@ -441,7 +298,7 @@ class StreamCheck:
     def _checkpoint(self) -> None:
         if self.fold is not None or self.findings.dropped:
             return
-        walker = self.walker.checkpoint() if self.walker else {"at": self.uoff}
+        walker = json.loads(self.walker.checkpoint() or "null") if self.walker else {"at": self.uoff}
         if walker is None:
             return
         at = walker["at"]
@@ -451,8 +308,9 @@ class StreamCheck:
         index, frame_start, frame_offset, count, _ = start
         recent = []
         if self.walker:
-            self.walker.flush()  # every member before the checkpoint reaches the members file
-            recent = [list(m) for m in self.walker.recent if m.data_offset + m.size > frame_start][:16]
+            self.walker.flush()  # every member before the checkpoint reaches the members log first
+            self._drain_walker()
+            recent = json.loads(self.walker.recent_json(frame_start, 16))
         self.on_checkpoint({
             "frame": index, "frame_offset": frame_offset, "frame_start": frame_start, "frame_count": count,
             "covered": self._archive_offset(at, frame_offset), "walker": walker, "recent": recent,
@@ -460,7 +318,8 @@ class StreamCheck:
             "findings": [f.to_json() for f in self.findings[self.walk_findings:]], "rows_next": self.rows_next,
             "provisional": [f.to_json() for f in self.provisional],
             "provisional_dropped": dict(self.provisional.dropped),
-            "hazards": [f.to_json() for f in self.hazards], "hazards_dropped": dict(self.hazards.dropped)})
+            "hazards": [f.to_json() for f in self.hazards], "hazards_dropped": dict(self.hazards.dropped),
+            "losses": [list(loss) for loss in self.losses]})
 
     def _archive_offset(self, uoff: int, frame_offset: int) -> int:
         """The archive offset before which everything is checked, for an uncompressed offset:
@@ -477,6 +336,11 @@ class StreamCheck:
         rest = [f for f in frames if f.index >= cp["frame"]]
         if not rest or rest[0].index != cp["frame"] or rest[0].offset != cp["frame_offset"]:
             raise CheckpointMismatch(f"frame {cp['frame']} is not at {cp['frame_offset']}")
+        if self.walker:
+            try:
+                self.walker.restore(json.dumps(cp["walker"]), json.dumps(cp["recent"]))
+            except ValueError as exc:  # another core's checkpoint: the walk starts over
+                raise CheckpointMismatch(str(exc)) from None
         self.uoff, self.upstream_lost = cp["frame_start"], cp["upstream_lost"]
         self.skip_to = cp["walker"]["at"]
         self.findings.extend(Finding.from_json(f) for f in cp["findings"])
@@ -485,9 +349,10 @@ class StreamCheck:
         self.hazards.extend(Finding.from_json(f) for f in cp.get("hazards", ()))
         self.hazards.dropped.update(cp.get("hazards_dropped", {}))
         self.rows_next = cp["rows_next"]
-        if self.walker:
-            self.walker.restore(cp["walker"], [Member(*m) for m in cp["recent"]])
+        self.losses = [tuple(loss) for loss in cp.get("losses", ())]
         return rest
+
+    # --- the end of a frame -----------------------------------------------------------------------
 
     def _end_frame(self, frame: Frame, event: Event, frame_start: int, produced: int,
                    seek_hash: Any, structural: int | None) -> None:
@@ -530,17 +395,50 @@ class StreamCheck:
 
     def _lost(self, frame: Frame, event: Event, structural: int | None, code: str | None = None,
               **details: Any) -> None:
-        """Decoding stopped early: the rest of the frame's content is gone."""
+        """Decoding stopped early: the rest of the frame's content is gone. Named: the block that
+        failed, where good output ends, the member holding that offset, and what a restore loses."""
         member, member_offset = self.walker.lost(self.uoff) if self.walker else (None, None)
         self.upstream_lost = True
         context = dict(uncompressed_offset=self.uoff, member=member, member_offset=member_offset)
         if structural is not None:  # name the member on the walk's finding instead of adding another
             self.findings[structural] = self.findings[structural].with_location(**context)
             return
-        start = max(frame.offset, (self.spans[-1][4] if self.spans and self.spans[-1][2] == frame.index
-                                   else frame.offset) - READ_SIZE)
-        loc = Location(self.uri, byte_range=(start, max(start, event.compressed_pos)), frame=frame.index, **context)
+        if event.block is not None:
+            byte_range = (event.block.start, event.block.end)
+            details["block"] = event.block.index
+        else:
+            start = max(frame.offset, (self.spans[-1][4] if self.spans and self.spans[-1][2] == frame.index
+                                       else frame.offset) - READ_APPROXIMATION)
+            byte_range = (start, max(start, event.compressed_pos))
+        if self.walker:
+            details["restore_loses"] = self._loss(frame, member, member_offset)
+        loc = Location(self.uri, byte_range=byte_range, frame=frame.index, **context)
+        before = len(self.findings)
         self.findings.append(Finding.of(code, loc, **details))
+        if self.walker and len(self.findings) > before:
+            self.losses.append((before, self.uoff))
+
+    def _loss(self, frame: Frame, member: str | None, member_offset: int | None) -> str:
+        """What a restore of this archive loses: the member cut here, and every member after it
+        to the end of the frame (of the archive, for a single frame)."""
+        cut = f"{member} from byte {member_offset or 0} on" if member else "what follows"
+        if self.content_frames <= 1:
+            return f"{cut}, and every member after it to the end of the archive"
+        return f"{cut}, and every member after it to the end of frame {frame.index} (archive bytes {frame.offset}-{frame.end})"
+
+    def _name_recoveries(self) -> None:
+        """Where the walk found members again after each loss: the first whole member after it."""
+        pending = []
+        for index, offset in self.losses:
+            found = self.walker.first_member_after(offset)
+            if found is None or index >= len(self.findings):
+                pending.append((index, offset))
+                continue
+            name, header_offset = found
+            finding = self.findings[index]
+            details = {**dict(finding.details), "walk_resumes_at": f"{name} (uncompressed offset {header_offset})"}
+            self.findings[index] = Finding(finding.code, finding.location, tuple(sorted(details.items())))
+        self.losses = pending
 
     def _content_mismatch(self, frame: Frame, code: str, frame_start: int, **details: Any) -> None:
         """The frame decoded, but its content is wrong somewhere in [frame_start, uoff)."""
@@ -569,8 +467,10 @@ class StreamCheck:
             return finding.with_location(byte_range=(start, max(end, start)))
         for u0, u1, frame, c0, c1 in reversed(self.spans):
             if u0 <= start < u1 or (start == u1 == self.uoff):
-                return finding.with_location(byte_range=(max(0, c0 - READ_SIZE), c1), frame=frame)
+                return finding.with_location(byte_range=(max(0, c0 - READ_APPROXIMATION), c1), frame=frame)
         return finding
+
+    # --- the result ------------------------------------------------------------------------------
 
     def _table_rows(self, upto: int, span: tuple[int, int] | None) -> None:
         """The frame table's rows up to frame ``upto`` (its uncompressed span, if decoded), in
@@ -600,7 +500,7 @@ class StreamCheck:
             member_count=self.walker.count if self.walker else 0,
             findings=tuple(self.findings.closed(self.uri)) + tuple(self.hazards.closed(self.uri)),
             frame_table=tuple(self.frame_rows),
-            scan_state=self.scanners.state() if self.scanners is not None else None)
+            scan_state=json.loads(self.walker.data_dirs()) if self.scan is not None else None)
 
 
 def _loses_content(finding: Finding, frames: list[Frame]) -> bool:

@@ -15,6 +15,7 @@ from . import safe_text
 STYLES = {"intact": "bold green", "corrupt": "bold red", "incomplete": "bold yellow"}
 SEVERITY_STYLES = {Severity.ERROR: "red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
 SHOWN = 50
+CONSEQUENCES = {"restore_loses": "a restore loses", "walk_resumes_at": "the walk resumes at"}  # detail -> label
 
 
 def where(finding: Finding) -> str:
@@ -26,6 +27,9 @@ def where(finding: Finding) -> str:
         parts.append(f"segment {loc.segment}")
     if loc.frame is not None:
         parts.append(f"frame {loc.frame}")
+    block = dict(finding.details).get("block")
+    if block is not None and loc.frame is not None:
+        parts.append(f"zstd block {block}")
     if loc.uncompressed_offset is not None and loc.byte_range is not None and loc.frame is not None:
         parts.append(f"uncompressed offset {loc.uncompressed_offset}")
     if loc.member is not None:
@@ -127,6 +131,10 @@ def _render_findings(console: Console, findings: list[Finding]) -> None:
         place = where(finding)
         if place:
             text.append(f"\n          {place}", style="dim")
+        details = dict(finding.details)
+        for key, label in CONSEQUENCES.items():
+            if key in details:
+                text.append(f"\n          {label} {safe_text(str(details[key]))}")
         console.print(text)
     if len(shown) > SHOWN:
         console.print(Text(f"  ... and {len(shown) - SHOWN} more findings (see the JSON report)"))

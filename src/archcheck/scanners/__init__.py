@@ -1,39 +1,39 @@
-"""Checks over members' content: database files recognised in the tar stream. Pure, like the
-layers: they know nothing of the pipeline, the manifest or the CLI."""
+"""Database files inside the archive (formats.md 3-5).
+
+The native core reads their bytes as members stream past (PostgreSQL pages, pg_control, WAL and
+backup_manifest checksums, InnoDB pages, SQLite WAL frames). What lives here is what Python
+keeps: the configuration the core is handed once, what a finding means once the whole archive
+is known (``policy``), and the SQLite b-tree walk, fed one collected database at a time.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from .pgmanifest import Listed
+
 
 @dataclass
 class Found:
-    """A scanner's finding, in member coordinates; the walker places it in the archive."""
+    """A scanner's finding, in member coordinates; the stream check places it in the archive."""
 
     code: str
     offset: int  # within the member
     length: int
-    where: dict[str, Any] = field(default_factory=dict)  # relation, fork, block
+    where: dict[str, Any] = field(default_factory=dict)  # relation, fork, block; page
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Both:
-    """Several scanners over the same member (a relation file the manifest also lists)."""
+@dataclass(frozen=True)
+class ScanConfig:
+    """What the database scanners of one archive are told before it starts: the files a
+    backup_manifest lists, where this archive's members sit in the data directory
+    (``pg_tblspc/<oid>/`` for a tablespace tar), and the data directory's facts from another
+    archive of the same backup (base.tar holds pg_control, a tablespace tar does not)."""
 
-    def __init__(self, scanners: list[Any]):
-        self.scanners = scanners
-
-    @property
-    def found(self) -> list[Found]:
-        return [f for s in self.scanners for f in s.found]
-
-    def feed(self, view: memoryview, offset: int) -> None:
-        for scanner in self.scanners:
-            scanner.feed(view, offset)
-
-    def close(self, complete: bool) -> None:
-        for scanner in self.scanners:
-            scanner.close(complete)
+    listed: dict[str, Listed] | None = None
+    prefix: str = ""
+    known: dict[str, Any] | None = None
 
 
 def format_lsn(lsn: int) -> str:

@@ -1,5 +1,6 @@
-"""pg_basebackup's backup_manifest (formats.md 3.11): its own checksum, and each listed file's
-size and checksum, computed as the file streams past inside the backup's tar archives."""
+"""pg_basebackup's backup_manifest (formats.md 3.11): its own checksum and the files it lists.
+Each listed file's size and checksum are computed by the native core as the file streams past
+inside the backup's tar archives."""
 from __future__ import annotations
 
 import hashlib
@@ -7,9 +8,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import crc32c
-
-from . import Found
 
 # never listed, or changed by pg_basebackup -R: pg_verifybackup ignores them too
 IGNORED = ("backup_manifest", "pg_wal", "postgresql.auto.conf", "standby.signal", "recovery.signal")
@@ -63,41 +61,3 @@ def parse_manifest(data: bytes) -> BackupManifest:
 def ignored(path: str) -> bool:
     top = path.split("/", 1)[0]
     return top in IGNORED
-
-
-class _Crc32c:
-    def __init__(self):
-        self.value = 0
-
-    def update(self, data) -> None:
-        self.value = crc32c.crc32c(data, value=self.value)
-
-    def hexdigest(self) -> str:
-        return self.value.to_bytes(4, "little").hex()  # as the server stores it: little-endian bytes
-
-
-def digest(algorithm: str):
-    return _Crc32c() if algorithm == "CRC32C" else hashlib.new(algorithm.lower())
-
-
-class ListedFileScanner:
-    """Size and checksum of one file the manifest lists, as its content streams past."""
-
-    def __init__(self, path: str, listed: Listed, size: int):
-        self.path, self.listed, self.size = path, listed, size
-        self.hash = digest(listed.algorithm) if listed.algorithm in ALGORITHMS else None
-        self.found: list[Found] = []
-
-    def feed(self, view: memoryview, offset: int) -> None:
-        if self.hash is not None:
-            self.hash.update(view)
-
-    def close(self, complete: bool) -> None:
-        where = {"relation": self.path}
-        if self.size != self.listed.size:
-            self.found.append(Found("PG_MANIFEST_FILE_SIZE", 0, self.size, where,
-                                    {"path": self.path, "actual": self.size, "expected": self.listed.size}))
-        elif complete and self.hash is not None and self.hash.hexdigest() != (self.listed.checksum or "").lower():
-            self.found.append(Found("PG_MANIFEST_FILE_CHECKSUM", 0, self.size, where,
-                                    {"path": self.path, "algorithm": self.listed.algorithm,
-                                     "actual": self.hash.hexdigest(), "expected": self.listed.checksum}))

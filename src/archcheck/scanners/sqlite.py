@@ -1,17 +1,13 @@
 """SQLite databases inside an archive (formats.md 4 and 6.4).
 
-``SqliteScanner`` checks the 100-byte header and the file size as the member streams past, on
-any size. When the whole file fits in ``max_buffer`` it is kept and, at the end, walked the way
-``PRAGMA integrity_check`` walks it (``checkTreePage``/``checkList`` in ``btree.c``): every
-b-tree from ``sqlite_schema`` and its root pages, overflow chains, the freelist, pointer-map
-entries, and every page used exactly once. Records are decoded, and each index is compared with
-its table (rowids, and for plain column indexes that each key value is in the row), because
-``integrity_check`` reports a row changed under an index.
-
-``SqliteWalScanner`` checks a ``<db>-wal`` member: header checksum, then cumulative frame
-checksums. The end of the valid WAL is not damage: frames after the first invalid one are
-leftovers (formats.md 4.4). A break is reported only when the frames after it go on chaining
-from the broken frame's stored checksum up to a commit, i.e. a committed transaction lost to it.
+The native core collects a database member (its header always, all of it up to a limit) and
+hands it here whole: ``scan_handoff`` checks the 100-byte header and the file size, then walks
+the file the way ``PRAGMA integrity_check`` does (``checkTreePage``/``checkList`` in
+``btree.c``): every b-tree from ``sqlite_schema`` and its root pages, overflow chains, the
+freelist, pointer-map entries, and every page used exactly once. Records are decoded, and each
+index is compared with its table (rowids, and for plain column indexes that each key value is
+in the row), because ``integrity_check`` reports a row changed under an index. A ``<db>-wal``
+member's frame checksums are the core's.
 """
 from __future__ import annotations
 
@@ -19,23 +15,15 @@ import re
 import struct
 from array import array
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
-
-import numpy as np
 
 from . import Found
 
 MAGIC = b"SQLite format 3\x00"
 HEADER = 100
 LOCK_BYTE = 1 << 30  # PENDING_BYTE: the page holding it is never used
-MAX_BUFFER = 256 << 20
 MAX_DEPTH = 64  # SQLite stops at 20 (BTCURSOR_MAX_DEPTH); deeper is a loop or damage
 MAX_UNUSED = 100  # "never used" pages reported one by one; the rest are counted
-
-
-def is_sqlite(head: bytes) -> bool:
-    return bytes(head[:16]) == MAGIC
 
 
 @dataclass(frozen=True)
@@ -648,40 +636,33 @@ class Walk:
             if idx is None or table is None or tbl not in tables or not self.is_rowid_table(tables[tbl][1]):
                 continue  # a WITHOUT ROWID table's indexes hold its primary key, not a rowid
             plain, partial = index_shape(sql)
-            t_rowids = np.sort(np.frombuffer(table.rowids, dtype=np.int64))
-            i_rowids = np.frombuffer(idx.rowids, dtype=np.int64)
-            i_pages = np.frombuffer(idx.pages, dtype=np.int64)
-            pos = np.searchsorted(t_rowids, i_rowids).clip(0, max(len(t_rowids) - 1, 0))
-            missing = np.flatnonzero(t_rowids[pos] != i_rowids) if len(t_rowids) else np.arange(len(i_rowids))
+            rows = set(table.rowids)
+            missing = [k for k, rowid in enumerate(idx.rowids) if rowid not in rows]
             for k in missing[:5]:
-                self.page_problem(int(i_pages[k]), f"index {name} has an entry for rowid {int(i_rowids[k])}, "
-                                                   f"which is not in {tbl}")
-            if not partial and len(missing) == 0 and len(i_rowids) != len(t_rowids):
-                self.page_problem(root, f"index {name} has {len(i_rowids)} entries, {tbl} has {len(t_rowids)} rows")
-            elif not partial and len(missing) == 0:
-                absent = np.setdiff1d(t_rowids, i_rowids)
-                if len(absent):
-                    self.page_problem(root, f"rowid {int(absent[0])} of {tbl} is missing from index {name}")
+                self.page_problem(idx.pages[k], f"index {name} has an entry for rowid {idx.rowids[k]}, "
+                                                f"which is not in {tbl}")
+            if not partial and not missing and len(idx.rowids) != len(table.rowids):
+                self.page_problem(root, f"index {name} has {len(idx.rowids)} entries, {tbl} has {len(table.rowids)} rows")
+            elif not partial and not missing:
+                absent = rows.difference(idx.rowids)
+                if absent:
+                    self.page_problem(root, f"rowid {min(absent)} of {tbl} is missing from index {name}")
             columns = table_columns(tables[tbl][2])
             if not plain or columns is None:
                 continue
             self.compare_values(name, idx, table, columns)
 
     def compare_values(self, name: str, idx: Collected, table: Collected, columns: int) -> None:
-        have = np.sort(np.frombuffer(table.hashes, dtype=np.int64))
-        want = np.frombuffer(idx.hashes, dtype=np.int64)
-        if not len(want):
-            return
-        pos = np.searchsorted(have, want).clip(0, max(len(have) - 1, 0))
-        bad = np.flatnonzero(have[pos] != want) if len(have) else np.arange(len(want))
+        have = set(table.hashes)
+        bad = (k for k, value in enumerate(idx.hashes) if value not in have)
         short = table.short
         reported = 0
         for k in bad:
-            rowid = idx.entry_rowid[int(k)]
+            rowid = idx.entry_rowid[k]
             if rowid in short:
                 continue
-            self.page_problem(idx.entry_page[int(k)], f"index {name}: the entry for rowid {rowid} does not match "
-                                                     f"the row in {table.name}")
+            self.page_problem(idx.entry_page[k], f"index {name}: the entry for rowid {rowid} does not match "
+                                                 f"the row in {table.name}")
             reported += 1
             if reported == 5:
                 break
@@ -736,163 +717,25 @@ class Walk:
 # --- the scanners -----------------------------------------------------------------------------
 
 
-class SqliteScanner:
-    """One SQLite database file, in consecutive pieces."""
+def scan_handoff(size: int, received: int, complete: bool, head: bytes, data: bytes | None,
+                 limit: int) -> list[tuple]:
+    """A database the core collected: its header, and its pages when it fit ``limit`` (else
+    ``data`` is None). (code, offset, length, where, details) of each finding."""
+    found: list[Found] = []
 
-    def __init__(self, name: str, size: int, max_buffer: int = MAX_BUFFER):
-        self.name, self.size, self.max_buffer = name, size, max_buffer
-        self.keep = size <= max_buffer
-        self.head = bytearray()
-        self.data = bytearray()
-        self.received = 0
-        self.found: list[Found] = []
+    def header(problem: str) -> None:
+        found.append(Found("SQLITE_HEADER", 0, HEADER, {"page": 1}, {"problem": problem}))
 
-    def feed(self, view: memoryview, offset: int) -> None:
-        if len(self.head) < HEADER:
-            self.head += view[:HEADER - len(self.head)]
-        if self.keep:
-            self.data += view
-        self.received += len(view)
-
-    def close(self, complete: bool) -> None:
-        size = self.received if complete else self.size
-        if len(self.head) < HEADER:
-            if complete:
-                self._header(f"only {len(self.head)} bytes, shorter than the 100-byte header")
-            return
-        h = Header.parse(bytes(self.head))
-        problems = header_problems(h, bytes(self.head), size)
-        for problem in problems:
-            self._header(problem)
-        self.data_done(h, complete, bool(problems))
-
-    def data_done(self, h: Header, complete: bool, header_bad: bool) -> None:
-        if not complete or not h.page_size or h.usable < 480 or bytes(self.head[:16]) != MAGIC:
-            self.data = bytearray()
-            return
-        if not self.keep:
-            self.found.append(Found("SQLITE_TOO_LARGE", 0, self.size, {},
-                                    {"size": self.size, "limit": self.max_buffer}))
-            return
-        self.found.extend(Walk(self.data, h).run())
-        self.data = bytearray()
-
-    def _header(self, problem: str) -> None:
-        self.found.append(Found("SQLITE_HEADER", 0, HEADER, {"page": 1}, {"problem": problem}))
-
-
-WAL_MAGIC = (0x377F0682, 0x377F0683)
-WAL_HEADER, FRAME_HEADER = 32, 24
-
-
-@lru_cache(maxsize=None)
-def _coefficients(pairs: int) -> tuple[np.ndarray, np.ndarray]:
-    """The WAL checksum is linear: after ``pairs`` steps of s0 += a + s1; s1 += b + s0 the state is
-    M**pairs @ (s0, s1) plus fixed multiples of each word (mod 2**32). Returns (M**pairs, weights)
-    with weights[r] the multiples of (a_k, b_k) in s_r, as uint64 arrays (sums wrap mod 2**64)."""
-    mask = 0xFFFFFFFF
-    powers = [((1, 0), (0, 1))]
-    for _ in range(pairs):
-        (a, b), (c, d) = powers[-1]
-        # M @ P with M = [[1, 1], [1, 2]]
-        powers.append((((a + c) & mask, (b + d) & mask), ((a + 2 * c) & mask, (b + 2 * d) & mask)))
-    weights = np.zeros((2, 2 * pairs), dtype=np.uint64)
-    for k in range(pairs):
-        (p00, p01), (p10, p11) = powers[pairs - 1 - k]
-        # step k adds (a_k, a_k + b_k) to the state, then the rest of the steps apply
-        weights[0, 2 * k], weights[0, 2 * k + 1] = (p00 + p01) & mask, p01
-        weights[1, 2 * k], weights[1, 2 * k + 1] = (p10 + p11) & mask, p11
-    return np.array(powers[pairs], dtype=np.uint64), weights
-
-
-def wal_checksum(data, big_endian: bool, s0: int = 0, s1: int = 0) -> tuple[int, int]:
-    """The WAL checksum of ``data`` (a multiple of 8 bytes), continuing from (s0, s1)."""
-    words = np.frombuffer(data, dtype=">u4" if big_endian else "<u4").astype(np.uint64)
-    matrix, weights = _coefficients(len(words) // 2)
-    state = matrix @ np.array([s0, s1], dtype=np.uint64) + weights @ words
-    return int(state[0]) & 0xFFFFFFFF, int(state[1]) & 0xFFFFFFFF
-
-
-class SqliteWalScanner:
-    """A ``<db>-wal`` member: frames as they stream past; one frame kept at a time."""
-
-    def __init__(self, name: str, size: int):
-        self.name, self.size = name, size
-        self.head = bytearray()
-        self.frame = bytearray()
-        self.frame_size = 0
-        self.big = False
-        self.salts = b""
-        self.sums = (0, 0)
-        self.number = 0  # frames met
-        self.state = "header"  # header, valid, broken (seeded from a bad frame), done
-        self.broken: tuple[int, int] | None = None  # (frame, page) of the first bad frame
-        self.found: list[Found] = []
-
-    def feed(self, view: memoryview, offset: int) -> None:
-        if self.state == "done":
-            return
-        if self.state == "header":
-            take = WAL_HEADER - len(self.head)
-            self.head += view[:take]
-            view = view[take:]
-            if len(self.head) < WAL_HEADER:
-                return
-            self._start()
-            if self.state == "done":
-                return
-        while len(view):
-            take = self.frame_size - len(self.frame)
-            self.frame += view[:take]
-            view = view[take:]
-            if len(self.frame) == self.frame_size:
-                self._frame(bytes(self.frame))
-                self.frame.clear()
-                if self.state == "done":
-                    return
-
-    def _start(self) -> None:
-        h = bytes(self.head)
-        magic, version, page_size = struct.unpack_from(">III", h, 0)
-        self.state = "done"
-        if magic not in WAL_MAGIC:
-            return self._problem(0, None, f"WAL magic {magic:08x}")
-        self.big = magic & 1 == 1
-        if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
-            return self._problem(0, None, f"WAL page size {page_size}")
-        if self.size <= WAL_HEADER:
-            return
-        if wal_checksum(h[:24], self.big) != struct.unpack_from(">II", h, 24):
-            return self._problem(0, None, "WAL header checksum does not match: SQLite ignores the whole WAL")
-        self.sums = struct.unpack_from(">II", h, 24)
-        self.salts, self.frame_size, self.state = h[16:24], FRAME_HEADER + page_size, "valid"
-
-    def _frame(self, f: bytes) -> None:
-        self.number += 1
-        page, commit = struct.unpack_from(">II", f, 0)
-        stored = struct.unpack_from(">II", f, 16)
-        s = wal_checksum(f[:8], self.big, *self.sums)
-        s = wal_checksum(f[FRAME_HEADER:], self.big, *s)
-        ok = f[8:16] == self.salts and s == stored
-        if self.state == "valid":
-            if not ok:  # the end of the WAL, unless later frames chain on from this one
-                self.broken, self.state = (self.number, page), "broken"
-            self.sums = stored
-        elif not ok:  # the WAL ended at the bad frame: leftovers, not damage
-            self.state = "done"
-        else:
-            self.sums = stored
-            if commit:
-                frame, bad_page = self.broken
-                self._problem(frame, bad_page, "a committed transaction follows this frame, which fails its "
-                                               "checksum or salts")
-                self.state = "done"
-
-    def _problem(self, frame: int, page: int | None, problem: str) -> None:
-        offset = WAL_HEADER + (frame - 1) * self.frame_size if frame else 0
-        length = self.frame_size if frame else WAL_HEADER
-        where = {"page": page} if page else {}
-        self.found.append(Found("SQLITE_WAL_CHECKSUM", offset, length, where, {"frame": frame, "problem": problem}))
-
-    def close(self, complete: bool) -> None:
-        self.frame.clear()
+    if len(head) < HEADER:
+        if complete:
+            header(f"only {len(head)} bytes, shorter than the 100-byte header")
+    else:
+        h = Header.parse(bytes(head))
+        for problem in header_problems(h, bytes(head), received if complete else size):
+            header(problem)
+        if complete and h.page_size and h.usable >= 480 and bytes(head[:16]) == MAGIC:
+            if data is None:
+                found.append(Found("SQLITE_TOO_LARGE", 0, size, {}, {"size": size, "limit": limit}))
+            else:
+                found.extend(Walk(data, h).run())
+    return [(f.code, f.offset, f.length, f.where, f.details) for f in found]

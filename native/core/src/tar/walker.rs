@@ -1,0 +1,835 @@
+//! An incremental walk over the (decoded) tar stream (formats.md 2).
+//!
+//! Fed chunks in order, it never needs the whole archive: a header split across chunks is
+//! carried over, member content is hashed (and handed to a database scanner) as it passes.
+//! After damage it resynchronises at the next header whose checksum holds, so one bad spot
+//! does not hide the members after it.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::header::{self, is_valid_header, is_zero, parse_pax, round_up, Pax, BLOCK, EXTENSION_LIMIT};
+use super::member::{Extra, Member};
+use crate::digest::{DigestKind, MemberDigest};
+use crate::fields;
+use crate::finding::{Fields, Finding, Found, Value};
+use crate::text::{field_text, from_latin1, latin1, parse_int, parse_number};
+
+const BATCH: usize = 2048; // members handed out together
+const RECENT: usize = 4096; // members kept for naming where a finding lies
+const NO_DATA_TYPES: &[u8] = b"123456";
+const EXTENSION_TYPES: &[u8] = b"xgXLK";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Header,
+    Data,
+    Pad,
+    Extension,
+    SparseMap,
+    End,
+    Resync,
+    NotTar,
+}
+
+/// Whoever reads a member's content besides the digest (the database scanners).
+pub trait ContentScanner {
+    fn feed(&mut self, data: &[u8], offset: u64);
+    fn close(&mut self, complete: bool);
+    fn take_found(&mut self) -> Vec<Found>;
+    /// What the scanner hands to Python at the member's end (an SQLite database to walk).
+    fn take_handoff(&mut self) -> Option<Handoff> {
+        None
+    }
+    /// What the scanner learnt of the file, for tests and tools (page size, records read...).
+    fn facts(&self) -> Fields {
+        Fields::new()
+    }
+}
+
+/// A member's content handed to Python whole (up to `limit`), with its header bytes.
+#[derive(Debug)]
+pub struct Handoff {
+    pub kind: &'static str,
+    pub size: u64,
+    pub received: u64,
+    pub complete: bool,
+    pub head: Vec<u8>,
+    pub data: Option<Vec<u8>>,
+    pub limit: u64,
+}
+
+/// A handoff, with the member it came from.
+#[derive(Debug)]
+pub struct HandedOff {
+    pub name: String,
+    pub data_offset: u64,
+    pub handoff: Handoff,
+}
+
+/// Picks a scanner for a member by its name and size (None: the member is not scanned).
+pub trait ScannerRouter {
+    fn open(&mut self, name: &str, size: u64) -> Option<Box<dyn ContentScanner + Send + Sync>>;
+    /// What the router has learnt, for checkpoints (JSON), and its restoration.
+    fn state(&self) -> serde_json::Value;
+    fn restore(&mut self, state: &serde_json::Value);
+}
+
+#[derive(Default)]
+struct Pending {
+    name: Option<String>,
+    linkname: Option<String>,
+    pax: Option<Pax>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.name.is_none() && self.linkname.is_none() && self.pax.is_none()
+    }
+}
+
+struct Current {
+    header_offset: u64,
+    data_offset: u64,
+    header: Vec<u8>,
+    size: u64,
+    extra: Option<Extra>,
+}
+
+impl Current {
+    fn member(&self) -> Member {
+        Member::from_header(&self.header, self.header_offset, self.data_offset, self.size, self.extra.as_ref())
+    }
+}
+
+/// The layout of `Checkpoint`: a change to it, or to what the walker or a scanner keeps in it,
+/// takes a new number, and a checkpoint of another is not restored (the walk starts over).
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// What a later walk needs to take over at a point between members.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    #[serde(default)] // 0: written before checkpoints had versions
+    pub version: u32,
+    pub at: u64,
+    state: String,
+    count: u64,
+    scanners: Option<serde_json::Value>,
+    global_pax: Vec<(String, String)>, // values as latin-1: any bytes survive
+    end_offset: Option<u64>,
+    trailing: u64,
+    trailing_at: Option<u64>,
+}
+
+pub struct TarWalker {
+    digest: Option<DigestKind>,
+    router: Option<Box<dyn ScannerRouter + Send + Sync>>,
+    scanner: Option<Box<dyn ContentScanner + Send + Sync>>,
+    state: State,
+    pos: u64,
+    carry: Vec<u8>,
+    need: usize,
+    remaining: u64,
+    pad: u64,
+    hasher: Option<MemberDigest>,
+    current: Option<Current>,
+    current_whole: bool,
+    pending: Pending,
+    pending_at: u64,
+    global_pax: Pax,
+    extension: Option<(u8, u64, u64)>, // (type, size, header offset)
+    zero_blocks: u32,
+    end_offset: Option<u64>,
+    trailing: u64,
+    trailing_at: Option<u64>,
+    resync_from: u64,
+    search_from: u64,
+    pub count: u64,
+    batch: Vec<Member>,
+    recent: VecDeque<Member>,
+    flushed: Vec<Member>, // handed out by the last flushes, not yet taken
+    pub findings: Vec<Finding>,
+    pub handoffs: Vec<HandedOff>,
+}
+
+impl TarWalker {
+    pub fn new(digest: Option<DigestKind>, router: Option<Box<dyn ScannerRouter + Send + Sync>>) -> Self {
+        TarWalker {
+            digest,
+            router,
+            scanner: None,
+            state: State::Header,
+            pos: 0,
+            carry: Vec::new(),
+            need: BLOCK,
+            remaining: 0,
+            pad: 0,
+            hasher: None,
+            current: None,
+            current_whole: true,
+            pending: Pending::default(),
+            pending_at: 0,
+            global_pax: Pax::new(),
+            extension: None,
+            zero_blocks: 0,
+            end_offset: None,
+            trailing: 0,
+            trailing_at: None,
+            resync_from: 0,
+            search_from: 0,
+            count: 0,
+            batch: Vec::new(),
+            recent: VecDeque::new(),
+            flushed: Vec::new(),
+            findings: Vec::new(),
+            handoffs: Vec::new(),
+        }
+    }
+
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    // --- feeding -------------------------------------------------------------------------------
+
+    pub fn feed(&mut self, view: &[u8], offset: u64) {
+        if offset != self.pos {
+            // bytes went missing upstream without lost() being called
+            self.lost(self.pos);
+            self.pos = offset;
+        }
+        let n = view.len();
+        let mut i = 0;
+        while i < n {
+            match self.state {
+                State::Data => {
+                    let take = (self.remaining.min((n - i) as u64)) as usize;
+                    let piece = &view[i..i + take];
+                    if let Some(h) = self.hasher.as_mut() {
+                        h.update(piece);
+                    }
+                    if let Some(s) = self.scanner.as_mut() {
+                        let size = self.current.as_ref().map_or(0, |c| c.size);
+                        s.feed(piece, size - self.remaining);
+                    }
+                    self.remaining -= take as u64;
+                    i += take;
+                    if self.remaining == 0 {
+                        self.finish_member(true);
+                    }
+                }
+                State::Pad => {
+                    let take = (self.pad.min((n - i) as u64)) as usize;
+                    self.pad -= take as u64;
+                    i += take;
+                    if self.pad == 0 {
+                        self.state = State::Header;
+                    }
+                }
+                State::Header | State::Extension | State::SparseMap => {
+                    let take = (self.need - self.carry.len()).min(n - i);
+                    let block: Vec<u8> = if self.carry.is_empty() && take == self.need {
+                        view[i..i + take].to_vec()
+                    } else {
+                        self.carry.extend_from_slice(&view[i..i + take]);
+                        if self.carry.len() < self.need {
+                            i += take;
+                            continue;
+                        }
+                        std::mem::take(&mut self.carry)
+                    };
+                    i += take;
+                    let at = offset + i as u64 - block.len() as u64;
+                    match self.state {
+                        State::Header => self.header(&block, at),
+                        State::Extension => self.extension_body(&block),
+                        _ => self.sparse_map(&block),
+                    }
+                }
+                State::End => {
+                    let rest = &view[i..];
+                    let nonzero = rest.iter().filter(|&&b| b != 0).count() as u64;
+                    if nonzero > 0 && self.trailing_at.is_none() {
+                        let lead = rest.iter().take_while(|&&b| b == 0).count();
+                        self.trailing_at = Some(offset + (i + lead) as u64);
+                    }
+                    self.trailing += nonzero;
+                    i = n;
+                }
+                State::Resync => i = self.resync(view, offset, i),
+                State::NotTar => i = n,
+            }
+        }
+        self.pos = offset + n as u64;
+    }
+
+    /// Bytes from `offset` on are missing (upstream damage): the walk goes on silently from
+    /// the next valid header (the upstream layer reported the damage). The member hit.
+    pub fn lost(&mut self, offset: u64) -> (Option<String>, Option<u64>) {
+        let member = self.member_at(offset);
+        if self.state == State::Data && self.current.is_some() {
+            self.finish_member(false);
+        }
+        if !matches!(self.state, State::End | State::NotTar) {
+            self.start_resync(offset, offset);
+        }
+        self.carry.clear();
+        self.pending = Pending::default();
+        self.extension = None;
+        member
+    }
+
+    /// The stream ended at uncompressed offset `end`.
+    pub fn finish(&mut self, end: u64, mut upstream_damage: bool) {
+        if end == 0 && self.state == State::Header && !upstream_damage {
+            self.state = State::NotTar;
+            self.emit("TAR_NOT_TAR", 0, 0, vec![]);
+        }
+        if end != self.pos {
+            self.lost(self.pos);
+            upstream_damage = true;
+        }
+        let state = self.state;
+        let in_member = matches!(state, State::Data | State::Pad | State::Extension | State::SparseMap);
+        if in_member || (state == State::Header && !self.carry.is_empty()) {
+            let what = match (&self.current, state) {
+                (Some(c), _) => c.member().name,
+                (None, State::Pad) => "padding".into(),
+                (None, _) => "a header".into(),
+            };
+            let missing = if matches!(state, State::Data | State::Pad) {
+                self.remaining + self.pad
+            } else {
+                (self.need - self.carry.len()) as u64
+            };
+            if self.current.is_some() {
+                self.finish_member(false);
+            }
+            if !upstream_damage {
+                self.emit("TAR_TRUNCATED", end, end, fields![("what", what), ("missing", missing)]);
+            }
+        } else if state == State::Header {
+            if !self.pending.is_empty() && !upstream_damage {
+                self.emit("TAR_ORPHAN_EXTENSION", self.pending_at, end, fields![("kind", "extended")]);
+            }
+            if !upstream_damage {
+                self.emit("TAR_MISSING_END", end, end, vec![]);
+            }
+        } else if state == State::Resync && !upstream_damage {
+            let from = self.resync_from;
+            self.emit("TAR_RESYNC", from, end, fields![("length", end - from)]);
+        } else if state == State::End && self.trailing > 0 {
+            let at = self.trailing_at.unwrap_or(end);
+            self.emit("TAR_TRAILING_DATA", at, end, fields![("length", self.trailing)]);
+        }
+        if state == State::End && self.count == 0 {
+            self.emit("TAR_EMPTY", 0, end, fields![("size", end)]);
+        }
+        self.flush();
+    }
+
+    /// Members recorded so far leave the batch (the caller takes them with take_members).
+    pub fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        for member in self.batch.drain(..) {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(member.clone());
+            self.flushed.push(member);
+        }
+    }
+
+    pub fn take_members(&mut self) -> Vec<Member> {
+        std::mem::take(&mut self.flushed)
+    }
+
+    pub fn recent(&self) -> impl Iterator<Item = &Member> {
+        self.recent.iter()
+    }
+
+    // --- resuming ------------------------------------------------------------------------------
+
+    /// Where a later walk can take over: an offset between members, and what it must know
+    /// there. None while no such point is at hand (resynchronising, inside an extension chain
+    /// after a zero block). The caller flushes members before using it.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        let at = match self.state {
+            State::Data | State::SparseMap if self.current.is_some() => self.current.as_ref()?.header_offset,
+            State::Pad => self.pos + self.pad,
+            State::Extension => {
+                if self.pending.is_empty() {
+                    self.extension?.2
+                } else {
+                    self.pending_at
+                }
+            }
+            State::Header if self.pending.is_empty() || self.zero_blocks == 0 => {
+                if self.pending.is_empty() {
+                    self.pos - self.carry.len() as u64 - BLOCK as u64 * self.zero_blocks as u64
+                } else {
+                    self.pending_at
+                }
+            }
+            State::End | State::NotTar => self.pos,
+            _ => return None,
+        };
+        let state = match self.state {
+            State::End => "end",
+            State::NotTar => "not_tar",
+            _ => "header",
+        };
+        Some(Checkpoint {
+            version: CHECKPOINT_VERSION,
+            at,
+            state: state.into(),
+            count: self.count,
+            scanners: self.router.as_ref().map(|r| r.state()),
+            global_pax: self.global_pax.iter().map(|(k, v)| (k.clone(), latin1(v))).collect(),
+            end_offset: self.end_offset,
+            trailing: self.trailing,
+            trailing_at: self.trailing_at,
+        })
+    }
+
+    /// Go on from a checkpoint; feeding starts at its offset. `recent`: members before it, to
+    /// name where findings lie.
+    pub fn restore(&mut self, cp: &Checkpoint, recent: Vec<Member>) -> Result<(), String> {
+        if cp.version != CHECKPOINT_VERSION {
+            return Err(format!("a version {} checkpoint; this core writes version {CHECKPOINT_VERSION}", cp.version));
+        }
+        self.pos = cp.at;
+        self.count = cp.count;
+        self.state = match cp.state.as_str() {
+            "end" => State::End,
+            "not_tar" => State::NotTar,
+            _ => State::Header,
+        };
+        self.global_pax = cp.global_pax.iter().map(|(k, v)| (k.clone(), from_latin1(v))).collect();
+        self.end_offset = cp.end_offset;
+        self.trailing = cp.trailing;
+        self.trailing_at = cp.trailing_at;
+        self.recent.extend(recent);
+        if let (Some(router), Some(state)) = (self.router.as_mut(), cp.scanners.as_ref()) {
+            router.restore(state);
+        }
+        Ok(())
+    }
+
+    // --- lookups -------------------------------------------------------------------------------
+
+    /// The member whose header or content holds `offset`, and the offset within it (among the
+    /// members still known: the current one, the batch, the recent ones).
+    pub fn member_at(&self, offset: u64) -> (Option<String>, Option<u64>) {
+        if let Some(c) = &self.current {
+            if offset >= c.header_offset {
+                return (Some(c.member().name), Some(offset.saturating_sub(c.data_offset)));
+            }
+        }
+        for m in self.batch.iter().rev() {
+            if m.header_offset <= offset && offset < m.padded_end() {
+                return (Some(m.name.clone()), Some(offset.saturating_sub(m.data_offset)));
+            }
+            if m.padded_end() <= offset {
+                return (None, None);
+            }
+        }
+        for m in self.recent.iter().rev() {
+            if m.header_offset <= offset && offset < m.padded_end() {
+                return (Some(m.name.clone()), Some(offset.saturating_sub(m.data_offset)));
+            }
+            if m.padded_end() <= offset {
+                break;
+            }
+        }
+        (None, None)
+    }
+
+    /// The first member whose header is at or after `offset` (among those still known), and
+    /// where its header is: where the walk found members again after a loss.
+    pub fn first_member_after(&self, offset: u64) -> Option<(String, u64)> {
+        let known = self.recent.iter().chain(self.batch.iter());
+        if let Some(m) = known.filter(|m| m.header_offset >= offset).min_by_key(|m| m.header_offset) {
+            return Some((m.name.clone(), m.header_offset));
+        }
+        self.current.as_ref().filter(|c| c.header_offset >= offset).map(|c| (c.member().name, c.header_offset))
+    }
+
+    /// Names (at most 10) and the number of members from `start` on, given the member count
+    /// when `start` was reached.
+    pub fn members_since(&self, start: u64, first_count: u64) -> (Vec<String>, u64) {
+        let hit = self.member_at(start).0;
+        let mut names: Vec<String> = hit.iter().cloned().collect();
+        let mut later: Vec<String> =
+            self.recent.iter().filter(|m| m.header_offset >= start).take(11).map(|m| m.name.clone()).collect();
+        let room = 11 - later.len();
+        later.extend(self.batch.iter().filter(|m| m.header_offset >= start).take(room).map(|m| m.name.clone()));
+        let room = 10 - names.len();
+        names.extend(later.into_iter().filter(|n| Some(n) != hit.as_ref()).take(room));
+        let total = self.count as i128 - first_count as i128
+            + hit.is_some() as i128
+            + self.current.is_some() as i128;
+        if let Some(c) = &self.current {
+            if c.header_offset >= start && names.len() < 10 {
+                names.push(c.member().name);
+            }
+        }
+        (names, total.max(0) as u64)
+    }
+
+    // --- internals -----------------------------------------------------------------------------
+
+    fn record(&mut self, member: Member) {
+        self.batch.push(member);
+        self.count += 1;
+        if self.batch.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    fn emit(&mut self, code: &'static str, start: u64, end: u64, details: Vec<(&'static str, Value)>) {
+        let (member, member_offset) = self.member_at(start);
+        self.findings.push(Finding { code, start, end, member, member_offset, place: vec![], details });
+    }
+
+    fn header(&mut self, block: &[u8], at: u64) {
+        if is_zero(block) {
+            self.zero_blocks += 1;
+            if self.zero_blocks == 2 {
+                self.state = State::End;
+                self.end_offset = Some(at + BLOCK as u64);
+                if !self.pending.is_empty() {
+                    self.emit("TAR_ORPHAN_EXTENSION", self.pending_at, at, fields![("kind", "extended")]);
+                }
+            }
+            return;
+        }
+        if self.zero_blocks == 1 {
+            self.emit("TAR_LONE_ZERO_BLOCK", at - BLOCK as u64, at, vec![]);
+        }
+        self.zero_blocks = 0;
+        let stored = header::stored_checksum(block);
+        let (unsigned, signed) = header::header_checksums(block);
+        if !matches!(stored, Some(s) if s == unsigned || s == signed) {
+            if at == 0 && self.count == 0 && &block[257..262] != b"ustar" {
+                self.state = State::NotTar;
+                self.emit("TAR_NOT_TAR", 0, 0, vec![]);
+                return;
+            }
+            let expected = match stored {
+                Some(s) => py_octal(s),
+                None => format!("unreadable ({})", hex(&block[148..156])),
+            };
+            let actual = py_octal(unsigned);
+            self.emit("TAR_HEADER_CHECKSUM", at, at + BLOCK as u64, fields![("expected", expected), ("actual", actual)]);
+            self.start_resync(at, at + 1);
+            return;
+        }
+        self.member_header(block, at);
+    }
+
+    fn start_resync(&mut self, report_from: u64, search_from: u64) {
+        self.state = State::Resync;
+        self.resync_from = report_from;
+        self.search_from = search_from;
+        self.pending = Pending::default();
+        self.extension = None;
+    }
+
+    /// A size: negative, or 2^63 or more (no file is that large; GNU tar refuses it), is a bad
+    /// number at that header, and the walk resynchronises.
+    fn number(&mut self, block: &[u8], field: &'static str, range: std::ops::Range<usize>, at: u64) -> Option<i128> {
+        let value = parse_number(&block[range.clone()]);
+        if value.is_none_or(|v| !(0..1i128 << 63).contains(&v)) {
+            self.emit("TAR_BAD_NUMBER", at, at + BLOCK as u64, fields![("field", field), ("value", hex(&block[range]))]);
+            self.start_resync(at, at + 1);
+        }
+        value
+    }
+
+    fn member_header(&mut self, block: &[u8], at: u64) {
+        let flag = block[156];
+        let Some(mut size) = self.number(block, "size", 124..136, at) else { return };
+        if !(0..1i128 << 63).contains(&size) {
+            return;
+        }
+        let mut pax = self.global_pax.clone();
+        if let Some(local) = &self.pending.pax {
+            pax.extend(local.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        if let Some(value) = pax.get("size") {
+            let value = trim_ascii_whitespace(value);
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                let shown = latin1(&value[..value.len().min(40)]);
+                self.emit("TAR_PAX_MALFORMED", at, at + BLOCK as u64,
+                          fields![("detail", format!("size {} is not a size", py_repr(&shown)))]);
+                self.start_resync(at, at + 1);
+                return;
+            }
+            match parse_int(value, 10) {
+                Some(v) => size = v,
+                None => {
+                    // more digits than any archive holds
+                    self.emit("TAR_PAX_MALFORMED", at, at + BLOCK as u64,
+                              fields![("detail", format!("{}-digit size", value.len()))]);
+                    self.start_resync(at, at + 1);
+                    return;
+                }
+            }
+        }
+        let size = size as u64;
+        if EXTENSION_TYPES.contains(&flag) {
+            if size > EXTENSION_LIMIT {
+                self.emit("TAR_PAX_MALFORMED", at, at + BLOCK as u64,
+                          fields![("detail", format!("{size}-byte extended header"))]);
+                self.start_resync(at, at + 1);
+                return;
+            }
+            if self.pending.is_empty() {
+                self.pending_at = at;
+            }
+            self.extension = Some((flag, size, at));
+            if size == 0 {
+                // empty, but an extension all the same: a member must follow it
+                self.extension_body(&[]);
+            } else {
+                self.state = State::Extension;
+                self.need = round_up(size) as usize;
+            }
+            return;
+        }
+        let extra = self.overrides(&pax, at);
+        let header_offset = if self.pending.is_empty() { at } else { self.pending_at };
+        self.pending = Pending::default();
+        let data_len = if NO_DATA_TYPES.contains(&flag) { 0 } else { size };
+        let current = Current { header_offset, data_offset: at + BLOCK as u64, header: block.to_vec(), size: data_len, extra };
+        self.hasher = self.digest.map(DigestKind::start);
+        if data_len > 0 {
+            if let Some(router) = self.router.as_mut() {
+                self.scanner = router.open(&current.member().name, data_len);
+            }
+        }
+        self.current = Some(current);
+        self.current_whole = true;
+        self.remaining = data_len;
+        self.pad = round_up(data_len) - data_len;
+        if flag == b'S' && block[482] != 0 {
+            self.state = State::SparseMap;
+            self.need = BLOCK;
+        } else if data_len > 0 {
+            self.state = State::Data;
+        } else {
+            self.finish_member(true);
+        }
+    }
+
+    /// What extension headers say about the member, beyond its own header.
+    fn overrides(&mut self, pax: &Pax, at: u64) -> Option<Extra> {
+        let mut extra = Extra::default();
+        if let Some(v) = pax.get("GNU.sparse.name").or_else(|| pax.get("path")) {
+            extra.name = Some(crate::text::decode_lossless(v));
+        } else if let Some(name) = &self.pending.name {
+            extra.name = Some(name.clone());
+        }
+        if let Some(link) = &self.pending.linkname {
+            extra.linkname = Some(link.clone());
+        } else if let Some(v) = pax.get("linkpath") {
+            extra.linkname = Some(crate::text::decode_lossless(v));
+        }
+        if let Some(v) = pax.get("GNU.sparse.realsize").or_else(|| pax.get("GNU.sparse.size")) {
+            match parse_int(v, 10) {
+                Some(n) => extra.sparse_size = Some(n),
+                None => {
+                    let from = self.pending_at;
+                    self.emit("TAR_PAX_MALFORMED", from, at, fields![("detail", "sparse size is not a number")]);
+                }
+            }
+        }
+        (!extra.is_empty()).then_some(extra)
+    }
+
+    fn extension_body(&mut self, data: &[u8]) {
+        let Some((flag, size, at)) = self.extension.take() else { return };
+        self.state = State::Header;
+        self.need = BLOCK;
+        let body = &data[..(size as usize).min(data.len())];
+        if flag == b'L' || flag == b'K' {
+            let text = field_text(body);
+            if flag == b'L' {
+                self.pending.name = Some(text);
+            } else {
+                self.pending.linkname = Some(text);
+            }
+            return;
+        }
+        let (records, problem) = parse_pax(body);
+        if let Some(problem) = problem {
+            self.emit("TAR_PAX_MALFORMED", at, at + BLOCK as u64 + round_up(size), fields![("detail", problem)]);
+        }
+        if flag == b'g' {
+            self.global_pax.extend(records);
+        } else {
+            self.pending.pax.get_or_insert_with(Pax::new).extend(records);
+        }
+    }
+
+    fn sparse_map(&mut self, block: &[u8]) {
+        if block[504] == 0 {
+            self.need = BLOCK;
+            if self.remaining > 0 {
+                self.state = State::Data;
+            } else {
+                self.state = State::Header;
+                self.finish_member(true);
+            }
+        }
+    }
+
+    fn finish_member(&mut self, complete: bool) {
+        let Some(current) = self.current.take() else {
+            self.state = State::Header;
+            return;
+        };
+        let whole = complete && self.current_whole;
+        if let Some(mut scanner) = self.scanner.take() {
+            scanner.close(complete);
+            self.place_found(&current, scanner.take_found());
+            if let Some(handoff) = scanner.take_handoff() {
+                let (name, data_offset) = (current.member().name, current.data_offset);
+                self.handoffs.push(HandedOff { name, data_offset, handoff });
+            }
+        }
+        let mut member = current.member();
+        let hasher = self.hasher.take();
+        member.digest = if whole { hasher.map(|h| h.hex()) } else { None };
+        self.record(member);
+        self.state = if self.pad > 0 { State::Pad } else { State::Header };
+        if !complete {
+            self.remaining = 0;
+            self.pad = 0;
+        }
+    }
+
+    /// A scanner's findings, placed at their member's offsets.
+    fn place_found(&mut self, current: &Current, found: Vec<Found>) {
+        if found.is_empty() {
+            return;
+        }
+        let name = current.member().name;
+        for f in found {
+            let start = current.data_offset + f.offset;
+            self.findings.push(Finding {
+                code: f.code,
+                start,
+                end: start + f.length,
+                member: Some(name.clone()),
+                member_offset: Some(f.offset),
+                place: f.place,
+                details: f.details,
+            });
+        }
+    }
+
+    /// Search for the next header with a valid checksum, at any byte offset.
+    fn resync(&mut self, view: &[u8], offset: u64, i: usize) -> usize {
+        let base = offset + i as u64 - self.carry.len() as u64;
+        let mut data = std::mem::take(&mut self.carry);
+        data.extend_from_slice(&view[i..]);
+        let mut start = self.search_from.saturating_sub(base) as usize;
+        loop {
+            let k = find(&data, b"ustar", start + 257);
+            let Some(k) = k else {
+                let keep = start.max(data.len().saturating_sub(BLOCK - 1));
+                self.carry.extend_from_slice(&data[keep.min(data.len())..]);
+                return view.len();
+            };
+            let h = k - 257;
+            if h + BLOCK > data.len() {
+                self.carry.extend_from_slice(&data[h..]);
+                return view.len();
+            }
+            if is_valid_header(&data[h..h + BLOCK]) {
+                let found = base + h as u64;
+                if found > self.resync_from {
+                    let from = self.resync_from;
+                    self.emit("TAR_RESYNC", from, found, fields![("length", found - from)]);
+                }
+                self.state = State::Header;
+                self.need = BLOCK;
+                self.zero_blocks = 0;
+                let block = data[h..h + BLOCK].to_vec();
+                self.header(&block, found);
+                return (found + BLOCK as u64 - offset) as usize;
+            }
+            start = h + 1;
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if from >= haystack.len() {
+        return None;
+    }
+    memfind(&haystack[from..], needle).map(|p| p + from)
+}
+
+fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Octal as Python's `f"{n:o}"` writes it: a sign, not two's complement.
+fn py_octal(n: i128) -> String {
+    if n < 0 {
+        format!("-{:o}", n.unsigned_abs())
+    } else {
+        format!("{n:o}")
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn trim_ascii_whitespace(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !matches!(first, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., last] = s {
+        if !matches!(last, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+/// Python's repr() of a str (for messages recorded as Python wrote them).
+fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let mut out = String::new();
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || (0x7f..0xa1).contains(&(c as u32)) || c == '\u{ad}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}

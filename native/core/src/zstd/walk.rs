@@ -1,0 +1,458 @@
+//! The zstd frame walk: structure, no decoding (formats.md 1.5). It follows block headers from
+//! frame to frame, so frame boundaries, truncation and garbage are found before anything is
+//! decoded, and a broken frame does not hide the ones after it: the walk resynchronises at the
+//! next frame magic. Bytes are asked of a `ByteSource`: the core never opens a file.
+
+use crate::fields;
+use crate::finding::{Fields, Value};
+
+pub const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+const ZSTD_MAGIC_BYTES: &[u8; 4] = b"\x28\xb5\x2f\xfd";
+const SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
+const SKIPPABLE_BASE: u32 = 0x184D_2A50;
+const SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
+const SEEKABLE_FOOTER_MAGIC: u32 = 0x8F92_EAB1;
+const BLOCK_SIZE_MAX: u64 = 1 << 17;
+pub const FORMAT_WINDOW_MAX: u64 = 1 << 31; // windowLog 31: the most zstd makes or decodes
+pub const LARGE_WINDOW: u64 = 128 * 1024 * 1024; // libzstd's default limit
+const FIND_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// Where the walk reads: a file, an object, or bytes in memory.
+pub trait ByteSource {
+    fn size(&self) -> u64;
+    /// Up to `length` bytes at `offset` (fewer at the end).
+    fn read_at(&mut self, offset: u64, length: usize) -> Vec<u8>;
+}
+
+impl ByteSource for &[u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&mut self, offset: u64, length: usize) -> Vec<u8> {
+        let start = (offset as usize).min(self.len());
+        self[start..(start + length).min(self.len())].to_vec()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Zstd,
+    Skippable,
+    SeekTable,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Zstd => "zstd",
+            Kind::Skippable => "skippable",
+            Kind::SeekTable => "seek_table",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    pub index: u64,
+    pub kind: Kind,
+    pub offset: u64,
+    pub end: u64,
+    pub window: u64,
+    pub content_size: Option<u64>,
+    pub has_checksum: bool,
+    pub dictionary_id: u32,
+    pub intact: bool,
+    pub seek_checksum: Option<u32>,
+    pub seek_size: Option<u64>,
+    pub walked: bool, // false: its end came from pzstd's size note; the decoder walks its blocks
+    pub window_ok: bool, // false: a damaged window, or one over --max-window: not decoded
+    pub header_length: usize,
+}
+
+impl Frame {
+    pub fn decodable(&self) -> bool {
+        self.kind == Kind::Zstd && self.dictionary_id == 0 && self.window_ok
+    }
+}
+
+/// A structural problem, not yet placed: (code, start, end, frame, details).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WalkFinding {
+    pub code: &'static str,
+    pub start: u64,
+    pub end: u64,
+    pub frame: Option<u64>,
+    pub details: Fields,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FrameHeader {
+    pub length: usize,
+    pub window: u64,
+    pub content_size: Option<u64>,
+    pub has_checksum: bool,
+    pub dictionary_id: u32,
+    pub reserved_bit: bool,
+}
+
+/// Magic + frame header; None when `head` is too short to hold it.
+pub fn parse_frame_header(head: &[u8]) -> Option<FrameHeader> {
+    if head.len() < 5 {
+        return None;
+    }
+    let fhd = head[4];
+    let (single, did_flag, fcs_flag) = ((fhd >> 5) & 1 == 1, fhd & 3, fhd >> 6);
+    let mut pos = 5;
+    let mut window = 0u64;
+    if !single {
+        if head.len() < 6 {
+            return None;
+        }
+        let wd = head[5];
+        let base = 1u64 << (10 + (wd >> 3));
+        window = base + (base >> 3) * (wd & 7) as u64;
+        pos = 6;
+    }
+    let did_size = [0, 1, 2, 4][did_flag as usize];
+    let fcs_size = [if single { 1 } else { 0 }, 2, 4, 8][fcs_flag as usize];
+    if head.len() < pos + did_size + fcs_size {
+        return None;
+    }
+    let le = |b: &[u8]| b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64);
+    let dictionary_id = le(&head[pos..pos + did_size]) as u32;
+    pos += did_size;
+    let content_size = (fcs_size > 0).then(|| le(&head[pos..pos + fcs_size]) + if fcs_size == 2 { 256 } else { 0 });
+    if single {
+        window = content_size.unwrap_or(0);
+    }
+    Some(FrameHeader {
+        length: pos + fcs_size,
+        window,
+        content_size,
+        has_checksum: fhd & 4 != 0,
+        dictionary_id,
+        reserved_bit: fhd & 8 != 0,
+    })
+}
+
+pub fn is_zstd_start(head: &[u8]) -> bool {
+    if head.len() < 4 {
+        return false;
+    }
+    let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    magic == ZSTD_MAGIC || magic & SKIPPABLE_MASK == SKIPPABLE_BASE
+}
+
+/// A block-walk problem: (code, start, end, details).
+pub type BlockProblem = (&'static str, u64, u64, Fields);
+
+/// Follow a frame's block headers from `p` (formats.md 1.5): Ok(frame end), or where it
+/// stopped and why.
+pub fn walk_blocks(src: &mut dyn ByteSource, mut p: u64, window: u64, has_checksum: bool) -> Result<u64, (u64, BlockProblem)> {
+    let size = src.size();
+    let block_max = window.min(BLOCK_SIZE_MAX);
+    let mut block = 0u64;
+    loop {
+        let raw = src.read_at(p, 3);
+        if raw.len() < 3 {
+            return Err((size, ("ZSTD_TRUNCATED_FRAME", p, size, vec![])));
+        }
+        let h = raw[0] as u64 | (raw[1] as u64) << 8 | (raw[2] as u64) << 16;
+        let (last, btype, bsize) = (h & 1 == 1, (h >> 1) & 3, h >> 3);
+        if btype == 3 {
+            return Err((p, ("ZSTD_RESERVED_BLOCK", p, p + 3, fields![("block", block)])));
+        }
+        if bsize > block_max {
+            return Err((p, ("ZSTD_BLOCK_TOO_LARGE", p, p + 3,
+                            fields![("block", block), ("size", bsize), ("limit", block_max)])));
+        }
+        p += 3 + if btype == 1 { 1 } else { bsize };
+        if p > size {
+            return Err((size, ("ZSTD_TRUNCATED_FRAME", p - bsize - 3, size, vec![])));
+        }
+        block += 1;
+        if last {
+            break;
+        }
+    }
+    if has_checksum {
+        if p + 4 > size {
+            return Err((size, ("ZSTD_TRUNCATED_FRAME", p, size, vec![])));
+        }
+        p += 4;
+    }
+    Ok(p)
+}
+
+/// The block walk of a frame whose end came from a size note: it must end exactly there.
+pub fn unwalked_problem(src: &mut dyn ByteSource, frame: &Frame) -> Option<BlockProblem> {
+    let Some(header) = parse_frame_header(&src.read_at(frame.offset, 18)) else {
+        // the file no longer holds the header the walk saw
+        return Some(("ZSTD_TRUNCATED_FRAME", frame.offset, src.size(), vec![]));
+    };
+    match walk_blocks(src, frame.offset + header.length as u64, header.window, header.has_checksum) {
+        Err((_, problem)) => Some(problem),
+        Ok(end) if end != frame.end => Some(("ZSTD_SIZE_NOTE_MISMATCH", frame.offset, frame.end,
+                                             fields![("noted", frame.end - frame.offset), ("actual", end - frame.offset)])),
+        Ok(_) => None,
+    }
+}
+
+fn format_size(n: u64) -> String {
+    let mut value = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if value.abs() < 1024.0 || unit == "TiB" {
+            return if unit == "B" || value.fract() == 0.0 { format!("{value:.0} {unit}") } else { format!("{value:.1} {unit}") };
+        }
+        value /= 1024.0;
+    }
+    unreachable!()
+}
+
+/// Walks every frame of a zstd file: the frames, and the structural findings.
+pub struct FrameWalk<'s> {
+    src: &'s mut dyn ByteSource,
+    max_window: u64,
+    pub frames: Vec<Frame>,
+    pub findings: Vec<WalkFinding>,
+    size_hint: Option<(u64, u64)>, // (frame start, compressed size) from pzstd
+}
+
+impl<'s> FrameWalk<'s> {
+    pub fn new(src: &'s mut dyn ByteSource, max_window: u64) -> Self {
+        FrameWalk { src, max_window, frames: Vec::new(), findings: Vec::new(), size_hint: None }
+    }
+
+    pub fn run(mut self) -> (Vec<Frame>, Vec<WalkFinding>) {
+        let size = self.src.size();
+        let mut pos = 0;
+        while pos < size {
+            let head = self.src.read_at(pos, 18);
+            let magic = (head.len() >= 4).then(|| u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+            pos = match magic {
+                Some(ZSTD_MAGIC) => self.zstd_frame(pos, &head),
+                Some(m) if m & SKIPPABLE_MASK == SKIPPABLE_BASE => self.skippable(pos, &head, m),
+                _ => self.garbage(pos, magic),
+            };
+        }
+        self.check_seek_table();
+        (self.frames, self.findings)
+    }
+
+    fn find(&mut self, code: &'static str, start: u64, end: u64, frame: Option<u64>, details: Fields) {
+        self.findings.push(WalkFinding { code, start, end, frame, details });
+    }
+
+    /// The next frame magic at or after `start`, or the end of the file.
+    fn next_magic(&mut self, start: u64) -> u64 {
+        let size = self.src.size();
+        let mut pos = start;
+        while pos < size {
+            let window = self.src.read_at(pos, (FIND_WINDOW + 3).min(size - pos) as usize);
+            if let Some(hit) = window.windows(4).position(|w| w == ZSTD_MAGIC_BYTES) {
+                return pos + hit as u64;
+            }
+            pos += FIND_WINDOW;
+        }
+        size
+    }
+
+    fn garbage(&mut self, pos: u64, magic: Option<u32>) -> u64 {
+        let next = self.next_magic(pos + 1);
+        let legacy = magic.is_some_and(|m| (0xFD2F_B522..0xFD2F_B528).contains(&m) || m == 0x1EB5_2FFD);
+        if legacy {
+            let index = self.frames.len() as u64;
+            self.find("ZSTD_LEGACY_FRAME", pos, next, Some(index), vec![]);
+        } else if next >= self.src.size() {
+            self.find("ZSTD_TRAILING_GARBAGE", pos, next, None, fields![("length", next - pos)]);
+        } else {
+            let detail = format!("{} bytes of unknown data before the next frame", next - pos);
+            self.find("ZSTD_BAD_MAGIC", pos, next, None, fields![("detail", detail)]);
+        }
+        next
+    }
+
+    fn skippable(&mut self, pos: u64, head: &[u8], magic: u32) -> u64 {
+        let index = self.frames.len() as u64;
+        let size = self.src.size();
+        if head.len() < 8 {
+            self.find("ZSTD_TRUNCATED_FRAME", pos, size, Some(index), vec![]);
+            return size;
+        }
+        let mut end = pos + 8 + u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as u64;
+        if end > size {
+            self.find("ZSTD_TRUNCATED_FRAME", pos, size, Some(index), vec![]);
+            end = size;
+        }
+        let kind = if magic == SEEK_TABLE_MAGIC && end == size && end >= 4
+            && self.src.read_at(end - 4, 4) == SEEKABLE_FOOTER_MAGIC.to_le_bytes() {
+            Kind::SeekTable
+        } else {
+            Kind::Skippable
+        };
+        self.frames.push(Frame { index, kind, offset: pos, end, window: 0, content_size: None, has_checksum: false,
+                                 dictionary_id: 0, intact: true, seek_checksum: None, seek_size: None, walked: true,
+                                 window_ok: true, header_length: 8 });
+        if magic == SKIPPABLE_BASE && end - pos == 12 && head.len() >= 12 {
+            // pzstd's note of the next frame's size
+            self.size_hint = Some((end, u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as u64));
+        }
+        end
+    }
+
+    fn zstd_frame(&mut self, pos: u64, head: &[u8]) -> u64 {
+        let index = self.frames.len() as u64;
+        let size = self.src.size();
+        let Some(header) = parse_frame_header(head) else {
+            self.find("ZSTD_TRUNCATED_FRAME", pos, size, Some(index), vec![]);
+            return size;
+        };
+        let window_ok = self.window_ok(pos, &header, index);
+        let mut frame = Frame {
+            index, kind: Kind::Zstd, offset: pos, end: pos, window: header.window, content_size: header.content_size,
+            has_checksum: header.has_checksum, dictionary_id: header.dictionary_id, intact: true, seek_checksum: None,
+            seek_size: None, walked: true, window_ok, header_length: header.length,
+        };
+        if header.reserved_bit {
+            self.find("ZSTD_RESERVED_BIT", pos, pos + header.length as u64, Some(index), vec![]);
+            let end = self.next_magic(pos + 1);
+            frame.end = end;
+            frame.intact = false;
+            self.frames.push(frame);
+            return end;
+        }
+        let (end, intact) = match self.hinted_end(pos) {
+            Some(end) => {
+                frame.walked = false; // the decoding thread walks its blocks, in parallel
+                (end, true)
+            }
+            None => self.walk(pos + header.length as u64, &header, index),
+        };
+        frame.end = end;
+        frame.intact = intact;
+        if frame.dictionary_id != 0 {
+            self.find("ZSTD_DICTIONARY_REQUIRED", pos, end, Some(index),
+                      fields![("dictionary_id", frame.dictionary_id)]);
+        }
+        self.frames.push(frame);
+        end
+    }
+
+    /// A window no encoder would write is header damage (corruption); a plausible one over
+    /// --max-window is a question of memory, and leaves the frame unverified.
+    fn window_ok(&mut self, pos: u64, header: &FrameHeader, index: u64) -> bool {
+        let (window, content) = (header.window, header.content_size);
+        let end = pos + header.length as u64;
+        let why = if window > FORMAT_WINDOW_MAX {
+            Some(format!("beyond what zstd makes or decodes ({}, windowLog 31)", format_size(FORMAT_WINDOW_MAX)))
+        } else {
+            // zstd sizes the window to the content when it knows the size (formats.md 1.3)
+            content.filter(|&c| window > c.max(LARGE_WINDOW)).map(|c| {
+                format!("while the frame holds {}: no encoder asks for more than its content", format_size(c))
+            })
+        };
+        if let Some(why) = why {
+            self.find("ZSTD_BAD_WINDOW", pos, end, Some(index), fields![("window", format_size(window)), ("why", why)]);
+            return window <= self.max_window && window <= FORMAT_WINDOW_MAX;
+        }
+        if window > self.max_window {
+            self.find("ZSTD_WINDOW_OVER_LIMIT", pos, end, Some(index),
+                      fields![("window", format_size(window)), ("limit", format_size(self.max_window))]);
+            return false;
+        }
+        true
+    }
+
+    /// The end pzstd noted for the frame at `pos`, if it leads to the next frame or to the end
+    /// of the file.
+    fn hinted_end(&mut self, pos: u64) -> Option<u64> {
+        let (start, length) = self.size_hint.take()?;
+        if start != pos {
+            return None;
+        }
+        let end = pos + length;
+        let size = self.src.size();
+        if end == size || (end < size && is_zstd_start(&self.src.read_at(end, 4))) {
+            return Some(end);
+        }
+        None
+    }
+
+    fn walk(&mut self, p: u64, header: &FrameHeader, index: u64) -> (u64, bool) {
+        match walk_blocks(self.src, p, header.window, header.has_checksum) {
+            Ok(end) => (end, true),
+            Err((_, (code, start, end, details))) => {
+                self.find(code, start, end, Some(index), details);
+                let next = if code == "ZSTD_TRUNCATED_FRAME" { self.src.size() } else { self.next_magic(end) };
+                (next, false)
+            }
+        }
+    }
+
+    /// Seekable format (formats.md 1.7): the table must describe the frames before it.
+    fn check_seek_table(&mut self) {
+        let Some(table) = self.frames.last().filter(|f| f.kind == Kind::SeekTable).cloned() else { return };
+        let data = self.src.read_at(table.offset, (table.end - table.offset) as usize);
+        if data.len() < 17 {
+            let problem = format!("a seek table of {} bytes", data.len());
+            self.find("ZSTD_SEEK_TABLE_MISMATCH", table.offset, table.end, Some(table.index), fields![("detail", problem)]);
+            return;
+        }
+        let u32_at = |at: usize| u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        let count = u32_at(data.len() - 9) as u64;
+        let descriptor = data[data.len() - 5];
+        let entry_size: u64 = if descriptor & 0x80 != 0 { 12 } else { 8 };
+        let data_frames = self.frames.len() as u64 - 1;
+        let problem = if descriptor & 0x7C != 0 {
+            Some("reserved bits set in the seek table descriptor".to_string())
+        } else if 8 + count * entry_size + 9 != data.len() as u64 {
+            Some(format!("table of {count} entries does not fit its frame"))
+        } else if count != data_frames {
+            Some(format!("table lists {count} frames, the file has {data_frames}"))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.find("ZSTD_SEEK_TABLE_MISMATCH", table.offset, table.end, Some(table.index), fields![("detail", problem)]);
+            return;
+        }
+        for i in 0..data_frames as usize {
+            let at = 8 + i * entry_size as usize;
+            let (csize, dsize) = (u32_at(at) as u64, u32_at(at + 4) as u64);
+            let checksum = (entry_size == 12).then(|| u32_at(at + 8));
+            let frame = &self.frames[i];
+            if csize != frame.end - frame.offset {
+                let detail = format!("frame is {} bytes, table says {csize}", frame.end - frame.offset);
+                let (offset, end, index) = (frame.offset, frame.end, frame.index);
+                self.find("ZSTD_SEEK_TABLE_MISMATCH", offset, end, Some(index), fields![("detail", detail)]);
+            }
+            let frame = &mut self.frames[i];
+            frame.seek_checksum = checksum;
+            frame.seek_size = Some(dsize);
+        }
+    }
+}
+
+impl WalkFinding {
+    pub fn detail(&self, key: &str) -> Option<&Value> {
+        self.details.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn frame_header_vectors_from_the_format_sheet() {
+        let hello = parse_frame_header(&hex("28B52FFD045829000068656C6C6FA36D9F88")).unwrap();
+        assert_eq!((hello.window, hello.has_checksum, hello.content_size), (2 << 20, true, None));
+        let empty = parse_frame_header(&hex("28B52FFD240001000099E9D851")).unwrap();
+        assert_eq!((empty.content_size, empty.length, empty.has_checksum), (Some(0), 6, true));
+    }
+}

@@ -1,0 +1,603 @@
+//! `archcheck._native`: the core's Python face. Each call hands the core a buffer and releases
+//! the GIL while it works; results come back in batches, never a call per member or page.
+//! A panic in the core surfaces as `NativePanic`, never as a dead process.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use archcheck_core::digest::DigestKind;
+use archcheck_core::finding::{Fields, Finding, Found, Value};
+use archcheck_core::scan::listed::Listed;
+use archcheck_core::scan::postgres::DataDir;
+use archcheck_core::scan::{self, Router};
+use archcheck_core::tar::{self, ContentScanner, Member};
+use archcheck_core::zstd::{decode, walk};
+
+create_exception!(_native, NativePanic, PyException, "The native core failed (a bug in archcheck).");
+
+thread_local! {
+    static PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// A panic is reported once, as NativePanic with where it happened, not printed to stderr.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+        PANIC_AT.with(|p| *p.borrow_mut() = at);
+    }));
+}
+
+/// Run core code, turning a panic into NativePanic.
+fn guarded<T>(f: impl FnOnce() -> T) -> PyResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|cause| {
+        let text = cause.downcast_ref::<&str>().map(|s| s.to_string())
+            .or_else(|| cause.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let at = PANIC_AT.with(|p| p.borrow_mut().take()).map_or(String::new(), |at| format!(" at {at}"));
+        NativePanic::new_err(format!("{text}{at}"))
+    })
+}
+
+/// ARCHCHECK_FAILPOINT=native-panic makes the walker panic on its first piece, as a bug in the
+/// core would: how the tests reach the path a panic takes.
+fn failpoint(name: &str) -> bool {
+    static FAILPOINT: LazyLock<Option<String>> = LazyLock::new(|| std::env::var("ARCHCHECK_FAILPOINT").ok());
+    FAILPOINT.as_deref() == Some(name)
+}
+
+fn value_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match value {
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Text(s) => s.into_pyobject(py)?.into_any(),
+        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        Value::List(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(value_to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Null => py.None().into_bound(py),
+    })
+}
+
+fn fields_to_dict<'py>(py: Python<'py>, fields: &Fields) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (key, value) in fields {
+        dict.set_item(key, value_to_py(py, value)?)?;
+    }
+    Ok(dict)
+}
+
+/// (code, start, end, member, member_offset, place, details)
+fn finding_to_py<'py>(py: Python<'py>, f: &Finding) -> PyResult<Bound<'py, PyTuple>> {
+    (f.code, f.start, f.end, f.member.as_deref(), f.member_offset, fields_to_dict(py, &f.place)?,
+     fields_to_dict(py, &f.details)?)
+        .into_pyobject(py)
+}
+
+/// (code, offset, length, place, details): a scanner's finding in member coordinates.
+fn found_to_py<'py>(py: Python<'py>, f: &Found) -> PyResult<Bound<'py, PyTuple>> {
+    (f.code, f.offset, f.length, fields_to_dict(py, &f.place)?, fields_to_dict(py, &f.details)?).into_pyobject(py)
+}
+
+fn members_json(members: &[Member]) -> String {
+    let mut out = String::with_capacity(members.len() * 120 + 2);
+    out.push('[');
+    for (i, m) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        m.write_json(&mut out);
+    }
+    out.push(']');
+    out
+}
+
+fn value_error(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+// --- decoded bytes ------------------------------------------------------------------------------
+
+/// Decoded bytes owned by the core: Python hands the object from a decode thread to the walker
+/// and back for reuse, and never copies what it holds.
+#[pyclass(module = "archcheck._native")]
+struct Chunk {
+    data: Vec<u8>,
+}
+
+#[pymethods]
+impl Chunk {
+    #[new]
+    fn new(capacity: usize) -> Self {
+        Chunk { data: Vec::with_capacity(capacity) }
+    }
+
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+
+    fn clear(&mut self) {
+        self.data.clear();
+    }
+
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
+    /// A copy, for tests and small things.
+    fn tobytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.data)
+    }
+
+    /// Fill from bytes (a plain tar read from the file goes through the same walker).
+    fn fill(&mut self, data: &Bound<'_, PyBytes>) {
+        self.data.clear();
+        self.data.extend_from_slice(data.as_bytes());
+    }
+}
+
+/// Bytes for the core: a Chunk's, or a bytes object's.
+enum Input<'a> {
+    Chunk(PyRef<'a, Chunk>),
+    Bytes(Bound<'a, PyBytes>),
+}
+
+impl<'a> Input<'a> {
+    fn extract(obj: &Bound<'a, PyAny>) -> PyResult<Self> {
+        if let Ok(chunk) = obj.cast::<Chunk>() {
+            return Ok(Input::Chunk(chunk.borrow()));
+        }
+        Ok(Input::Bytes(obj.cast::<PyBytes>()?.clone()))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Input::Chunk(c) => &c.data,
+            Input::Bytes(b) => b.as_bytes(),
+        }
+    }
+}
+
+// --- zstd ---------------------------------------------------------------------------------------
+
+/// A Python reader (pread(offset, length), size) as the walk's byte source.
+struct PyReader<'py> {
+    reader: Bound<'py, PyAny>,
+    size: u64,
+    error: Option<PyErr>,
+}
+
+impl walk::ByteSource for PyReader<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, offset: u64, length: usize) -> Vec<u8> {
+        if self.error.is_some() {
+            return Vec::new();
+        }
+        match self.reader.call_method1("pread", (offset, length)).and_then(|b| Ok(b.cast::<PyBytes>()?.as_bytes().to_vec())) {
+            Ok(data) => data,
+            Err(e) => {
+                self.error = Some(e);
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// A frame as a tuple, in the field order of layers.zstd.Frame.
+fn frame_tuple<'py>(py: Python<'py>, f: &walk::Frame) -> PyResult<Bound<'py, PyTuple>> {
+    let items: Vec<Bound<'py, PyAny>> = vec![
+        f.index.into_pyobject(py)?.into_any(), f.kind.name().into_pyobject(py)?.into_any(),
+        f.offset.into_pyobject(py)?.into_any(), f.end.into_pyobject(py)?.into_any(),
+        f.window.into_pyobject(py)?.into_any(), f.content_size.into_pyobject(py)?.into_any(),
+        f.has_checksum.into_pyobject(py)?.to_owned().into_any(), f.dictionary_id.into_pyobject(py)?.into_any(),
+        f.intact.into_pyobject(py)?.to_owned().into_any(), f.seek_checksum.into_pyobject(py)?.into_any(),
+        f.seek_size.into_pyobject(py)?.into_any(), f.walked.into_pyobject(py)?.to_owned().into_any(),
+        f.window_ok.into_pyobject(py)?.to_owned().into_any(), f.header_length.into_pyobject(py)?.into_any(),
+    ];
+    PyTuple::new(py, items)
+}
+
+fn walk_finding_to_py<'py>(py: Python<'py>, f: &walk::WalkFinding) -> PyResult<Bound<'py, PyTuple>> {
+    (f.code, f.start, f.end, f.frame, fields_to_dict(py, &f.details)?).into_pyobject(py)
+}
+
+/// Walk every frame of a zstd file through `reader` (its pread and size): (frames, findings).
+/// Frames as tuples in the field order of layers.zstd.Frame; findings as (code, start, end,
+/// frame, details).
+#[pyfunction]
+fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64)
+    -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+    let size: u64 = reader.getattr("size")?.extract()?;
+    let mut source = PyReader { reader, size, error: None };
+    let (frames, findings) = guarded(|| walk::FrameWalk::new(&mut source, max_window).run())?;
+    if let Some(e) = source.error {
+        return Err(e);
+    }
+    let (frame_list, finding_list) = (PyList::empty(py), PyList::empty(py));
+    for f in &frames {
+        frame_list.append(frame_tuple(py, f)?)?;
+    }
+    for f in &findings {
+        finding_list.append(walk_finding_to_py(py, f)?)?;
+    }
+    Ok((frame_list, finding_list))
+}
+
+/// The block walk of a frame whose end came from pzstd's note: None, or (code, start, end,
+/// details).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn unwalked_problem<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, offset: u64, end: u64)
+    -> PyResult<Option<(&'static str, u64, u64, Bound<'py, PyDict>)>> {
+    let size: u64 = reader.getattr("size")?.extract()?;
+    let mut source = PyReader { reader, size, error: None };
+    let frame = walk::Frame {
+        index: 0, kind: walk::Kind::Zstd, offset, end, window: 0, content_size: None, has_checksum: false,
+        dictionary_id: 0, intact: true, seek_checksum: None, seek_size: None, walked: false, window_ok: true,
+        header_length: 0,
+    };
+    let problem = guarded(|| walk::unwalked_problem(&mut source, &frame))?;
+    if let Some(e) = source.error {
+        return Err(e);
+    }
+    problem.map(|(code, start, end, details)| Ok((code, start, end, fields_to_dict(py, &details)?))).transpose()
+}
+
+/// Decodes one frame at a time, fed its compressed bytes in order (a lane reuses it).
+#[pyclass(module = "archcheck._native")]
+struct FrameDecoder {
+    inner: decode::FrameDecoder,
+}
+
+#[pymethods]
+impl FrameDecoder {
+    #[new]
+    fn new(max_window: u64, header_length: u64) -> PyResult<Self> {
+        decode::FrameDecoder::new(max_window, header_length)
+            .map(|inner| FrameDecoder { inner })
+            .map_err(|e| value_error(e.message))
+    }
+
+    fn reset(&mut self, header_length: u64) {
+        self.inner.reset(header_length);
+    }
+
+    /// Decode from `data[start:]` into `chunk` until the chunk is full, the input is used up,
+    /// or the frame ends: (input taken, frame finished, error). The error, when there is one,
+    /// is (message, checksum failed, block index, block start, block end), block offsets
+    /// relative to the frame's first byte.
+    #[allow(clippy::type_complexity)]
+    fn decode(&mut self, py: Python<'_>, data: &Bound<'_, PyBytes>, start: usize, chunk: &Bound<'_, Chunk>)
+        -> PyResult<(usize, bool, Option<(String, bool, Option<u64>, Option<u64>, Option<u64>)>)> {
+        let input = data.as_bytes();
+        let input = &input[start.min(input.len())..];
+        let mut chunk = chunk.borrow_mut();
+        let out = &mut chunk.data;
+        let inner = &mut self.inner;
+        let result = py.detach(|| guarded(|| inner.decode(input, out)))?;
+        Ok(match result {
+            Ok(taken) => (taken, self.inner.finished(), None),
+            Err(e) => (0, false, Some((e.message, e.checksum, e.block.map(|b| b.index), e.block.map(|b| b.start),
+                                       e.block.map(|b| b.end)))),
+        })
+    }
+
+    #[getter]
+    fn produced(&self) -> u64 {
+        self.inner.produced
+    }
+
+    #[getter]
+    fn consumed(&self) -> u64 {
+        self.inner.consumed()
+    }
+}
+
+/// XXH64 over chunks (the seekable format's per-frame checksum), the GIL released.
+#[pyclass(module = "archcheck._native")]
+struct Xxh64 {
+    inner: xxhash_rust::xxh64::Xxh64,
+}
+
+#[pymethods]
+impl Xxh64 {
+    #[new]
+    fn new() -> Self {
+        Xxh64 { inner: xxhash_rust::xxh64::Xxh64::new(0) }
+    }
+
+    fn update(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let input = Input::extract(data)?;
+        let bytes = input.bytes();
+        let inner = &mut self.inner;
+        py.detach(|| inner.update(bytes));
+        Ok(())
+    }
+
+    fn intdigest(&self) -> u64 {
+        self.inner.digest()
+    }
+}
+
+// --- raw ----------------------------------------------------------------------------------------
+
+/// BLAKE3 of each `leaf_size` piece of `data`, in hex.
+#[pyfunction]
+fn leaf_digests(py: Python<'_>, data: &Bound<'_, PyBytes>, leaf_size: usize) -> Vec<String> {
+    let bytes = data.as_bytes();
+    let leaves = py.detach(|| archcheck_core::raw::leaf_digests(bytes, leaf_size));
+    leaves.iter().map(|l| l.iter().map(|b| format!("{b:02x}")).collect()).collect()
+}
+
+// --- tar ----------------------------------------------------------------------------------------
+
+fn parse_listed(listed: Option<&Bound<'_, PyDict>>) -> PyResult<Option<HashMap<String, Listed>>> {
+    let Some(listed) = listed else { return Ok(None) };
+    let mut out = HashMap::new();
+    for (path, entry) in listed.iter() {
+        let (size, algorithm, checksum): (u64, Option<String>, Option<String>) = entry.extract()?;
+        out.insert(path.extract::<String>()?, Listed { size, algorithm, checksum });
+    }
+    Ok(Some(out))
+}
+
+/// The tar walk over decoded chunks fed in order (archcheck_core::tar::TarWalker), with the
+/// database scanners when `scan` is true: `listed` (path -> (size, algorithm, checksum)) from a
+/// backup_manifest, `prefix` of a tablespace tar, `known` data-directory facts (JSON).
+#[pyclass(module = "archcheck._native")]
+struct TarWalker {
+    inner: tar::TarWalker,
+    dirs: Option<scan::postgres::DataDirs>,
+}
+
+#[pymethods]
+impl TarWalker {
+    #[new]
+    #[pyo3(signature = (digest=None, scan=false, listed=None, prefix="", known=None))]
+    fn new(digest: Option<&str>, scan: bool, listed: Option<&Bound<'_, PyDict>>, prefix: &str, known: Option<&str>)
+        -> PyResult<Self> {
+        let digest = digest.map(|name| DigestKind::parse(name).ok_or_else(|| value_error(format!("unknown digest {name}"))))
+            .transpose()?;
+        if !scan {
+            return Ok(TarWalker { inner: tar::TarWalker::new(digest, None), dirs: None });
+        }
+        let known: Option<DataDir> = known.map(serde_json::from_str).transpose().map_err(value_error)?;
+        let router = Router::new(parse_listed(listed)?, prefix, known);
+        let dirs = router.data_dirs();
+        Ok(TarWalker { inner: tar::TarWalker::new(digest, Some(Box::new(router))), dirs: Some(dirs) })
+    }
+
+    /// Walk `data` (a Chunk or bytes), which starts at uncompressed `offset`, from byte `skip`
+    /// on (what comes before was walked by an earlier run).
+    #[pyo3(signature = (data, offset, skip=0))]
+    fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>, offset: u64, skip: usize) -> PyResult<()> {
+        let input = Input::extract(data)?;
+        let bytes = input.bytes();
+        let skip = skip.min(bytes.len());
+        let inner = &mut self.inner;
+        py.detach(|| guarded(|| {
+            if failpoint("native-panic") {
+                panic!("failpoint native-panic");
+            }
+            inner.feed(&bytes[skip..], offset + skip as u64)
+        }))
+    }
+
+    fn first_member_after(&self, offset: u64) -> Option<(String, u64)> {
+        self.inner.first_member_after(offset)
+    }
+
+    fn lost(&mut self, offset: u64) -> PyResult<(Option<String>, Option<u64>)> {
+        guarded(|| self.inner.lost(offset))
+    }
+
+    #[pyo3(signature = (end, upstream_damage=false))]
+    fn finish(&mut self, end: u64, upstream_damage: bool) -> PyResult<()> {
+        guarded(|| self.inner.finish(end, upstream_damage))
+    }
+
+    fn flush(&mut self) {
+        self.inner.flush();
+    }
+
+    /// The findings made since the last call.
+    fn take_findings<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for f in std::mem::take(&mut self.inner.findings) {
+            list.append(finding_to_py(py, &f)?)?;
+        }
+        Ok(list)
+    }
+
+    fn has_findings(&self) -> bool {
+        !self.inner.findings.is_empty()
+    }
+
+    /// Members flushed since the last call: (one JSON line, an array of arrays in MEMBER_FIELDS
+    /// order; how many; the restore hazards among them as (what, path, how, name,
+    /// header_offset)); None when there are none.
+    #[allow(clippy::type_complexity)]
+    fn take_members<'py>(&mut self, py: Python<'py>)
+        -> Option<(Bound<'py, PyBytes>, usize, Vec<(&'static str, String, &'static str, String, u64)>)> {
+        let members = self.inner.take_members();
+        if members.is_empty() {
+            return None;
+        }
+        let hazards = members.iter()
+            .filter_map(|m| m.restore_hazard().map(|(what, path, how)| (what, path.to_string(), how, m.name.clone(), m.header_offset)))
+            .collect();
+        Some((PyBytes::new(py, members_json(&members).as_bytes()), members.len(), hazards))
+    }
+
+    /// Members handed to Python whole (SQLite databases): (kind, name, data_offset, size,
+    /// received, complete, head, data or None, limit).
+    #[allow(clippy::type_complexity)]
+    fn take_handoffs<'py>(&mut self, py: Python<'py>)
+        -> Vec<(&'static str, String, u64, u64, u64, bool, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>, u64)> {
+        std::mem::take(&mut self.inner.handoffs).into_iter().map(|h| {
+            let data = h.handoff.data.as_ref().map(|d| PyBytes::new(py, d));
+            (h.handoff.kind, h.name, h.data_offset, h.handoff.size, h.handoff.received, h.handoff.complete,
+             PyBytes::new(py, &h.handoff.head), data, h.handoff.limit)
+        }).collect()
+    }
+
+    /// The last members flushed (at most `limit`) whose content ends after `offset`, as JSON.
+    fn recent_json(&self, offset: u64, limit: usize) -> String {
+        let recent: Vec<Member> =
+            self.inner.recent().filter(|m| m.data_offset + m.size > offset).take(limit).cloned().collect();
+        members_json(&recent)
+    }
+
+    fn member_at(&self, offset: u64) -> (Option<String>, Option<u64>) {
+        self.inner.member_at(offset)
+    }
+
+    fn members_since(&self, start: u64, first_count: u64) -> (Vec<String>, u64) {
+        self.inner.members_since(start, first_count)
+    }
+
+    #[getter]
+    fn count(&self) -> u64 {
+        self.inner.count
+    }
+
+    #[getter]
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+
+    /// What the scanners learnt of each data directory, as JSON ({} without scanners).
+    fn data_dirs(&self) -> PyResult<String> {
+        let Some(dirs) = &self.dirs else { return Ok("{}".into()) };
+        let dirs = dirs.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_string(&*dirs).map_err(value_error)
+    }
+
+    /// JSON: where a later walk can take over; None while there is no such point.
+    fn checkpoint(&self) -> PyResult<Option<String>> {
+        self.inner.checkpoint().map(|cp| serde_json::to_string(&cp)).transpose().map_err(value_error)
+    }
+
+    /// Go on from `checkpoint()`'s JSON, with the recent members (a JSON array of arrays).
+    fn restore(&mut self, checkpoint: &str, recent: &str) -> PyResult<()> {
+        let cp: tar::Checkpoint = serde_json::from_str(checkpoint).map_err(|e| value_error(format!("walker checkpoint: {e}")))?;
+        let recent: serde_json::Value = serde_json::from_str(recent).map_err(|e| value_error(format!("recent members: {e}")))?;
+        let members = recent.as_array().map(|a| a.iter().filter_map(Member::from_json).collect()).unwrap_or_default();
+        self.inner.restore(&cp, members).map_err(|e| value_error(format!("walker checkpoint: {e}")))
+    }
+}
+
+/// Whether a 512-byte block is a tar header whose checksum holds.
+#[pyfunction]
+fn is_tar_header(block: &[u8]) -> bool {
+    tar::header::is_valid_header(block)
+}
+
+// --- database files, one at a time (tests and tools) ----------------------------------------------
+
+/// (kind, size, received, complete, head, data or None, limit) of a handed-off member.
+type HandoffTuple<'py> = (&'static str, u64, u64, bool, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>, u64);
+
+/// One database file read on its own: kind "innodb", "wal" (a WAL segment; `seg_size`,
+/// `pg_major`, `sysid`), "sqlite" (collected for Python's b-tree walk, up to `limit` bytes) or
+/// "sqlite-wal".
+#[pyclass(module = "archcheck._native")]
+struct Scanner {
+    kind: String,
+    inner: Box<dyn ContentScanner + Send + Sync>,
+    found: Vec<Found>,
+}
+
+#[pymethods]
+impl Scanner {
+    #[new]
+    #[pyo3(signature = (kind, name, size, seg_size=archcheck_core::scan::wal::SEG_SIZE, keep_lsns=false,
+                        pg_major=None, sysid=None, limit=archcheck_core::scan::sqlite::MAX_BUFFER))]
+    #[allow(clippy::too_many_arguments)] // Python keywords, each with its default
+    fn new(kind: &str, name: &str, size: u64, seg_size: u64, keep_lsns: bool, pg_major: Option<u32>,
+           sysid: Option<u64>, limit: u64) -> PyResult<Self> {
+        let inner: Box<dyn ContentScanner + Send + Sync> = match kind {
+            "innodb" => Box::new(scan::innodb::InnodbScanner::new()),
+            "sqlite" => Box::new(scan::sqlite::SqliteCollector::with_limit(size, limit)),
+            "wal" => Box::new(scan::wal::WalSegmentScanner::new(name, size, seg_size, keep_lsns)
+                .expect_major(pg_major).expect_sysid(sysid)),
+            "sqlite-wal" => Box::new(scan::sqlite::SqliteWalScanner::new(size)),
+            other => return Err(value_error(format!("unknown scanner {other}"))),
+        };
+        Ok(Scanner { kind: kind.into(), inner, found: Vec::new() })
+    }
+
+    fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyBytes>, offset: u64) -> PyResult<()> {
+        let bytes = data.as_bytes();
+        let inner = &mut self.inner;
+        py.detach(|| guarded(|| inner.feed(bytes, offset)))
+    }
+
+    fn close(&mut self, complete: bool) -> PyResult<()> {
+        guarded(|| self.inner.close(complete))?;
+        self.found.extend(self.inner.take_found());
+        Ok(())
+    }
+
+    /// (code, offset, length, place, details) of each finding so far.
+    #[getter]
+    fn found<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.found.extend(self.inner.take_found());
+        let list = PyList::empty(py);
+        for f in &self.found {
+            list.append(found_to_py(py, f)?)?;
+        }
+        Ok(list)
+    }
+
+    #[getter]
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// A database collected for Python once closed: (kind, size, received, complete, head,
+    /// data or None, limit), as the walker hands it over; None for other scanners.
+    fn take_handoff<'py>(&mut self, py: Python<'py>) -> Option<HandoffTuple<'py>> {
+        self.inner.take_handoff().map(|h| {
+            (h.kind, h.size, h.received, h.complete, PyBytes::new(py, &h.head),
+             h.data.as_ref().map(|d| PyBytes::new(py, d)), h.limit)
+        })
+    }
+
+    /// What the scanner learnt of the file (page size, records read...).
+    #[getter]
+    fn facts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        fields_to_dict(py, &self.inner.facts())
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    quiet_panics();
+    m.add("__version__", archcheck_core::version())?;
+    m.add("MEMBER_FIELDS", tar::member::FIELDS.to_vec())?;
+    m.add("NativePanic", m.py().get_type::<NativePanic>())?;
+    m.add_class::<Chunk>()?;
+    m.add_class::<FrameDecoder>()?;
+    m.add_class::<Xxh64>()?;
+    m.add_class::<TarWalker>()?;
+    m.add_class::<Scanner>()?;
+    m.add_function(wrap_pyfunction!(walk_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(unwalked_problem, m)?)?;
+    m.add_function(wrap_pyfunction!(leaf_digests, m)?)?;
+    m.add_function(wrap_pyfunction!(is_tar_header, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+"""Decoding lanes: zstd frames decoded by the native core on ``threads`` threads, into chunks
+the core owns; iterate for the output in frame order.
+
+Each lane decodes every n-th frame, reads its compressed bytes and hands them to the core with
+the GIL released, so lanes run on separate cores. A lane owns a small pool of chunks, so no
+lane can starve another and memory is bounded by lanes x (depth + 1) x chunk, whatever the
+archive's size. A plain tar is read the same way, as pseudo-frames of the file. Whatever stops
+a lane is handed on as a Failure, so the walker never waits for output that will not come.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from .. import _native
+from ..errors import SourceChanged
+from .zstd import Frame, unwalked_problem
+
+CHUNK = 4 * 1024 * 1024  # decoded bytes per chunk: fewer Python steps than bytes
+MIN_CHUNK = 256 * 1024
+DEPTH = 4  # chunks a lane may decode ahead by default; the pipeline sizes it from the budget
+READ_SIZE = 1024 * 1024  # compressed bytes read at a time
+STALL_LIMIT = 64  # calls in a row that neither take input nor give output: the decoder is stuck
+
+
+class DecoderFailed(Exception):
+    """A decoding thread failed in a way no finding describes (a bug)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a decoder or reader stopped: handed on to whoever waits for its output, so that no
+    wait outlives what feeds it."""
+
+    changed: bool  # the archive changed under the reader (SourceChanged); else a bug
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "Failure":
+        if isinstance(exc, SourceChanged):
+            return cls(True, exc.what)
+        if isinstance(exc, _native.NativePanic):
+            return cls(False, f"the native core panicked: {exc}")
+        return cls(False, f"{type(exc).__name__}: {exc}")
+
+    def exception(self) -> Exception:
+        return SourceChanged(self.message) if self.changed else DecoderFailed(self.message)
+
+
+@dataclass
+class Block:
+    """The zstd block a frame failed in: its index, and its archive byte range."""
+
+    index: int
+    start: int
+    end: int
+
+
+@dataclass
+class Event:
+    """A piece of a frame's output (``data``), or, with ``data`` None, the end of the frame."""
+
+    frame: Frame
+    data: Any  # a native Chunk, or bytes of a plain file
+    length: int
+    compressed_pos: int  # how far into the archive the input was read
+    error: str | None = None  # the decoder's message when the frame stopped early
+    io_error: str | None = None  # a read of the archive failed
+    problem: tuple | None = None  # what the block walk found in a frame not walked before
+    failure: Failure | None = None  # the decoder itself failed: the stream cannot go on
+    block: Block | None = None  # where the decoder failed
+    lane: int = 0
+
+
+def _short_read() -> SourceChanged:
+    return SourceChanged("shrank: it ends before frames the run had found")
+
+
+class FrameDecoders:
+    """Decodes ``frames`` on ``threads`` lanes; iterate for events in frame order, and
+    ``release`` each event when done with its data."""
+
+    def __init__(self, reader: Any, frames: list[Frame], threads: int, max_window: int, depth: int = DEPTH,
+                 chunk: int = CHUNK):
+        self.reader, self.frames, self.max_window, self.chunk = reader, frames, max_window, chunk
+        self.threads = max(1, min(threads, len(frames)))
+        self.queues = [queue.Queue(depth + 1) for _ in range(self.threads)]
+        self.free: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(self.threads)]
+        self.depth = depth + 1  # chunks each lane may have out at once
+        self.made = [0] * self.threads
+        self.stop = threading.Event()
+        self.workers = [threading.Thread(target=self._lane, args=(t,), daemon=True) for t in range(self.threads)]
+
+    def __iter__(self) -> Iterator[Event]:
+        for worker in self.workers:
+            worker.start()
+        try:
+            for k in range(len(self.frames)):
+                while True:
+                    event = self._until_stopped(lambda: self.queues[k % self.threads].get(timeout=0.2))
+                    if event is None:
+                        return  # stopped from outside
+                    yield event
+                    if event.data is None:
+                        break
+        finally:
+            self.close()
+
+    def release(self, event: Event) -> None:
+        if isinstance(event.data, _native.Chunk):
+            event.data.clear()
+            self.free[event.lane].put(event.data)
+
+    def close(self) -> None:
+        self.stop.set()
+        for q in self.queues:  # unblock lanes waiting on a full queue
+            while True:
+                try:
+                    self.release(q.get_nowait())
+                except queue.Empty:
+                    break
+        for worker in self.workers:
+            worker.join(timeout=5)
+
+    def _until_stopped(self, attempt: Callable[[], Any]) -> Any:
+        """Retry a blocking queue step until it succeeds or the lanes are stopped (None)."""
+        while not self.stop.is_set():
+            try:
+                return attempt()
+            except (queue.Empty, queue.Full):
+                continue
+        return None
+
+    def _put(self, lane: int, event: Event) -> bool:
+        event.lane = lane
+        return self._until_stopped(lambda: self.queues[lane].put(event, timeout=0.2) or True) is not None
+
+    def _chunk(self, lane: int) -> Any:
+        """A free chunk of this lane's pool, made on first need up to its depth; None once
+        stopped."""
+        try:
+            return self.free[lane].get_nowait()
+        except queue.Empty:
+            pass
+        if self.made[lane] < self.depth:
+            self.made[lane] += 1
+            return _native.Chunk(self.chunk)
+        return self._until_stopped(lambda: self.free[lane].get(timeout=0.2))
+
+    def _lane(self, lane: int) -> None:
+        mine = self.frames[lane::self.threads]
+        frame = mine[0] if mine else None
+        try:
+            decoder = None
+            for frame in mine:
+                if self.stop.is_set():
+                    return
+                if frame.kind == "raw":
+                    self._read_plain(frame, lane)
+                    continue
+                if decoder is None:
+                    decoder = _native.FrameDecoder(self.max_window, frame.header_length)
+                else:
+                    decoder.reset(frame.header_length)
+                self._decode_frame(decoder, frame, lane)
+        except BaseException as exc:  # a lane that dies silently leaves the walker waiting forever
+            if frame is not None:
+                self._put(lane, Event(frame, None, 0, frame.offset, failure=Failure.of(exc)))
+
+    def _read_plain(self, frame: Frame, lane: int) -> None:
+        """A piece of a plain tar: read in chunk-sized pieces, handed on as they are."""
+        pos = frame.offset
+        io_error = None
+        try:
+            while pos < frame.end and not self.stop.is_set():
+                data = self.reader.pread(pos, min(self.chunk, frame.end - pos))
+                if not data:
+                    raise _short_read()
+                pos += len(data)
+                if not self._put(lane, Event(frame, data, len(data), pos)):
+                    return
+        except OSError as exc:
+            io_error = f"{exc.strerror or exc} (errno {exc.errno})"
+        self._put(lane, Event(frame, None, 0, pos, io_error=io_error))
+
+    def _decode_frame(self, decoder: Any, frame: Frame, lane: int) -> None:
+        pos, error, where = frame.offset, None, None
+        io_error = problem = None
+        try:
+            if not frame.walked:
+                problem = unwalked_problem(self.reader, frame)
+            if frame.decodable:
+                pos, error, where = self._decode_chunks(decoder, frame, lane)
+        except OSError as exc:
+            io_error = f"{exc.strerror or exc} (errno {exc.errno})"
+        self._put(lane, Event(frame, None, 0, pos, error, io_error, problem, block=where))
+
+    def _decode_chunks(self, decoder: Any, frame: Frame, lane: int) -> tuple[int, str | None, Block | None]:
+        """Feed the frame's bytes to the decoder; each full chunk goes to the walker. Returns
+        how far the input was read, and the error and block where decoding failed."""
+        pos, chunk, stalls = frame.offset, self._chunk(lane), 0
+        while chunk is not None:
+            want = min(READ_SIZE, frame.end - pos)
+            data = self.reader.pread(pos, want) if want > 0 else b""
+            if len(data) < want:
+                raise _short_read()  # the walk saw these bytes: the file shrank since
+            start = 0
+            while True:
+                before = len(chunk)
+                taken, finished, failed = decoder.decode(data, start, chunk)
+                start += taken
+                if len(chunk) and (failed is not None or finished or len(chunk) == chunk.capacity):
+                    if not self._put(lane, Event(frame, chunk, len(chunk), pos + start)):
+                        return pos + start, None, None
+                    chunk = self._chunk(lane)
+                    if chunk is None:
+                        return pos + start, None, None
+                if failed is not None:
+                    self.release(Event(frame, chunk, 0, pos, lane=lane))
+                    message, _, index, first, last = failed
+                    block = Block(index, frame.offset + first, frame.offset + last) if index is not None else None
+                    return pos + start, message, block
+                if finished:
+                    self.release(Event(frame, chunk, 0, pos, lane=lane))
+                    return pos + start, None, None
+                if start == len(data) and len(chunk) < chunk.capacity:
+                    break  # wants more input, or there is none left
+                stalls = stalls + 1 if not taken and len(chunk) == before else 0
+                if stalls > STALL_LIMIT:
+                    raise DecoderFailed(f"the decoder stopped taking input at archive offset {pos + start}")
+            if not data:  # the frame's bytes ran out before its end: a frame cut short
+                if len(chunk):
+                    self._put(lane, Event(frame, chunk, len(chunk), pos))
+                else:
+                    self.release(Event(frame, chunk, 0, pos, lane=lane))
+                return pos, None, None
+            pos += len(data)
+        return pos, None, None

@@ -1,0 +1,113 @@
+"""Damage located to the zstd block (issue 11, point 6), on archives made by real zstd and pzstd:
+the block that failed, its compressed bytes, where good output ends, the member there, and
+what a restore loses. Where good output ends is asked of the zstd tool itself, by decoding the
+archive cut just before the damaged block."""
+from __future__ import annotations
+
+import subprocess
+import tarfile
+from pathlib import Path
+
+from archcheck.api import verify
+from conftest import cli
+from test_verify import pzstd_frames
+
+
+def _header_length(descriptor: int) -> int:
+    """Magic and frame header, from the frame header descriptor (RFC 8878 3.1.1.1.1)."""
+    single = descriptor >> 5 & 1
+    return 4 + 1 + (1 - single) + (0, 1, 2, 4)[descriptor & 3] + (single, 2, 4, 8)[descriptor >> 6]
+
+
+def _blocks(data: bytes, start: int) -> list[tuple[int, int, int]]:
+    """(start, end, type) of each block of the frame at ``start`` (RFC 8878 3.1.1.2)."""
+    at, found = start + _header_length(data[start + 4]), []
+    while True:
+        header = int.from_bytes(data[at:at + 3], "little")
+        kind, size = header >> 1 & 3, header >> 3
+        found.append((at, at + 3 + (1 if kind == 1 else size), kind))
+        at = found[-1][1]
+        if header & 1:
+            return found
+
+
+def _decoded_length(data: bytes) -> int:
+    """How much the zstd tool decodes of ``data`` (whole frames and then whole blocks)."""
+    run = subprocess.run(["zstd", "-dc"], input=data, capture_output=True)
+    return len(run.stdout)
+
+
+def _damage_block(src: Path, dst: Path, frame_start: int, pick) -> tuple[int, int, int, int]:
+    """Break the literals header of a compressed block of the frame at ``frame_start``, chosen
+    by ``pick`` from the frame's compressed blocks: (block index, start, end, good output end)."""
+    data = bytearray(src.read_bytes())
+    blocks = _blocks(data, frame_start)
+    index = pick([i for i, (_, _, kind) in enumerate(blocks) if kind == 2 and 0 < i < len(blocks) - 1])
+    start, end, _ = blocks[index]
+    good = _decoded_length(bytes(data[:start]))
+    data[start + 3] ^= 0xFF  # the literals section header: libzstd rejects the block
+    dst.write_bytes(bytes(data))
+    return index, start, end, good
+
+
+def _member_at(tar: Path, offset: int) -> tuple[str, int, list[tarfile.TarInfo]]:
+    """The member whose content holds an uncompressed offset, the offset in it, and all members."""
+    with tarfile.open(tar) as t:
+        members = t.getmembers()
+    [member] = [m for m in members if m.offset_data <= offset < m.offset_data + m.size]
+    return member.name, offset - member.offset_data, members
+
+
+def _plain(fx: Path, tmp_path: Path, name: str) -> Path:
+    tar = tmp_path / "plain.tar"
+    tar.write_bytes(subprocess.run(["zstd", "-dc", fx / name], capture_output=True, check=True).stdout)
+    return tar
+
+
+def test_a_bad_block_of_a_single_frame_is_named_with_what_a_restore_loses(fx, tmp_path):
+    archive = tmp_path / "single.tar.zst"
+    index, start, end, good = _damage_block(fx / "single.tar.zst", archive, 0, lambda ok: ok[len(ok) // 2])
+    member, inside, _ = _member_at(_plain(fx, tmp_path, "single.tar.zst"), good)
+    result = verify(archive, state=tmp_path / "s")
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    details = dict(finding.details)
+    assert finding.code == "ZSTD_DECODE_ERROR" and details["block"] == index
+    loc = finding.location
+    assert (loc.byte_range, loc.frame, loc.uncompressed_offset) == ((start, end), 0, good)
+    assert (loc.member, loc.member_offset) == (member, inside)
+    assert details["restore_loses"] == (f"{member} from byte {inside} on, and every member after it "
+                                        "to the end of the archive")
+    assert "walk_resumes_at" not in details  # one frame: nothing after the bad block is read
+    text = cli("verify", archive, "--state-dir", tmp_path / "t").stdout
+    assert f"bytes {start}-{end}, frame 0, zstd block {index}, uncompressed offset {good}" in text
+    assert f"a restore loses {member} from byte {inside} on" in text
+
+
+def test_a_bad_block_of_one_frame_of_many_loses_that_frame_and_the_walk_goes_on(fx, tmp_path):
+    frames = pzstd_frames(fx / "multi.tar.zst")
+    assert len(frames) >= 3
+    frame_start, frame_end = frames[1]  # the second data frame; pzstd's skippable notes between
+    archive = tmp_path / "multi.tar.zst"
+    index, start, end, good = _damage_block(fx / "multi.tar.zst", archive, frame_start, lambda ok: ok[0])
+    data = (fx / "multi.tar.zst").read_bytes()
+    frame_output_end = _decoded_length(data[:frame_end])
+    member, inside, members = _member_at(_plain(fx, tmp_path, "multi.tar.zst"), good)
+    resumes = next(m for m in members if m.offset >= frame_output_end)
+    result = verify(archive, state=tmp_path / "s")
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    details, loc = dict(finding.details), finding.location
+    assert finding.code == "ZSTD_DECODE_ERROR" and details["block"] == index
+    assert (loc.byte_range, loc.frame, loc.uncompressed_offset) == ((start, end), 3, good)
+    assert (loc.member, loc.member_offset) == (member, inside)
+    assert details["restore_loses"] == (f"{member} from byte {inside} on, and every member after it to the end "
+                                        f"of frame 3 (archive bytes {frame_start}-{frame_end})")
+    # offsets after a lost frame count the output decoded (the rest of a frame without its
+    # content size is of unknown length), as the member records do
+    walked = {m["name"]: m for m in result.members()}
+    lost = frame_output_end - good  # the output of the frame from the bad block on
+    assert walked[resumes.name]["header_offset"] == resumes.offset - lost
+    resumed = f"{resumes.name} (uncompressed offset {walked[resumes.name]['header_offset']})"
+    assert details["walk_resumes_at"] == resumed
+    assert list(walked)[-1] == members[-1].name  # the members after the lost frame are verified
+    text = cli("verify", archive, "--state-dir", tmp_path / "t").stdout
+    assert f"the walk resumes at {resumed}" in text
