@@ -6,13 +6,14 @@ import itertools
 from typing import Any, Iterable
 
 from archcheck import _native
+from archcheck.layers.boundary import ContentScanner
 from archcheck.scanners import Found
 
 
 class Scanned:
     """A scanner's findings (``found``) and facts, as attributes (``page_size``, ``records``...)."""
 
-    def __init__(self, scanner: Any):
+    def __init__(self, scanner: ContentScanner):
         self.scanner = scanner
 
     @property

@@ -6,8 +6,13 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "archcheck"
-UPSTREAM = {"pipeline", "manifest", "cli", "api", "reports", "worker", "shared_decode", "state", "runner",
+UPSTREAM = {"pipeline", "manifest", "cli", "api", "reports", "worker", "state", "runner",
             "drills", "coverage", "ledger", "plans"}
+# the generic pipeline reaches the databases only through the scanners package's face (ScanConfig,
+# scan_handoff, DatabasePolicy) and a backup set's two methods (scan_config, cross_check)
+GENERIC = ["pipeline.py", "runner.py", "worker.py", "stream_channel.py", "api.py", "layers/stream.py",
+           "layers/decoding.py"]
+DATABASE_MODULES = {"sqlite", "wal", "pgmanifest", "innodb", "postgres"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -37,3 +42,11 @@ def test_only_the_cli_prints_or_exits():
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                  and isinstance(node.func.value, ast.Name)}
         assert "print" not in calls and not {"sys.exit", "os._exit"} & attrs, path
+
+
+def test_the_generic_pipeline_names_no_database_module():
+    for name in GENERIC:
+        tree = ast.parse((SRC / name).read_text())
+        modules = {(node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        named = {part for module in modules for part in module.split(".")} & DATABASE_MODULES
+        assert not named, (name, named)

@@ -461,7 +461,7 @@ def test_a_drill_going_on_with_another_pass_shares_its_logs_without_copying(dril
     archive = drill_archives / "multi.tar.zst"
     api.run_drill([archive], state=tmp_path, segment_size=8 * MiB, budget=Budget(bytes=64 * MiB))
     first = tmp_path / "drills" / "drill-1" / "archives" / "0001"
-    checkpoint = load(first / "manifest.json").stream["checkpoint"]
+    checkpoint = load(first / "manifest.json").stream.checkpoint
     shared = [p.file for p in parts_from_json(checkpoint["members"])]
     assert shared
     second = api.run_drill([archive], state=tmp_path, segment_size=8 * MiB)

@@ -76,7 +76,7 @@ def test_sparse_members_keep_their_logical_size(fx, state):
 
 def test_layers_raw_only_hashes(fx, state):
     result = verify(fx / "single.tar.zst", state=state, layers=["raw"])
-    assert list(result.members()) == [] and result.manifest.stream == {}
+    assert list(result.members()) == [] and result.manifest.stream.status is None
     assert all(s.status == "done" for s in result.manifest.segments) and result.manifest.tree_root
 
 
@@ -291,7 +291,7 @@ def test_member_digests_match_xxhsum_style_hash(fx, state):
 
 def test_frame_table_records_every_frame(fx, state):
     result = verify(fx / "multi.tar.zst", state=state, layers=["zstd"])
-    table = result.manifest.stream["frame_table"]
+    table = result.manifest.stream.frame_table
     rows = [dict(zip(table["fields"], row)) for row in frame_rows(result.manifest, result.manifest_path)]
     assert [r["kind"] for r in rows] == ["skippable", "zstd"] * 4
     data_rows = [r for r in rows if r["kind"] == "zstd"]
@@ -303,7 +303,7 @@ def test_frame_table_records_every_frame(fx, state):
 
 def test_seekable_table_checksums_are_checked(fx, state, damaged):
     result = verify(fx / "seekable.tar.zst", state=state)
-    assert result.manifest.stream["seekable"] and result.manifest.stream["checksummed_frames"] == 7
+    assert result.manifest.stream.summary.seekable and result.manifest.stream.summary.checksummed_frames == 7
     size = (fx / "seekable.tar.zst").stat().st_size
     table_start = size - 9 - 7 * 12  # entries: compressed size, decompressed size, checksum
     bad = damaged("seekable.tar.zst", at=table_start + 2 * 12 + 8, xor=0xFF)

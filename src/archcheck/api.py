@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import pgbackup
 from .coverage import iso
 from .drills import create_drill, load_drill
 from .errors import UsageError
@@ -20,6 +19,7 @@ from .layers.zstd import DEFAULT_MAX_WINDOW
 from .pipeline import ProgressCallback, RunOptions
 from .plans import Plan, expand_archives, load_plan
 from .runner import DrillResult, DrillRunner, NoticeCallback, Verification, read_throughput
+from .scanners.pgbackup import expand as expand_backups
 from .segments import DEFAULT_SEGMENT_SIZE
 from .sources import open_source
 from .state import state_dir
@@ -49,7 +49,7 @@ def run_drill(archives: Iterable[str | os.PathLike], *, layers: Iterable[str] = 
     ``recheck=False`` trusts what an adopted unfinished pass verified, without reading it again."""
     options = RunOptions(_check_layers(layers), segment_size, _check_memory(max_memory),
                          _check_workers(workers), max_window, _check_digest(digest))
-    paths, backups = pgbackup.expand(Path(a) for a in archives)
+    paths, backups = expand_backups(Path(a) for a in archives)
     if not paths:
         raise UsageError("no archive to verify")
     # a missing, unreadable or unknown file is one clear line before anything starts; what each
@@ -137,9 +137,7 @@ def remaining_bytes(result: DrillResult) -> int:
             left += os.stat(entry.path).st_size if os.path.exists(entry.path) else 0
             continue
         manifest = verification.manifest
-        done = manifest.archive.size if manifest.stream.get("status") == "done" else \
-            (manifest.stream.get("checkpoint") or {}).get("covered", 0)
-        left += manifest.archive.size - done
+        left += manifest.archive.size - manifest.stream.covered(manifest.archive.size)
     return left
 
 

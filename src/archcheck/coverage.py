@@ -89,10 +89,7 @@ class CoverageStore:
 
 def verified_until(manifest: Manifest) -> int:
     """How far the stream check has walked, in archive bytes (everything before is checked)."""
-    stream = manifest.stream
-    if stream.get("status") in ("done", "failed"):
-        return manifest.archive.size
-    return (stream.get("checkpoint") or {}).get("covered", 0)
+    return manifest.stream.covered(manifest.archive.size)
 
 
 def record_run(cov: ArchiveCoverage, manifest: Manifest, stream_layers: bool, since: str, now: datetime) -> int:

@@ -56,7 +56,7 @@ class Drill:
     updated: str = field(default_factory=utc_now)
     runs: list[dict[str, Any]] = field(default_factory=list)  # one per start or resume
     sealed: dict[str, Any] | None = None  # the sealed report's ledger entry
-    backups: list[dict[str, Any]] = field(default_factory=list)  # pg_basebackup directories: pgbackup.Backup
+    backups: list[dict[str, Any]] = field(default_factory=list)  # backup sets (pg_basebackup directories): scanners.pgbackup.Backup
     findings: list[dict[str, Any]] = field(default_factory=list)  # about several archives at once
 
     @property

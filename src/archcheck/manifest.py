@@ -8,12 +8,13 @@ archive (segment results, the frame table, members) lives in append-only logs be
 """
 from __future__ import annotations
 
+import enum
 import json
 import os
 import tempfile
 
 import blake3
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from typing import Any, BinaryIO, Iterator
 from .errors import StateError
 from .findings import Finding
 from .logs import LogPart, LogWriter, parts_from_json, parts_json, read_json
-from .segments import Segment, plan_segments
+from .segments import Segment, new_nonce, plan_segments
 from .sources import ArchiveIdentity
 
 SCHEMA = "archcheck.manifest"
@@ -63,6 +64,89 @@ class SegmentRecord:
                    d.get("read_at"))
 
 
+class StreamStatus(str, enum.Enum):
+    """Where the stream check (zstd, tar, members, pages) of an archive stands."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # its reads failed twice: a transient finding says so
+    STOPPED = "stopped"  # time or budget ran out: resumable from its checkpoint
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """What a finished stream check found the archive to be."""
+
+    frames: int
+    skippable_frames: int
+    checksummed_frames: int
+    max_window: int
+    seekable: bool
+    uncompressed_size: int
+    member_count: int
+
+    @classmethod
+    def of(cls, result: Any) -> "StreamSummary":
+        """From a stream check's result (or anything with these attributes)."""
+        return cls(**{f.name: getattr(result, f.name) for f in fields(cls)})
+
+
+@dataclass
+class StreamState:
+    """The stream check's state in the manifest, one owner for what the pipeline, coverage,
+    resume and reports read of it. ``checkpoint`` is the check's own (layers/stream.py writes
+    and reads it), with the names of the member and frame logs it covers; ``summary``,
+    ``scanners`` and ``frame_table`` are set once it is done."""
+
+    status: StreamStatus | None = None  # None: not begun
+    nonce: str | None = None
+    attempt: int = 0
+    resumed: int = 0
+    checkpoint: dict[str, Any] | None = None
+    summary: StreamSummary | None = None
+    scanners: dict[str, Any] = field(default_factory=dict)  # what the database scanners learnt
+    frame_table: dict[str, Any] | None = None  # {"fields", "log"}
+
+    @classmethod
+    def started(cls, attempt: int) -> "StreamState":
+        return cls(StreamStatus.RUNNING, new_nonce(), attempt)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to do: done, or failed for good."""
+        return self.status in (StreamStatus.DONE, StreamStatus.FAILED)
+
+    def covered(self, size: int) -> int:
+        """Archive bytes before which the stream check has checked everything."""
+        if self.status is StreamStatus.DONE:
+            return size
+        return (self.checkpoint or {}).get("covered", 0)
+
+    def log_refs(self) -> list[Any]:
+        """The logs it names: the frame table's, and those its checkpoint covers."""
+        checkpoint = self.checkpoint or {}
+        return [(self.frame_table or {}).get("log"), checkpoint.get("members"), checkpoint.get("frames")]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {} if self.status is None else {"status": self.status.value}
+        for key in ("nonce", "checkpoint", "frame_table"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        for key in ("attempt", "resumed"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        if self.summary is not None:
+            out.update(asdict(self.summary), scanners=self.scanners)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "StreamState":
+        names = [f.name for f in fields(StreamSummary)]
+        summary = StreamSummary(**{k: d[k] for k in names}) if all(k in d for k in names) else None
+        return cls(StreamStatus(d["status"]) if "status" in d else None, d.get("nonce"), d.get("attempt", 0),
+                   d.get("resumed", 0), d.get("checkpoint"), summary, d.get("scanners") or {}, d.get("frame_table"))
+
+
 @dataclass
 class Manifest:
     run_id: str
@@ -70,7 +154,7 @@ class Manifest:
     format: str
     config: dict[str, Any]
     segments: list[SegmentRecord]
-    stream: dict[str, Any] = field(default_factory=dict)
+    stream: StreamState = field(default_factory=StreamState)
     stream_findings: list[Finding] = field(default_factory=list)
     members: dict[str, Any] = field(default_factory=dict)  # {"log": parts, "count", "fields"}
     run_findings: list[Finding] = field(default_factory=list)  # about the run, not one segment
@@ -97,9 +181,7 @@ class Manifest:
     def log_parts(self) -> list[LogPart]:
         """Every log part the manifest names (to share them with another drill's folder)."""
         parts = list(self.segment_log.parts() if self.segment_log else self.segment_parts)
-        checkpoint = self.stream.get("checkpoint") or {}
-        for ref in (self.members.get("log"), (self.stream.get("frame_table") or {}).get("log"),
-                    checkpoint.get("members"), checkpoint.get("frames")):
+        for ref in (self.members.get("log"), *self.stream.log_refs()):
             parts += parts_from_json(ref)
         return parts
 
@@ -117,7 +199,7 @@ class Manifest:
             "tree_root": self.tree_root,
             "segments": {"count": len(self.segments),
                          "log": parts_json(self.segment_log.parts() if self.segment_log else self.segment_parts)},
-            "stream": self.stream, "stream_findings": [f.to_json() for f in self.stream_findings],
+            "stream": self.stream.to_json(), "stream_findings": [f.to_json() for f in self.stream_findings],
             "run_findings": [f.to_json() for f in self.run_findings],
             "resumes": self.resumes,
             "members": self.members,
@@ -133,7 +215,8 @@ class Manifest:
             archive = ArchiveIdentity(**d["archive"])
             parts = parts_from_json(d["segments"]["log"])
             segments = _segments(archive.size, d["config"].get("segment_size"), d["segments"]["count"], folder, parts)
-            return cls(d["run_id"], archive, d["format"], d["config"], segments, d.get("stream", {}),
+            return cls(d["run_id"], archive, d["format"], d["config"], segments,
+                       StreamState.from_json(d.get("stream", {})),
                        [Finding.from_json(f) for f in d.get("stream_findings", [])],
                        d.get("members", {}), [Finding.from_json(f) for f in d.get("run_findings", [])],
                        d.get("resumes", []), d.get("tree_root"), d["status"], d["created"], d["updated"], parts)
@@ -171,8 +254,8 @@ def iter_members(manifest: Manifest, manifest_path: Path) -> Iterator[dict[str, 
 
 
 def frame_rows(manifest: Manifest, manifest_path: Path) -> Iterator[list]:
-    """The frame table (fields in ``manifest.stream["frame_table"]["fields"]``), row by row."""
-    table = manifest.stream.get("frame_table") or {}
+    """The frame table (fields in ``manifest.stream.frame_table["fields"]``), row by row."""
+    table = manifest.stream.frame_table or {}
     for rows in read_json(Path(manifest_path).parent, parts_from_json(table.get("log"))):
         yield from rows
 

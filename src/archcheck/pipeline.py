@@ -25,7 +25,8 @@ from .layers.decoding import CHUNK, MIN_CHUNK
 from .layers.stream import FRAME_FIELDS, CheckpointMismatch, StreamResult, StreamStopped
 from .layers.members import MEMBER_FIELDS
 from .logs import LogWriter, parts_from_json, parts_json
-from .manifest import Manifest, MembersWriter, SegmentRecord, sealed_json, utc_now, write_atomic
+from .manifest import (Manifest, MembersWriter, SegmentRecord, StreamState, StreamStatus, StreamSummary,
+                       sealed_json, utc_now, write_atomic)
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
 from .scanners import ScanConfig
@@ -238,7 +239,7 @@ class Run:
 
     def _everything_done(self) -> bool:
         return (all(s.status != "pending" for s in self.manifest.segments)
-                and (not self.options.stream or self.manifest.stream.get("status") in ("done", "failed")))
+                and (not self.options.stream or self.manifest.stream.settled))
 
     def save(self) -> None:
         self._write(*self._snapshot())
@@ -316,7 +317,7 @@ class Run:
     async def _stream_layer(self) -> None:
         """zstd, tar and members in one pass, from the last checkpoint if there is one; a read
         failure is retried once."""
-        if self.manifest.stream.get("status") == "done":
+        if self.manifest.stream.status is StreamStatus.DONE:
             return  # a stream that failed to read is tried again: the storage may be back
         error = None
         for attempt in range(2):
@@ -324,10 +325,10 @@ class Run:
             try:
                 outcome = await asyncio.to_thread(self._check_stream, checkpoint)
             except StreamStopped:
-                self.manifest.stream = {**self.manifest.stream, "status": "stopped"}
+                self.manifest.stream.status = StreamStatus.STOPPED
                 return
             except CheckpointMismatch:  # not this archive's: start the stream over
-                self.manifest.stream = {}
+                self.manifest.stream = StreamState()
                 continue
             except OSError as exc:  # read again, from the last checkpoint if there is one
                 error = describe_error(exc)
@@ -336,7 +337,7 @@ class Run:
                 raise _worker_crashed() from None
             self._record_stream(*outcome, attempt=attempt + 1)
             return
-        self.manifest.stream = {"status": "failed", "attempt": 2}
+        self.manifest.stream = StreamState(StreamStatus.FAILED, attempt=2)
         loc = Location(self.source.uri, byte_range=(0, self.source.size))
         self.manifest.stream_findings = [Finding.of("SOURCE_READ_ERROR", loc, start=0, end=self.source.size,
                                                     error=error)]
@@ -345,14 +346,13 @@ class Run:
         """The checkpoint to go on from, or a fresh start with a new nonce. A checkpoint whose
         logs are gone or short is not used; a fresh start removes the logs of earlier attempts."""
         stream = self.manifest.stream
-        checkpoint = stream.get("checkpoint")
-        if checkpoint is not None and self._logs_present(checkpoint):
-            self.manifest.stream = {**stream, "status": "running", "resumed": stream.get("resumed", 0) + 1}
-            return checkpoint
+        if stream.checkpoint is not None and self._logs_present(stream.checkpoint):
+            stream.status, stream.resumed = StreamStatus.RUNNING, stream.resumed + 1
+            return stream.checkpoint
         for prefix in ("members", "frames"):
             for stale in self.path.parent.glob(f"{prefix}-*.jsonl"):
                 stale.unlink(missing_ok=True)
-        self.manifest.stream = {"nonce": new_nonce(), "status": "running", "attempt": stream.get("attempt", 0) + 1}
+        self.manifest.stream = StreamState.started(stream.attempt + 1)
         return None
 
     def _logs_present(self, checkpoint: dict) -> bool:
@@ -406,21 +406,17 @@ class Run:
     def _stream_checkpoint(self, state: dict, members: MembersWriter, frames: LogWriter) -> None:
         state["members"] = parts_json(members.sync())  # durable before the manifest points at them
         state["frames"] = parts_json(frames.sync())
-        self.manifest.stream = {**self.manifest.stream, "checkpoint": state}
+        self.manifest.stream.checkpoint = state
         self.progress.update(stream=state["covered"])
         if self.limits.stop_offset is not None and state["covered"] >= self.limits.stop_offset:
             self.stopping.set()  # the budget's share is done: the stream stops here
 
     def _record_stream(self, result: StreamResult, members: tuple, frames: tuple, attempt: int) -> None:
         self.manifest.format = result.format
-        self.manifest.stream = {
-            "nonce": self.manifest.stream["nonce"], "status": "done", "attempt": attempt,
-            "frames": result.frames, "skippable_frames": result.skippable_frames,
-            "checksummed_frames": result.checksummed_frames, "max_window": result.max_window,
-            "seekable": result.seekable, "uncompressed_size": result.uncompressed_size,
-            "member_count": result.member_count, "scanners": result.scan_state,
-            "frame_table": {"fields": list(FRAME_FIELDS), "log": parts_json(frames)},
-        }
+        self.manifest.stream = StreamState(
+            StreamStatus.DONE, self.manifest.stream.nonce, attempt, summary=StreamSummary.of(result),
+            scanners=result.scan_state or {},
+            frame_table={"fields": list(FRAME_FIELDS), "log": parts_json(frames)})
         self.manifest.stream_findings = list(result.findings)
         self.manifest.members = {"log": parts_json(members), "count": result.member_count, "fields": MEMBER_FIELDS}
         self.progress.update(stream=self.source.size)
@@ -458,14 +454,8 @@ class Run:
 
         firsts = [at for at in await asyncio.gather(*(recheck(r) for r in done)) if at is not None]
         resume["changed_segments"] = len(firsts)
-        if firsts and min(firsts) < self._stream_covered():
-            self.manifest.stream, self.manifest.stream_findings = {}, []  # walked on old bytes
-
-    def _stream_covered(self) -> int:
-        stream = self.manifest.stream
-        if stream.get("status") == "done":
-            return self.source.size
-        return (stream.get("checkpoint") or {}).get("covered", 0)
+        if firsts and min(firsts) < self.manifest.stream.covered(self.source.size):
+            self.manifest.stream, self.manifest.stream_findings = StreamState(), []  # walked on old bytes
 
     async def _read_again(self, record: SegmentRecord) -> "_Reread":
         """Read a verified segment again; when it differs from the record, once more: damage that

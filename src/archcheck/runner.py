@@ -12,7 +12,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import pgbackup
 from .coverage import ArchiveCoverage, CoverageStore, iso, parse_iso, record_run, unverified_bytes
 from .drills import Drill, DrillArchive, DrillLock
 from .errors import ArchcheckError, SourceChanged, StateError, format_size
@@ -24,7 +23,7 @@ from .manifest import Manifest, SegmentRecord, iter_members, load, write_atomic
 from .pipeline import ProgressCallback, Run, RunLimits, RunOptions
 from .reports import json_report
 from .scanners import ScanConfig
-from .scanners.wal import segments_needed
+from .scanners.pgbackup import Backup  # a backup set: scan configurations, a check over all
 from .segments import new_nonce, plan_segments
 from .sources import ArchiveIdentity, open_source
 from .status import ExitCode, combine
@@ -115,7 +114,7 @@ class DrillRunner:
         self.state_error: str | None = None
         self.on_notice = on_notice or (lambda text: None)
         self.coverage = CoverageStore(drill.root)
-        self.backups = [pgbackup.Backup(b["folder"], tuple(b["archives"])) for b in drill.backups]
+        self.backups = [Backup(b["folder"], tuple(b["archives"])) for b in drill.backups]
         self.deadline = None
         if deadline is None and drill.limits.get("deadline"):  # a resumed drill keeps its window
             deadline = parse_iso(drill.limits["deadline"])
@@ -264,10 +263,8 @@ class DrillRunner:
         started = time.monotonic()
         entry.status = "running"
         self.drill.save()
-        listed, prefix = pgbackup.scan_options(self.backups, entry.path)
-        known = self._base_facts(entry) if prefix.startswith(("pg_tblspc/", "pg_wal/")) else None
         run = Run(source, manifest, path, self.options, self.on_progress, limits,
-                  scan=ScanConfig(listed, prefix, known), recheck=self.recheck)
+                  scan=self._scan_config(entry), recheck=self.recheck)
         try:
             asyncio.run(run.run())
         finally:
@@ -328,19 +325,18 @@ class DrillRunner:
             return
         self._seal()
 
-    def _base_facts(self, entry: DrillArchive) -> dict | None:
-        """The data directory's facts as base.tar's scan found them, for a tablespace or WAL tar."""
-        for backup in self.backups:
-            if entry.path not in backup.archives:
-                continue
-            base = next((a for a in self.drill.archives if a.path in backup.archives
-                         and Path(a.path).name.startswith("base.") and a.status == "complete"), None)
-            if base is not None:
-                return (load(self.drill.manifest_path(base)).stream.get("scanners") or {}).get("")
-        return None
+    def _scan_config(self, entry: DrillArchive) -> ScanConfig:
+        """What the database scanners are told of an archive: its backup set's, if it is in one."""
+        backup = next((b for b in self.backups if entry.path in b.archives), None)
+        return backup.scan_config(entry.path, self._scanner_facts) if backup else ScanConfig()
+
+    def _scanner_facts(self, archive: str) -> dict | None:
+        """What the scanners learnt of an archive of this drill, once it is verified in full."""
+        entry = next((a for a in self.drill.archives if a.path == archive and a.status == "complete"), None)
+        return load(self.drill.manifest_path(entry)).stream.scanners if entry else None
 
     def _cross_check(self) -> list[Finding]:
-        """Checks over all the archives of each pg_basebackup directory, once all are verified."""
+        """Checks over all the archives of each backup set, once all are verified."""
         found = []
         for backup in self.backups:
             entries = [a for a in self.drill.archives if a.path in backup.archives]
@@ -348,7 +344,7 @@ class DrillRunner:
                 continue
             members = {a.path: iter_members(load(self.drill.manifest_path(a)), self.drill.manifest_path(a))
                        for a in entries}
-            found += pgbackup.cross_check(backup, members, _wal_needed(backup))
+            found += backup.cross_check(members)
         return found
 
     def _final_status(self, failed: bool) -> str:
@@ -409,20 +405,6 @@ class DrillRunner:
         age = (now - parse_iso(oldest)).total_seconds() if oldest else None
         return {"bytes": total, "verified_bytes": verified, "oldest_unverified": oldest,
                 "oldest_unverified_age_seconds": age}
-
-
-def _wal_needed(backup: pgbackup.Backup) -> list[str]:
-    """The WAL segments that make the backup consistent: its manifest's WAL-Ranges. A manifest
-    that fails its checksum is not believed (its damage is reported), nor is a range that runs
-    backwards or over more than a million segments."""
-    manifest = backup.manifest()
-    if manifest.problems:
-        return []
-    needed: dict[str, None] = {}
-    for timeline, start, end in pgbackup.wal_ranges(manifest):
-        if start <= end and (end - start) >> 24 <= 1_000_000:
-            needed.update(dict.fromkeys(segments_needed(start, end, timeline)))
-    return list(needed)
 
 
 def _rotation_key(cov: ArchiveCoverage) -> tuple:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from .. import _native
 from ..errors import SourceChanged
+from .boundary import Chunk, Decoder
 from .zstd import Frame, unwalked_problem
 
 CHUNK = 4 * 1024 * 1024  # decoded bytes per chunk: fewer Python steps than bytes
@@ -63,7 +64,7 @@ class Event:
     """A piece of a frame's output (``data``), or, with ``data`` None, the end of the frame."""
 
     frame: Frame
-    data: Any  # a native Chunk, or bytes of a plain file
+    data: Chunk | bytes | None  # bytes of a plain file; None at the end of the frame
     length: int
     compressed_pos: int  # how far into the archive the input was read
     error: str | None = None  # the decoder's message when the frame stopped early
@@ -137,7 +138,7 @@ class FrameDecoders:
         event.lane = lane
         return self._until_stopped(lambda: self.queues[lane].put(event, timeout=0.2) or True) is not None
 
-    def _chunk(self, lane: int) -> Any:
+    def _chunk(self, lane: int) -> Chunk | None:
         """A free chunk of this lane's pool, made on first need up to its depth; None once
         stopped."""
         try:
@@ -185,7 +186,7 @@ class FrameDecoders:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
         self._put(lane, Event(frame, None, 0, pos, io_error=io_error))
 
-    def _decode_frame(self, decoder: Any, frame: Frame, lane: int) -> None:
+    def _decode_frame(self, decoder: Decoder, frame: Frame, lane: int) -> None:
         pos, error, where = frame.offset, None, None
         io_error = problem = None
         try:
@@ -197,7 +198,7 @@ class FrameDecoders:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
         self._put(lane, Event(frame, None, 0, pos, error, io_error, problem, block=where))
 
-    def _decode_chunks(self, decoder: Any, frame: Frame, lane: int) -> tuple[int, str | None, Block | None]:
+    def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int) -> tuple[int, str | None, Block | None]:
         """Feed the frame's bytes to the decoder; each full chunk goes to the walker. Returns
         how far the input was read, and the error and block where decoding failed."""
         pos, chunk, stalls = frame.offset, self._chunk(lane), 0
@@ -211,8 +212,11 @@ class FrameDecoders:
                 before = len(chunk)
                 taken, finished, failed = decoder.decode(data, start, chunk)
                 start += taken
+                # the input behind this output: up to the failed block, or what the decoder took
+                behind = frame.offset + (failed[3] if failed is not None and failed[3] is not None
+                                         else decoder.consumed)
                 if len(chunk) and (failed is not None or finished or len(chunk) == chunk.capacity):
-                    if not self._put(lane, Event(frame, chunk, len(chunk), pos + start)):
+                    if not self._put(lane, Event(frame, chunk, len(chunk), behind)):
                         return pos + start, None, None
                     chunk = self._chunk(lane)
                     if chunk is None:

@@ -13,7 +13,7 @@ import blake3
 from .. import _native
 
 LEAF_SIZE = 8 * 1024 * 1024
-READ_LEAVES = 4  # leaves read and hashed per call: fewer calls, memory still bounded
+READ_LEAVES = 1  # leaves read and hashed per call: a read buffer of one leaf per segment in flight
 
 
 def leaf_digests(reader: Any, offset: int, length: int) -> list[str]:

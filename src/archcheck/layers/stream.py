@@ -18,9 +18,9 @@ from typing import Any, Callable
 from .. import _native
 from ..errors import format_size
 from ..findings import Category, Finding, Findings, Location
-from ..scanners import ScanConfig
+from ..scanners import ScanConfig, scan_handoff
 from ..scanners.policy import DatabasePolicy
-from ..scanners.sqlite import scan_handoff
+from .boundary import Walker
 from .decoding import CHUNK, DEPTH, Event, FrameDecoders
 from .zstd import DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, classify_decode_error, walk_frames
 
@@ -84,7 +84,7 @@ class StreamCheck:
         # restore hazards, found as member batches leave the walker: kept apart from its
         # findings, which would hold checkpoints back until the next frame
         self.hazards = Findings()
-        self.walker = self._walker(digest) if check_tar else None
+        self.walker: Walker | None = self._walker(digest) if check_tar else None
         self.spans: collections.deque = collections.deque(maxlen=64)  # (u0, u1, frame, c0, c1)
         self.upstream_lost = False  # decoded content went missing: tar's own end checks do not apply
         self.findings_at_frame_start = 0
@@ -108,7 +108,7 @@ class StreamCheck:
         self.skip_to = 0  # output before this offset was walked before the checkpoint
         self.content_frames = 0
 
-    def _walker(self, digest: str | None) -> Any:
+    def _walker(self, digest: str | None) -> Walker:
         if self.scan is None:
             return _native.TarWalker(digest)
         listed = {path: (entry.size, entry.algorithm, entry.checksum) for path, entry in (self.scan.listed or {}).items()}
@@ -186,13 +186,13 @@ class StreamCheck:
     def _scan_handoff(self, kind: str, name: str, data_offset: int, size: int, received: int, complete: bool,
                       head: bytes, data: bytes | None, limit: int) -> None:
         """A database the core collected whole (SQLite): walked here, its findings placed."""
-        for code, offset, length, place, details in scan_handoff(size, received, complete, head, data, limit):
+        for code, offset, length, place, details in scan_handoff(kind, size, received, complete, head, data, limit):
             start = data_offset + offset
             loc = Location(self.uri, uncompressed_offset=start, member=name, member_offset=offset, **place)
             self._add(Finding.of(code, loc, **details), start, start + length)
 
     def _is_provisional(self, finding: Finding) -> bool:
-        return self.scan is not None and finding.code == "PG_PAGE_CHECKSUM"
+        return self.scan is not None and self.policy.waits(finding.code)
 
     def _decide_scans(self) -> None:
         """Scanner findings were provisional: now the whole archive is known, decide them."""

@@ -36,7 +36,7 @@ def build(manifest: Manifest, manifest_path: Path | None = None) -> dict[str, An
             "segments": len(segments),
             "segments_verified": sum(s.status == "done" for s in segments),
             "segment_reads_retried": sum(s.attempt > 1 for s in segments),
-            "stream": {k: v for k, v in manifest.stream.items() if k not in ("nonce", "checkpoint")},
+            "stream": {k: v for k, v in manifest.stream.to_json().items() if k not in ("nonce", "checkpoint")},
             "findings": dict(Counter(f.category.value for f in findings)),
             "resumes": manifest.resumes,
         },

@@ -51,12 +51,12 @@ def render(console: Console, manifest: Manifest, manifest_path: Path | None = No
         console.print(Text("verdict   ").append(result.upper(), style=STYLES[result]).append(_counts(findings)))
         _render_findings(console, findings)
         return
-    stream = manifest.stream
+    summary = manifest.stream.summary
     facts = [format_size(manifest.archive.size), manifest.format]
-    if stream.get("frames"):
-        facts.append(plural(stream["frames"], "zstd frame"))
-    if "member_count" in stream and manifest.format != "zstd":  # a lone .zst has no members
-        facts.append(plural(stream["member_count"], "member"))
+    if summary and summary.frames:
+        facts.append(plural(summary.frames, "zstd frame"))
+    if summary and manifest.format != "zstd":  # a lone .zst has no members
+        facts.append(plural(summary.member_count, "member"))
     line = Text("archive   ")
     line.append(safe_text(manifest.archive.uri), style="bold")
     line.append(f"  ({', '.join(facts)})")

@@ -39,3 +39,12 @@ class ScanConfig:
 def format_lsn(lsn: int) -> str:
     """A WAL position as PostgreSQL writes it: high and low 32 bits in hex, X/X."""
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def scan_handoff(kind: str, size: int, received: int, complete: bool, head: bytes, data: bytes | None,
+                 limit: int) -> list[tuple]:
+    """A member the core handed over whole, walked by the scanner of its kind: (code, offset,
+    length, where, details) of each finding."""
+    from . import sqlite  # the only kind so far
+    walkers = {"sqlite": sqlite.scan_handoff}
+    return walkers[kind](size, received, complete, head, data, limit)

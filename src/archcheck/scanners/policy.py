@@ -15,6 +15,11 @@ Decision = tuple[str, dict[str, Any]] | None
 
 
 class DatabasePolicy:
+    def waits(self, code: str) -> bool:
+        """Whether a finding waits for the end of the archive before it is decided (a page
+        checksum means something only once pg_control has said checksums are on)."""
+        return code == "PG_PAGE_CHECKSUM"
+
     def decide(self, code: str, details: dict[str, Any], datadirs: dict[str, dict[str, Any]]) -> Decision:
         """Dropped outside a data directory, and for checksums when they are off or unknown; a
         page changed after a hot backup began is torn, not damaged (WAL replay rewrites it)."""

@@ -279,7 +279,8 @@ impl InnodbScanner {
 
     /// TRX_SYS_DOUBLEWRITE (ps - 200): an FSEG header, then magic, block 1, block 2.
     fn find_doublewrite(&mut self, page: &[u8]) {
-        let at = self.logical - 200 + 10;
+        // a compressed page is smaller than the logical size the header sits at: not there
+        let Some(at) = self.logical.checked_sub(200 - 10).filter(|at| at + 12 <= page.len()) else { return };
         let (magic, first, second) = (be32(page, at), be32(page, at + 4) as u64, be32(page, at + 8) as u64);
         if be32(page, 24) >> 16 == 7 && magic == DOUBLEWRITE_MAGIC {
             let extent = if self.logical <= 16384 { (1 << 20) / self.logical as u64 } else { 64 };
@@ -358,5 +359,28 @@ impl ContentScanner for InnodbScanner {
         fields![("page_size", self.ps), ("logical", self.logical), ("full_crc32", self.full_crc32),
                 ("compressed", self.zipped), ("space", self.space), ("base", self.base), ("pages", self.seen),
                 ("doublewrite", Value::List(doublewrite))]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compressed_system_tablespace_has_no_doublewrite_header_to_read() {
+        // space 0 with 8 KiB compressed pages (zip_ssize 4) of 16 KiB logical ones: the
+        // doublewrite header's place (logical - 190) lies past the end of page 5 (fuzzing found it)
+        let mut file = vec![0u8; 6 * 8192];
+        file[FSP_FLAGS_AT..FSP_FLAGS_AT + 4].copy_from_slice(&(4u32 << 1).to_be_bytes());
+        for page in 1..6usize {
+            file[page * 8192 + 4..page * 8192 + 8].copy_from_slice(&(page as u32).to_be_bytes());
+            file[page * 8192 + 24..page * 8192 + 26].copy_from_slice(&7u16.to_be_bytes()); // TRX_SYS
+        }
+        let mut scanner = InnodbScanner::new();
+        scanner.feed(&file, 0);
+        scanner.close(true);
+        assert_eq!(scanner.facts().iter().find(|(k, _)| *k == "page_size").map(|(_, v)| v.clone()),
+                   Some(Value::Int(8192)));
+        assert!(scanner.doublewrite.is_empty());
     }
 }

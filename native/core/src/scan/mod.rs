@@ -237,3 +237,19 @@ impl ScannerRouter for Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relation_segment_number_past_any_real_relation_is_no_overflow() {
+        // base/1/16384.<u64::MAX>: segno x 131072 blocks does not fit (fuzzing found it)
+        let mut router = Router::new(None, "", None);
+        let name = format!("base/1/16384.{}", u64::MAX);
+        let mut scanner = router.open(&name, 8192).expect("a relation file");
+        scanner.feed(&[0x55; 8192], 0);
+        scanner.close(true);
+        assert_eq!(scanner.take_found().iter().map(|f| f.code).collect::<Vec<_>>(), ["PG_PAGE_HEADER"]);
+    }
+}

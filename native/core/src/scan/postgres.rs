@@ -74,7 +74,7 @@ impl RelationScanner {
             root: root.to_string(),
             relation: relation.to_string(),
             fork: fork.to_string(),
-            first_block: segno * RELSEG_SIZE,
+            first_block: segno.saturating_mul(RELSEG_SIZE), // past 2^32 blocks: no real relation
             carry: Vec::new(),
             seen: 0,
             found: Vec::new(),
@@ -88,7 +88,7 @@ impl RelationScanner {
         if pages::is_new_and_zero(page, &h) {
             return;
         }
-        let block = self.first_block + index;
+        let block = self.first_block.saturating_add(index);
         if let Some(problem) = pages::header_problem(&h) {
             self.page("PG_PAGE_HEADER", index, block, &h, fields![("problem", problem)]);
             return;

@@ -33,7 +33,11 @@ impl BlockTracker {
     /// `at` is known: that block is all the decoder is fed next.
     fn observe(&mut self, piece: &[u8], at: u64) {
         while !self.done && self.next_header < at + piece.len() as u64 && self.next(at).is_none() {
-            let from = (self.next_header.max(at) - at) as usize;
+            // the header's first bytes may be in `carry` already, from the piece before
+            let from = ((self.next_header + self.carry.len() as u64).max(at) - at) as usize;
+            if from >= piece.len() {
+                return;
+            }
             let need = 3 - self.carry.len();
             let take = need.min(piece.len() - from);
             self.carry.extend_from_slice(&piece[from..from + take]);
@@ -107,9 +111,23 @@ impl FrameDecoder {
     }
 
     /// Decode from `input` into the spare capacity of `out`: how much input was taken. Stops
-    /// when `out` is full, the input is used up, the current block ends, or the frame ends.
-    /// libzstd is fed one block at a time, so that a failure is that block's.
+    /// when `out` is full, the input is used up or the frame ends. libzstd is fed one block at
+    /// a time, so that a failure is that block's; what came out before it stays in `out`.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, DecodeError> {
+        let mut taken = 0;
+        loop {
+            let before = out.len();
+            let step = self.decode_block(&input[taken..], out)?;
+            taken += step;
+            let stuck = step == 0 && out.len() == before; // wants more input than is here
+            if self.finished || stuck || taken == input.len() || out.len() == out.capacity() {
+                return Ok(taken);
+            }
+        }
+    }
+
+    /// One step of `decode`, within the current block.
+    fn decode_block(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, DecodeError> {
         self.blocks.observe(input, self.consumed);
         let block = self.blocks.next(self.consumed);
         let limit = block.map_or(input.len(), |b| ((b.end - self.consumed) as usize).min(input.len()));
@@ -157,30 +175,32 @@ mod tests {
         out
     }
 
-    fn decode_all(frame: &[u8], piece: usize) -> Result<Vec<u8>, DecodeError> {
+    /// Decode a frame fed `piece` bytes at a time into output buffers of `room` bytes.
+    fn decode_all(frame: &[u8], piece: usize, room: usize) -> Result<Vec<u8>, DecodeError> {
         let header = crate::zstd::walk::parse_frame_header(frame).unwrap();
         let mut d = FrameDecoder::new(1 << 27, header.length as u64)?;
-        let mut out = Vec::with_capacity(64 * 1024);
         let mut all = Vec::new();
         for chunk in frame.chunks(piece) {
             let mut chunk = chunk;
-            while !chunk.is_empty() {
+            loop {
+                let mut out = Vec::with_capacity(room);
                 let taken = d.decode(chunk, &mut out)?;
                 chunk = &chunk[taken..];
+                let stuck = taken == 0 && out.is_empty();
                 all.append(&mut out);
-                out.reserve(64 * 1024);
+                if chunk.is_empty() || stuck {
+                    break;
+                }
             }
         }
         while !d.finished() {
-            let len = out.len();
+            let mut out = Vec::with_capacity(room);
             d.drain(&mut out)?;
-            if out.len() == len {
+            if out.is_empty() {
                 break;
             }
             all.append(&mut out);
-            out.reserve(64 * 1024);
         }
-        all.append(&mut out);
         Ok(all)
     }
 
@@ -188,8 +208,8 @@ mod tests {
     fn decodes_in_any_pieces() {
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8 ^ (i / 7919) as u8).collect();
         let frame = compress(&data, 3);
-        for piece in [1, 7, 4096, frame.len()] {
-            assert_eq!(decode_all(&frame, piece).unwrap(), data);
+        for (piece, room) in [(1, 64 << 10), (7, 100), (4096, 1), (4096, 64 << 10), (frame.len(), 5000)] {
+            assert_eq!(decode_all(&frame, piece, room).unwrap(), data);
         }
     }
 
@@ -202,8 +222,11 @@ mod tests {
             let spot = frame.len() * k / 40;
             let mut damaged = frame.clone();
             damaged[spot] ^= 0x55;
-            let whole = decode_all(&damaged, damaged.len()).err().map(|e| e.block);
-            match decode_all(&damaged, 4096) {
+            let whole = decode_all(&damaged, damaged.len(), 64 << 10).err().map(|e| e.block);
+            // output buffers smaller than a block end calls between a block header's bytes
+            let small = decode_all(&damaged, 7, 1000).err().map(|e| e.block);
+            assert_eq!(small, whole);
+            match decode_all(&damaged, 4096, 64 << 10) {
                 Err(DecodeError { block: Some(block), message, .. }) => {
                     // fed all at once, the frame's blocks are still fed one at a time
                     assert_eq!(whole, Some(Some(block)));
