@@ -177,7 +177,7 @@ def _stopped_drill(archive: Path, state: Path) -> str:
 
 def test_deadline_stops_cleanly_and_resume_finishes(drill_archives, tmp_path):
     run = cli("verify", drill_archives / "multi.tar.zst", "--segment-size", "8M", "--workers", "1",
-              "--deadline", "0.1s", "--state-dir", tmp_path, "--no-progress")
+              "--deadline", "0.1s", "--state-dir", tmp_path, "--no-progress", env={"ARCHCHECK_FAILPOINT": "slow-read"})
     assert run.returncode == 3, run.stderr
     assert "time is up; what was verified is kept: archcheck resume drill-1" in run.stderr
     assert "coverage  " in run.stdout and "resume    archcheck resume drill-1" in run.stdout
@@ -357,7 +357,7 @@ def test_sigterm_stops_cleanly_and_resume_gives_the_uninterrupted_result(drill_a
 def test_a_time_budget_does_its_share_exits_0_and_the_next_drill_goes_on(drill_archives, tmp_path):
     archive = drill_archives / "multi.tar.zst"
     first = cli("verify", archive, "--segment-size", "8M", "--workers", "1", "--budget", "0.2s",
-                "--state-dir", tmp_path, "--no-progress")
+                "--state-dir", tmp_path, "--no-progress", env={"ARCHCHECK_FAILPOINT": "slow-read"})
     assert first.returncode == 0, first.stderr
     assert "drill-1  partial, INTACT" in first.stdout and "(1 partial)" in first.stdout
     second = cli("verify", archive, "--segment-size", "8M", "--state-dir", tmp_path, "--no-progress")

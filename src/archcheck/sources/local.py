@@ -9,6 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,15 @@ from ..errors import SourceChanged, SourceError
 from .base import ArchiveIdentity, FileStamp
 
 ID_PROBE = 64 * 1024
+# a test's way to make reading slow, so what depends on time (budgets, deadlines) does not
+# depend on how fast the machine is
+SLOW_READ = os.environ.get("ARCHCHECK_FAILPOINT") == "slow-read"
+SLOW_READ_SECONDS = 0.02
+
+
+def _throttle() -> None:
+    if SLOW_READ:
+        time.sleep(SLOW_READ_SECONDS)
 
 
 class LocalFile:
@@ -117,14 +127,17 @@ class LocalReader:
                 raise SourceChanged(what)
 
     def pread(self, offset: int, length: int) -> bytes:
+        _throttle()
         return os.pread(self.fd, length, offset)
 
     def readinto(self, offset: int, buffer) -> int:
+        _throttle()
         return os.preadv(self.fd, [buffer], offset)
 
     @contextmanager
     def view(self, offset: int, length: int) -> Iterator[memoryview]:
         """Map only [offset, offset+length): mapped pages count in RSS, so never the file."""
+        _throttle()
         length = max(0, min(length, self.size - offset))
         if length == 0:
             yield memoryview(b"")
