@@ -41,7 +41,8 @@ FROZEN_CODES = {
     "TAR_HEADER_CHECKSUM": ("corruption", "error", "tar"),
     "TAR_BAD_NUMBER": ("corruption", "error", "tar"),
     "TAR_TRUNCATED": ("corruption", "error", "tar"),
-    "TAR_MISSING_END": ("corruption", "warning", "tar"),
+    "TAR_MISSING_END": ("corruption", "error", "tar"),  # was "warning" until 0.3: it always failed the run
+    "TAR_END_MARKER_DAMAGED": ("warning", "warning", "tar"),
     "TAR_LONE_ZERO_BLOCK": ("drift", "warning", "tar"),
     "TAR_TRAILING_DATA": ("drift", "warning", "tar"),
     "TAR_PAX_MALFORMED": ("corruption", "error", "tar"),

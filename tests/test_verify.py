@@ -173,8 +173,9 @@ def test_truncated_tar_inside_a_member(fx, state, damaged):
 def test_truncated_tar_at_a_member_boundary_has_no_end_marker(fx, state, damaged):
     header, _ = member_offsets(fx / "gnu.tar")["./etc/config-10.conf"]
     result = verify(damaged("gnu.tar", truncate=header), state=state)
-    assert codes(result) == ["TAR_MISSING_END"]
+    assert codes(result) == ["TAR_MISSING_END"] and result.exit_code == 1
     assert result.findings[0].location.byte_range == (header, header)
+    assert result.findings[0].severity.value == "error"  # what the exit code says
 
 
 def test_broken_header_checksum_then_resync(fx, state, damaged):

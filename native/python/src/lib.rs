@@ -431,7 +431,7 @@ impl TarWalker {
     /// header_offset)); None when there are none.
     #[allow(clippy::type_complexity)]
     fn take_members<'py>(&mut self, py: Python<'py>)
-        -> Option<(Bound<'py, PyBytes>, usize, Vec<(&'static str, String, &'static str, String, u64)>)> {
+        -> Option<(Bound<'py, PyBytes>, usize, Vec<(&'static str, String, String, String, u64)>)> {
         let members = self.inner.take_members();
         if members.is_empty() {
             return None;

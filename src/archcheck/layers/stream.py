@@ -488,7 +488,8 @@ class StreamCheck:
     def _result(self, frames: list[Frame]) -> StreamResult:
         self._table_rows(len(frames) - 1, None)
         not_tar = any(f.code == "TAR_NOT_TAR" for f in self.findings)
-        fmt = ("tar+zstd" if self.check_tar and not not_tar else "zstd") if self.compressed else "tar"
+        seen_tar = self.check_tar and not not_tar and self.uoff > 0  # nothing decoded: no tar seen
+        fmt = ("tar+zstd" if seen_tar else "zstd") if self.compressed else "tar"
         zstd_frames = [f for f in frames if f.kind == "zstd"]
         return StreamResult(
             format=fmt, frames=len(zstd_frames),

@@ -65,6 +65,9 @@ pub fn parse_pax(data: &[u8]) -> (Pax, Option<String>) {
         let end = i + length as usize - 1;
         let body = &data[space.unwrap_or(i) + 1..end.max(space.unwrap_or(i) + 1)];
         match body.iter().position(|&b| b == b'=') {
+            Some(eq) if body[..eq].contains(&0) => {
+                return (records, Some(format!("record at byte {i} has a NUL in its key")));
+            }
             Some(eq) => {
                 records.insert(String::from_utf8_lossy(&body[..eq]).into_owned(), body[eq + 1..].to_vec());
             }
@@ -73,6 +76,36 @@ pub fn parse_pax(data: &[u8]) -> (Pax, Option<String>) {
         i = end + 1;
     }
     (records, None)
+}
+
+/// Whether `prefix`, shorter than a block, could be the start of a tar header (or of the zero
+/// blocks of an empty archive): a name without control characters, then numeric fields of
+/// octal digits, spaces and NULs (or base-256), a type flag, a link name and the magic. A name
+/// with no NUL after it proves nothing, so a few bytes of text are not taken for a header.
+pub fn could_start_a_header(prefix: &[u8]) -> bool {
+    let prefix = &prefix[..prefix.len().min(BLOCK)];
+    let field = |range: std::ops::Range<usize>| &prefix[range.start.min(prefix.len())..range.end.min(prefix.len())];
+    let text = |bytes: &[u8]| {
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        !bytes[..end].iter().any(|&b| b < 0x20 || b == 0x7f) && bytes[end..].iter().all(|&b| b == 0)
+    };
+    let number = |bytes: &[u8], base256: bool| {
+        (base256 && matches!(bytes.first(), Some(0x80 | 0xff)))
+            || bytes.iter().all(|&b| matches!(b, b'0'..=b'7' | b' ' | 0))
+    };
+    if is_zero(prefix) {
+        return true;
+    }
+    if prefix.len() < 100 {
+        return prefix.contains(&0) && text(prefix);
+    }
+    let numbers = [(100..108, true), (108..116, true), (116..124, true), (124..136, true), (136..148, true), (148..156, false)];
+    let magic = field(257..263);
+    text(field(0..100))
+        && numbers.into_iter().all(|(range, base256)| number(field(range), base256))
+        && field(156..157).iter().all(|&b| b == 0 || b.is_ascii_alphanumeric())
+        && text(field(157..257))
+        && (b"ustar".starts_with(&magic[..magic.len().min(5)]) || is_zero(magic))
 }
 
 pub fn round_up(n: u64) -> u64 {
@@ -94,8 +127,33 @@ mod tests {
         let (_, problem) = parse_pax(b"8 pathx\n");
         assert_eq!(problem.as_deref(), Some("record at byte 0 has no '='"));
         assert!(parse_pax(b"0 path=x\n").1.is_some());
+        let (_, problem) = parse_pax(b"11 pa\0th=x\n");
+        assert_eq!(problem.as_deref(), Some("record at byte 0 has a NUL in its key"));
+        let (r, problem) = parse_pax(b"14 path=ev\0il\n");
+        assert_eq!((problem, r["path"].as_slice()), (None, b"ev\0il".as_slice()));
         let (r, problem) = parse_pax(b"28 path=some/long/name/here\n20 size=12345678901\n");
         assert_eq!((problem, r["size"].as_slice()), (None, b"12345678901".as_slice()));
+    }
+
+    #[test]
+    fn a_header_prefix_is_told_from_text() {
+        let mut header = vec![0u8; 300];
+        header[..5].copy_from_slice(b"a.txt");
+        header[100..108].copy_from_slice(b"0000644\0");
+        header[124..136].copy_from_slice(b"00000000006\0");
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        for len in [1, 6, 99, 100, 130, 156, 260, 300] {
+            assert!(could_start_a_header(&header[..len]) || len < 6, "{len}");
+        }
+        assert!(could_start_a_header(&[0; 40]));
+        assert!(!could_start_a_header(b"x"));
+        assert!(!could_start_a_header(b"hello zstd\n"));
+        header[104] = b'9';
+        assert!(!could_start_a_header(&header));
+        let mut binary: Vec<u8> = (0..=255).collect();
+        binary.extend(0..=255u8);
+        assert!(!could_start_a_header(&binary[..266]));
     }
 
     #[test]

@@ -140,17 +140,22 @@ impl Member {
     }
 
     /// Why a restore would not create this path as written, if it would not: (what, path, how).
-    pub fn restore_hazard(&self) -> Option<(&'static str, &str, &'static str)> {
+    pub fn restore_hazard(&self) -> Option<(&'static str, &str, String)> {
         let paths = [("member name", self.name.as_str()), ("hard link target", self.linkname.as_str())];
         for (what, path) in paths {
             if what == "hard link target" && self.kind != "hardlink" {
                 continue;
             }
+            // only a pax path can hold a NUL; C strings end there
+            if let Some(cut) = path.find('\0') {
+                let kept = crate::text::py_repr(&path[..cut]);
+                return Some((what, path, format!("GNU tar cuts the name at the NUL and restores {kept}")));
+            }
             if path.starts_with('/') {
-                return Some((what, path, "an absolute path: GNU tar strips the leading '/' and restores it below the target"));
+                return Some((what, path, "an absolute path: GNU tar strips the leading '/' and restores it below the target".into()));
             }
             if path.split('/').any(|part| part == "..") {
-                return Some((what, path, "a '..' component: GNU tar refuses to restore it (it would leave the target directory)"));
+                return Some((what, path, "a '..' component: GNU tar refuses to restore it (it would leave the target directory)".into()));
             }
         }
         None

@@ -14,7 +14,7 @@ use super::member::{Extra, Member};
 use crate::digest::{DigestKind, MemberDigest};
 use crate::fields;
 use crate::finding::{Fields, Finding, Found, Value};
-use crate::text::{field_text, from_latin1, latin1, parse_int, parse_number};
+use crate::text::{field_text, from_latin1, latin1, parse_int, parse_number, py_repr};
 
 const BATCH: usize = 2048; // members handed out together
 const RECENT: usize = 4096; // members kept for naming where a finding lies
@@ -81,11 +81,21 @@ struct Pending {
     name: Option<String>,
     linkname: Option<String>,
     pax: Option<Pax>,
+    first_type: u8, // of the first extension header, to name an orphan
+    end: u64,       // where the last extension header's body ends
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
         self.name.is_none() && self.linkname.is_none() && self.pax.is_none()
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.first_type {
+            b'L' => "GNU long-name",
+            b'K' => "GNU long-link",
+            _ => "pax",
+        }
     }
 }
 
@@ -140,6 +150,7 @@ pub struct TarWalker {
     global_pax: Pax,
     extension: Option<(u8, u64, u64)>, // (type, size, header offset)
     zero_blocks: u32,
+    saw_header: bool, // a block that is not (part of) the end marker: the archive is not empty
     end_offset: Option<u64>,
     trailing: u64,
     trailing_at: Option<u64>,
@@ -173,6 +184,7 @@ impl TarWalker {
             global_pax: Pax::new(),
             extension: None,
             zero_blocks: 0,
+            saw_header: false,
             end_offset: None,
             trailing: 0,
             trailing_at: None,
@@ -282,8 +294,12 @@ impl TarWalker {
 
     /// The stream ended at uncompressed offset `end`.
     pub fn finish(&mut self, end: u64, mut upstream_damage: bool) {
-        if end == 0 && self.state == State::Header && !upstream_damage {
+        let short = end < BLOCK as u64 && self.count == 0 && self.pending.is_empty() && self.zero_blocks == 0;
+        if self.state == State::Header && short && !upstream_damage
+            && (end == 0 || !header::could_start_a_header(&self.carry)) {
+            // less than a block and no tar prefix: content of a lone .zst, not a cut-off tar
             self.state = State::NotTar;
+            self.carry.clear();
             self.emit("TAR_NOT_TAR", 0, 0, vec![]);
         }
         if end != self.pos {
@@ -311,7 +327,7 @@ impl TarWalker {
             }
         } else if state == State::Header {
             if !self.pending.is_empty() && !upstream_damage {
-                self.emit("TAR_ORPHAN_EXTENSION", self.pending_at, end, fields![("kind", "extended")]);
+                self.emit("TAR_ORPHAN_EXTENSION", self.pending_at, self.pending.end, fields![("kind", self.pending.kind())]);
             }
             if !upstream_damage {
                 self.emit("TAR_MISSING_END", end, end, vec![]);
@@ -323,7 +339,7 @@ impl TarWalker {
             let at = self.trailing_at.unwrap_or(end);
             self.emit("TAR_TRAILING_DATA", at, end, fields![("length", self.trailing)]);
         }
-        if state == State::End && self.count == 0 {
+        if state == State::End && self.count == 0 && !self.saw_header {
             self.emit("TAR_EMPTY", 0, end, fields![("size", end)]);
         }
         self.flush();
@@ -410,6 +426,7 @@ impl TarWalker {
         };
         self.global_pax = cp.global_pax.iter().map(|(k, v)| (k.clone(), from_latin1(v))).collect();
         self.end_offset = cp.end_offset;
+        self.saw_header = cp.count > 0 || cp.end_offset.map_or(cp.at > 0, |end| end > 2 * BLOCK as u64);
         self.trailing = cp.trailing;
         self.trailing_at = cp.trailing_at;
         self.recent.extend(recent);
@@ -499,18 +516,22 @@ impl TarWalker {
         if is_zero(block) {
             self.zero_blocks += 1;
             if self.zero_blocks == 2 {
-                self.state = State::End;
-                self.end_offset = Some(at + BLOCK as u64);
-                if !self.pending.is_empty() {
-                    self.emit("TAR_ORPHAN_EXTENSION", self.pending_at, at, fields![("kind", "extended")]);
-                }
+                self.reach_end(at);
             }
             return;
         }
         if self.zero_blocks == 1 {
+            let nonzero = block.iter().filter(|&&b| b != 0).count();
+            if nonzero == 1 {
+                // no header has a single non-zero byte: the end marker, with a stray byte in it
+                self.emit("TAR_END_MARKER_DAMAGED", at, at + BLOCK as u64, fields![("nonzero", nonzero as u64)]);
+                self.reach_end(at);
+                return;
+            }
             self.emit("TAR_LONE_ZERO_BLOCK", at - BLOCK as u64, at, vec![]);
         }
         self.zero_blocks = 0;
+        self.saw_header = true;
         let stored = header::stored_checksum(block);
         let (unsigned, signed) = header::header_checksums(block);
         if !matches!(stored, Some(s) if s == unsigned || s == signed) {
@@ -529,6 +550,16 @@ impl TarWalker {
             return;
         }
         self.member_header(block, at);
+    }
+
+    /// The second block of the end marker is at `at`.
+    fn reach_end(&mut self, at: u64) {
+        self.zero_blocks = 2;
+        self.state = State::End;
+        self.end_offset = Some(at + BLOCK as u64);
+        if !self.pending.is_empty() {
+            self.emit("TAR_ORPHAN_EXTENSION", self.pending_at, self.pending.end, fields![("kind", self.pending.kind())]);
+        }
     }
 
     fn start_resync(&mut self, report_from: u64, search_from: u64) {
@@ -590,8 +621,10 @@ impl TarWalker {
             }
             if self.pending.is_empty() {
                 self.pending_at = at;
+                self.pending.first_type = flag;
             }
             self.extension = Some((flag, size, at));
+            self.pending.end = at + BLOCK as u64 + round_up(size);
             if size == 0 {
                 // empty, but an extension all the same: a member must follow it
                 self.extension_body(&[]);
@@ -629,6 +662,13 @@ impl TarWalker {
     /// What extension headers say about the member, beyond its own header.
     fn overrides(&mut self, pax: &Pax, at: u64) -> Option<Extra> {
         let mut extra = Extra::default();
+        let from = if self.pending.is_empty() { at } else { self.pending_at };
+        for key in ["atime", "ctime", "mtime"] {
+            if let Some(value) = pax.get(key).filter(|v| !is_pax_time(v)) {
+                let shown = py_repr(&latin1(&value[..value.len().min(40)]));
+                self.emit("TAR_PAX_MALFORMED", from, at, fields![("detail", format!("{key} is not a number: {shown}"))]);
+            }
+        }
         if let Some(v) = pax.get("GNU.sparse.name").or_else(|| pax.get("path")) {
             extra.name = Some(crate::text::decode_lossless(v));
         } else if let Some(name) = &self.pending.name {
@@ -780,6 +820,16 @@ fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A pax time: seconds, with a sign and a fraction if any (POSIX pax "mtime").
+fn is_pax_time(value: &[u8]) -> bool {
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
+        Some(dot) => (&digits[..dot], &digits[dot + 1..]),
+        None => (digits, &b""[..]),
+    };
+    !whole.is_empty() && whole.iter().all(u8::is_ascii_digit) && fraction.iter().all(u8::is_ascii_digit)
+}
+
 /// Octal as Python's `f"{n:o}"` writes it: a sign, not two's complement.
 fn py_octal(n: i128) -> String {
     if n < 0 {
@@ -807,29 +857,4 @@ fn trim_ascii_whitespace(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
-}
-
-/// Python's repr() of a str (for messages recorded as Python wrote them).
-fn py_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
-    let mut out = String::new();
-    out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 || (0x7f..0xa1).contains(&(c as u32)) || c == '\u{ad}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-    out
 }
