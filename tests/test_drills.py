@@ -138,7 +138,8 @@ def test_sigkill_at_random_instants_then_resume_equals_an_uninterrupted_run(dril
     command = [*ARCHCHECK, "verify", str(archive), *args, "--state-dir", str(state), "--drill", "d"]
     kills = 0
     for _ in range(15):
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        slow = {**env, "ARCHCHECK_FAILPOINT": "slow-read"}  # killed mid-run however fast the machine
+        proc = subprocess.Popen(command, env=slow, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(rnd.uniform(0.05, 0.35))
         if proc.poll() is not None:
             break
@@ -341,7 +342,7 @@ def test_sigterm_stops_cleanly_and_resume_gives_the_uninterrupted_result(drill_a
     manifest = state / "drills" / "d" / "archives" / "0001" / "manifest.json"
     proc = subprocess.Popen([*ARCHCHECK, "verify", archive, *args, "--state-dir", state, "--drill", "d"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "ARCHCHECK_SAVE_INTERVAL": "0.05"})
+                            env={**os.environ, "ARCHCHECK_SAVE_INTERVAL": "0.05", "ARCHCHECK_FAILPOINT": "slow-read"})
     while not manifest.exists() and proc.poll() is None:
         time.sleep(0.005)
     time.sleep(0.1)

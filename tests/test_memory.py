@@ -115,7 +115,8 @@ def test_sigterm_stops_cleanly(archives, tmp_path):
     import signal
     shm_before = set(os.listdir("/dev/shm"))
     proc = subprocess.Popen([*ARCHCHECK, "verify", archives / "big.tar.zst", "--workers", "1", "--no-progress",
-                             "--state-dir", tmp_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--state-dir", tmp_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ARCHCHECK_FAILPOINT": "slow-read"})  # still running when stopped
     deadline = time.monotonic() + 30
     while not list(tmp_path.glob("drills/*/archives/*/manifest.json")) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -129,6 +129,8 @@ def verify_command(
     trust_verified: bool = TRUST,
     report_members: bool = REPORT_MEMBERS,
 ) -> None:
+    from .processes import start_early
+    start_early()  # the worker server loads while the library does
     from . import api
     with Output(progress, quiet, report_members) as out:
         result = api.run_drill(
@@ -161,6 +163,8 @@ def resume_command(
 
     An archive that changed since the drill began is not mixed with its earlier results: it is
     reported as changed (exit 3). Exit codes as for verify."""
+    from .processes import start_early
+    start_early()  # the worker server loads while the library does
     from . import api
     with Output(progress, quiet, report_members) as out:
         result = api.resume(drill, state=state_dir, deadline=_deadline(deadline, until),
@@ -186,6 +190,8 @@ def drill_run_command(
     report_members: bool = REPORT_MEMBERS,
 ) -> None:
     """Start a drill from a plan file (archives, layers, window or budget, outputs)."""
+    from .processes import start_early
+    start_early()  # the worker server loads while the library does
     from . import api
     with Output(progress, quiet, report_members) as out:
         result, loaded = api.run_plan(plan, state=state_dir, deadline=_deadline(deadline, until),

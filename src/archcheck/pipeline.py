@@ -7,7 +7,6 @@ members) runs as one task in the same pool beside the raw segment hashing.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import signal
 import threading
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import processes
 from .errors import SourceChanged, WorkerCrashed, describe_error
 from .findings import Category, Finding, Location
 from .layers import raw
@@ -140,9 +140,7 @@ class Run:
 
     async def _run(self) -> None:
         self.save()  # the run directory exists and is writable before any work starts
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["__main__", "archcheck.worker"])  # children start warm
-        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=ctx, initializer=init_worker,
+        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=processes.context(), initializer=init_worker,
                                         initargs=(os.getpid(),))
         layers = []
         if self.options.stream:  # the longest task goes first, so it starts at once
