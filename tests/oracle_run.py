@@ -38,7 +38,7 @@ def outcome(data: bytes) -> dict:
         return {"unsupported": str(exc), "findings": [], "members": []}
     members: list = []
     rows: list = []
-    result = StreamCheck(BytesReader(data), "archive", compressed=fmt == "zstd", check_tar=True,
+    result = StreamCheck(BytesReader(data), "archive", codec=fmt, check_tar=True,
                          digest="xxh3-128", threads=2, on_members=lambda line, n: members.extend(json.loads(line)),
                          on_frames=rows.extend, scan=ScanConfig()).run()
     leaves = [blake3.blake3(data[i:i + raw.LEAF_SIZE]).hexdigest() for i in range(0, len(data), raw.LEAF_SIZE)]

@@ -35,7 +35,7 @@ def test_corruption_exits_1_with_location(fx, state, damaged):
     (lambda p: None, "no such file"),
     (lambda p: p.write_bytes(b""), "is empty"),
     (lambda p: p.mkdir(), "is a directory"),
-    (lambda p: p.write_bytes(b"just some text, not an archive\n" * 40), "not a zstd or tar archive"),
+    (lambda p: p.write_bytes(b"just some text, not an archive\n" * 40), "not a zstd, gzip or tar archive"),
 ])
 def test_an_unusable_archive_is_one_clear_line_and_exit_5(tmp_path, state, setup, expected):
     target = tmp_path / "backup.tar.zst"
@@ -53,9 +53,13 @@ def test_unreadable_file_is_exit_5(state):
     assert "cannot read: Input/output error" in run.stderr and run.stderr.count("\n") == 1
 
 
-def test_gzip_is_named(fx, state):
-    run = cli("verify", fx / "ustar.tar.gz", "--state-dir", state)
-    assert run.returncode == 5 and "is gzip" in run.stderr
+def test_a_format_archcheck_does_not_verify_is_named(tmp_path, state):
+    archive = tmp_path / "backup.tar.bz2"
+    archive.write_bytes(b"BZh91AY&SY" + bytes(100))
+    run = cli("verify", archive, "--state-dir", state)
+    assert run.returncode == 5 and run.stderr == (
+        f"archcheck: {archive} is bzip2, not zstd, gzip or tar; archcheck verifies .tar, .tar.zst, .zst, "
+        ".tar.gz and .gz\n")
 
 
 def test_window_over_max_window_is_incomplete_naming_the_option(fx, state):

@@ -32,7 +32,7 @@ def _stream(path: Path, *, resume=None, checkpoints=None, members=None, rows=Non
     reader = open_source(path).ref().open()
     out = members if members is not None else []
     table = rows if rows is not None else []
-    check = StreamCheck(reader, str(path), compressed=path.suffix == ".zst", check_tar=True,
+    check = StreamCheck(reader, str(path), codec="zstd" if path.suffix == ".zst" else "tar", check_tar=True,
                         on_members=lambda line, count: out.extend(json.loads(line)), on_frames=table.extend,
                         resume_from=resume, checkpoint_every=0, checkpoint_from=0,
                         on_checkpoint=(lambda cp: checkpoints.append((json.loads(json.dumps(cp)), len(out), len(table))))

@@ -206,7 +206,7 @@ def test_resuming_a_page_scan_from_any_checkpoint_gives_the_same_findings(pgfx, 
     def run(resume=None, checkpoints=None, members=None):
         reader = open_source(archive).ref().open()
         sink = members if members is not None else []
-        check = StreamCheck(reader, str(archive), compressed=False, check_tar=True,
+        check = StreamCheck(reader, str(archive), codec="tar", check_tar=True,
                             on_members=lambda line, count: sink.extend(json.loads(line)),
                             resume_from=resume, checkpoint_every=0, checkpoint_from=0, scan=ScanConfig(),
                             on_checkpoint=(lambda cp: checkpoints.append((json.loads(json.dumps(cp)), len(sink))))

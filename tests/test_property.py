@@ -46,7 +46,7 @@ def check_in_thread(data: bytes):
             outcome["result"] = "unsupported"
             return
         try:
-            outcome["result"] = StreamCheck(BytesReader(data), "x", compressed=fmt == "zstd",
+            outcome["result"] = StreamCheck(BytesReader(data), "x", codec=fmt,
                                             check_tar=True, threads=2).run()
         except ArchcheckError as exc:  # e.g. a mutated window over the limit: exit 2, by design
             outcome["result"] = exc

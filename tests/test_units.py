@@ -43,6 +43,13 @@ FROZEN_CODES = {
     "TAR_TRUNCATED": ("corruption", "error", "tar"),
     "TAR_MISSING_END": ("corruption", "error", "tar"),  # was "warning" until 0.3: it always failed the run
     "TAR_END_MARKER_DAMAGED": ("warning", "warning", "tar"),
+    "GZIP_BAD_HEADER": ("corruption", "error", "gzip"),
+    "GZIP_HEADER_CRC": ("corruption", "error", "gzip"),
+    "GZIP_DECODE_ERROR": ("corruption", "error", "gzip"),
+    "GZIP_TRUNCATED": ("corruption", "error", "gzip"),
+    "GZIP_CRC_MISMATCH": ("corruption", "error", "gzip"),
+    "GZIP_SIZE_MISMATCH": ("corruption", "error", "gzip"),
+    "GZIP_TRAILING_DATA": ("drift", "warning", "gzip"),
     "TAR_LONE_ZERO_BLOCK": ("drift", "warning", "tar"),
     "TAR_TRAILING_DATA": ("drift", "warning", "tar"),
     "TAR_PAX_MALFORMED": ("corruption", "error", "tar"),

@@ -148,7 +148,7 @@ def test_a_decoder_that_fails_hands_its_failure_on(fx):
         return real(offset, length)
 
     reader.pread = failing
-    check = StreamCheck(reader, "x", compressed=True, check_tar=True, threads=2)
+    check = StreamCheck(reader, "x", codec="zstd", check_tar=True, threads=2)
     started = time.monotonic()
     with pytest.raises(DecoderFailed, match="RuntimeError: the reader broke"):
         check.run()

@@ -90,8 +90,13 @@ def test_format_comes_from_magic_not_name(fx, state, tmp_path):
     misnamed = tmp_path / "backup.tar.gz"
     misnamed.write_bytes((fx / "multi.tar.zst").read_bytes())
     assert verify(misnamed, state=state).manifest.format == "tar+zstd"
-    with pytest.raises(UnsupportedArchive, match="gzip"):
-        verify(fx / "ustar.tar.gz", state=state)
+    gzipped = tmp_path / "backup.tar.zst"  # a gzip file named as zstd is verified as gzip
+    gzipped.write_bytes((fx / "ustar.tar.gz").read_bytes())
+    assert verify(gzipped, state=state).manifest.format == "tar+gzip"
+    xz = tmp_path / "backup.tar"
+    xz.write_bytes(b"\xfd7zXZ\x00" + bytes(100))
+    with pytest.raises(UnsupportedArchive, match="is xz, not zstd, gzip or tar"):
+        verify(xz, state=state)
 
 
 def test_large_window_is_accepted_and_stated_or_refused_below_max_window(fx, state):

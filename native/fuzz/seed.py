@@ -15,12 +15,14 @@ import gzip
 import hashlib
 import io
 import random
+import shutil
 import sqlite3
 import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -28,7 +30,7 @@ REPO = HERE.parent.parent
 FIXTURES = REPO / "fixtures"
 ORACLE = FIXTURES / "oracle" / "corpus"
 CORPUS = HERE / "corpus"
-TARGETS = ["tar_walk", "zstd", "pg_pages", "innodb", "wal", "sqlite_wal", "sqlite_collect"]
+TARGETS = ["tar_walk", "zstd", "gzip", "pg_pages", "innodb", "wal", "sqlite_wal", "sqlite_collect"]
 CONTROL = 8
 MAX_SEED = 1 << 20
 PAGE = 8192
@@ -260,6 +262,25 @@ def seed_zstd() -> None:
         write("zstd", "size-note.zst", note + frames[0] + small)
 
 
+def seed_gzip() -> None:
+    """gzip and pigz output of the sample tar, two members back to back, with a header CRC, trailing
+    bytes, and cut short."""
+    tar = sample_tar()
+    made = {name: subprocess.run(cmd, input=tar, capture_output=True, check=True).stdout
+            for name, cmd in [("gzip-9", ["gzip", "-9", "-c"]), ("gzip-n", ["gzip", "-n", "-1", "-c"])]}
+    if shutil.which("pigz"):
+        made["pigz"] = subprocess.run(["pigz", "-c"], input=tar, capture_output=True, check=True).stdout
+    plain = made["gzip-n"]
+    header = bytearray(plain[:10])
+    header[3] |= 0x02
+    made["fhcrc"] = bytes(header) + (zlib.crc32(bytes(header)) & 0xFFFF).to_bytes(2, "little") + plain[10:]
+    made["two-members"] = plain + made["gzip-9"]
+    made["trailing"] = plain + b"\0\0junk"
+    made["cut"] = plain[:len(plain) // 2]
+    for name, data in made.items():
+        write("gzip", name + ".gz", data)
+
+
 def seed_pg_pages() -> None:
     pages = sample_relations()
     for k, (name, data) in enumerate(sorted(pages.items())):
@@ -298,6 +319,7 @@ def seed_sqlite() -> None:
 SEEDERS = {
     "tar_walk": seed_tar_walk,
     "zstd": seed_zstd,
+    "gzip": seed_gzip,
     "pg_pages": seed_pg_pages,
     "innodb": seed_innodb,
     "wal": seed_wal,

@@ -96,6 +96,14 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("INNODB_PAGE_NUMBER", C, E, "pages", "InnoDB page {page} says it is page {stored}"),
     _c("INNODB_LSN_MISMATCH", C, E, "pages", "InnoDB page {page}: the LSN in its header and trailer differ (a torn write)"),
     _c("INNODB_PARTIAL_PAGE", D, W, "pages", "InnoDB file ends with {length} bytes that are not a whole page"),
+    # gzip (formats.md 7): decoded in the zstd layer's place, its findings are its own
+    _c("GZIP_BAD_HEADER", C, E, "gzip", "{error}"),
+    _c("GZIP_HEADER_CRC", C, E, "gzip", "{error}"),
+    _c("GZIP_DECODE_ERROR", C, E, "gzip", "the deflate data does not decode: {error}"),
+    _c("GZIP_TRUNCATED", C, E, "gzip", "{error}"),
+    _c("GZIP_CRC_MISMATCH", C, E, "gzip", "decoded content does not match its CRC-32: {detail}"),
+    _c("GZIP_SIZE_MISMATCH", C, E, "gzip", "decoded length does not match the trailer: {detail}"),
+    _c("GZIP_TRAILING_DATA", D, W, "gzip", "{length} bytes after the last gzip member ({nonzero} not zero); gzip -d ignores them"),
     # tar layer
     _c("TAR_HEADER_CHECKSUM", C, E, "tar", "header checksum is {actual}, header says {expected}"),
     _c("TAR_BAD_NUMBER", C, E, "tar", "header field {field} is not a number: {value}"),

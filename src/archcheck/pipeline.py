@@ -366,7 +366,7 @@ class Run:
         members = MembersWriter(folder, parts_from_json((checkpoint or {}).get("members")))
         frames = LogWriter(folder, "frames", parts_from_json((checkpoint or {}).get("frames")))
         task = StreamTask(
-            self.source.uri, compressed=self.manifest.format != "tar",
+            self.source.uri, codec=self.manifest.format,
             check_tar=any(layer in options.layers for layer in ("tar", "members", "pages")),
             digest=options.digest if "members" in options.layers else None, max_window=options.max_window,
             threads=options.workers, depth=options.stream_depth(), chunk=options.stream_chunk(), checkpoint=checkpoint,

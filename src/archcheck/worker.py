@@ -77,7 +77,7 @@ class StreamTask:
     """Run the stream check where the bytes are, reporting over ``address``."""
 
     uri: str
-    compressed: bool
+    codec: str  # "tar" (none), "zstd" or "gzip"
     check_tar: bool
     digest: str | None
     max_window: int
@@ -138,7 +138,7 @@ def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
     listener = threading.Thread(target=_wait_for_stop, args=(out.conn, stop), daemon=True)
     listener.start()
     check = StreamCheck(
-        reader, task.uri, compressed=task.compressed, check_tar=task.check_tar, digest=task.digest,
+        reader, task.uri, codec=task.codec, check_tar=task.check_tar, digest=task.digest,
         max_window=task.max_window, threads=task.threads, depth=task.depth, chunk=task.chunk,
         on_progress=out.progress,
         on_members=lambda line, count: out.send("members", line, count),

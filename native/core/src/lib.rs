@@ -4,6 +4,7 @@
 
 pub mod digest;
 pub mod finding;
+pub mod gzip;
 pub mod raw;
 pub mod scan;
 pub mod tar;

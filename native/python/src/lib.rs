@@ -18,6 +18,7 @@ use archcheck_core::scan::listed::Listed;
 use archcheck_core::scan::postgres::DataDir;
 use archcheck_core::scan::{self, Router};
 use archcheck_core::tar::{self, ContentScanner, Member};
+use archcheck_core::gzip;
 use archcheck_core::zstd::{decode, walk};
 
 create_exception!(_native, NativePanic, PyException, "The native core failed (a bug in archcheck).");
@@ -277,27 +278,99 @@ impl FrameDecoder {
 
     /// Decode from `data[start:]` into `chunk` until the chunk is full, the input is used up,
     /// or the frame ends: (input taken, frame finished, error). The error, when there is one,
-    /// is (message, checksum failed, block index, block start, block end), block offsets
+    /// is (message, finding code, block index, block start, block end), block offsets
     /// relative to the frame's first byte.
     #[allow(clippy::type_complexity)]
     fn decode(&mut self, py: Python<'_>, data: &Bound<'_, PyBytes>, start: usize, chunk: &Bound<'_, Chunk>)
-        -> PyResult<(usize, bool, Option<(String, bool, Option<u64>, Option<u64>, Option<u64>)>)> {
-        let input = data.as_bytes();
-        let input = &input[start.min(input.len())..];
-        let mut chunk = chunk.borrow_mut();
-        let out = &mut chunk.data;
+        -> PyResult<(usize, bool, Option<DecodeFailure>)> {
         let inner = &mut self.inner;
-        let result = py.detach(|| guarded(|| inner.decode(input, out)))?;
-        Ok(match result {
+        Ok(match decode_into(py, data, start, chunk, |input, out| inner.decode(input, out))? {
             Ok(taken) => (taken, self.inner.finished(), None),
-            Err(e) => (0, false, Some((e.message, e.checksum, e.block.map(|b| b.index), e.block.map(|b| b.start),
-                                       e.block.map(|b| b.end)))),
+            Err(e) => {
+                let code = if e.checksum { "ZSTD_CHECKSUM_MISMATCH" } else { "ZSTD_DECODE_ERROR" };
+                (0, false, Some((e.message, code, e.block.map(|b| b.index), e.block.map(|b| b.start),
+                                 e.block.map(|b| b.end))))
+            }
         })
+    }
+
+    /// The frame's bytes ran out: a frame cut short is the frame walk's finding, not the decoder's.
+    fn finish(&self) -> Option<DecodeFailure> {
+        None
+    }
+
+    /// Bytes after the last frame are the frame walk's finding.
+    #[getter]
+    fn trailing(&self) -> Option<(u64, u64, u64)> {
+        None
     }
 
     #[getter]
     fn produced(&self) -> u64 {
         self.inner.produced
+    }
+
+    #[getter]
+    fn consumed(&self) -> u64 {
+        self.inner.consumed()
+    }
+}
+
+/// Run a decoder over `data[start:]` into the chunk's spare room, the GIL released.
+fn decode_into<T: Send>(py: Python<'_>, data: &Bound<'_, PyBytes>, start: usize, chunk: &Bound<'_, Chunk>,
+                        decode: impl FnOnce(&[u8], &mut Vec<u8>) -> T + Send) -> PyResult<T> {
+    let input = data.as_bytes();
+    let input = &input[start.min(input.len())..];
+    let mut chunk = chunk.borrow_mut();
+    let out = &mut chunk.data;
+    py.detach(|| guarded(|| decode(input, out)))
+}
+
+/// Why a decoder stopped: (message, finding code, unit index, unit start, unit end), the unit
+/// being a zstd block or a gzip member, its offsets relative to the frame's first byte.
+type DecodeFailure = (String, &'static str, Option<u64>, Option<u64>, Option<u64>);
+
+fn gzip_failure(e: gzip::GzipError) -> DecodeFailure {
+    (e.message, e.code, Some(e.member), Some(e.start), Some(e.end))
+}
+
+/// Decodes a gzip file member after member, fed its bytes in order (formats.md 7).
+#[pyclass(module = "archcheck._native")]
+struct GzipDecoder {
+    inner: gzip::GzipDecoder,
+}
+
+#[pymethods]
+impl GzipDecoder {
+    #[new]
+    fn new() -> Self {
+        GzipDecoder { inner: gzip::GzipDecoder::new() }
+    }
+
+    /// As FrameDecoder.decode; the unit of an error is the gzip member.
+    fn decode(&mut self, py: Python<'_>, data: &Bound<'_, PyBytes>, start: usize, chunk: &Bound<'_, Chunk>)
+        -> PyResult<(usize, bool, Option<DecodeFailure>)> {
+        let inner = &mut self.inner;
+        Ok(match decode_into(py, data, start, chunk, |input, out| inner.decode(input, out))? {
+            Ok(taken) => (taken, self.inner.finished(), None),
+            Err(e) => (0, false, Some(gzip_failure(e))),
+        })
+    }
+
+    /// The file ends here: None after a whole member, else the member cut short.
+    fn finish(&mut self) -> Option<DecodeFailure> {
+        self.inner.finish().err().map(gzip_failure)
+    }
+
+    /// Bytes after the last member that are no member: (offset, length, non-zero bytes).
+    #[getter]
+    fn trailing(&self) -> Option<(u64, u64, u64)> {
+        self.inner.trailing()
+    }
+
+    #[getter]
+    fn members(&self) -> u64 {
+        self.inner.members
     }
 
     #[getter]
@@ -592,6 +665,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
     m.add_class::<Chunk>()?;
     m.add_class::<FrameDecoder>()?;
+    m.add_class::<GzipDecoder>()?;
     m.add_class::<Xxh64>()?;
     m.add_class::<TarWalker>()?;
     m.add_class::<Scanner>()?;

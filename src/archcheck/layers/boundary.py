@@ -27,15 +27,19 @@ class Chunk(Protocol):
 
 
 class Decoder(Protocol):
-    """One zstd frame at a time (FrameDecoder), fed compressed pieces in order."""
+    """One zstd frame at a time (FrameDecoder), or a whole gzip file (GzipDecoder), fed
+    compressed pieces in order."""
 
     consumed: int  # compressed bytes of the frame taken in
+    trailing: Union[tuple[int, int, int], None]  # gzip: bytes after the last member (offset, length, non-zero)
 
     def decode(self, data: bytes, start: int, chunk: Chunk) -> tuple[int, bool, Union[tuple, None]]:
         """Decode ``data[start:]`` into the chunk's spare room: (input taken, frame finished,
-        None or (message, checksum failed, block index, block start, block end))."""
+        None or (message, finding code, unit index, unit start, unit end)), the unit being the
+        zstd block or gzip member that failed."""
 
-    def reset(self, header_length: int) -> None: ...
+    def finish(self) -> Union[tuple, None]:
+        """The input ends here: None, or the failure as ``decode`` gives it (a gzip member cut short)."""
 
 
 class Walker(Protocol):

@@ -68,10 +68,12 @@ class Event:
     length: int
     compressed_pos: int  # how far into the archive the input was read
     error: str | None = None  # the decoder's message when the frame stopped early
+    error_code: str | None = None  # its finding code
     io_error: str | None = None  # a read of the archive failed
     problem: tuple | None = None  # what the block walk found in a frame not walked before
     failure: Failure | None = None  # the decoder itself failed: the stream cannot go on
-    block: Block | None = None  # where the decoder failed
+    block: Block | None = None  # where the decoder failed (a zstd block, a gzip member)
+    trailing: tuple[int, int, int] | None = None  # bytes after the last gzip member: (offset, length, non-zero)
     lane: int = 0
 
 
@@ -161,6 +163,9 @@ class FrameDecoders:
                 if frame.kind == "raw":
                     self._read_plain(frame, lane)
                     continue
+                if frame.kind == "gzip":
+                    self._decode_frame(_native.GzipDecoder(), frame, lane)
+                    continue
                 if decoder is None:
                     decoder = _native.FrameDecoder(self.max_window, frame.header_length)
                 else:
@@ -187,20 +192,23 @@ class FrameDecoders:
         self._put(lane, Event(frame, None, 0, pos, io_error=io_error))
 
     def _decode_frame(self, decoder: Decoder, frame: Frame, lane: int) -> None:
-        pos, error, where = frame.offset, None, None
+        pos, failed, where = frame.offset, None, None
         io_error = problem = None
         try:
             if not frame.walked:
                 problem = unwalked_problem(self.reader, frame)
             if frame.decodable:
-                pos, error, where = self._decode_chunks(decoder, frame, lane)
+                pos, failed, where = self._decode_chunks(decoder, frame, lane)
         except OSError as exc:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
-        self._put(lane, Event(frame, None, 0, pos, error, io_error, problem, block=where))
+        message, code = failed or (None, None)
+        self._put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
+                              trailing=decoder.trailing))
 
-    def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int) -> tuple[int, str | None, Block | None]:
+    def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int
+                       ) -> tuple[int, tuple[str, str] | None, Block | None]:
         """Feed the frame's bytes to the decoder; each full chunk goes to the walker. Returns
-        how far the input was read, and the error and block where decoding failed."""
+        how far the input was read, and the error (message, code) and block where decoding failed."""
         pos, chunk, stalls = frame.offset, self._chunk(lane), 0
         while chunk is not None:
             want = min(READ_SIZE, frame.end - pos)
@@ -223,9 +231,7 @@ class FrameDecoders:
                         return pos + start, None, None
                 if failed is not None:
                     self.release(Event(frame, chunk, 0, pos, lane=lane))
-                    message, _, index, first, last = failed
-                    block = Block(index, frame.offset + first, frame.offset + last) if index is not None else None
-                    return pos + start, message, block
+                    return pos + start, *_failure(frame, failed)
                 if finished:
                     self.release(Event(frame, chunk, 0, pos, lane=lane))
                     return pos + start, None, None
@@ -234,11 +240,19 @@ class FrameDecoders:
                 stalls = stalls + 1 if not taken and len(chunk) == before else 0
                 if stalls > STALL_LIMIT:
                     raise DecoderFailed(f"the decoder stopped taking input at archive offset {pos + start}")
-            if not data:  # the frame's bytes ran out before its end: a frame cut short
+            if not data:  # the frame's bytes ran out before its end (a zstd frame cut short)
                 if len(chunk):
                     self._put(lane, Event(frame, chunk, len(chunk), pos))
                 else:
                     self.release(Event(frame, chunk, 0, pos, lane=lane))
-                return pos, None, None
+                failed = decoder.finish()  # a gzip file ends here: whole, or inside a member
+                return (pos, *_failure(frame, failed)) if failed is not None else (pos, None, None)
             pos += len(data)
         return pos, None, None
+
+
+def _failure(frame: Frame, failed: tuple) -> tuple[tuple[str, str], Block | None]:
+    """A decoder's failure, (message, code, unit index, unit start, unit end), as the error and
+    the unit (zstd block, gzip member) in archive offsets."""
+    message, code, index, first, last = failed
+    return (message, code), (Block(index, frame.offset + first, frame.offset + last) if index is not None else None)

@@ -22,7 +22,7 @@ from ..scanners import ScanConfig, scan_handoff
 from ..scanners.policy import DatabasePolicy
 from .boundary import Walker
 from .decoding import CHUNK, DEPTH, Event, FrameDecoders
-from .zstd import DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, classify_decode_error, walk_frames
+from .zstd import DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, walk_frames
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")
@@ -31,12 +31,13 @@ RAW_PIECE = 16 * 1024 * 1024
 CHECKPOINT_SHARE = 0.02  # of the run's time, at most, spent taking checkpoints
 READ_APPROXIMATION = 128 * 1024  # where no block is known, a range this far back from the input read
 BLOCK = 512
+GZIP_CONTENT_MISMATCH = ("GZIP_CRC_MISMATCH", "GZIP_SIZE_MISMATCH")  # the member decoded; its content is wrong
 MembersCallback = Callable[[bytes, int], None]
 
 
 @dataclass(frozen=True)
 class StreamResult:
-    format: str  # "tar", "tar+zstd" or "zstd"
+    format: str  # "tar", "tar+zstd", "zstd", "tar+gzip" or "gzip"
     frames: int
     skippable_frames: int
     checksummed_frames: int
@@ -61,7 +62,7 @@ class CheckpointMismatch(Exception):
 class StreamCheck:
     """Composes the decoders and the tar walker, and places findings in the archive."""
 
-    def __init__(self, reader: Any, uri: str, *, compressed: bool, check_tar: bool,
+    def __init__(self, reader: Any, uri: str, *, codec: str, check_tar: bool,
                  digest: str | None = "xxh3-128", max_window: int = DEFAULT_MAX_WINDOW, threads: int = 2,
                  depth: int = DEPTH, chunk: int = CHUNK, on_progress: Callable[[int], None] | None = None,
                  on_members: MembersCallback | None = None,
@@ -72,7 +73,8 @@ class StreamCheck:
                  stop: threading.Event | None = None, scan: ScanConfig | None = None):
         self.reader, self.uri = reader, uri
         self.threads, self.depth, self.chunk = threads, depth, chunk
-        self.compressed, self.check_tar, self.max_window = compressed, check_tar, max_window
+        self.codec, self.check_tar, self.max_window = codec, check_tar, max_window  # codec: tar, zstd, gzip
+        self.compressed = codec != "tar"
         self.on_progress = on_progress or (lambda done: None)
         self.on_members = on_members or (lambda line, count: None)
         self.findings = Findings()
@@ -122,8 +124,10 @@ class StreamCheck:
         return list(self.findings)
 
     def run(self) -> StreamResult:
-        if self.compressed:
+        if self.codec == "zstd":
             frames = walk_frames(self.reader, self.uri, self.max_window, self.findings)
+        elif self.codec == "gzip":  # members are found only by decoding them: one frame of the whole file
+            frames = [Frame(0, "gzip", 0, self.reader.size)]
         else:  # pieces of a plain file, so several threads read ahead in parallel
             frames = [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
                       for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
@@ -131,7 +135,7 @@ class StreamCheck:
         self._frame_facts(frames)
         broken = {f.location.frame: i for i, f in enumerate(self.findings)
                   if f.category in STRUCTURAL and _loses_content(f, frames)}
-        content_frames = [f for f in frames if f.kind in ("zstd", "raw")]
+        content_frames = [f for f in frames if f.kind in ("zstd", "raw", "gzip")]
         self.content_frames = len(content_frames)
         self.walk_findings = len(self.findings)
         if self.resume_from is not None:
@@ -370,15 +374,12 @@ class StreamCheck:
             if structural is None:  # over the findings limit: still, the frame's content is lost
                 self._lost(frame, event, None, code, **details)
                 return
+        if event.trailing is not None and event.trailing[2]:  # zeros (tape padding) gzip accepts silently
+            at, length, nonzero = event.trailing
+            self.findings.append(Finding.of("GZIP_TRAILING_DATA", Location(self.uri, byte_range=(at, at + length)),
+                                            length=length, nonzero=nonzero))
         if event.error is not None:
-            code = classify_decode_error(event.error)
-            if code == "ZSTD_CHECKSUM_MISMATCH":
-                self._content_mismatch(frame, code, frame_start)
-                if self.walker:  # the decoder withholds its last piece of output on this error
-                    self.walker.lost(self.uoff)
-                    self.upstream_lost = True
-            else:
-                self._lost(frame, event, structural, code, error=event.error)
+            self._decode_failed(frame, event, frame_start, structural)
             return
         if structural is not None:  # decoded what it could; the structural finding names the damage
             self._lost(frame, event, structural)
@@ -393,6 +394,23 @@ class StreamCheck:
             self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start,
                                    detail="decoded content does not match the seek table checksum")
 
+    def _decode_failed(self, frame: Frame, event: Event, frame_start: int, structural: int | None) -> None:
+        code = event.error_code
+        if code == "ZSTD_CHECKSUM_MISMATCH":
+            self._content_mismatch(frame, code, frame_start)
+            if self.walker:  # the decoder withholds its last piece of output on this error
+                self.walker.lost(self.uoff)
+                self.upstream_lost = True
+        elif code in GZIP_CONTENT_MISMATCH:  # every byte came out; which of them is wrong is unknown
+            member = event.block
+            self._content_mismatch(frame, code, frame_start, byte_range=(member.start, member.end),
+                                   gzip_member=member.index, detail=event.error)
+            if self.walker and member.end < frame.end:  # gzip -d stops here: the members after are lost
+                self.walker.lost(self.uoff)
+                self.upstream_lost = True
+        else:
+            self._lost(frame, event, structural, code, error=event.error)
+
     def _lost(self, frame: Frame, event: Event, structural: int | None, code: str | None = None,
               **details: Any) -> None:
         """Decoding stopped early: the rest of the frame's content is gone. Named: the block that
@@ -405,14 +423,14 @@ class StreamCheck:
             return
         if event.block is not None:
             byte_range = (event.block.start, event.block.end)
-            details["block"] = event.block.index
+            details["gzip_member" if frame.kind == "gzip" else "block"] = event.block.index
         else:
             start = max(frame.offset, (self.spans[-1][4] if self.spans and self.spans[-1][2] == frame.index
                                        else frame.offset) - READ_APPROXIMATION)
             byte_range = (start, max(start, event.compressed_pos))
         if self.walker:
             details["restore_loses"] = self._loss(frame, member, member_offset)
-        loc = Location(self.uri, byte_range=byte_range, frame=frame.index, **context)
+        loc = Location(self.uri, byte_range=byte_range, frame=self._numbered(frame.index), **context)
         before = len(self.findings)
         self.findings.append(Finding.of(code, loc, **details))
         if self.walker and len(self.findings) > before:
@@ -440,11 +458,12 @@ class StreamCheck:
             self.findings[index] = Finding(finding.code, finding.location, tuple(sorted(details.items())))
         self.losses = pending
 
-    def _content_mismatch(self, frame: Frame, code: str, frame_start: int, **details: Any) -> None:
+    def _content_mismatch(self, frame: Frame, code: str, frame_start: int,
+                          byte_range: tuple[int, int] | None = None, **details: Any) -> None:
         """The frame decoded, but its content is wrong somewhere in [frame_start, uoff)."""
         members, total = self.walker.members_since(frame_start, self.count_at_frame_start) if self.walker else ([], 0)
         only = members[0] if total == 1 else None  # name a member only when it is the only one
-        loc = Location(self.uri, byte_range=(frame.offset, frame.end), frame=frame.index,
+        loc = Location(self.uri, byte_range=byte_range or (frame.offset, frame.end), frame=self._numbered(frame.index),
                        uncompressed_offset=frame_start, member=only)
         if members:
             details["members"] = tuple(members[:10]) + ((f"... {total - len(members[:10])} more",) if total > 10 else ())
@@ -461,13 +480,19 @@ class StreamCheck:
             for effect in effects:
                 self._add_effect(before, effect)
 
+    def _numbered(self, frame: int) -> int | None:
+        """A frame's index for a location: a gzip file is one frame of archcheck's making, not
+        the format's, so its findings name the gzip member instead."""
+        return None if self.codec == "gzip" else frame
+
     def _place(self, finding: Finding, start: int, end: int) -> Finding:
         """Give a walker finding its archive byte range and frame."""
         if not self.compressed:
             return finding.with_location(byte_range=(start, max(end, start)))
         for u0, u1, frame, c0, c1 in reversed(self.spans):
             if u0 <= start < u1 or (start == u1 == self.uoff):
-                return finding.with_location(byte_range=(max(0, c0 - READ_APPROXIMATION), c1), frame=frame)
+                return finding.with_location(byte_range=(max(0, c0 - READ_APPROXIMATION), c1),
+                                             frame=self._numbered(frame))
         return finding
 
     # --- the result ------------------------------------------------------------------------------
@@ -489,7 +514,7 @@ class StreamCheck:
         self._table_rows(len(frames) - 1, None)
         not_tar = any(f.code == "TAR_NOT_TAR" for f in self.findings)
         seen_tar = self.check_tar and not not_tar and self.uoff > 0  # nothing decoded: no tar seen
-        fmt = ("tar+zstd" if seen_tar else "zstd") if self.compressed else "tar"
+        fmt = (f"tar+{self.codec}" if seen_tar else self.codec) if self.compressed else "tar"
         zstd_frames = [f for f in frames if f.kind == "zstd"]
         return StreamResult(
             format=fmt, frames=len(zstd_frames),

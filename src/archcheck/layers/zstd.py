@@ -23,7 +23,7 @@ LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it `zstd -d` 
 @dataclass(frozen=True, slots=True)  # slots: an archive can have a million frames
 class Frame:
     index: int
-    kind: str  # "zstd", "skippable", "seek_table", "raw" (an uncompressed pseudo-frame)
+    kind: str  # "zstd", "skippable", "seek_table", "raw" (an uncompressed pseudo-frame), "gzip" (a whole gzip file)
     offset: int
     end: int  # where the next frame starts (or where a broken frame's bytes stop)
     window: int = 0
@@ -39,7 +39,7 @@ class Frame:
 
     @property
     def decodable(self) -> bool:
-        return self.kind in ("zstd", "raw") and self.dictionary_id == 0 and self.window_ok
+        return self.kind in ("zstd", "raw", "gzip") and self.dictionary_id == 0 and self.window_ok
 
 
 def is_zstd_start(head: bytes) -> bool:
@@ -62,8 +62,3 @@ def unwalked_problem(reader: Any, frame: Frame) -> tuple | None:
     """The block walk of a frame whose end came from pzstd's size note: (code, start, end,
     details), or None when its blocks end exactly there."""
     return _native.unwalked_problem(reader, frame.offset, frame.end)
-
-
-def classify_decode_error(message: str) -> str:
-    """Map a libzstd error message to a finding code."""
-    return "ZSTD_CHECKSUM_MISMATCH" if "checksum" in message.lower() else "ZSTD_DECODE_ERROR"

@@ -27,10 +27,13 @@ def where(finding: Finding) -> str:
         parts.append(f"segment {loc.segment}")
     if loc.frame is not None:
         parts.append(f"frame {loc.frame}")
-    block = dict(finding.details).get("block")
-    if block is not None and loc.frame is not None:
-        parts.append(f"zstd block {block}")
-    if loc.uncompressed_offset is not None and loc.byte_range is not None and loc.frame is not None:
+    details = dict(finding.details)
+    if details.get("block") is not None and loc.frame is not None:
+        parts.append(f"zstd block {details['block']}")
+    if details.get("gzip_member") is not None:
+        parts.append(f"gzip member {details['gzip_member']}")
+    if loc.uncompressed_offset is not None and loc.byte_range is not None and (
+            loc.frame is not None or loc.uncompressed_offset != loc.byte_range[0]):  # in a plain tar they agree
         parts.append(f"uncompressed offset {loc.uncompressed_offset}")
     if loc.member is not None:
         inside = f" at +{loc.member_offset}" if loc.member_offset else ""

@@ -1,0 +1,193 @@
+"""gzip archives (.tar.gz, .gz): made by real tar, gzip and pigz, damaged at known places.
+
+The plain tar is the reference: a .tar.gz of it must give the same members and digests, and
+every integrity field gzip carries (header, deflate data, CRC-32, ISIZE) must be checked, with
+the damaged gzip member named and what a restore loses said, as gzip -d behaves."""
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from archcheck.api import verify, resume
+from conftest import cli
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Path:
+    """A tar of random and text members, about 6 MiB."""
+    out = tmp_path_factory.mktemp("gz")
+    tree = out / "tree"
+    tree.mkdir()
+    rnd = random.Random(11)
+    for i in range(12):
+        size = rnd.randrange(1, MiB)
+        data = rnd.randbytes(size) if i % 2 else (f"row {i}\n" * (size // 6)).encode()
+        (tree / f"f{i:02d}.dat").write_bytes(data)
+    tar = out / "data.tar"
+    subprocess.run(["tar", "-C", tree, "-cf", tar, "."], check=True)
+    return tar
+
+
+def _gzip(data: bytes, *args: str, tool: str = "gzip") -> bytes:
+    return subprocess.run([tool, "-c", *args], input=data, capture_output=True, check=True).stdout
+
+
+def _members(result) -> list[tuple]:
+    return [(m["name"], m["size"], m.get("digest")) for m in result.members()]
+
+
+def _only(result, code: str):
+    [finding] = [f for f in result.findings if f.code == code]
+    return finding
+
+
+def _corruption(result) -> list[str]:
+    return [f.code for f in result.findings if f.category.value == "corruption"]
+
+
+@pytest.mark.parametrize("how", ["gzip -9", "gzip -1 -n", "pigz", "two members", "gzip -n then tar"])
+def test_a_tar_gz_gives_the_plain_tar_s_members_and_digests(plain, tmp_path, how):
+    data = plain.read_bytes()
+    if how == "pigz":
+        packed = _gzip(data, "-p", "2", tool="pigz")
+    elif how == "two members":  # cat a.gz b.gz: one stream, as gzip -d and tar xzf read it
+        packed = _gzip(data[:len(data) // 3]) + _gzip(data[len(data) // 3:])
+    elif how == "gzip -n then tar":
+        packed = subprocess.run(["tar", "-C", plain.parent / "tree", "-czf", "-", "."], capture_output=True,
+                                check=True).stdout
+        data = subprocess.run(["gzip", "-dc"], input=packed, capture_output=True, check=True).stdout
+        (tmp_path / "same.tar").write_bytes(data)
+    else:
+        packed = _gzip(data, *how.split()[1:])
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(packed)
+    reference = verify(tmp_path / "same.tar" if how == "gzip -n then tar" else plain, state=tmp_path / "s1")
+    result = verify(archive, state=tmp_path / "s2")
+    assert (result.verdict, result.exit_code, result.manifest.format) == ("intact", 0, "tar+gzip")
+    assert _members(result) == _members(reference) and len(_members(result)) == 13
+    assert not [f for f in result.findings if f.category.value != "info"]
+
+
+def test_the_crc_of_the_first_of_two_members_is_named_and_the_second_is_lost_as_gzip_loses_it(plain, tmp_path):
+    data = plain.read_bytes()
+    first, second = _gzip(data[:len(data) // 2]), _gzip(data[len(data) // 2:])
+    damaged = bytearray(first + second)
+    damaged[len(first) - 8] ^= 0x01  # the first member's stored CRC-32
+    archive = tmp_path / "crc.tar.gz"
+    archive.write_bytes(bytes(damaged))
+    assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == 1
+    result = verify(archive, state=tmp_path / "s")
+    assert (_corruption(result), result.exit_code) == (["GZIP_CRC_MISMATCH"], 1)
+    finding = _only(result, "GZIP_CRC_MISMATCH")
+    assert finding.location.byte_range == (0, len(first)) and dict(finding.details)["gzip_member"] == 0
+    assert dict(finding.details)["detail"].startswith(f"gzip member 0: CRC-32 of its {len(data) // 2} bytes is ")
+    assert "gzip member 0" in cli("verify", archive, "--state-dir", tmp_path / "c").stdout
+
+
+def test_a_file_cut_inside_a_member_is_truncated_there_and_no_tar_damage_is_claimed(plain, tmp_path):
+    packed = _gzip(plain.read_bytes())
+    archive = tmp_path / "cut.tar.gz"
+    archive.write_bytes(packed[:len(packed) * 6 // 10])
+    result = verify(archive, state=tmp_path / "s")
+    assert (_corruption(result), result.exit_code) == (["GZIP_TRUNCATED"], 1)
+    finding = _only(result, "GZIP_TRUNCATED")
+    details = dict(finding.details)
+    assert details["error"] == "the file ends inside gzip member 0 (its deflate data)"
+    assert finding.location.byte_range == (0, archive.stat().st_size) and details["gzip_member"] == 0
+    # where good output ends is where gzip -dc's output ends, and a restore loses the rest
+    good = subprocess.run(["gzip", "-dc", archive], capture_output=True).stdout
+    assert finding.location.uncompressed_offset == len(good)
+    assert details["restore_loses"].endswith("and every member after it to the end of the archive")
+    assert finding.location.member == _member_holding(plain, len(good))
+
+
+def _member_holding(tar: Path, offset: int) -> str:
+    import tarfile
+    with tarfile.open(tar) as t:
+        return next(m.name for m in t if m.offset <= offset < m.offset_data + m.size + 512)
+
+
+def test_a_flipped_byte_in_the_deflate_data_fails_the_run_at_its_member(plain, tmp_path):
+    packed = bytearray(_gzip(plain.read_bytes()))
+    outcomes = set()
+    for at in (len(packed) // 4, len(packed) // 2, len(packed) * 3 // 4):
+        damaged = bytearray(packed)
+        damaged[at] ^= 0x55
+        archive = tmp_path / f"flip{at}.tar.gz"
+        archive.write_bytes(bytes(damaged))
+        assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == 1
+        result = verify(archive, state=tmp_path / f"s{at}")
+        gzip_codes = [c for c in _corruption(result) if c.startswith("GZIP_")]
+        assert result.exit_code == 1 and len(gzip_codes) == 1, result.findings
+        [code] = gzip_codes
+        assert code in ("GZIP_DECODE_ERROR", "GZIP_CRC_MISMATCH", "GZIP_SIZE_MISMATCH")
+        finding = _only(result, code)
+        assert dict(finding.details)["gzip_member"] == 0 and finding.location.byte_range[0] == 0
+        outcomes.add(code)
+    assert outcomes  # what a flip does depends on the bit: any of them is named at its member
+
+
+def test_bytes_after_the_last_member_are_a_warning_and_zeros_are_nothing(plain, tmp_path):
+    packed = _gzip(plain.read_bytes())
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(packed + b"\x00\x00garbage")
+    assert subprocess.run(["gzip", "-t", junk], capture_output=True).returncode == 2  # a warning
+    result = verify(junk, state=tmp_path / "s1")
+    finding = _only(result, "GZIP_TRAILING_DATA")
+    assert finding.severity.value == "warning" and finding.location.byte_range == (len(packed), len(packed) + 9)
+    assert dict(finding.details) == {"length": 9, "nonzero": 7} and (result.verdict, result.exit_code) == ("intact", 0)
+    padded = tmp_path / "padded.tar.gz"
+    padded.write_bytes(packed + bytes(10240))
+    result = verify(padded, state=tmp_path / "s2")
+    assert (result.verdict, [f.code for f in result.findings if f.layer == "gzip"]) == ("intact", [])
+
+
+def _with_header_crc(packed: bytes, good: bool) -> bytes:
+    """gzip -n output (10-byte header, no name) with FHCRC set and a CRC-16 after the header."""
+    import zlib
+    header = bytearray(packed[:10])
+    header[3] |= 0x02
+    crc = zlib.crc32(bytes(header)) & 0xFFFF
+    return bytes(header) + (crc if good else crc ^ 1).to_bytes(2, "little") + packed[10:]
+
+
+def test_the_header_crc_and_flags_are_checked(plain, tmp_path):
+    packed = _gzip(plain.read_bytes(), "-n")
+    for name, data, expected in [("good", _with_header_crc(packed, True), []),
+                                 ("badcrc", _with_header_crc(packed, False), ["GZIP_HEADER_CRC"]),
+                                 ("reserved", packed[:3] + bytes([packed[3] | 0x80]) + packed[4:], ["GZIP_BAD_HEADER"]),
+                                 ("method", packed[:2] + b"\x07" + packed[3:], ["GZIP_BAD_HEADER"])]:
+        archive = tmp_path / f"{name}.tar.gz"
+        archive.write_bytes(data)
+        result = verify(archive, state=tmp_path / name)
+        assert _corruption(result) == expected, name
+        assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == (0 if not expected else 1)
+    method = _only(verify(tmp_path / "method.tar.gz", state=tmp_path / "m2"), "GZIP_BAD_HEADER")
+    assert dict(method.details)["error"] == "gzip member 0: compression method 7 is not deflate (8)"
+
+
+def test_a_lone_gz_of_text_is_gzip_content(tmp_path):
+    archive = tmp_path / "notes.gz"
+    archive.write_bytes(_gzip(b"just some notes, not a tar\n" * 100))
+    result = verify(archive, state=tmp_path / "s")
+    assert (result.verdict, result.exit_code, result.manifest.format) == ("intact", 0, "gzip")
+    assert _only(result, "TAR_NOT_TAR").severity.value == "info"
+
+
+def test_an_interrupted_tar_gz_resumes_to_the_uninterrupted_result(plain, tmp_path):
+    archive = tmp_path / "big.tar.gz"
+    archive.write_bytes(_gzip(plain.read_bytes() * 3, "-1"))
+    clean = verify(archive, state=tmp_path / "clean")
+    first = cli("verify", archive, "--deadline", "0.1s", "--state-dir", tmp_path / "s", "--no-progress",
+                env={"ARCHCHECK_FAILPOINT": "slow-read", "ARCHCHECK_SAVE_INTERVAL": "0.05"})
+    assert first.returncode == 3, first.stderr
+    result = resume("drill-1", state=tmp_path / "s")
+    [(_, verification)] = result.verifications
+    assert (verification.verdict, _members(verification)) == ("intact", _members(clean))
+    shutil.rmtree(tmp_path / "s")
