@@ -17,6 +17,8 @@ const FNAME: u8 = 0x08;
 const FCOMMENT: u8 = 0x10;
 const RESERVED: u8 = 0xe0;
 const TRAILER: usize = 8;
+// 10 fixed bytes, FEXTRA (2 + 65,535), a name and a comment (64 KiB each, our limit), FHCRC
+const MAX_HEADER: usize = 10 + 2 + 65_535 + 2 * ((1 << 16) + 1) + 2;
 
 /// Why decoding stopped: a finding code, its message, and the member it is in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +124,12 @@ impl GzipDecoder {
     pub fn finish(&mut self) -> Result<(), GzipError> {
         match self.stage {
             Stage::Between | Stage::Trailing => {
+                if !self.gathered.is_empty() {
+                    // a lone 0x1f after the last member: no member, a trailing byte
+                    let bytes = std::mem::take(&mut self.gathered);
+                    self.trailing_at.get_or_insert(self.consumed - bytes.len() as u64);
+                    self.count_trailing(&bytes);
+                }
                 self.finished = true;
                 Ok(())
             }
@@ -140,31 +148,30 @@ impl GzipDecoder {
         GzipError { code, message, member: self.member, start: self.member_start, end: self.consumed }
     }
 
-    /// Gather the header; parse it once it is whole. Returns the input taken.
+    /// Gather the header; parse it once it is whole. Returns the input taken. Takes what is
+    /// offered (up to the largest header there can be) and gives back what lies past the
+    /// header, so a long name costs one scan per piece, not one per byte.
     fn header(&mut self, input: &[u8]) -> Result<usize, GzipError> {
-        let mut taken = 0;
-        loop {
-            match header_length(&self.gathered) {
-                Ok(Some(length)) if self.gathered.len() >= length => break,
-                Ok(need) => {
-                    let want = need.map_or(1, |length| length - self.gathered.len());
-                    if taken == input.len() {
-                        return Ok(taken);
-                    }
-                    let step = want.min(input.len() - taken);
-                    self.gathered.extend_from_slice(&input[taken..taken + step]);
-                    taken += step;
-                }
-                Err(problem) => {
-                    self.consumed += taken as u64;
-                    return Err(self.error("GZIP_BAD_HEADER", format!("gzip member {}: {problem}", self.member)));
-                }
-            }
+        let before = self.gathered.len();
+        let offered = input.len().min(MAX_HEADER - before);
+        self.gathered.extend_from_slice(&input[..offered]);
+        let problem = match header_length(&self.gathered) {
+            Ok(Some(length)) if self.gathered.len() >= length => None,
+            Ok(_) if self.gathered.len() < MAX_HEADER => return Ok(offered),
+            Ok(_) => Some("a header longer than any gzip writes".to_string()),
+            Err(problem) => Some(problem),
+        };
+        if let Some(problem) = problem {
+            self.consumed += offered as u64;
+            return Err(self.error("GZIP_BAD_HEADER", format!("gzip member {}: {problem}", self.member)));
         }
+        let length = header_length(&self.gathered).ok().flatten().expect("a whole header");
+        let taken = length - before;
+        self.gathered.truncate(length);
         let header = std::mem::take(&mut self.gathered);
         if header[3] & FHCRC != 0 {
-            let stored = u16::from_le_bytes([header[header.len() - 2], header[header.len() - 1]]);
-            let actual = (crc32fast::hash(&header[..header.len() - 2]) & 0xffff) as u16;
+            let stored = u16::from_le_bytes([header[length - 2], header[length - 1]]);
+            let actual = (crc32fast::hash(&header[..length - 2]) & 0xffff) as u16;
             if stored != actual {
                 self.consumed += taken as u64;
                 return Err(self.error("GZIP_HEADER_CRC",
@@ -363,6 +370,24 @@ mod tests {
     }
 
     #[test]
+    fn a_long_name_is_read_in_pieces_and_a_too_long_one_is_refused() {
+        let plain = gz(b"named content");
+        let named = |length: usize| {
+            let mut file = plain[..10].to_vec();
+            file[3] |= FNAME;
+            file.extend(std::iter::repeat_n(b'n', length));
+            file.push(0);
+            file.extend(&plain[10..]);
+            file
+        };
+        for piece in [4096, 1 << 20] {
+            assert_eq!(run(&named(60_000), piece), (b"named content".to_vec(), None), "piece {piece}");
+        }
+        let (_, err) = run(&named(70_000), 4096);
+        assert_eq!(err.unwrap().message, "gzip member 0: a name or comment longer than 64 KiB");
+    }
+
+    #[test]
     fn truncation_header_problems_and_trailing_bytes() {
         let file = gz(b"some content");
         let (_, err) = run(&file[..file.len() - 3], 5);
@@ -377,5 +402,11 @@ mod tests {
         assert_eq!(d.decode(&tail, &mut out), Ok(tail.len()));
         assert_eq!(d.finish(), Ok(()));
         assert_eq!(d.trailing(), Some((file.len() as u64, 4, 1)));
+        let mut lone = file.clone();
+        lone.push(0x1f);
+        let mut d = GzipDecoder::new();
+        assert_eq!(d.decode(&lone, &mut out), Ok(lone.len()));
+        assert_eq!(d.finish(), Ok(()));
+        assert_eq!(d.trailing(), Some((file.len() as u64, 1, 1)));
     }
 }
