@@ -127,8 +127,16 @@ def test_a_pax_time_that_is_not_a_number_is_malformed(tmp_path, key):
     assert dict(finding.details) == {"detail": f"{key.decode()} is not a number: '999xxx9324.43'"}
 
 
+def test_a_bad_time_in_a_global_pax_header_is_reported_once_at_that_header(tmp_path):
+    body = b"22 mtime=999xxx9324.43\n"
+    global_header = corpus.member("pax_global_header", body, b"g")
+    result = _verify(tmp_path, "global.tar", global_header + OK + OK + END)
+    finding = _the(result, "TAR_PAX_MALFORMED")
+    assert finding.location.byte_range == (0, 1024) and [m["name"] for m in result.members()] == ["a.txt", "a.txt"]
+
+
 def test_pax_times_with_fractions_and_signs_are_numbers(tmp_path):
-    records = {b"mtime": b"1700000000.123456789", b"atime": b"-12.5", b"ctime": b"0"}
+    records = {b"mtime": b"1700000000.123456789", b"atime": b"-12.5", b"ctime": b""}  # empty: unset
     result = _verify(tmp_path, "times.tar", corpus.pax_member(records) + OK + END)
     assert (result.verdict, _failing(result)) == ("intact", [])
 

@@ -103,7 +103,7 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("GZIP_TRUNCATED", C, E, "gzip", "{error}"),
     _c("GZIP_CRC_MISMATCH", C, E, "gzip", "decoded content does not match its CRC-32: {detail}"),
     _c("GZIP_SIZE_MISMATCH", C, E, "gzip", "decoded length does not match the trailer: {detail}"),
-    _c("GZIP_TRAILING_DATA", D, W, "gzip", "{length} bytes after the last gzip member ({nonzero} not zero); gzip -d ignores them"),
+    _c("GZIP_TRAILING_DATA", D, W, "gzip", "{length} bytes after the last gzip member ({nonzero} not zero): gzip -d warns and does not restore them"),
     # tar layer
     _c("TAR_HEADER_CHECKSUM", C, E, "tar", "header checksum is {actual}, header says {expected}"),
     _c("TAR_BAD_NUMBER", C, E, "tar", "header field {field} is not a number: {value}"),

@@ -289,6 +289,9 @@ fn header_length(h: &[u8]) -> Result<Option<usize>, String> {
     }
     for field in [FNAME, FCOMMENT] {
         if flags & field != 0 {
+            if at > h.len() {
+                return Ok(None); // the extra field is not all here yet
+            }
             match h.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0)) {
                 Some(nul) => at += nul + 1,
                 None if h.len() - at > 1 << 16 => return Err("a name or comment longer than 64 KiB".into()),
@@ -367,6 +370,21 @@ mod tests {
         let err = err.unwrap();
         assert_eq!((err.code, err.member, err.start), ("GZIP_CRC_MISMATCH", 1, first.len() as u64));
         assert_eq!(out.len(), 2 * data.len()); // all of it came out: its content is what is wrong
+    }
+
+    #[test]
+    fn an_extra_field_and_a_name_split_across_pieces() {
+        let plain = gz(b"extra content");
+        let mut file = plain[..10].to_vec();
+        file[3] |= FEXTRA | FNAME;
+        file.extend(102u16.to_le_bytes());
+        file.extend([b'R', b'A', 98, 0]);
+        file.extend([7u8; 98]);
+        file.extend(b"name.tar\0");
+        file.extend(&plain[10..]);
+        for piece in [1, 20, 4096] {
+            assert_eq!(run(&file, piece), (b"extra content".to_vec(), None), "piece {piece}");
+        }
     }
 
     #[test]

@@ -662,13 +662,6 @@ impl TarWalker {
     /// What extension headers say about the member, beyond its own header.
     fn overrides(&mut self, pax: &Pax, at: u64) -> Option<Extra> {
         let mut extra = Extra::default();
-        let from = if self.pending.is_empty() { at } else { self.pending_at };
-        for key in ["atime", "ctime", "mtime"] {
-            if let Some(value) = pax.get(key).filter(|v| !is_pax_time(v)) {
-                let shown = py_repr(&latin1(&value[..value.len().min(40)]));
-                self.emit("TAR_PAX_MALFORMED", from, at, fields![("detail", format!("{key} is not a number: {shown}"))]);
-            }
-        }
         if let Some(v) = pax.get("GNU.sparse.name").or_else(|| pax.get("path")) {
             extra.name = Some(crate::text::decode_lossless(v));
         } else if let Some(name) = &self.pending.name {
@@ -706,8 +699,17 @@ impl TarWalker {
             return;
         }
         let (records, problem) = parse_pax(body);
+        let end = at + BLOCK as u64 + round_up(size);
         if let Some(problem) = problem {
-            self.emit("TAR_PAX_MALFORMED", at, at + BLOCK as u64 + round_up(size), fields![("detail", problem)]);
+            self.emit("TAR_PAX_MALFORMED", at, end, fields![("detail", problem)]);
+        }
+        // checked where they are written: a global header's times would otherwise be
+        // reported again at every member after it
+        for key in ["atime", "ctime", "mtime"] {
+            if let Some(value) = records.get(key).filter(|v| !is_pax_time(v)) {
+                let shown = py_repr(&latin1(&value[..value.len().min(40)]));
+                self.emit("TAR_PAX_MALFORMED", at, end, fields![("detail", format!("{key} is not a number: {shown}"))]);
+            }
         }
         if flag == b'g' {
             self.global_pax.extend(records);
@@ -820,8 +822,11 @@ fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A pax time: seconds, with a sign and a fraction if any (POSIX pax "mtime").
+/// A pax time: seconds, with a sign and a fraction if any (POSIX pax "mtime"); empty unsets it.
 fn is_pax_time(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
     let digits = value.strip_prefix(b"-").unwrap_or(value);
     let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
         Some(dot) => (&digits[..dot], &digits[dot + 1..]),
