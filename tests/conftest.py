@@ -3,6 +3,7 @@ zstd and pzstd), and helpers to damage copies of them at known places."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -47,6 +48,46 @@ def pgfx(tmp_path_factory) -> tuple[Path, dict]:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("pgfx")
     return out, make_pg_fixtures(out)
+
+
+@pytest.fixture(scope="session")
+def mixed_tar(tmp_path_factory) -> Path:
+    """A tar, made by real tar, of 12 members of random bytes and of text, about 6 MiB: the
+    reference that compressed copies of it (gzip, xz, lz4, bzip2) are checked against."""
+    import random
+    out = tmp_path_factory.mktemp("mixed")
+    tree = out / "tree"
+    tree.mkdir()
+    rnd = random.Random(11)
+    for i in range(12):
+        size = rnd.randrange(1, 1024 * 1024)
+        data = rnd.randbytes(size) if i % 2 else (f"row {i}\n" * (size // 6)).encode()
+        (tree / f"f{i:02d}.dat").write_bytes(data)
+    tar = out / "data.tar"
+    subprocess.run(["tar", "-C", tree, "-cf", tar, "."], check=True)
+    return tar
+
+
+def members_of(result) -> list[tuple]:
+    """(name, size, digest) of each member a verification recorded."""
+    return [(m["name"], m["size"], m.get("digest")) for m in result.members()]
+
+
+def only(result, code: str):
+    """The one finding with this code."""
+    [finding] = [f for f in result.findings if f.code == code]
+    return finding
+
+
+def corruption(result) -> list[str]:
+    return [f.code for f in result.findings if f.category.value == "corruption"]
+
+
+def member_holding(tar: Path, offset: int) -> str:
+    """The member of a plain tar whose header, data or padding holds ``offset``."""
+    import tarfile
+    with tarfile.open(tar) as t:
+        return next(m.name for m in t if m.offset <= offset < m.offset_data + m.size + 512)
 
 
 @pytest.fixture
@@ -96,3 +137,17 @@ def member_offsets(tar_path: Path) -> dict[str, tuple[int, int]]:
 
 def codes(result) -> list[str]:
     return [f.code for f in result.findings if f.category.value != "info"]
+
+
+def comparable(report: dict) -> list[tuple]:
+    """Per archive of a JSON report (with --report-members), what must not depend on where the
+    bytes came from or where the work ran."""
+    out = []
+    for archive in report["archives"]:
+        findings = sorted((f["code"], json.dumps({k: v for k, v in f["location"].items() if k != "archive"},
+                                                 sort_keys=True), json.dumps(f["details"], sort_keys=True))
+                          for f in archive["findings"])
+        members = [(m["name"], m.get("digest")) for m in archive.get("members", [])]
+        out.append((archive["verdict"], archive["exit_code"], archive["format"], archive["tree_root"],
+                    findings, members))
+    return out

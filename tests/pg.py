@@ -357,7 +357,8 @@ def make_pg_fixtures(out: Path) -> dict:
         c.basebackup(out / "backup-plain", fmt="p")
 
         # d: a backup while pgbench writes
-        bench = c.pgbench_async("-T", "5", "-c", "2", "-n")
+        # rate-limited, so the WAL of the backup's window stays well within one segment
+        bench = c.pgbench_async("-T", "5", "-c", "2", "-n", "-R", "2000")
         try:
             time.sleep(1.0)
             c.basebackup(out / "backup-busy")

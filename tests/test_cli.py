@@ -35,7 +35,7 @@ def test_corruption_exits_1_with_location(fx, state, damaged):
     (lambda p: None, "no such file"),
     (lambda p: p.write_bytes(b""), "is empty"),
     (lambda p: p.mkdir(), "is a directory"),
-    (lambda p: p.write_bytes(b"just some text, not an archive\n" * 40), "not a zstd, gzip or tar archive"),
+    (lambda p: p.write_bytes(b"just some text, not an archive\n" * 40), "is not an archive archcheck knows"),
 ])
 def test_an_unusable_archive_is_one_clear_line_and_exit_5(tmp_path, state, setup, expected):
     target = tmp_path / "backup.tar.zst"
@@ -55,11 +55,11 @@ def test_unreadable_file_is_exit_5(state):
 
 def test_a_format_archcheck_does_not_verify_is_named(tmp_path, state):
     archive = tmp_path / "backup.tar.bz2"
-    archive.write_bytes(b"BZh91AY&SY" + bytes(100))
+    archive.write_bytes(b"7z\xbc\xaf\x27\x1c" + bytes(100))
     run = cli("verify", archive, "--state-dir", state)
     assert run.returncode == 5 and run.stderr == (
-        f"archcheck: {archive} is bzip2, not zstd, gzip or tar; archcheck verifies .tar, .tar.zst, .zst, "
-        ".tar.gz and .gz\n")
+        f"archcheck: {archive} is 7-Zip, not a format archcheck reads; archcheck verifies tar, alone or "
+        "compressed with zstd, gzip, xz, lz4 or bzip2\n")
 
 
 def test_window_over_max_window_is_incomplete_naming_the_option(fx, state):

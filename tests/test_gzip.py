@@ -5,50 +5,24 @@ every integrity field gzip carries (header, deflate data, CRC-32, ISIZE) must be
 the damaged gzip member named and what a restore loses said, as gzip -d behaves."""
 from __future__ import annotations
 
-import random
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from archcheck.api import verify, resume
-from conftest import cli
+from archcheck.api import verify
+from conftest import cli, corruption, member_holding, members_of, only
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory) -> Path:
-    """A tar of random and text members, about 6 MiB."""
-    out = tmp_path_factory.mktemp("gz")
-    tree = out / "tree"
-    tree.mkdir()
-    rnd = random.Random(11)
-    for i in range(12):
-        size = rnd.randrange(1, MiB)
-        data = rnd.randbytes(size) if i % 2 else (f"row {i}\n" * (size // 6)).encode()
-        (tree / f"f{i:02d}.dat").write_bytes(data)
-    tar = out / "data.tar"
-    subprocess.run(["tar", "-C", tree, "-cf", tar, "."], check=True)
-    return tar
+def plain(mixed_tar) -> Path:
+    return mixed_tar
 
 
 def _gzip(data: bytes, *args: str, tool: str = "gzip") -> bytes:
     return subprocess.run([tool, "-c", *args], input=data, capture_output=True, check=True).stdout
-
-
-def _members(result) -> list[tuple]:
-    return [(m["name"], m["size"], m.get("digest")) for m in result.members()]
-
-
-def _only(result, code: str):
-    [finding] = [f for f in result.findings if f.code == code]
-    return finding
-
-
-def _corruption(result) -> list[str]:
-    return [f.code for f in result.findings if f.category.value == "corruption"]
 
 
 @pytest.mark.parametrize("how", ["gzip -9", "gzip -1 -n", "pigz", "two members", "gzip -n then tar"])
@@ -70,7 +44,7 @@ def test_a_tar_gz_gives_the_plain_tar_s_members_and_digests(plain, tmp_path, how
     reference = verify(tmp_path / "same.tar" if how == "gzip -n then tar" else plain, state=tmp_path / "s1")
     result = verify(archive, state=tmp_path / "s2")
     assert (result.verdict, result.exit_code, result.manifest.format) == ("intact", 0, "tar+gzip")
-    assert _members(result) == _members(reference) and len(_members(result)) == 13
+    assert members_of(result) == members_of(reference) and len(members_of(result)) == 13
     assert not [f for f in result.findings if f.category.value != "info"]
 
 
@@ -83,8 +57,8 @@ def test_the_crc_of_the_first_of_two_members_is_named_and_the_second_is_lost_as_
     archive.write_bytes(bytes(damaged))
     assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == 1
     result = verify(archive, state=tmp_path / "s")
-    assert (_corruption(result), result.exit_code) == (["GZIP_CRC_MISMATCH"], 1)
-    finding = _only(result, "GZIP_CRC_MISMATCH")
+    assert (corruption(result), result.exit_code) == (["GZIP_CRC_MISMATCH"], 1)
+    finding = only(result, "GZIP_CRC_MISMATCH")
     assert finding.location.byte_range == (0, len(first)) and dict(finding.details)["gzip_member"] == 0
     assert dict(finding.details)["detail"].startswith(f"gzip member 0: CRC-32 of its {len(data) // 2} bytes is ")
     assert "gzip member 0" in cli("verify", archive, "--state-dir", tmp_path / "c").stdout
@@ -95,8 +69,8 @@ def test_a_file_cut_inside_a_member_is_truncated_there_and_no_tar_damage_is_clai
     archive = tmp_path / "cut.tar.gz"
     archive.write_bytes(packed[:len(packed) * 6 // 10])
     result = verify(archive, state=tmp_path / "s")
-    assert (_corruption(result), result.exit_code) == (["GZIP_TRUNCATED"], 1)
-    finding = _only(result, "GZIP_TRUNCATED")
+    assert (corruption(result), result.exit_code) == (["GZIP_TRUNCATED"], 1)
+    finding = only(result, "GZIP_TRUNCATED")
     details = dict(finding.details)
     assert details["error"] == "the file ends inside gzip member 0 (its deflate data)"
     assert finding.location.byte_range == (0, archive.stat().st_size) and details["gzip_member"] == 0
@@ -104,13 +78,7 @@ def test_a_file_cut_inside_a_member_is_truncated_there_and_no_tar_damage_is_clai
     good = subprocess.run(["gzip", "-dc", archive], capture_output=True).stdout
     assert finding.location.uncompressed_offset == len(good)
     assert details["restore_loses"].endswith("and every member after it to the end of the archive")
-    assert finding.location.member == _member_holding(plain, len(good))
-
-
-def _member_holding(tar: Path, offset: int) -> str:
-    import tarfile
-    with tarfile.open(tar) as t:
-        return next(m.name for m in t if m.offset <= offset < m.offset_data + m.size + 512)
+    assert finding.location.member == member_holding(plain, len(good))
 
 
 def test_a_flipped_byte_in_the_deflate_data_fails_the_run_at_its_member(plain, tmp_path):
@@ -123,11 +91,11 @@ def test_a_flipped_byte_in_the_deflate_data_fails_the_run_at_its_member(plain, t
         archive.write_bytes(bytes(damaged))
         assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == 1
         result = verify(archive, state=tmp_path / f"s{at}")
-        gzip_codes = [c for c in _corruption(result) if c.startswith("GZIP_")]
+        gzip_codes = [c for c in corruption(result) if c.startswith("GZIP_")]
         assert result.exit_code == 1 and len(gzip_codes) == 1, result.findings
         [code] = gzip_codes
         assert code in ("GZIP_DECODE_ERROR", "GZIP_CRC_MISMATCH", "GZIP_SIZE_MISMATCH")
-        finding = _only(result, code)
+        finding = only(result, code)
         assert dict(finding.details)["gzip_member"] == 0 and finding.location.byte_range[0] == 0
         outcomes.add(code)
     assert outcomes  # what a flip does depends on the bit: any of them is named at its member
@@ -139,7 +107,7 @@ def test_bytes_after_the_last_member_are_a_warning_and_zeros_are_nothing(plain, 
     junk.write_bytes(packed + b"\x00\x00garbage")
     assert subprocess.run(["gzip", "-t", junk], capture_output=True).returncode == 2  # a warning
     result = verify(junk, state=tmp_path / "s1")
-    finding = _only(result, "GZIP_TRAILING_DATA")
+    finding = only(result, "GZIP_TRAILING_DATA")
     assert finding.severity.value == "warning" and finding.location.byte_range == (len(packed), len(packed) + 9)
     assert dict(finding.details) == {"length": 9, "nonzero": 7} and (result.verdict, result.exit_code) == ("intact", 0)
     padded = tmp_path / "padded.tar.gz"
@@ -166,9 +134,9 @@ def test_the_header_crc_and_flags_are_checked(plain, tmp_path):
         archive = tmp_path / f"{name}.tar.gz"
         archive.write_bytes(data)
         result = verify(archive, state=tmp_path / name)
-        assert _corruption(result) == expected, name
+        assert corruption(result) == expected, name
         assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == (0 if not expected else 1)
-    method = _only(verify(tmp_path / "method.tar.gz", state=tmp_path / "m2"), "GZIP_BAD_HEADER")
+    method = only(verify(tmp_path / "method.tar.gz", state=tmp_path / "m2"), "GZIP_BAD_HEADER")
     assert dict(method.details)["error"] == "gzip member 0: compression method 7 is not deflate (8)"
 
 
@@ -177,17 +145,4 @@ def test_a_lone_gz_of_text_is_gzip_content(tmp_path):
     archive.write_bytes(_gzip(b"just some notes, not a tar\n" * 100))
     result = verify(archive, state=tmp_path / "s")
     assert (result.verdict, result.exit_code, result.manifest.format) == ("intact", 0, "gzip")
-    assert _only(result, "TAR_NOT_TAR").severity.value == "info"
-
-
-def test_an_interrupted_tar_gz_resumes_to_the_uninterrupted_result(plain, tmp_path):
-    archive = tmp_path / "big.tar.gz"
-    archive.write_bytes(_gzip(plain.read_bytes() * 3, "-1"))
-    clean = verify(archive, state=tmp_path / "clean")
-    first = cli("verify", archive, "--deadline", "0.1s", "--state-dir", tmp_path / "s", "--no-progress",
-                env={"ARCHCHECK_FAILPOINT": "slow-read", "ARCHCHECK_SAVE_INTERVAL": "0.05"})
-    assert first.returncode == 3, first.stderr
-    result = resume("drill-1", state=tmp_path / "s")
-    [(_, verification)] = result.verifications
-    assert (verification.verdict, _members(verification)) == ("intact", _members(clean))
-    shutil.rmtree(tmp_path / "s")
+    assert only(result, "TAR_NOT_TAR").severity.value == "info"

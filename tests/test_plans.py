@@ -75,7 +75,16 @@ def test_ci_gate_example_reads_relative_paths_from_its_directory():
     assert plan == Plan(
         path=DRILLS / "ci-gate.yaml", name="ci-gate", archives=("./out/backup.tar.zst",),
         deadline=20 * 60, workers=2, max_memory=256 * MiB,
-        report=str(DRILLS / "out" / "archcheck-{drill}.json"))
+        report=str(DRILLS / "out" / "archcheck-{drill}.json"), baseline=DRILLS / "out" / "baseline.catalog",
+        policy=DRILLS / "policies" / "prod.yaml", save_catalog=DRILLS / "out" / "backup.catalog")
+
+
+def test_the_example_policy_loads():
+    from archcheck.policies import load_policy
+    policy = load_policy(DRILLS / "policies" / "prod.yaml")
+    assert policy.required == ("PG_VERSION", "global/pg_control", "base/*")
+    assert (policy.max_growth.bytes, policy.max_growth.members) == (300, 200) and policy.max_shrink.bytes == 50
+    assert [w.code for w in policy.waivers] == ["POLICY_SHRINK"] and policy.max_age == 2 * 86400
 
 
 def test_line_numbers_are_not_part_of_equality(tmp_path):

@@ -93,10 +93,14 @@ def test_format_comes_from_magic_not_name(fx, state, tmp_path):
     gzipped = tmp_path / "backup.tar.zst"  # a gzip file named as zstd is verified as gzip
     gzipped.write_bytes((fx / "ustar.tar.gz").read_bytes())
     assert verify(gzipped, state=state).manifest.format == "tar+gzip"
-    xz = tmp_path / "backup.tar"
-    xz.write_bytes(b"\xfd7zXZ\x00" + bytes(100))
-    with pytest.raises(UnsupportedArchive, match="is xz, not zstd, gzip or tar"):
-        verify(xz, state=state)
+    xz = tmp_path / "backup.tar"  # an xz file named as tar is verified as xz
+    xz.write_bytes(subprocess.run(["xz", "-c"], input=(fx / "ustar.tar").read_bytes(), capture_output=True,
+                                  check=True).stdout)
+    assert verify(xz, state=state).manifest.format == "tar+xz"
+    zipped = tmp_path / "backup.tar.xz"
+    zipped.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(UnsupportedArchive, match="is zip, not a format archcheck reads"):
+        verify(zipped, state=state)
 
 
 def test_large_window_is_accepted_and_stated_or_refused_below_max_window(fx, state):

@@ -80,10 +80,15 @@ def wal(pgfx):
 
 @pytest.fixture(scope="module")
 def busy(wal):
-    """(name, data, clean scan) of the busy backup's segment holding its start LSN."""
-    name = wal["facts"]["backup_busy"]["start_wal_file"]
+    """(name, data, clean scan) of the busy backup's segment holding its End-LSN: it ends in the
+    backup's XLOG_SWITCH.  pgbench is rate-limited so this is usually also the start segment, but
+    a slow backup may spill into a second one, and the tests must not depend on that."""
+    start, end, tli = wal["busy_range"]
+    name = segments_needed(start, end, tli)[-1]
     data = wal["busy"][name]
-    return name, data, scan(name, data)
+    clean = scan(name, data)
+    assert clean.end_reason == "XLOG_SWITCH", (name, clean.end_reason)
+    return name, data, clean
 
 
 def inside_one_page(data: bytes, lsns: list[int], seg_start: int, min_len: int = 48) -> int:
@@ -198,9 +203,18 @@ def test_flipped_bit_in_record_data(busy):
         assert s.last_lsn == clean.last_lsn
 
 
-def test_flipped_bit_in_record_spanning_pages(busy):
+@pytest.fixture(scope="module")
+def busy_start(wal):
+    """(name, data, clean scan) of the segment holding the busy backup's start: its checkpoint is
+    followed by full-page images, which a later segment may lack."""
+    name = wal["facts"]["backup_busy"]["start_wal_file"]
+    data = wal["busy"][name]
+    return name, data, scan(name, data)
+
+
+def test_flipped_bit_in_record_spanning_pages(busy_start):
     """A full-page image runs over page boundaries: damage on its second page is found at its start."""
-    name, data, clean = busy
+    name, data, clean = busy_start
     seg_start = segment_name_info(name)[1] * SEG_SIZE
     at = next(lsn - seg_start for lsn in clean.record_lsns
               if (lsn - seg_start) % PAGE + record_header(data, lsn - seg_start)[0] > PAGE + 200)
@@ -231,8 +245,8 @@ def test_damaged_record_header(busy):
 def test_damaged_page_header(busy, field, offset, value):
     name, data, clean = busy
     seg_start = segment_name_info(name)[1] * SEG_SIZE
-    page = 100
-    assert clean.end_lsn > seg_start + (page + 1) * PAGE  # inside the valid WAL
+    page = min(100, (clean.end_lsn - seg_start) // PAGE - 2)  # inside the valid WAL
+    assert page >= 2, format_lsn(clean.end_lsn)
     b = bytearray(data)
     if field == "xlp_pageaddr":
         struct.pack_into("<Q", b, page * PAGE + 8, seg_start + (page + 1) * PAGE)
@@ -275,13 +289,35 @@ def test_truncated_segment(busy):
     assert s.found[0].details == {"size": len(cut), "expected": SEG_SIZE}
 
 
+def test_a_record_across_a_page_ends_after_the_page_header(busy):
+    """The end of a record split over pages counts the page header between its pieces."""
+    name, data, clean = busy
+    seg_start = segment_name_info(name)[1] * SEG_SIZE
+    for lsn in clean.record_lsns[len(clean.record_lsns) // 2:]:
+        at = lsn - seg_start
+        if at % PAGE + 24 > PAGE:
+            continue  # the header itself is split
+        tot, _ = record_header(data, at)
+        if PAGE < at % PAGE + tot <= 2 * PAGE - 24:
+            break  # crosses exactly one boundary
+    else:
+        raise AssertionError("no record across one page boundary")
+    end = at + tot + 24  # the next page's short header
+    b = bytearray(data)
+    b[end:] = bytes(len(b) - end)  # WAL ends right after it
+    s = scan(name, bytes(b))
+    assert s.found == [] and s.record_lsns[-1] == lsn
+    assert s.last_lsn == seg_start + end
+    assert s.end_lsn == seg_start + -(-end // 8) * 8
+
+
 def test_stale_tail_is_not_an_error(busy):
     """After XLOG_SWITCH, pages of an older segment (recycling) and zeros are normal."""
     name, data, clean = busy
     seg_start = segment_name_info(name)[1] * SEG_SIZE
     b = bytearray(data)
     first_free = clean.end_lsn - seg_start
-    garbage = min(200, PAGE - first_free % PAGE)
+    garbage = min(200, -first_free % PAGE)  # none when WAL ends on a page boundary
     b[first_free:first_free + garbage] = os.urandom(garbage)  # garbage after the switch record
     for page in range(first_free // PAGE + 1, SEG_SIZE // PAGE, 3):
         source = 1 + page % (first_free // PAGE - 1)  # a page of real WAL

@@ -30,7 +30,7 @@ REPO = HERE.parent.parent
 FIXTURES = REPO / "fixtures"
 ORACLE = FIXTURES / "oracle" / "corpus"
 CORPUS = HERE / "corpus"
-TARGETS = ["tar_walk", "zstd", "gzip", "pg_pages", "innodb", "wal", "sqlite_wal", "sqlite_collect"]
+TARGETS = ["tar_walk", "zstd", "stream", "pg_pages", "innodb", "wal", "sqlite_wal", "sqlite_collect"]
 CONTROL = 8
 MAX_SEED = 1 << 20
 PAGE = 8192
@@ -262,9 +262,9 @@ def seed_zstd() -> None:
         write("zstd", "size-note.zst", note + frames[0] + small)
 
 
-def seed_gzip() -> None:
+def seed_stream() -> None:
     """gzip and pigz output of the sample tar, two members back to back, with a header CRC, trailing
-    bytes, and cut short."""
+    bytes, and cut short; xz, lz4 and bzip2 output of it, whole, two back to back and cut short."""
     tar = sample_tar()
     made = {name: subprocess.run(cmd, input=tar, capture_output=True, check=True).stdout
             for name, cmd in [("gzip-9", ["gzip", "-9", "-c"]), ("gzip-n", ["gzip", "-n", "-1", "-c"])]}
@@ -277,8 +277,16 @@ def seed_gzip() -> None:
     made["two-members"] = plain + made["gzip-9"]
     made["trailing"] = plain + b"\0\0junk"
     made["cut"] = plain[:len(plain) // 2]
+    for tool, flags in [("xz", ["-c"]), ("xz", ["-T2", "--block-size=64KiB", "-c"]), ("lz4", ["-c"]),
+                        ("lz4", ["-BD", "-BX", "-B4", "-c"]), ("bzip2", ["-1", "-c"])]:
+        if shutil.which(tool):
+            packed = subprocess.run([tool, *flags], input=tar, capture_output=True, check=True).stdout
+            name = tool + "".join(flags[:-1])
+            made[name] = packed
+            made[name + "-two"] = packed + packed
+            made[name + "-cut"] = packed[:len(packed) * 2 // 3]
     for name, data in made.items():
-        write("gzip", name + ".gz", data)
+        write("stream", name, data)
 
 
 def seed_pg_pages() -> None:
@@ -319,7 +327,7 @@ def seed_sqlite() -> None:
 SEEDERS = {
     "tar_walk": seed_tar_walk,
     "zstd": seed_zstd,
-    "gzip": seed_gzip,
+    "stream": seed_stream,
     "pg_pages": seed_pg_pages,
     "innodb": seed_innodb,
     "wal": seed_wal,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -62,32 +63,40 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _exits(command: Callable) -> Callable:
-    """Library failures become one line on stderr and a documented exit code."""
+    """Library failures become one line on stderr (an event, when the log is there) and a
+    documented exit code."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        err = Console(stderr=True, highlight=False, soft_wrap=True)
         try:
             return command(*args, **kwargs)
         except ArchcheckError as exc:
-            err.print(Text(f"archcheck: {safe_text(str(exc))}"))  # messages may quote paths: untrusted
-            raise typer.Exit(exc.exit_code) from None
+            _failed(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            err.print("archcheck: interrupted; the manifest keeps what was verified", markup=False)
-            raise typer.Exit(ExitCode.INCOMPLETE) from None
+            _failed("interrupted; the manifest keeps what was verified", ExitCode.INCOMPLETE)
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
             if os.environ.get("ARCHCHECK_DEBUG"):
                 raise
-            err.print(Text(f"archcheck: internal error: {type(exc).__name__}: {safe_text(str(exc))} "
-                           "(set ARCHCHECK_DEBUG=1 for details)"))
-            raise typer.Exit(ExitCode.INTERNAL) from None
+            _failed(f"internal error: {type(exc).__name__}: {exc} (set ARCHCHECK_DEBUG=1 for details)",
+                    ExitCode.INTERNAL)
+        finally:
+            Output.close_log()
     return wrapper
+
+
+def _failed(message: str, code: int) -> None:
+    """The command's one line of failure (messages may quote paths: untrusted), and its exit."""
+    Output.say_error(message, code)
+    raise typer.Exit(code) from None
 
 
 STATE_DIR = typer.Option(None, "--state-dir", envvar="ARCHCHECK_STATE_DIR",
                          help="State directory (default: $XDG_STATE_HOME/archcheck).")
 REPORT = typer.Option(None, "--report", help="Write the JSON report here.")
+JUNIT = typer.Option(None, "--junit", help="Write JUnit XML here: a suite per archive, a case per layer and gate rule.")
+PROMETHEUS = typer.Option(None, "--prometheus",
+                          help="Write Prometheus textfile-collector metrics here (a .prom file, atomically).")
 REPORT_MEMBERS = typer.Option(False, "--report-members",
                               help="List every member in the JSON report (by default it names the members log, "
                                    "with its digests: a million members make a report of hundreds of MB).")
@@ -96,6 +105,16 @@ PROGRESS = typer.Option(None, "--progress/--no-progress",
 QUIET = typer.Option(False, "--quiet", "-q", help="Print only findings and the verdict line.")
 DEADLINE = typer.Option(None, "--deadline", help="Stop cleanly after this long (90s, 45m, 2h); exit 3, resumable.")
 UNTIL = typer.Option(None, "--until", help="Stop cleanly at this local time (06:00) or ISO 8601 instant.")
+LOG_FORMAT = typer.Option(None, "--log-format", envvar="ARCHCHECK_LOG_FORMAT",
+                          help="Log events as they happen (segments, stream, findings, verdicts): json (JSON Lines) "
+                               "or text (logfmt), on stderr or into --log-file. See docs/outputs.md.")
+LOG_LEVEL = typer.Option("info", "--log-level", envvar="ARCHCHECK_LOG_LEVEL", help="debug, info, warning or error.")
+LOG_FILE = typer.Option(None, "--log-file", envvar="ARCHCHECK_LOG_FILE",
+                        help="Append the log to this file instead of stderr (JSON Lines unless --log-format text).")
+EXECUTOR = typer.Option(None, "--executor", envvar="ARCHCHECK_EXECUTOR",
+                        help="Where the work runs: local (this machine's processes, the default), "
+                             "dask://HOST:PORT (a Dask scheduler) or dask-local[:N] (N Dask worker processes "
+                             "here); Dask needs pip install 'archcheck[dask]'.")
 TRUST = typer.Option(False, "--trust-verified",
                      help="Going on with an earlier run: do not read again what it verified (faster; the "
                           "report says so). By default it is hashed again, and bytes that changed are reported.")
@@ -104,7 +123,7 @@ TRUST = typer.Option(False, "--trust-verified",
 @app.command("verify", help=VERIFY_HELP, no_args_is_help=True)
 @_exits
 def verify_command(
-    archives: list[Path] = typer.Argument(..., help="The archive files to verify."),
+    archives: list[str] = typer.Argument(..., help="The archives to verify: files, s3://BUCKET/KEY or https:// URLs."),
     layers: str = typer.Option(",".join(ALL_LAYERS), help="Comma-separated layers to check."),
     segment_size: str = typer.Option(format_size(DEFAULT_SEGMENT_SIZE).replace(" ", ""),
                                      help="Size of the byte-range segments (a multiple of 8 MiB)."),
@@ -128,11 +147,46 @@ def verify_command(
     quiet: bool = QUIET,
     trust_verified: bool = TRUST,
     report_members: bool = REPORT_MEMBERS,
+    junit: Optional[Path] = JUNIT,
+    prometheus: Optional[Path] = PROMETHEUS,
+    log_format: Optional[str] = LOG_FORMAT,
+    log_level: str = LOG_LEVEL,
+    log_file: Optional[Path] = LOG_FILE,
+    baseline: Optional[Path] = typer.Option(
+        None, "--baseline", help="Compare the content with a baseline: a catalog (archcheck catalog) or an archive."),
+    policy: Optional[Path] = typer.Option(
+        None, "--policy", help="The gate's policy (YAML): required paths, shrink and growth limits, drift allowed, "
+                               "waivers; a broken rule exits 4."),
+    expect: Optional[list[str]] = typer.Option(
+        None, "--expect", help="The archive's expected digest, ALGORITHM:HEX (sha256, sha512, sha1, md5, blake3, "
+                               "xxh3-128), checked in the same run; repeatable."),
+    expect_file: Optional[Path] = typer.Option(
+        None, "--expect-file", help="Expected digests in the format sha256sum -c reads (SHA256SUMS)."),
+    save_catalog: Optional[Path] = typer.Option(
+        None, "--save-catalog", help="Record the verified content here: a baseline for later backups."),
+    retries: Optional[int] = typer.Option(
+        None, "--retries", help="Object stores: retries of a failing range request (default 5), with backoff."),
+    in_flight: Optional[int] = typer.Option(
+        None, "--in-flight", help="Object stores: range requests at once per reading process (default 4)."),
+    request_timeout: Optional[str] = typer.Option(
+        None, "--request-timeout", help="Object stores: connect and read timeout per request (default 30s)."),
+    retry_max_elapsed: Optional[str] = typer.Option(
+        None, "--retry-max-elapsed", help="Object stores: give a range up after this long (default 2m); "
+                                          "it is left for resume."),
+    breaker_threshold: Optional[int] = typer.Option(
+        None, "--breaker-threshold", help="Object stores: consecutive failures that open an endpoint's circuit "
+                                          "breaker (default 5)."),
+    breaker_cooldown: Optional[str] = typer.Option(
+        None, "--breaker-cooldown", help="Object stores: how long an open breaker waits before a probe "
+                                         "(default 10s)."),
+    executor: Optional[str] = EXECUTOR,
 ) -> None:
     from .processes import start_early
     start_early()  # the worker server loads while the library does
     from . import api
-    with Output(progress, quiet, report_members) as out:
+    gate = api.GateSpec(baseline, policy, tuple(expect or ()), expect_file, save_catalog)
+    with Output(progress, quiet, report_members, junit, prometheus,
+                logs=LogSpec(log_format, log_level, log_file)) as out:
         result = api.run_drill(
             archives, layers=[x.strip() for x in layers.split(",") if x.strip()],
             segment_size=parse_size(segment_size, "--segment-size"),
@@ -141,8 +195,68 @@ def verify_command(
             deadline=_deadline(deadline, until), budget=budget and parse_budget(budget, "--budget"),
             skip_verified_within=skip_verified_within and parse_duration(skip_verified_within,
                                                                          "--skip-verified-within"),
-            on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified)
+            on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified,
+            gate=gate if gate != api.GateSpec() else None,
+            remote=api.remote_options(
+                retries=retries, in_flight=in_flight,
+                timeout=request_timeout and parse_duration(request_timeout, "--request-timeout"),
+                max_elapsed=retry_max_elapsed and parse_duration(retry_max_elapsed, "--retry-max-elapsed"),
+                breaker_threshold=breaker_threshold,
+                breaker_cooldown=breaker_cooldown and parse_duration(breaker_cooldown, "--breaker-cooldown")),
+            executor=executor)
     out.finish(result, report)
+
+
+@app.command("catalog", no_args_is_help=True)
+@_exits
+def catalog_command(
+    archive: Path = typer.Argument(..., help="The archive to verify and catalog."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the catalog (JSON Lines)."),
+    digest: str = typer.Option(DEFAULT_DIGEST, help="Member digest: xxh3-128 or blake3 (compare like with like)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: the CPU count)."),
+    state_dir: Optional[Path] = STATE_DIR,
+    progress: Optional[bool] = PROGRESS,
+    quiet: bool = QUIET,
+    log_format: Optional[str] = LOG_FORMAT,
+    log_level: str = LOG_LEVEL,
+    log_file: Optional[Path] = LOG_FILE,
+) -> None:
+    """Verify an archive and record what it holds (per member: name, type, size, mode, owner, mtime,
+    link target, digest; the tree root and frame layout) as a catalog, the baseline that
+    `verify --baseline` and `diff` compare later backups with. Written only when the
+    verification is complete; exit codes as for verify."""
+    from .processes import start_early
+    start_early()
+    from . import api
+    with Output(progress, quiet, logs=LogSpec(log_format, log_level, log_file)) as out:
+        result = api.catalog(archive, output, digest=digest, workers=workers, state=state_dir,
+                             on_progress=out.progress, on_notice=out.notice)
+    if any(gate.catalog for gate in result.gates):
+        out.say(f"catalog written to {output}")
+    else:
+        out.say("no catalog written: the verification did not complete")
+    out.finish(result, None)
+
+
+@app.command("diff", no_args_is_help=True)
+@_exits
+def diff_command(
+    old: Path = typer.Argument(..., help="The baseline: a catalog or an archive."),
+    new: Path = typer.Argument(..., help="The backup to compare with it: a catalog or an archive."),
+    digest: str = typer.Option(DEFAULT_DIGEST, help="Member digest for archives given (as their catalogs')."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: the CPU count)."),
+) -> None:
+    """Compare two backups by content, not bytes (archives are verified on the way, and must be
+    intact). Each member is identical, drift (mtime, owner, mode only), added, removed,
+    modified, or suspicious: content changed while name, size and mtime did not (bit rot or
+    tampering at the source). Exit 1 when something is suspicious, else 0; 2 for bad usage."""
+    from .processes import start_early
+    start_early()
+    from . import api
+    from .reports import text_report
+    comparison = api.diff(old, new, digest=digest, workers=workers)
+    text_report.render_comparison(Console(highlight=False, soft_wrap=True), comparison)
+    raise typer.Exit(ExitCode.CORRUPT if comparison.summary.suspicious else ExitCode.INTACT)
 
 
 @app.command("resume", no_args_is_help=True)
@@ -157,6 +271,11 @@ def resume_command(
     quiet: bool = QUIET,
     trust_verified: bool = TRUST,
     report_members: bool = REPORT_MEMBERS,
+    junit: Optional[Path] = JUNIT,
+    prometheus: Optional[Path] = PROMETHEUS,
+    log_format: Optional[str] = LOG_FORMAT,
+    log_level: str = LOG_LEVEL,
+    log_file: Optional[Path] = LOG_FILE,
 ) -> None:
     """Continue a stopped drill from its last verified segment: what was verified is hashed
     again (to catch rot since) but not checked again.
@@ -166,7 +285,8 @@ def resume_command(
     from .processes import start_early
     start_early()  # the worker server loads while the library does
     from . import api
-    with Output(progress, quiet, report_members) as out:
+    with Output(progress, quiet, report_members, junit, prometheus,
+                logs=LogSpec(log_format, log_level, log_file)) as out:
         result = api.resume(drill, state=state_dir, deadline=_deadline(deadline, until),
                             on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified)
     out.finish(result, report)
@@ -188,15 +308,22 @@ def drill_run_command(
     quiet: bool = QUIET,
     trust_verified: bool = TRUST,
     report_members: bool = REPORT_MEMBERS,
+    junit: Optional[Path] = JUNIT,
+    prometheus: Optional[Path] = PROMETHEUS,
+    log_format: Optional[str] = LOG_FORMAT,
+    log_level: str = LOG_LEVEL,
+    log_file: Optional[Path] = LOG_FILE,
+    executor: Optional[str] = EXECUTOR,
 ) -> None:
     """Start a drill from a plan file (archives, layers, window or budget, outputs)."""
     from .processes import start_early
     start_early()  # the worker server loads while the library does
     from . import api
-    with Output(progress, quiet, report_members) as out:
+    with Output(progress, quiet, report_members, junit, prometheus,
+                logs=LogSpec(log_format, log_level, log_file)) as out:
         result, loaded = api.run_plan(plan, state=state_dir, deadline=_deadline(deadline, until),
                                       on_progress=out.progress, on_notice=out.notice,
-                                      recheck=not trust_verified)
+                                      recheck=not trust_verified, executor=executor)
     template = loaded.report
     if report is None and template:
         report = Path(template.format(drill=result.drill.id, date=datetime.now().strftime("%Y-%m-%d")))
@@ -268,6 +395,37 @@ def audit_repair_command(state_dir: Optional[Path] = STATE_DIR) -> None:
     raise typer.Exit(ExitCode.INTACT if repair.ok else ExitCode.CORRUPT)
 
 
+@app.command("report", no_args_is_help=True)
+@_exits
+def report_command(drill: str = typer.Argument(..., help="The drill, e.g. drill-42."),
+                   fmt: str = typer.Option("json", "--format", help="json, md or html."),
+                   output: Optional[Path] = typer.Option(
+                       None, "--output", "-o", help="Write it here (default: stdout for json and md, "
+                                                    "<drill>.html in the current directory for html)."),
+                   state_dir: Optional[Path] = STATE_DIR) -> None:
+    """A drill's report from its state alone, without running anything: the JSON report, Markdown
+    tables, or one self-contained HTML page (inline CSS and SVG; it loads nothing). Exit codes as
+    for drill status: the drill's."""
+    from . import api
+    from .manifest import atomic_file
+    from .reports import html_report, markdown_report
+    renderers = {"json": markdown_report.render_json, "md": markdown_report.render, "html": html_report.render}
+    if fmt not in renderers:
+        raise UsageError(f"--format must be json, md or html, not {fmt!r}")
+    result = api.drill_status(drill, state=state_dir)
+    text = renderers[fmt](result)
+    out = Console(highlight=False, soft_wrap=True)
+    if output is None and fmt == "html":  # a page is for a browser, not a terminal
+        output = Path(f"{result.drill.id}.html")
+    if output is None:
+        out.print(Text(text), end="")  # a Text: never parsed for markup
+    else:
+        with atomic_file(output) as f:
+            f.write(text.encode())
+        out.print(Text(f"report    {safe_text(str(output))}"))
+    raise typer.Exit(result.exit_code)
+
+
 def _listed(*groups: tuple[str, list[str]]) -> Console:
     """Untrusted sentences (they quote paths), each under its label; the console, to go on."""
     out = Console(highlight=False, soft_wrap=True)
@@ -288,15 +446,44 @@ def _deadline(deadline: str | None, until: str | None) -> datetime | None:
     return None
 
 
-class Output:
-    """Progress while a drill runs, notices as they come, then the summary and the report."""
+@dataclass(frozen=True)
+class LogSpec:
+    """The log options of a command; no format and no file: no log."""
 
-    def __init__(self, progress: bool | None, quiet: bool, report_members: bool = False):
-        self.report_members = report_members
+    format: str | None
+    level: str
+    file: Path | None
+
+    def open(self):
+        from .events import LEVELS, LogFormat, LogSink
+        if self.format is None and self.file is None:
+            return None
+        formats = [f.value for f in LogFormat]
+        if (self.format or "json") not in formats:
+            raise UsageError(f"--log-format must be {' or '.join(formats)}, not {self.format!r}")
+        if self.level.lower() not in LEVELS:
+            raise UsageError(f"--log-level must be one of {', '.join(LEVELS)}, not {self.level!r}")
+        try:
+            return LogSink(LogFormat(self.format or "json"), LEVELS[self.level.lower()], self.file)
+        except OSError as exc:
+            raise UsageError(f"--log-file {self.file}: {exc.strerror or exc}") from None
+
+
+class Output:
+    """Progress while a drill runs, notices as they come, then the summary and the report.
+    With the log on stderr, stderr holds log lines only: no bar, and notices are events."""
+
+    log = None  # the command's LogSink: one per process, as a command is
+
+    def __init__(self, progress: bool | None, quiet: bool, report_members: bool = False,
+                 junit: Path | None = None, prometheus: Path | None = None, logs: LogSpec | None = None):
+        self.report_members, self.junit, self.prometheus = report_members, junit, prometheus
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
         self.quiet = quiet
-        self.display = ProgressDisplay(self.err, enabled=(progress if progress is not None else True) and not quiet)
+        Output.log = logs.open() if logs else None
+        bar = (progress if progress is not None else True) and not quiet and not Output._log_on_stderr()
+        self.display = ProgressDisplay(self.err, enabled=bar)
         self.progress = None
 
     def __enter__(self) -> "Output":
@@ -306,30 +493,87 @@ class Output:
     def __exit__(self, *exc) -> None:
         self.display.__exit__(*exc)
 
+    @classmethod
+    def _log_on_stderr(cls) -> bool:
+        return cls.log is not None and cls.log.on_stderr
+
+    @classmethod
+    def close_log(cls) -> None:
+        if cls.log is not None:
+            cls.log.close()
+            cls.log = None
+
+    @classmethod
+    def say_error(cls, message: str, code: int) -> None:
+        if cls.log is not None:
+            from . import events
+            events.emit(events.Event.COMMAND_FAILED, events.logging.ERROR, status="failed", message=message,
+                        exit_code=int(code))
+        if not cls._log_on_stderr():
+            Console(stderr=True, highlight=False, soft_wrap=True).print(Text(f"archcheck: {safe_text(message)}"))
+
     def notice(self, text: str) -> None:
-        self.err.print(Text(f"archcheck: {safe_text(text)}"))
+        """The library's notices: with the log on stderr, its events say them."""
+        if not Output._log_on_stderr():
+            self.err.print(Text(f"archcheck: {safe_text(text)}"))
+
+    def say(self, text: str, error: bool = False) -> None:
+        """The command's own lines to stderr (an event when the log is there)."""
+        if Output.log is not None:
+            from . import events
+            events.emit(events.Event.NOTICE, events.logging.ERROR if error else events.logging.INFO, message=text)
+        if not Output._log_on_stderr():
+            self.err.print(Text(f"archcheck: {safe_text(text)}"))
 
     def finish(self, result, report: Path | None) -> None:
         """The verdict first, whatever fails after it: the report, the seal."""
-        from .reports import json_report, text_report
+        from .events import bound
+        with bound(drill=result.drill.id):
+            self._finish(result, report)
+
+    def _finish(self, result, report: Path | None) -> None:
+        from .reports import text_report
         drill = result.drill
         why = {"interrupted": "interrupted", "stopped": "time is up",
                "failed": "an archive could not be verified"}.get(drill.status)
         if why:
-            self.err.print(Text(f"archcheck: {why}; what was verified is kept: archcheck resume {drill.id}"))
+            self.say(f"{why}; what was verified is kept: archcheck resume {drill.id}", error=True)
         text_report.render_drill(self.out, result, report, quiet=self.quiet)
         codes = [result.exit_code]
-        if report:
+        for write in self._outputs(report):
             try:
-                json_report.write(result, report, members=self.report_members)
+                write(result)
             except ArchcheckError as exc:
-                self.err.print(Text(f"archcheck: {safe_text(str(exc))}"))
+                self.say(str(exc), error=True)
                 codes.append(exc.exit_code)
-        if result.seal_error:
-            self.err.print(Text(f"archcheck: not sealed: {safe_text(result.seal_error)}"))
-        if result.state_error:
-            self.err.print(Text(f"archcheck: {safe_text(result.state_error)}"))
+        for problem in (result.seal_error and f"not sealed: {result.seal_error}", result.state_error,
+                        result.gate_failure and result.gate_failure[0]):
+            if problem:
+                self.say(problem, error=True)
         raise typer.Exit(combine(codes))
+
+    def _outputs(self, report: Path | None) -> list[Callable]:
+        """The files CI systems and monitoring read, each written atomically; on GitHub Actions,
+        workflow commands on stdout and the step summary."""
+        from .reports import json_report, junit_report, prometheus_report
+        outputs: list[Callable] = []
+        if report:
+            outputs.append(lambda r: json_report.write(r, report, members=self.report_members))
+        if self.junit:
+            outputs.append(lambda r: junit_report.write(r, r.gates, self.junit))
+        if self.prometheus:
+            outputs.append(lambda r: prometheus_report.write(r, r.gates, self.prometheus))
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            outputs.append(self._github)
+        return outputs
+
+    def _github(self, result) -> None:
+        from .reports import github_report
+        for line in github_report.commands(result, result.gates):
+            self.out.print(Text(line), highlight=False)  # escaped by github_report: no command injection
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            github_report.write_summary(result, result.gates, Path(summary))
 
 
 class ProgressDisplay:

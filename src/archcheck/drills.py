@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .sources import is_remote
 from .errors import DrillBusy, ResumeRefused, StateError, UsageError
 from .manifest import read_sealed, sealed_json, utc_now, write_atomic
 
@@ -58,6 +59,7 @@ class Drill:
     sealed: dict[str, Any] | None = None  # the sealed report's ledger entry
     backups: list[dict[str, Any]] = field(default_factory=list)  # backup sets (pg_basebackup directories): scanners.pgbackup.Backup
     findings: list[dict[str, Any]] = field(default_factory=list)  # about several archives at once
+    gate: dict[str, Any] | None = None  # the CI gate asked for (api.GateSpec): resume judges it too
 
     @property
     def folder(self) -> Path:
@@ -70,7 +72,7 @@ class Drill:
         return {"schema": SCHEMA, "version": VERSION, "id": self.id, "status": self.status,
                 "created": self.created, "updated": self.updated, "plan": self.plan, "options": self.options,
                 "limits": self.limits, "archives": [a.to_json() for a in self.archives], "runs": self.runs,
-                "sealed": self.sealed, "backups": self.backups, "findings": self.findings}
+                "sealed": self.sealed, "backups": self.backups, "findings": self.findings, "gate": self.gate}
 
     def save(self) -> None:
         self.updated = utc_now()
@@ -83,15 +85,16 @@ def drill_folder(root: Path, drill_id: str) -> Path:
 
 def create_drill(root: Path, archives: list[Path], identities: list[dict[str, Any]], options: dict[str, Any], *, drill_id: str | None = None,
                  limits: dict[str, Any] | None = None, plan: str | None = None,
-                 backups: list[dict[str, Any]] | None = None) -> Drill:
+                 backups: list[dict[str, Any]] | None = None, gate: dict[str, Any] | None = None) -> Drill:
     """A new drill folder, numbered ``drill-N`` unless an id is given. It is made whole in a
     temporary folder and renamed into place: a crash leaves no half-made drill, and two drills
     started at once never share a number."""
     base = Path(root) / "drills"
     for candidate in _candidate_ids(root, drill_id):
-        entries = [DrillArchive(str(Path(a).absolute()), f"archives/{i:04d}/manifest.json", identity)
+        entries = [DrillArchive(str(a) if is_remote(a) else str(Path(a).absolute()), f"archives/{i:04d}/manifest.json",
+                                identity)
                    for i, (a, identity) in enumerate(zip(archives, identities), 1)]
-        drill = Drill(candidate, Path(root), options, entries, limits or {}, plan, backups=backups or [])
+        drill = Drill(candidate, Path(root), options, entries, limits or {}, plan, backups=backups or [], gate=gate)
         staging = None
         try:
             base.mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,8 @@ def load_drill(root: Path, drill_id: str) -> Drill:
         archives = [DrillArchive(a["path"], a["manifest"], a["identity"], a["status"], a["note"], a.get("exit_code"))
                     for a in d["archives"]]
         return Drill(d["id"], Path(root), d["options"], archives, d["limits"], d["plan"], d["status"],
-                     d["created"], d["updated"], d["runs"], d["sealed"], d["backups"], d["findings"])
+                     d["created"], d["updated"], d["runs"], d["sealed"], d["backups"], d["findings"],
+                     d.get("gate"))
     except (KeyError, TypeError, ValueError) as exc:
         raise StateError(f"drill state {path} is not valid ({exc})") from None
 

@@ -18,6 +18,8 @@ class Category(str, enum.Enum):
     DRIFT = "drift"  # differs from expectation, harmless (policy decides)
     WARNING = "warning"  # a hazard for a restore; does not fail the run unless a policy says so
     INFO = "info"  # a fact worth knowing; no effect on the verdict
+    CHANGED = "changed"  # content added, removed or modified against a baseline (policy decides)
+    POLICY = "policy"  # a rule of the gate's policy is broken: exit 4
 
 
 class Severity(str, enum.Enum):
@@ -39,6 +41,7 @@ def _c(code: str, category: Category, severity: Severity, layer: str, template: 
     return Code(code, category, severity, layer, template)
 
 
+G, P = Category.CHANGED, Category.POLICY
 C, T, U, D, I = Category.CORRUPTION, Category.TRANSIENT, Category.UNVERIFIED, Category.DRIFT, Category.INFO
 H = Category.WARNING  # a hazard
 E, W, N = Severity.ERROR, Severity.WARNING, Severity.INFO
@@ -104,6 +107,25 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("GZIP_CRC_MISMATCH", C, E, "gzip", "decoded content does not match its CRC-32: {detail}"),
     _c("GZIP_SIZE_MISMATCH", C, E, "gzip", "decoded length does not match the trailer: {detail}"),
     _c("GZIP_TRAILING_DATA", D, W, "gzip", "{length} bytes after the last gzip member ({nonzero} not zero): gzip -d warns and does not restore them"),
+    # xz, lz4, bzip2 (formats.md 7): as gzip, each member (stream, frame) decoded in order
+    _c("XZ_BAD_HEADER", C, E, "xz", "{error}"),
+    _c("XZ_DECODE_ERROR", C, E, "xz", "{error}"),
+    _c("XZ_TRUNCATED", C, E, "xz", "{error}"),
+    _c("XZ_MEMORY_LIMIT", U, W, "xz", "{error}; content not checked: raise --max-window to verify it"),
+    _c("XZ_NO_CHECK", I, N, "xz", "the xz stream carries no integrity check (xz --check=none): damage in its data is caught only by deeper layers"),
+    _c("XZ_TRAILING_DATA", D, W, "xz", "{length} bytes after the last xz stream ({nonzero} not zero): xz -d restores the streams before them, then fails on them"),
+    _c("LZ4_BAD_HEADER", C, E, "lz4", "{error}"),
+    _c("LZ4_DECODE_ERROR", C, E, "lz4", "{error}"),
+    _c("LZ4_BLOCK_CHECKSUM", C, E, "lz4", "{error}"),
+    _c("LZ4_CONTENT_CHECKSUM", C, E, "lz4", "decoded content does not match its xxHash32: {detail}"),
+    _c("LZ4_SIZE_MISMATCH", C, E, "lz4", "decoded length does not match the frame's content size: {detail}"),
+    _c("LZ4_TRUNCATED", C, E, "lz4", "{error}"),
+    _c("LZ4_NO_CHECKSUM", I, N, "lz4", "the lz4 frame carries neither a content nor block checksums (lz4 --no-frame-crc): damage in its data is caught only by deeper layers"),
+    _c("LZ4_TRAILING_DATA", D, W, "lz4", "{length} bytes after the last lz4 frame ({nonzero} not zero): lz4 -d restores the frames before them, then fails on them"),
+    _c("BZIP2_BAD_HEADER", C, E, "bzip2", "{error}"),
+    _c("BZIP2_DECODE_ERROR", C, E, "bzip2", "{error}"),
+    _c("BZIP2_TRUNCATED", C, E, "bzip2", "{error}"),
+    _c("BZIP2_TRAILING_DATA", D, W, "bzip2", "{length} bytes after the last bzip2 stream ({nonzero} not zero): bzip2 -d warns and ignores them"),
     # tar layer
     _c("TAR_HEADER_CHECKSUM", C, E, "tar", "header checksum is {actual}, header says {expected}"),
     _c("TAR_BAD_NUMBER", C, E, "tar", "header field {field} is not a number: {value}"),
@@ -125,8 +147,30 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("RAW_CHANGED", C, E, "raw", "bytes {start}-{end} changed since they were first read at {first_read}: read twice since, the same both times"),
     _c("TAR_UNSAFE_PATH", H, W, "tar", "{what} {path!r}: {restore}"),
     _c("FINDINGS_LIMITED", I, N, "run", "{dropped} more findings not kept (first {limit} kept): {by_code}"),
+    # the CI gate: the archive against a baseline (diff), its expected checksum, its policy
+    _c("DIFF_ADDED", G, N, "diff", "added since the baseline ({type}, {size} bytes)"),
+    _c("DIFF_REMOVED", G, W, "diff", "removed since the baseline (was {type}, {size} bytes)"),
+    _c("DIFF_MODIFIED", G, N, "diff", "changed since the baseline: {what}"),
+    _c("DIFF_SUSPICIOUS", C, E, "diff", "content differs from the baseline while name, size ({size} bytes) and mtime are the same: bit rot or tampering at the source"),
+    _c("DIFF_UNCOMPARED", U, W, "diff", "content not compared with the baseline: {why}"),
+    _c("DRIFT_MTIME", D, N, "diff", "{count} member(s) differ from the baseline only in mtime, e.g. {examples}"),
+    _c("DRIFT_OWNER", D, N, "diff", "{count} member(s) differ from the baseline in owner, e.g. {examples}"),
+    _c("DRIFT_MODE", D, N, "diff", "{count} member(s) differ from the baseline in mode, e.g. {examples}"),
+    _c("DRIFT_ORDER", D, N, "diff", "the same members as the baseline, in another order"),
+    _c("DRIFT_COMPRESSION", D, N, "diff", "the same content as the baseline, compressed differently: {detail}"),
+    _c("DRIFT_FRAMES", D, N, "diff", "the same content as the baseline, in another frame layout: {detail}"),
+    _c("CHECKSUM_MISMATCH", C, E, "raw", "the archive's {algorithm} is {actual}, {source} expects {expected}"),
+    _c("POLICY_REQUIRED", P, E, "policy", "no member matches the required pattern {pattern!r}"),
+    _c("POLICY_SHRINK", P, E, "policy", "{what} shrank by {percent}% against the baseline ({before} to {after}), over max_shrink {limit}%"),
+    _c("POLICY_GROWTH", P, E, "policy", "{what} grew by {percent}% against the baseline ({before} to {after}), over max_growth {limit}%"),
+    _c("POLICY_MIN_MEMBERS", P, E, "policy", "{count} member(s), fewer than min_members {limit}"),
+    _c("POLICY_MIN_BYTES", P, E, "policy", "{bytes} bytes of content, fewer than min_bytes {limit}"),
+    _c("POLICY_MAX_AGE", P, E, "policy", "the newest member is {age} old (mtime {mtime}), over max_age {limit}: a backup of stale data"),
+    _c("POLICY_DRIFT", P, E, "policy", "{kind} drift is not in allow_drift ({allowed})"),
+    _c("POLICY_WAIVER_EXPIRED", P, E, "policy", "the waiver of {waived} (owner {owner}) expired on {expires}: renew it or remove the cause"),
+    _c("POLICY_NOT_EVALUATED", U, W, "policy", "the policy was not evaluated: {why}"),
 ]}
-del C, T, U, D, I, H, E, W, N
+del C, T, U, D, I, H, E, W, N, G, P
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class SegmentRecord:
     leaves: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     read_at: str | None = None  # when its leaves were read: a later read that differs names it
+    seconds: float | None = None  # how long hashing it took (the latency metric); None in older manifests
 
     @classmethod
     def planned(cls, segment: Segment) -> "SegmentRecord":
@@ -55,13 +56,14 @@ class SegmentRecord:
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "offset": self.offset, "length": self.length, "nonce": self.nonce,
                 "attempt": self.attempt, "status": self.status, "digest": self.digest,
-                "leaves": self.leaves, "findings": [f.to_json() for f in self.findings], "read_at": self.read_at}
+                "leaves": self.leaves, "findings": [f.to_json() for f in self.findings], "read_at": self.read_at,
+                "seconds": self.seconds}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SegmentRecord":
         return cls(d["index"], d["offset"], d["length"], d["nonce"], d["attempt"], d["status"],
                    d.get("digest"), list(d.get("leaves", [])), [Finding.from_json(f) for f in d.get("findings", [])],
-                   d.get("read_at"))
+                   d.get("read_at"), d.get("seconds"))
 
 
 class StreamStatus(str, enum.Enum):
@@ -190,6 +192,14 @@ class Manifest:
         out = [f for seg in self.segments for f in seg.findings]
         return out + self.stream_findings + self.run_findings
 
+    @property
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Segments whose reads still failed after their retries, with the last error: what a
+        resume reads again, and only that."""
+        return [{"segment": s.index, "offset": s.offset, "length": s.length, "attempts": s.attempt,
+                 "error": next((dict(f.details).get("error") for f in s.findings), None)}
+                for s in self.segments if s.status == "failed"]
+
     def to_json(self) -> dict[str, Any]:
         from . import __version__
         return {
@@ -197,6 +207,7 @@ class Manifest:
             "run_id": self.run_id, "status": self.status, "created": self.created, "updated": self.updated,
             "archive": self.archive.to_json(), "format": self.format, "config": self.config,
             "tree_root": self.tree_root,
+            "dead_letters": self.dead_letters,
             "segments": {"count": len(self.segments),
                          "log": parts_json(self.segment_log.parts() if self.segment_log else self.segment_parts)},
             "stream": self.stream.to_json(), "stream_findings": [f.to_json() for f in self.stream_findings],

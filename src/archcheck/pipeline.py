@@ -7,17 +7,19 @@ members) runs as one task in the same pool beside the raw segment hashing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import threading
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import processes
+from . import events
+from .events import Event
 from .errors import SourceChanged, WorkerCrashed, describe_error
 from .findings import Category, Finding, Location
 from .layers import raw
@@ -29,9 +31,11 @@ from .manifest import (Manifest, MembersWriter, SegmentRecord, StreamState, Stre
                        sealed_json, utc_now, write_atomic)
 from .segments import Segment, new_nonce, segments_overlapping
 from .sources import Source, SourceRef
+from .sources.remote import RemoteOptions
+from .executors import ExecutorSpec, open_pool
 from .scanners import ScanConfig
 from .stream_channel import StreamChannel, StreamStoppedHere
-from .worker import SegmentResult, StreamTask, hash_segment, init_worker
+from .worker import SegmentResult, StreamTask, hash_segment
 
 ProgressCallback = Callable[[int, int], None]
 # How often the manifest is saved and the stream checkpointed: about what a crash can cost. A
@@ -51,6 +55,8 @@ class RunOptions:
     workers: int
     max_window: int
     digest: str
+    remote: RemoteOptions = RemoteOptions()  # retries, read-ahead and timeouts of object stores
+    executor: ExecutorSpec = ExecutorSpec()  # this machine's process pool, or a Dask cluster
 
     @property
     def stream(self) -> bool:
@@ -140,8 +146,7 @@ class Run:
 
     async def _run(self) -> None:
         self.save()  # the run directory exists and is writable before any work starts
-        self.pool = ProcessPoolExecutor(self.options.workers, mp_context=processes.context(), initializer=init_worker,
-                                        initargs=(os.getpid(),))
+        self.pool = open_pool(self.options.executor, self.options.workers)
         layers = []
         if self.options.stream:  # the longest task goes first, so it starts at once
             layers.append(self._stream_layer())
@@ -202,6 +207,7 @@ class Run:
         if self.halted:
             return
         self.halted = True
+        events.emit(Event.RUN_HALTED, logging.WARNING, status=status)
         self.stopping.set()
         self.workers = list((getattr(self.pool, "_processes", None) or {}).values())  # shutdown forgets them
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -229,7 +235,7 @@ class Run:
         """A change mid-run stops the run at once: its work would be judged on a moving file."""
         while True:
             await asyncio.sleep(SAVE_INTERVAL)
-            what = await asyncio.to_thread(self.source.changes)
+            what = await asyncio.to_thread(self.source.changes, False)
             if what and self.task is not None:
                 self.changed = what
                 self.task.cancel()
@@ -285,12 +291,19 @@ class Run:
         await asyncio.gather(reader(), *(consumer() for _ in range(slots)))
 
     async def _hash_segment(self, record: SegmentRecord) -> None:
+        with events.bound(correlation_id=events.new_correlation_id()):
+            await self._hash_segment_once(record)
+
+    async def _hash_segment_once(self, record: SegmentRecord) -> None:
         """Hash once; a read error is retried once before it is reported."""
         error = None
         for attempt in range(2):
             if attempt:
+                events.emit(Event.SEGMENT_RETRY, logging.WARNING, status="retry", segment=record.index,
+                            offset=record.offset, length=record.length, error=error)
                 record.nonce = new_nonce()  # a late answer to the first attempt cannot count
             record.attempt += 1
+            started = time.monotonic()
             result: SegmentResult = await self._in_pool(
                 hash_segment, self.ref, Segment(record.index, record.offset, record.length, record.nonce))
             if result.nonce != record.nonce:
@@ -300,8 +313,12 @@ class Run:
             if result.error is None:
                 record.leaves, record.digest = list(result.leaves), raw.combine(result.leaves)
                 record.status, record.findings, record.read_at = "done", [], utc_now()
+                record.seconds = round(time.monotonic() - started, 6)
                 self.read_here.add(record.index)
                 self.manifest.record_segment(record)
+                events.emit(Event.SEGMENT_VERIFIED, status="done", segment=record.index, offset=record.offset,
+                            length=record.length, nonce=record.nonce, attempt=record.attempt,
+                            seconds=record.seconds, digest=record.digest)
                 return
             error = result.error
         end = record.offset + record.length
@@ -309,6 +326,9 @@ class Run:
         record.status = "failed"
         record.findings = [Finding.of("SOURCE_READ_ERROR", loc, start=record.offset, end=end, error=error)]
         self.manifest.record_segment(record)
+        events.emit(Event.SEGMENT_FAILED, logging.ERROR, status="failed", segment=record.index,
+                    offset=record.offset, length=record.length, nonce=record.nonce, attempt=record.attempt,
+                    error=error)
 
     # --- stream layers ----------------------------------------------------------------------
 
@@ -320,25 +340,33 @@ class Run:
         error = None
         for attempt in range(2):
             checkpoint = self._stream_start()
+            events.emit(Event.STREAM_STARTED, status="running", attempt=attempt + 1, codec=self.manifest.format,
+                        from_offset=checkpoint["covered"] if checkpoint else 0)
             try:
                 outcome = await asyncio.to_thread(self._check_stream, checkpoint)
             except StreamStopped:
                 self.manifest.stream.status = StreamStatus.STOPPED
+                events.emit(Event.STREAM_FINISHED, status="stopped")
                 return
             except CheckpointMismatch:  # not this archive's: start the stream over
                 self.manifest.stream = StreamState()
+                events.emit(Event.STREAM_RETRY, logging.WARNING, status="retry", why="checkpoint mismatch")
                 continue
             except OSError as exc:  # read again, from the last checkpoint if there is one
                 error = describe_error(exc)
+                events.emit(Event.STREAM_RETRY, logging.WARNING, status="retry", why="read error", error=error)
                 continue
             except BrokenProcessPool:
                 raise _worker_crashed() from None
             self._record_stream(*outcome, attempt=attempt + 1)
+            events.emit(Event.STREAM_FINISHED, status="done", members=self.manifest.members.get("count"),
+                        findings=len(self.manifest.stream_findings))
             return
         self.manifest.stream = StreamState(StreamStatus.FAILED, attempt=2)
         loc = Location(self.source.uri, byte_range=(0, self.source.size))
         self.manifest.stream_findings = [Finding.of("SOURCE_READ_ERROR", loc, start=0, end=self.source.size,
                                                     error=error)]
+        events.emit(Event.STREAM_FINISHED, logging.ERROR, status="failed", error=error)
 
     def _stream_start(self) -> dict | None:
         """The checkpoint to go on from, or a fresh start with a new nonce. A checkpoint whose
@@ -373,7 +401,9 @@ class Run:
             checkpoint_every=SAVE_INTERVAL, checkpoint_from=self.limits.stop_offset,
             scan=self.scan if "pages" in options.layers else None, address="", authkey=b"")
         try:
-            with StreamChannel(self.pool, self.ref, task, self.stopping) as channel:
+            with StreamChannel(self.pool, self.ref, task, self.stopping,
+                               rescheduled=self.options.executor.is_dask,
+                               tcp=self.options.executor.is_remote) as channel:
                 for message in channel:
                     kind = message[0]
                     if kind == "members":
@@ -543,7 +573,9 @@ class Run:
         segments = self.manifest.segments
         if segments and all(s.status == "done" for s in segments):
             self.manifest.tree_root = raw.combine(leaf for s in segments for leaf in s.leaves)
-        self.manifest.status = "complete"
+        # ranges that could not be read (dead letters) leave it for resume to read again
+        unread = self.manifest.dead_letters or self.manifest.stream.status is StreamStatus.FAILED
+        self.manifest.status = "incomplete" if unread else "complete"
 
     # --- helpers -------------------------------------------------------------------------------
 

@@ -18,13 +18,13 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import UsageError, describe_error
+from .sources import is_remote, list_objects
+from .errors import UsageError
 from .layers import ALL_LAYERS
 from .layers.members import DIGESTS
+from .yamlfile import describe, mapping, line as node_line, text as text_of
 from .units import Budget, parse_budget, parse_duration, parse_size, parse_until, parse_window
 
-YAML_TAGS = {f"tag:yaml.org,2002:{name}" for name in
-             ("str", "int", "float", "bool", "null", "timestamp", "seq", "map")}
 TIME_LIMITS = ("deadline", "until", "window")  # a drill stops at one of them, at most
 REPORT_FIELDS = ("drill", "date")
 
@@ -59,6 +59,17 @@ class Plan:
     digest: str | None = None
     state_dir: Path | None = None  # absolute
     report: str | None = None  # an absolute path template, with {drill} and {date}
+    baseline: Path | None = None  # the CI gate's (absolute): a catalog or an archive
+    policy: Path | None = None
+    expect_file: Path | None = None
+    save_catalog: Path | None = None
+    executor: str | None = None  # local, dask://HOST:PORT, dask-local[:N]
+    retries: int | None = None  # object stores: api.remote_options
+    in_flight: int | None = None
+    request_timeout: float | None = None
+    retry_max_elapsed: float | None = None
+    breaker_threshold: int | None = None
+    breaker_cooldown: float | None = None
     line_of: dict[str, int] = field(default_factory=dict, compare=False, hash=False)  # "archives[0]" too
 
 
@@ -128,31 +139,26 @@ KEYS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "digest": ("text", _one_of(tuple(DIGESTS))),
     "state_dir": ("text", _path),
     "report": ("text", _report),
+    "baseline": ("text", _path),
+    "policy": ("text", _path),
+    "expect_file": ("text", _path),
+    "save_catalog": ("text", _path),
+    "executor": ("text", _path),
+    "retries": ("int", int),
+    "in_flight": ("int", int),
+    "request_timeout": ("text", parse_duration),
+    "retry_max_elapsed": ("text", parse_duration),
+    "breaker_threshold": ("int", int),
+    "breaker_cooldown": ("text", parse_duration),
 }
+GATE_KEYS = ("baseline", "policy", "expect_file", "save_catalog")
 
 
 def load_plan(path: str | Path) -> Plan:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"{path}: cannot read the plan: {describe_error(exc)}") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark, problem = exc.problem_mark or exc.context_mark, exc.problem or ""
-        if exc.context and (not problem or problem.startswith("but")):  # "but found another document"
-            problem = f"{exc.context}, {problem}" if problem else exc.context
-        raise PlanError(f"{path}:{mark.line + 1}: not valid YAML: {problem}") from None
-    except yaml.reader.ReaderError as exc:  # a control character, found before any token
-        line = text.count("\n", 0, exc.position) + 1
-        raise PlanError(f"{path}:{line}: not valid YAML: character #x{exc.character:04x}: {exc.reason}") from None
+    root = mapping(path, "plan", PlanError, "archives: ..., budget: ...")
     if root is None:
         raise PlanError(f"{path}: the plan is empty; it needs at least 'archives'")
-    _refuse_tags(root, path)
-    if not isinstance(root, yaml.MappingNode):
-        raise PlanError(f"{path}:{_line(root)}: a plan is a mapping of keys (archives: ..., budget: ...), "
-                        f"not {_describe(root)}")
     values: dict[str, Any] = {}
     line_of: dict[str, int] = {}
     for key_node, value_node in root.value:
@@ -169,7 +175,7 @@ def load_plan(path: str | Path) -> Plan:
         raise PlanError(f"{path}:{line}: '{key}' conflicts with '{first}' (line {first_line}): "
                         f"set at most one of {', '.join(TIME_LIMITS)}")
     base = path.absolute().parent
-    for key in ("state_dir", "report"):  # Path("/a") / "/b" is "/b": absolute paths stay as written
+    for key in ("state_dir", "report", *GATE_KEYS):  # Path("/a") / "/b" is "/b": absolute paths stay as written
         if key in values:
             values[key] = base / os.path.expanduser(values[key])
     if "report" in values:
@@ -179,9 +185,9 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def _key(node: yaml.Node, line_of: dict[str, int], path: Path) -> str:
-    key, line = node.value, _line(node)
+    key, line = node.value, node_line(node)
     if not isinstance(node, yaml.ScalarNode) or key not in KEYS:
-        shown = repr(key) if isinstance(node, yaml.ScalarNode) else _describe(node)
+        shown = repr(key) if isinstance(node, yaml.ScalarNode) else describe(node)
         raise PlanError(f"{path}:{line}: unknown key {shown} (known keys: {', '.join(sorted(KEYS))})")
     if key in line_of:  # YAML would silently keep the last one
         raise PlanError(f"{path}:{line}: duplicate key '{key}' (first at line {line_of[key]})")
@@ -196,69 +202,40 @@ def _value(key: str, node: yaml.Node, line_of: dict[str, int]) -> Any:
         raise UsageError(f"{option} has no value; give one or leave the key out")
     if kind == "int":
         if node.tag != "tag:yaml.org,2002:int" or not node.value.isdigit() or not int(node.value):
-            raise UsageError(f"{option} must be a positive integer, not {_describe(node)}")
+            raise UsageError(f"{option} must be a positive integer, not {describe(node)}")
         return parse(node.value)
     if kind == "text":
-        return parse(_text(node, option), option)
+        return parse(text_of(node, option), option)
     if not isinstance(node, yaml.SequenceNode):
-        raise UsageError(f"{option} must be a list, not {_describe(node)}")
+        raise UsageError(f"{option} must be a list, not {describe(node)}")
     if not node.value:
         raise UsageError(f"{option} is empty: {'list at least one archive' if key == 'archives' else 'leave it out'}")
     items = []
     for index, item in enumerate(node.value):
-        line_of[f"{key}[{index}]"] = _line(item)
+        line_of[f"{key}[{index}]"] = node_line(item)
         try:
-            items.append(parse(_text(item, f"{option} entries"), f"{option} entries"))
+            items.append(parse(text_of(item, f"{option} entries"), f"{option} entries"))
         except UsageError as exc:
-            raise _EntryError(str(exc), _line(item)) from None
+            raise _EntryError(str(exc), node_line(item)) from None
     return tuple(items)
 
 
-def _text(node: yaml.Node, option: str) -> str:
-    if not isinstance(node, yaml.ScalarNode):
-        raise UsageError(f"{option} must be a single value, not {_describe(node)}")
-    return node.value
-
-
-def _refuse_tags(root: yaml.Node, path: Path) -> None:
-    """Only YAML's plain types: a tag like !!python/object is refused, whatever key it is under."""
-    seen, todo = set(), [root]
-    while todo:
-        node = todo.pop()
-        if id(node) in seen:  # aliases share nodes, and may even loop
-            continue
-        seen.add(id(node))
-        if node.tag not in YAML_TAGS:
-            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            raise PlanError(f"{path}:{_line(node)}: YAML tag '{tag}' is not allowed in a plan")
-        if isinstance(node, yaml.SequenceNode):
-            todo.extend(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            todo.extend(part for pair in node.value for part in pair)
-
-
-def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
-
-
-def _describe(node: yaml.Node) -> str:
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    return f"the string {node.value!r}" if node.style in ("'", '"') else repr(node.value)
-
-
-def expand_archives(plan: Plan) -> tuple[list[Path], list[str]]:
-    """The regular files the plan's patterns match, and the patterns that matched none.
+def expand_archives(plan: Plan) -> tuple[list[Path | str], list[str]]:
+    """The regular files and objects the plan's patterns match, and the patterns that matched none.
 
     Relative patterns are read from the plan file's directory; ``**`` spans directories. Files
-    come in pattern order, sorted within a pattern, each once.
+    come in pattern order, sorted within a pattern, each once. An s3:// pattern is listed in
+    its bucket; another URI is taken as it is.
     """
     base = glob.escape(str(plan.path.absolute().parent))
-    found: dict[str, Path] = {}
+    found: dict[str, Path | str] = {}
     unmatched = []
     for pattern in plan.archives:
+        if is_remote(pattern):  # only s3:// lists; a '?' in a URL is its query, never a glob
+            uris = list_objects(pattern) if pattern.startswith("s3://") and glob.has_magic(pattern) else [pattern]
+            unmatched += [] if uris else [pattern]
+            found.update((uri, uri) for uri in uris if uri not in found)
+            continue
         expanded = os.path.expanduser(pattern)
         if not os.path.isabs(expanded):
             expanded = os.path.join(base, expanded)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,14 +13,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import events
 from .coverage import ArchiveCoverage, CoverageStore, iso, parse_iso, record_run, unverified_bytes
 from .drills import Drill, DrillArchive, DrillLock
+from .events import Event
 from .errors import ArchcheckError, SourceChanged, StateError, format_size
 from .findings import VERDICTS, Finding, verdict
+from .gate import GateOutcome, load_outcomes
 from .layers.detect import detect_format
 from .ledger import seal_report
 from .logs import link_parts
-from .manifest import Manifest, SegmentRecord, iter_members, load, write_atomic
+from .manifest import Manifest, SegmentRecord, StreamStatus, iter_members, load, write_atomic
 from .pipeline import ProgressCallback, Run, RunLimits, RunOptions
 from .reports import json_report
 from .scanners import ScanConfig
@@ -66,6 +70,8 @@ class DrillResult:
     notices: list[str] = field(default_factory=list)
     seal_error: str | None = None  # the verdict stands; sealing it failed (ExitCode.SEAL_FAILED)
     state_error: str | None = None  # the drill's state could not be saved at its end
+    gates: list[GateOutcome] = field(default_factory=list)  # the CI gate's judgment, when one ran
+    gate_failure: tuple[str, int] | None = None  # the gate could not judge: why, and its exit code
 
     @property
     def findings(self) -> list[Finding]:
@@ -95,6 +101,9 @@ class DrillResult:
             codes.append(ExitCode.SEAL_FAILED)
         if self.state_error:
             codes.append(ExitCode.STATE)
+        codes += [gate.exit_code for gate in self.gates]
+        if self.gate_failure:
+            codes.append(self.gate_failure[1])
         return combine(codes)
 
 
@@ -103,8 +112,13 @@ class DrillRunner:
 
     def __init__(self, drill: Drill, options: RunOptions, deadline: datetime | None,
                  on_progress: ProgressCallback | None, on_notice: NoticeCallback | None,
-                 now: Callable[[], datetime] | None, recheck: bool = True):
+                 now: Callable[[], datetime] | None, recheck: bool = True,
+                 gate: Callable[[DrillResult], tuple[str, int] | None] | None = None):
+        """``gate``: judges the drill's result when the run ends, before the report is sealed
+        (it saves its outcomes beside the drill); returns why it could not, if it could not."""
         self.drill, self.options, self.on_progress = drill, options, on_progress
+        self.gate = gate
+        self.gate_failure: tuple[str, int] | None = None
         self.recheck = recheck  # read again what earlier runs verified
         self.now = now or (lambda: datetime.now(timezone.utc))
         self.notices: list[str] = []
@@ -113,6 +127,7 @@ class DrillRunner:
         self.seal_error: str | None = None
         self.state_error: str | None = None
         self.on_notice = on_notice or (lambda text: None)
+        self.ran: tuple | None = None  # the archive just run: (Verification, bytes verified, seconds)
         self.coverage = CoverageStore(drill.root)
         self.backups = [Backup(b["folder"], tuple(b["archives"])) for b in drill.backups]
         self.deadline = None
@@ -141,9 +156,19 @@ class DrillRunner:
 
     def notice(self, text: str) -> None:
         self.notices.append(text)
+        with events.bound(drill=self.drill.id):  # some come before the run
+            events.emit(Event.NOTICE, logging.WARNING if text.startswith("warning") else logging.INFO, message=text)
         self.on_notice(text)
 
     def run(self) -> DrillResult:
+        with events.bound(drill=self.drill.id):
+            result = self._run()
+            events.emit(Event.DRILL_FINISHED, logging.INFO if result.verdict == "intact" else logging.ERROR,
+                        status=result.drill.status, verdict=result.verdict, exit_code=int(result.exit_code),
+                        archives=len(result.verifications))
+        return result
+
+    def _run(self) -> DrillResult:
         drill = self.drill
         if drill.status in SEALABLE:  # ended: its report is sealed, and stays as sealed
             with DrillLock(drill):
@@ -155,6 +180,8 @@ class DrillRunner:
             if lock.previous:
                 self.notice(f"took over {drill.id} from a runner that is gone ({lock.previous})")
             started = time.monotonic()
+            events.emit(Event.DRILL_STARTED, status="running", archives=len(drill.archives), run=len(drill.runs) + 1,
+                        layers=list(self.options.layers))
             drill.runs.append({"started": iso(self.now()), "ended": None, "status": "running"})
             drill.status = "running"
             drill.save()
@@ -188,8 +215,12 @@ class DrillRunner:
     def _run_archive_or_fail(self, entry: DrillArchive, cov: ArchiveCoverage) -> None:
         """Whatever stops one archive is recorded on it, and the drill goes on: an error in a
         later archive never hides an earlier one's verdict."""
+        self.ran = None
+        raised = True
         try:
-            self._run_archive(entry, cov)
+            with events.bound(archive=entry.path):
+                self._run_archive(entry, cov)
+            raised = False
         except SourceChanged as exc:
             entry.status, entry.note, entry.exit_code = "changed", f"it changed {exc.what}", None
         except ArchcheckError as exc:
@@ -199,6 +230,12 @@ class DrillRunner:
                 raise
             entry.status, entry.exit_code = "failed", int(ExitCode.INTERNAL)
             entry.note = f"internal error: {type(exc).__name__}: {exc} (set ARCHCHECK_DEBUG=1 for details)"
+        with events.bound(archive=entry.path):  # after the outcome is known, whatever ended the run
+            if self.ran is not None and not raised:
+                _log_outcome(entry, *self.ran)
+            else:
+                events.emit(Event.ARCHIVE_FINISHED, logging.ERROR, status=entry.status, note=entry.note,
+                            exit_code=entry.exit_code)
         if entry.status in ("failed", "changed"):
             self.notice(f"{entry.path}: {entry.note}")
 
@@ -230,7 +267,7 @@ class DrillRunner:
         return todo
 
     def _identity(self, entry: DrillArchive) -> ArchiveIdentity:
-        return asyncio.run(open_source(entry.path).identity())
+        return asyncio.run(open_source(entry.path, self.options.remote).identity())
 
     def _predict(self, todo: list) -> None:
         """Warn when earlier drills' throughput says the work will not fit the time given."""
@@ -245,7 +282,7 @@ class DrillRunner:
                         "the drill will stop when time is up and can be resumed")
 
     def _run_archive(self, entry: DrillArchive, cov: ArchiveCoverage) -> None:
-        source = open_source(entry.path)
+        source = open_source(entry.path, self.options.remote)
         identity = asyncio.run(source.identity())
         path = self.drill.manifest_path(entry)
         manifest = self._manifest(entry, source, identity, cov, path)
@@ -263,12 +300,20 @@ class DrillRunner:
         started = time.monotonic()
         entry.status = "running"
         self.drill.save()
+        events.emit(Event.ARCHIVE_STARTED, status="running", size=identity.size, format=manifest.format,
+                    segments=len(manifest.segments),
+                    segments_done=sum(r.status == "done" for r in manifest.segments))
         run = Run(source, manifest, path, self.options, self.on_progress, limits,
                   scan=self._scan_config(entry), recheck=self.recheck)
         try:
             asyncio.run(run.run())
         finally:
             entry.status = manifest.status
+            if manifest.status == "incomplete":  # the drill is resumable, for exactly what was not read
+                entry.status, entry.exit_code = "failed", int(ExitCode.INCOMPLETE)
+                entry.note = (f"{len(manifest.dead_letters)} segment(s) could not be read"
+                              + (" and the stream pass failed" if manifest.stream.status is StreamStatus.FAILED else "")
+                              + "; archcheck resume reads them again")
             since = cov.in_progress["since"]
             newly = 0
             if manifest.status == "changed":  # nothing verified, and no pass to go on with
@@ -282,6 +327,7 @@ class DrillRunner:
             if self.budget_bytes is not None:  # the share planned for it, or what it took to finish
                 self.budget_bytes -= (cov.size if manifest.status == "complete" else stop_offset) - start
             _update_throughput(self.drill.root, newly, time.monotonic() - started)
+            self.ran = (Verification(manifest, path), newly, time.monotonic() - started)
 
     def _manifest(self, entry: DrillArchive, source, identity: ArchiveIdentity, cov: ArchiveCoverage,
                   path: Path) -> Manifest:
@@ -323,6 +369,8 @@ class DrillRunner:
         except StateError as exc:  # the verdict is still printed and reported; not sealed unsaved
             self.state_error = str(exc)
             return
+        if self.gate is not None:  # judged before the seal, so the sealed report holds the gate
+            self.gate_failure = self.gate(self.result())
         self._seal()
 
     def _scan_config(self, entry: DrillArchive) -> ScanConfig:
@@ -373,6 +421,8 @@ class DrillRunner:
             drill.sealed = seal_report(drill.root, drill.id, pending.read_bytes(), self.now(),
                                        on_notice=self.notice).to_json()
             drill.save()
+            events.emit(Event.DRILL_SEALED, status="sealed", seq=drill.sealed["seq"],
+                        report=drill.sealed["report"], ledger_hash=drill.sealed["hash"])
         except StateError as exc:  # the verdict stands and is reported; only its seal is missing
             self.seal_error = f"{exc} (the drill's verdict stands; `archcheck audit repair` can finish the seal)"
             self.notice(f"sealing {drill.id}'s report failed: {self.seal_error}")
@@ -384,7 +434,14 @@ class DrillRunner:
             path = drill.manifest_path(entry)
             verifications.append((entry, Verification(load(path), path) if path.exists() else None))
         return DrillResult(drill, verifications, self._coverage_summary(), self.notices, self.seal_error,
-                           self.state_error)
+                           self.state_error, self._gates(), self.gate_failure)
+
+    def _gates(self) -> list[GateOutcome]:
+        try:
+            return load_outcomes(self.drill.folder)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.notice(f"the gate's outcomes of {self.drill.id} cannot be read ({exc}); run the gate again")
+            return []
 
     def _coverage_summary(self) -> dict:
         """Across the drill's archives: the bytes verified at least once, and how long ago the least
@@ -407,6 +464,18 @@ class DrillRunner:
                 "oldest_unverified_age_seconds": age}
 
 
+def _log_outcome(entry: DrillArchive, verification: Verification, newly: int, seconds: float) -> None:
+    """An archive's run as events: each finding, then the outcome."""
+    for finding in verification.findings:
+        level = logging.ERROR if finding.category.value == "corruption" else logging.WARNING
+        events.emit(Event.FINDING, level, code=finding.code, category=finding.category.value,
+                    severity=finding.severity.value, location=finding.location.to_json(), message=finding.message)
+    level = logging.INFO if verification.verdict == "intact" and entry.status != "failed" else logging.ERROR
+    events.emit(Event.ARCHIVE_FINISHED, level, status=entry.status, verdict=verification.verdict,
+                exit_code=entry.exit_code or verification.exit_code, findings=len(verification.findings),
+                bytes_verified=newly, seconds=round(seconds, 3), note=entry.note)
+
+
 def _rotation_key(cov: ArchiveCoverage) -> tuple:
     """Unfinished or never verified first (oldest seen first), then least recently verified."""
     if cov.in_progress or cov.complete is None:
@@ -416,7 +485,7 @@ def _rotation_key(cov: ArchiveCoverage) -> tuple:
 
 def _changes(before: ArchiveIdentity, now: ArchiveIdentity) -> str:
     names = {"size": "size", "mtime_ns": "modification time", "head_blake3": "first 64 KiB",
-             "tail_blake3": "last 64 KiB"}
+             "tail_blake3": "last 64 KiB", "version": "ETag or version"}
     changed = [label for key, label in names.items() if getattr(before, key) != getattr(now, key)]
     if not changed:
         return ""

@@ -13,7 +13,7 @@ class ExitCode(enum.IntEnum):
     CORRUPT = 1
     USAGE = 2
     INCOMPLETE = 3
-    # 4 is kept for a violated policy (the CI gate)
+    POLICY = 4
     UNUSABLE = 5
     BUSY = 6
     REFUSED = 7
@@ -32,6 +32,7 @@ MEANINGS = {  # one line each: --help shows them as they are
     ExitCode.CORRUPT: "corruption found (for audit verify: the ledger was tampered with)",
     ExitCode.USAGE: "usage error: a bad command line, option value or plan file",
     ExitCode.INCOMPLETE: "incomplete: not everything verified (resumable unless it changed)",
+    ExitCode.POLICY: "policy violated (the CI gate): nothing corrupt, but a rule of --policy is broken",
     ExitCode.UNUSABLE: "an archive cannot be opened or is not a format archcheck verifies",
     ExitCode.BUSY: "the drill is being run by another process",
     ExitCode.REFUSED: "resume refused: no such drill, or it has ended",
@@ -45,7 +46,8 @@ MEANINGS = {  # one line each: --help shows them as they are
 # Corruption is never hidden; then what stops archcheck from doing its job; incomplete last.
 # Every code is ranked (a test checks), so combining can never drop one.
 PRECEDENCE = (ExitCode.CORRUPT, ExitCode.INTERNAL, ExitCode.WORKER_FAILED, ExitCode.STATE, ExitCode.BUSY,
-              ExitCode.REFUSED, ExitCode.USAGE, ExitCode.SEAL_FAILED, ExitCode.UNUSABLE, ExitCode.INCOMPLETE,
+              ExitCode.REFUSED, ExitCode.USAGE, ExitCode.SEAL_FAILED, ExitCode.UNUSABLE, ExitCode.POLICY,
+              ExitCode.INCOMPLETE,
               ExitCode.INTACT)
 
 

@@ -34,19 +34,26 @@ class StreamStoppedHere(Exception):
 class StreamChannel:
     """Iterate for the worker's messages; leaving the block closes the channel."""
 
-    def __init__(self, pool: Executor, ref: SourceRef, task: StreamTask, stop: threading.Event):
-        self.pool, self.ref, self.stop = pool, ref, stop
+    def __init__(self, pool: Executor, ref: SourceRef, task: StreamTask, stop: threading.Event,
+                 rescheduled: bool = False, tcp: bool = False):
+        """``rescheduled``: the executor runs a task again when its worker dies (Dask), so a
+        worker that hangs up is a read to go on with from the checkpoint, not a failure.
+        ``tcp``: workers may be on other machines."""
+        self.pool, self.ref, self.stop, self.rescheduled = pool, ref, stop, rescheduled
         self.authkey = secrets.token_bytes(16)
         # an abstract socket: no path-length limit, nothing left on disk; the authkey guards it
-        self.address = f"\0archcheck-{secrets.token_hex(8)}"
-        self.task = dataclasses.replace(task, address=self.address, authkey=self.authkey)
+        self.address: Any = ((_routable_address(), 0) if tcp else f"\0archcheck-{secrets.token_hex(8)}")
+        self.family = "AF_INET" if tcp else "AF_UNIX"
+        self.task = task
         self.conn: Any = None
         self.future: Future | None = None
         self.listener: Listener | None = None
         self.stop_sent_at: float | None = None
 
     def __enter__(self) -> "StreamChannel":
-        self.listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
+        self.listener = Listener(self.address, family=self.family, authkey=self.authkey)
+        self.address = self.listener.address  # a TCP port is known once bound
+        self.task = dataclasses.replace(self.task, address=self.address, authkey=self.authkey)
         self.future = self.pool.submit(check_stream, self.ref, self.task)
         self.future.add_done_callback(lambda f: self._unblock())
         self.conn = self.listener.accept()
@@ -61,12 +68,14 @@ class StreamChannel:
             self.conn.close()
         if self.listener is not None:
             self.listener.close()
+        if self.rescheduled and self.future is not None:
+            self.future.cancel()  # a task the cluster would start again has nobody to talk to
 
     def _unblock(self) -> None:
         """If the worker ended without connecting, connect once so accept() returns."""
         if self.conn is None:
             try:
-                Client(self.address, family="AF_UNIX", authkey=self.authkey).close()
+                Client(self.address, family=self.family, authkey=self.authkey).close()
             except OSError:
                 pass
 
@@ -96,6 +105,8 @@ class StreamChannel:
 
     def _ended(self) -> Exception:
         """Why the worker stopped talking: killed (the pool breaks), failed, or hung up."""
+        if self.rescheduled and not self.future.done():
+            return OSError("the stream worker went away (its Dask worker died or was restarted)")
         try:
             exc = self.future.exception(timeout=WORKER_END_GRACE)
         except FutureTimeout:
@@ -109,3 +120,15 @@ class StreamChannel:
         if self.stop.is_set():
             return StreamStoppedHere()
         return DecoderFailed("the stream worker ended before the end of the archive")
+
+
+def _routable_address() -> str:
+    """This machine's address on the route out (no packet is sent): a Dask worker elsewhere
+    reaches the coordinator there; the authkey guards the port."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routed like any address, never answered
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"

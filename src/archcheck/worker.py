@@ -77,7 +77,7 @@ class StreamTask:
     """Run the stream check where the bytes are, reporting over ``address``."""
 
     uri: str
-    codec: str  # "tar" (none), "zstd" or "gzip"
+    codec: str  # "tar" (none), "zstd" or a stream codec ("gzip", "xz", "lz4", "bzip2")
     check_tar: bool
     digest: str | None
     max_window: int

@@ -4,9 +4,9 @@
 
 pub mod digest;
 pub mod finding;
-pub mod gzip;
 pub mod raw;
 pub mod scan;
+pub mod stream;
 pub mod tar;
 pub mod text;
 pub mod zstd;

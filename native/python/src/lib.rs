@@ -18,7 +18,7 @@ use archcheck_core::scan::listed::Listed;
 use archcheck_core::scan::postgres::DataDir;
 use archcheck_core::scan::{self, Router};
 use archcheck_core::tar::{self, ContentScanner, Member};
-use archcheck_core::gzip;
+use archcheck_core::stream;
 use archcheck_core::zstd::{decode, walk};
 
 create_exception!(_native, NativePanic, PyException, "The native core failed (a bug in archcheck).");
@@ -327,39 +327,42 @@ fn decode_into<T: Send>(py: Python<'_>, data: &Bound<'_, PyBytes>, start: usize,
 }
 
 /// Why a decoder stopped: (message, finding code, unit index, unit start, unit end), the unit
-/// being a zstd block or a gzip member, its offsets relative to the frame's first byte.
+/// being a zstd block or a stream's member (gzip member, xz stream, ...), its offsets relative to the frame's first byte.
 type DecodeFailure = (String, &'static str, Option<u64>, Option<u64>, Option<u64>);
 
-fn gzip_failure(e: gzip::GzipError) -> DecodeFailure {
+fn stream_failure(e: stream::StreamError) -> DecodeFailure {
     (e.message, e.code, Some(e.member), Some(e.start), Some(e.end))
 }
 
-/// Decodes a gzip file member after member, fed its bytes in order (formats.md 7).
+/// Decodes a gzip, xz, lz4 or bzip2 file member after member, fed its bytes in order
+/// (formats.md 7); the unit of an error is the member (gzip member, xz stream, ...).
 #[pyclass(module = "archcheck._native")]
-struct GzipDecoder {
-    inner: gzip::GzipDecoder,
+struct StreamDecoder {
+    inner: Box<dyn stream::StreamDecoder>,
 }
 
 #[pymethods]
-impl GzipDecoder {
+impl StreamDecoder {
     #[new]
-    fn new() -> Self {
-        GzipDecoder { inner: gzip::GzipDecoder::new() }
+    #[pyo3(signature = (codec, memory_limit, params=Vec::new()))]
+    fn new(codec: &str, memory_limit: u64, params: Vec<u64>) -> PyResult<Self> {
+        stream::decoder(codec, memory_limit, &params).map(|inner| StreamDecoder { inner })
+            .ok_or_else(|| PyValueError::new_err(format!("no stream decoder for {codec:?}")))
     }
 
-    /// As FrameDecoder.decode; the unit of an error is the gzip member.
+    /// As FrameDecoder.decode.
     fn decode(&mut self, py: Python<'_>, data: &Bound<'_, PyBytes>, start: usize, chunk: &Bound<'_, Chunk>)
         -> PyResult<(usize, bool, Option<DecodeFailure>)> {
         let inner = &mut self.inner;
         Ok(match decode_into(py, data, start, chunk, |input, out| inner.decode(input, out))? {
-            Ok(taken) => (taken, self.inner.finished(), None),
-            Err(e) => (0, false, Some(gzip_failure(e))),
+            Ok(taken) => (taken, self.inner.counts().finished, None),
+            Err(e) => (0, false, Some(stream_failure(e))),
         })
     }
 
     /// The file ends here: None after a whole member, else the member cut short.
     fn finish(&mut self) -> Option<DecodeFailure> {
-        self.inner.finish().err().map(gzip_failure)
+        self.inner.finish().err().map(stream_failure)
     }
 
     /// Bytes after the last member that are no member: (offset, length, non-zero bytes).
@@ -370,12 +373,49 @@ impl GzipDecoder {
 
     #[getter]
     fn members(&self) -> u64 {
-        self.inner.members
+        self.inner.counts().members
+    }
+
+    #[getter]
+    fn produced(&self) -> u64 {
+        self.inner.counts().produced
     }
 
     #[getter]
     fn consumed(&self) -> u64 {
-        self.inner.consumed()
+        self.inner.counts().consumed
+    }
+}
+
+/// The block and end-of-stream magics of a bzip2 file fed in order (stream::bzip2::BlockScan),
+/// the GIL released while it scans.
+#[pyclass(module = "archcheck._native")]
+struct Bzip2Scan {
+    inner: stream::bzip2::BlockScan,
+}
+
+#[pymethods]
+impl Bzip2Scan {
+    #[new]
+    fn new() -> Self {
+        Bzip2Scan { inner: stream::bzip2::BlockScan::default() }
+    }
+
+    fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        released(py, data, |bytes| inner.feed(bytes))
+    }
+
+    /// How many magics were found so far.
+    #[getter]
+    fn count(&self) -> usize {
+        self.inner.marks.len()
+    }
+
+    /// (is the end of a stream, its first bit, the CRC after it) of each magic found so far.
+    #[getter]
+    fn marks(&self) -> Vec<(bool, u64, u32)> {
+        self.inner.marks.iter().map(|m| (m.end, m.bit, m.crc)).collect()
     }
 }
 
@@ -393,15 +433,45 @@ impl Xxh64 {
     }
 
     fn update(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let input = Input::extract(data)?;
-        let bytes = input.bytes();
         let inner = &mut self.inner;
-        py.detach(|| inner.update(bytes));
-        Ok(())
+        released(py, data, |bytes| inner.update(bytes))
     }
 
     fn intdigest(&self) -> u64 {
         self.inner.digest()
+    }
+}
+
+/// `work` on the bytes of a buffer, the GIL released.
+fn released(py: Python<'_>, data: &Bound<'_, PyAny>, work: impl FnOnce(&[u8]) + Send) -> PyResult<()> {
+    let input = Input::extract(data)?;
+    let bytes = input.bytes();
+    py.detach(|| work(bytes));
+    Ok(())
+}
+
+/// A member digest (xxh3-128 or BLAKE3) over chunks, the GIL released: the same digests as the
+/// members log, for a whole file (the gate's expected checksums).
+#[pyclass(module = "archcheck._native")]
+struct ContentDigest {
+    inner: archcheck_core::digest::MemberDigest,
+}
+
+#[pymethods]
+impl ContentDigest {
+    #[new]
+    fn new(kind: &str) -> PyResult<Self> {
+        let kind = DigestKind::parse(kind).ok_or_else(|| value_error(format!("unknown digest {kind}")))?;
+        Ok(ContentDigest { inner: kind.start() })
+    }
+
+    fn update(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        released(py, data, |bytes| inner.update(bytes))
+    }
+
+    fn hexdigest(&self) -> String {
+        self.inner.hex()
     }
 }
 
@@ -665,8 +735,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
     m.add_class::<Chunk>()?;
     m.add_class::<FrameDecoder>()?;
-    m.add_class::<GzipDecoder>()?;
+    m.add_class::<StreamDecoder>()?;
+    m.add_class::<Bzip2Scan>()?;
     m.add_class::<Xxh64>()?;
+    m.add_class::<ContentDigest>()?;
     m.add_class::<TarWalker>()?;
     m.add_class::<Scanner>()?;
     m.add_function(wrap_pyfunction!(walk_frames, m)?)?;

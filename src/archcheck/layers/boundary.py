@@ -27,19 +27,19 @@ class Chunk(Protocol):
 
 
 class Decoder(Protocol):
-    """One zstd frame at a time (FrameDecoder), or a whole gzip file (GzipDecoder), fed
+    """One zstd frame at a time (FrameDecoder), or a whole gzip, xz, lz4 or bzip2 file (StreamDecoder), fed
     compressed pieces in order."""
 
     consumed: int  # compressed bytes of the frame taken in
-    trailing: Union[tuple[int, int, int], None]  # gzip: bytes after the last member (offset, length, non-zero)
+    trailing: Union[tuple[int, int, int], None]  # stream codecs: bytes after the last member (offset, length, non-zero)
 
     def decode(self, data: bytes, start: int, chunk: Chunk) -> tuple[int, bool, Union[tuple, None]]:
         """Decode ``data[start:]`` into the chunk's spare room: (input taken, frame finished,
         None or (message, finding code, unit index, unit start, unit end)), the unit being the
-        zstd block or gzip member that failed."""
+        zstd block or stream member (gzip member, xz stream, ...) that failed."""
 
     def finish(self) -> Union[tuple, None]:
-        """The input ends here: None, or the failure as ``decode`` gives it (a gzip member cut short)."""
+        """The input ends here: None, or the failure as ``decode`` gives it (a gzip member, xz stream, ... cut short)."""
 
 
 class Walker(Protocol):

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 from .. import _native
 from ..errors import SourceChanged
 from .boundary import Chunk, Decoder
+from ..codecs import UNITS
 from .zstd import Frame, unwalked_problem
 
 CHUNK = 4 * 1024 * 1024  # decoded bytes per chunk: fewer Python steps than bytes
@@ -72,8 +73,8 @@ class Event:
     io_error: str | None = None  # a read of the archive failed
     problem: tuple | None = None  # what the block walk found in a frame not walked before
     failure: Failure | None = None  # the decoder itself failed: the stream cannot go on
-    block: Block | None = None  # where the decoder failed (a zstd block, a gzip member)
-    trailing: tuple[int, int, int] | None = None  # bytes after the last gzip member: (offset, length, non-zero)
+    block: Block | None = None  # where the decoder failed (a zstd block, a gzip member, an xz stream, ...)
+    trailing: tuple[int, int, int] | None = None  # bytes after the last member of a stream codec: (offset, length, non-zero)
     lane: int = 0
 
 
@@ -163,8 +164,9 @@ class FrameDecoders:
                 if frame.kind == "raw":
                     self._read_plain(frame, lane)
                     continue
-                if frame.kind == "gzip":
-                    self._decode_frame(_native.GzipDecoder(), frame, lane)
+                if frame.kind in UNITS:
+                    self._decode_frame(_native.StreamDecoder(frame.kind, self.max_window, list(frame.params)),
+                                       frame, lane)
                     continue
                 if decoder is None:
                     decoder = _native.FrameDecoder(self.max_window, frame.header_length)
@@ -245,7 +247,7 @@ class FrameDecoders:
                     self._put(lane, Event(frame, chunk, len(chunk), pos))
                 else:
                     self.release(Event(frame, chunk, 0, pos, lane=lane))
-                failed = decoder.finish()  # a gzip file ends here: whole, or inside a member
+                failed = decoder.finish()  # a gzip (xz, ...) file ends here: whole, or inside a member
                 return (pos, *_failure(frame, failed)) if failed is not None else (pos, None, None)
             pos += len(data)
         return pos, None, None

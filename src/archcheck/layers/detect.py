@@ -3,28 +3,29 @@ from __future__ import annotations
 
 from ..errors import UnsupportedArchive
 from .. import _native
+from ..codecs import stream_codec
 from .zstd import is_zstd_start
 
 OTHER_FORMATS = [  # (magic, offset, name) of formats we recognise but do not verify
-    (b"BZh", 0, "bzip2"), (b"\xfd7zXZ\x00", 0, "xz"),
-    (b"\x04\x22\x4d\x18", 0, "lz4"), (b"7z\xbc\xaf\x27\x1c", 0, "7-Zip"), (b"PK\x03\x04", 0, "zip"),
-    (b"\x89LZO", 0, "lzop"), (b"SQLite format 3\x00", 0, "an SQLite database"),
+    (b"\x02\x21\x4c\x18", 0, "legacy lz4 (lz4 -l)"), (b"7z\xbc\xaf\x27\x1c", 0, "7-Zip"),
+    (b"PK\x03\x04", 0, "zip"), (b"\x89LZO", 0, "lzop"), (b"SQLite format 3\x00", 0, "an SQLite database"),
 ]
 
 
-GZIP_MAGIC = b"\x1f\x8b"  # ID1 ID2 (a method other than deflate is the header's damage, said by the decoder)
-SUPPORTED = ".tar, .tar.zst, .zst, .tar.gz and .gz"
+SUPPORTED = "tar, alone or compressed with zstd, gzip, xz, lz4 or bzip2"
 
 
 def detect_format(head: bytes, name: str) -> str:
-    """'zstd', 'gzip' or 'tar' from the first bytes; UnsupportedArchive with one clear line otherwise."""
+    """'zstd', a stream codec ('gzip', 'xz', 'lz4', 'bzip2') or 'tar' from the first bytes;
+    UnsupportedArchive with one clear line otherwise."""
+    codec = stream_codec(head)  # before zstd: an lz4 file may start with a skippable frame
+    if codec is not None:  # damage in the rest of the header is the decoder's to name
+        return codec.name
     if is_zstd_start(head):
         return "zstd"
-    if head[:2] == GZIP_MAGIC:
-        return "gzip"
     if _native.is_tar_header(head[:512]) or head[257:262] == b"ustar" or head[:1024] == bytes(1024):
         return "tar"  # the last: an empty archive is just its end marker
     for magic, offset, label in OTHER_FORMATS:
         if head[offset:offset + len(magic)] == magic:
-            raise UnsupportedArchive(f"{name} is {label}, not zstd, gzip or tar; archcheck verifies {SUPPORTED}")
-    raise UnsupportedArchive(f"{name} is not a zstd, gzip or tar archive (unrecognised first bytes); archcheck verifies {SUPPORTED}")
+            raise UnsupportedArchive(f"{name} is {label}, not a format archcheck reads; archcheck verifies {SUPPORTED}")
+    raise UnsupportedArchive(f"{name} is not an archive archcheck knows (unrecognised first bytes); archcheck verifies {SUPPORTED}")

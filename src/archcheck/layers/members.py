@@ -20,9 +20,19 @@ class Member(NamedTuple):
     digest: str | None  # None when the content could not be read whole (or digests are off)
     linkname: str = ""
     sparse_size: int | None = None  # logical size of a sparse file
+    uid: int = 0  # the owner, as the header (or a pax record) gives it
+    gid: int = 0
+    uname: str = ""
+    gname: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self._asdict().items() if v not in (None, "") or k == "digest"}
+
+    @property
+    def owner(self) -> str:
+        """uid:gid, with the names when the archive gives them (as tar -tv shows)."""
+        names = f" ({self.uname}:{self.gname})" if self.uname or self.gname else ""
+        return f"{self.uid}:{self.gid}{names}"
 
 
 MEMBER_FIELDS = list(Member._fields)

@@ -21,6 +21,7 @@ def leaf_digests(reader: Any, offset: int, length: int) -> list[str]:
     cut short mid-read is a short read, never a crash), hashed by the core with the GIL released.
     A short read is an error: the bytes are not there."""
     digests: list[str] = []
+    reader.expect(offset, offset + length)
     for start in range(offset, offset + length, READ_LEAVES * LEAF_SIZE):
         want = min(READ_LEAVES * LEAF_SIZE, offset + length - start)
         data = reader.pread(start, want)

@@ -17,12 +17,14 @@ from typing import Any, Callable
 
 from .. import _native
 from ..errors import format_size
-from ..findings import Category, Finding, Findings, Location
+from ..findings import CATALOGUE, Category, Finding, Findings, Location
 from ..scanners import ScanConfig, scan_handoff
 from ..scanners.policy import DatabasePolicy
 from .boundary import Walker
+from ..codecs import STREAM_CODECS, UNITS
 from .decoding import CHUNK, DEPTH, Event, FrameDecoders
-from .zstd import DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, walk_frames
+from . import bzip2, xz
+from .zstd import CONTENT_KINDS, DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, walk_frames
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")
@@ -31,13 +33,13 @@ RAW_PIECE = 16 * 1024 * 1024
 CHECKPOINT_SHARE = 0.02  # of the run's time, at most, spent taking checkpoints
 READ_APPROXIMATION = 128 * 1024  # where no block is known, a range this far back from the input read
 BLOCK = 512
-GZIP_CONTENT_MISMATCH = ("GZIP_CRC_MISMATCH", "GZIP_SIZE_MISMATCH")  # the member decoded; its content is wrong
 MembersCallback = Callable[[bytes, int], None]
+BLOCK_WALKS = {"xz": xz.walk_blocks, "bzip2": bzip2.walk_blocks}  # blocks found without decoding
 
 
 @dataclass(frozen=True)
 class StreamResult:
-    format: str  # "tar", "tar+zstd", "zstd", "tar+gzip" or "gzip"
+    format: str  # "tar", or "tar+CODEC" or "CODEC" for zstd and the stream codecs (gzip, xz, lz4, bzip2)
     frames: int
     skippable_frames: int
     checksummed_frames: int
@@ -73,7 +75,7 @@ class StreamCheck:
                  stop: threading.Event | None = None, scan: ScanConfig | None = None):
         self.reader, self.uri = reader, uri
         self.threads, self.depth, self.chunk = threads, depth, chunk
-        self.codec, self.check_tar, self.max_window = codec, check_tar, max_window  # codec: tar, zstd, gzip
+        self.codec, self.check_tar, self.max_window = codec, check_tar, max_window  # codec: tar, zstd or a stream codec
         self.compressed = codec != "tar"
         self.on_progress = on_progress or (lambda done: None)
         self.on_members = on_members or (lambda line, count: None)
@@ -126,16 +128,19 @@ class StreamCheck:
     def run(self) -> StreamResult:
         if self.codec == "zstd":
             frames = walk_frames(self.reader, self.uri, self.max_window, self.findings)
-        elif self.codec == "gzip":  # members are found only by decoding them: one frame of the whole file
-            frames = [Frame(0, "gzip", 0, self.reader.size)]
+        elif self.codec in STREAM_CODECS:  # members are found only by decoding them: one frame of the whole file
+            # (but the blocks of an xz or bzip2 file can be found: those of many decode in parallel)
+            walk = BLOCK_WALKS.get(self.codec)
+            frames = (walk(self.reader) if walk else None) or [Frame(0, self.codec, 0, self.reader.size)]
         else:  # pieces of a plain file, so several threads read ahead in parallel
             frames = [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
                       for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
         self.frames = frames
         self._frame_facts(frames)
+        self._unchecked_stream()
         broken = {f.location.frame: i for i, f in enumerate(self.findings)
                   if f.category in STRUCTURAL and _loses_content(f, frames)}
-        content_frames = [f for f in frames if f.kind in ("zstd", "raw", "gzip")]
+        content_frames = [f for f in frames if f.kind in CONTENT_KINDS]
         self.content_frames = len(content_frames)
         self.walk_findings = len(self.findings)
         if self.resume_from is not None:
@@ -220,6 +225,15 @@ class StreamCheck:
         for code, details in self.policy.summaries(datadirs):
             decided.append(Finding.of(code, Location(self.uri), **details))
         self.findings = decided
+
+    def _unchecked_stream(self) -> None:
+        """An xz or lz4 file written without its integrity check (the first stream's or frame's
+        header says), as ZSTD_NO_CHECKSUM says it of zstd frames."""
+        head = self.reader.pread(0, 8) if self.codec in ("xz", "lz4") else b""
+        if self.codec == "xz" and len(head) >= 8 and head[7] & 0x0F == 0:
+            self.findings.append(Finding.of("XZ_NO_CHECK", Location(self.uri, byte_range=(0, 12))))
+        elif self.codec == "lz4" and len(head) >= 5 and not head[4] & 0x14:  # no content nor block checksum
+            self.findings.append(Finding.of("LZ4_NO_CHECKSUM", Location(self.uri, byte_range=(0, 7))))
 
     def _add_effect(self, cause_index: int, effect: Finding) -> None:
         cause = self.findings[cause_index]
@@ -374,10 +388,10 @@ class StreamCheck:
             if structural is None:  # over the findings limit: still, the frame's content is lost
                 self._lost(frame, event, None, code, **details)
                 return
-        if event.trailing is not None and event.trailing[2]:  # zeros (tape padding) gzip accepts silently
-            at, length, nonzero = event.trailing
-            self.findings.append(Finding.of("GZIP_TRAILING_DATA", Location(self.uri, byte_range=(at, at + length)),
-                                            length=length, nonzero=nonzero))
+        if event.trailing is not None and (event.trailing[2] or not UNITS[frame.kind].zeros_ignored):
+            at, length, nonzero = event.trailing  # zeros (tape padding) gzip and bzip2 accept silently
+            self.findings.append(Finding.of(UNITS[frame.kind].trailing_code,
+                                            Location(self.uri, byte_range=(at, at + length)), length=length, nonzero=nonzero))
         if event.error is not None:
             self._decode_failed(frame, event, frame_start, structural)
             return
@@ -396,18 +410,33 @@ class StreamCheck:
 
     def _decode_failed(self, frame: Frame, event: Event, frame_start: int, structural: int | None) -> None:
         code = event.error_code
+        if (frame.kind in UNITS and UNITS[frame.kind].block and CATALOGUE[code].category is not Category.CORRUPTION
+                and any(f.code == code for f in self.findings)):
+            if self.walker:  # every block of a file over the limit is: said once
+                self.walker.lost(self.uoff)
+            self.upstream_lost = True
+            return
         if code == "ZSTD_CHECKSUM_MISMATCH":
             self._content_mismatch(frame, code, frame_start)
             if self.walker:  # the decoder withholds its last piece of output on this error
                 self.walker.lost(self.uoff)
                 self.upstream_lost = True
-        elif code in GZIP_CONTENT_MISMATCH:  # every byte came out; which of them is wrong is unknown
-            member = event.block
+        elif frame.kind in UNITS and code in UNITS[frame.kind].content_mismatch:
+            # every byte came out; which of them is wrong is unknown
+            member, codec = event.block, UNITS[frame.kind]
             self._content_mismatch(frame, code, frame_start, byte_range=(member.start, member.end),
-                                   gzip_member=member.index, detail=event.error)
-            if self.walker and member.end < frame.end:  # gzip -d stops here: the members after are lost
+                                   **{codec.detail_key: member.index}, detail=event.error)
+            if self.walker and member.end < frame.end:  # the tool stops here: the members after are lost
                 self.walker.lost(self.uoff)
                 self.upstream_lost = True
+        elif frame.kind in UNITS:
+            # a member's output is checked only at its end: tar damage in it is this failure's effect
+            effects = self._take_tar_effects(frame_start)
+            before = len(self.findings)
+            self._lost(frame, event, structural, code, error=event.error)
+            if len(self.findings) > before:
+                for effect in effects:
+                    self._add_effect(before, effect)
         else:
             self._lost(frame, event, structural, code, error=event.error)
 
@@ -423,12 +452,12 @@ class StreamCheck:
             return
         if event.block is not None:
             byte_range = (event.block.start, event.block.end)
-            details["gzip_member" if frame.kind == "gzip" else "block"] = event.block.index
+            details[UNITS[frame.kind].detail_key if frame.kind in UNITS else "block"] = event.block.index
         else:
             start = max(frame.offset, (self.spans[-1][4] if self.spans and self.spans[-1][2] == frame.index
                                        else frame.offset) - READ_APPROXIMATION)
             byte_range = (start, max(start, event.compressed_pos))
-        if self.walker:
+        if self.walker and CATALOGUE[code].category is Category.CORRUPTION:  # not a memory limit
             details["restore_loses"] = self._loss(frame, member, member_offset)
         loc = Location(self.uri, byte_range=byte_range, frame=self._numbered(frame.index), **context)
         before = len(self.findings)
@@ -440,9 +469,10 @@ class StreamCheck:
         """What a restore of this archive loses: the member cut here, and every member after it
         to the end of the frame (of the archive, for a single frame)."""
         cut = f"{member} from byte {member_offset or 0} on" if member else "what follows"
-        if self.content_frames <= 1:
+        if self.content_frames <= 1 or frame.kind in UNITS:  # xz -d, bzip2 -d stop at a bad block
             return f"{cut}, and every member after it to the end of the archive"
-        return f"{cut}, and every member after it to the end of frame {frame.index} (archive bytes {frame.offset}-{frame.end})"
+        unit = UNITS[frame.kind].unit if frame.kind in UNITS else "frame"
+        return f"{cut}, and every member after it to the end of {unit} {frame.index} (archive bytes {frame.offset}-{frame.end})"
 
     def _name_recoveries(self) -> None:
         """Where the walk found members again after each loss: the first whole member after it."""
@@ -467,12 +497,7 @@ class StreamCheck:
                        uncompressed_offset=frame_start, member=only)
         if members:
             details["members"] = tuple(members[:10]) + ((f"... {total - len(members[:10])} more",) if total > 10 else ())
-        effects: list[Finding] = []
-        if self.walker:  # tar damage in or right after a bad frame is that frame's damage
-            self._drain_walker()
-            recent = self.findings[self.findings_at_frame_start:]
-            effects = [f for f in recent if _is_tar_damage(f) and frame_start <= f.location.uncompressed_offset]
-            self.findings[self.findings_at_frame_start:] = [f for f in recent if f not in effects]
+        effects = self._take_tar_effects(frame_start)
         before = len(self.findings)
         self.findings.append(Finding.of(code, loc, **details))
         if len(self.findings) > before:  # kept, not over the findings limit
@@ -480,10 +505,21 @@ class StreamCheck:
             for effect in effects:
                 self._add_effect(before, effect)
 
+    def _take_tar_effects(self, frame_start: int) -> list[Finding]:
+        """Tar damage in or right after a bad frame is that frame's damage: taken out of the
+        findings, to be listed on the frame's."""
+        if not self.walker:
+            return []
+        self._drain_walker()
+        recent = self.findings[self.findings_at_frame_start:]
+        effects = [f for f in recent if _is_tar_damage(f) and frame_start <= f.location.uncompressed_offset]
+        self.findings[self.findings_at_frame_start:] = [f for f in recent if f not in effects]
+        return effects
+
     def _numbered(self, frame: int) -> int | None:
-        """A frame's index for a location: a gzip file is one frame of archcheck's making, not
-        the format's, so its findings name the gzip member instead."""
-        return None if self.codec == "gzip" else frame
+        """A frame's index for a location: a gzip (xz, ...) file is one frame of archcheck's
+        making, not the format's, so its findings name the member instead."""
+        return None if self.codec in STREAM_CODECS else frame
 
     def _place(self, finding: Finding, start: int, end: int) -> Finding:
         """Give a walker finding its archive byte range and frame."""
@@ -491,7 +527,9 @@ class StreamCheck:
             return finding.with_location(byte_range=(start, max(end, start)))
         for u0, u1, frame, c0, c1 in reversed(self.spans):
             if u0 <= start < u1 or (start == u1 == self.uoff):
-                return finding.with_location(byte_range=(max(0, c0 - READ_APPROXIMATION), c1),
+                # the read-ahead allowance stays within the frame the location names
+                first = self.frames[frame].offset if frame < len(self.frames) else 0
+                return finding.with_location(byte_range=(max(first, c0 - READ_APPROXIMATION), c1),
                                              frame=self._numbered(frame))
         return finding
 

@@ -12,10 +12,12 @@ from typing import Any
 
 from .. import _native
 from ..findings import Finding, Findings, Location
+from ..codecs import UNITS
 
 ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_MASK, SKIPPABLE_BASE = 0xFFFFFFF0, 0x184D2A50
 DEFAULT_MAX_WINDOW = 1 << 31
+CONTENT_KINDS = ("zstd", "raw", *UNITS)  # frames that hold content
 FORMAT_WINDOW_MAX = 1 << 31  # windowLog 31: the most zstd makes or decodes (ZSTD_WINDOWLOG_MAX_64)
 LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it `zstd -d` needs --long
 
@@ -23,7 +25,7 @@ LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it `zstd -d` 
 @dataclass(frozen=True, slots=True)  # slots: an archive can have a million frames
 class Frame:
     index: int
-    kind: str  # "zstd", "skippable", "seek_table", "raw" (an uncompressed pseudo-frame), "gzip" (a whole gzip file)
+    kind: str  # "zstd", "skippable", "seek_table", "raw" (an uncompressed pseudo-frame), or a stream codec (a whole gzip, xz, ... file)
     offset: int
     end: int  # where the next frame starts (or where a broken frame's bytes stop)
     window: int = 0
@@ -36,10 +38,11 @@ class Frame:
     walked: bool = True  # False: its end came from pzstd's size note; the decoder walks its blocks
     window_ok: bool = True  # False: a damaged window, or one over --max-window: not decoded
     header_length: int = 0
+    params: tuple[int, ...] = ()  # what its decoder needs besides the bytes (an xz block's index record)
 
     @property
     def decodable(self) -> bool:
-        return self.kind in ("zstd", "raw", "gzip") and self.dictionary_id == 0 and self.window_ok
+        return self.kind in CONTENT_KINDS and self.dictionary_id == 0 and self.window_ok
 
 
 def is_zstd_start(head: bytes) -> bool:

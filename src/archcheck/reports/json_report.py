@@ -36,6 +36,7 @@ def build(manifest: Manifest, manifest_path: Path | None = None) -> dict[str, An
             "segments": len(segments),
             "segments_verified": sum(s.status == "done" for s in segments),
             "segment_reads_retried": sum(s.attempt > 1 for s in segments),
+            "dead_letters": manifest.dead_letters,
             "stream": {k: v for k, v in manifest.stream.to_json().items() if k not in ("nonce", "checkpoint")},
             "findings": dict(Counter(f.category.value for f in findings)),
             "resumes": manifest.resumes,
@@ -51,11 +52,15 @@ def build_drill(result: Any) -> dict[str, Any]:
     """The drill's head: everything but the archives."""
     from .. import __version__
     drill = result.drill
-    return {"schema": SCHEMA, "version": VERSION, "archcheck_version": __version__, "drill": drill.id,
+    head = {"schema": SCHEMA, "version": VERSION, "archcheck_version": __version__, "drill": drill.id,
             "status": drill.status, "verdict": result.verdict, "exit_code": result.exit_code,
             "started": drill.created, "finished": drill.updated, "plan": drill.plan, "limits": drill.limits,
             "coverage": result.coverage, "runs": drill.runs,
             "findings": sorted((f.to_json() for f in result.findings), key=_sort_key)}
+    if getattr(result, "gates", None) or getattr(result, "gate_failure", None):
+        head["gates"] = [gate.to_json() for gate in result.gates]
+        head["gate_failure"] = result.gate_failure[0] if result.gate_failure else None
+    return head
 
 
 def _archive_entry(entry: Any, verification: Any) -> dict[str, Any]:

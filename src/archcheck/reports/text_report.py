@@ -7,8 +7,11 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from ..codecs import STREAM_CODECS
 from ..errors import format_size, plural
 from ..findings import Finding, Severity, verdict
+from ..diff import Comparison
+from ..gate import GateOutcome, GatedFinding
 from ..manifest import Manifest
 from . import safe_text
 
@@ -30,8 +33,9 @@ def where(finding: Finding) -> str:
     details = dict(finding.details)
     if details.get("block") is not None and loc.frame is not None:
         parts.append(f"zstd block {details['block']}")
-    if details.get("gzip_member") is not None:
-        parts.append(f"gzip member {details['gzip_member']}")
+    for codec in STREAM_CODECS.values():
+        if details.get(codec.detail_key) is not None:
+            parts.append(f"{codec.unit} {details[codec.detail_key]}")
     if loc.uncompressed_offset is not None and loc.byte_range is not None and (
             loc.frame is not None or loc.uncompressed_offset != loc.byte_range[0]):  # in a plain tar they agree
         parts.append(f"uncompressed offset {loc.uncompressed_offset}")
@@ -86,6 +90,9 @@ def render_drill(console: Console, result: Any, report_path: Path | None = None,
             if quiet and len(result.verifications) > 1:  # say which archive each verdict is for
                 console.print(Text("archive   ").append(safe_text(entry.path), style="bold"))
             render(console, verification.manifest, verification.manifest_path, quiet=quiet)
+            for gate in result.gates:
+                if gate.archive == verification.manifest.archive.uri:
+                    render_gate(console, gate, quiet)
         if verification is None or (failed and verification.manifest.status != entry.status):
             if failed or not quiet:  # why an archive has no verdict is never left out
                 console.print(Text("archive   ").append(safe_text(entry.path), style="bold")
@@ -117,6 +124,44 @@ def render_drill(console: Console, result: Any, report_path: Path | None = None,
         console.print(Text(f"report    {safe_text(str(report_path))}"))
 
 
+def render_gate(console: Console, gate: GateOutcome, quiet: bool = False) -> None:
+    """The CI gate's rules, each passed or failed, and what it found against the baseline."""
+    if not gate.rules:
+        return
+    failed = [rule for rule in gate.rules if not rule.passed]
+    verdict_text = "PASSED" if gate.passed else f"FAILED (exit {int(gate.exit_code)})"
+    line = Text("gate      ").append(verdict_text, style="bold green" if gate.passed else "bold red")
+    if gate.policy:
+        line.append(f"  policy {safe_text(gate.policy)}")
+    console.print(line)
+    for rule in gate.rules:
+        if quiet and rule.passed:
+            continue
+        console.print(Text(f"  {'pass' if rule.passed else 'FAIL':<5}", style="green" if rule.passed else "red")
+                      .append(f"{rule.rule:<12} {safe_text(rule.detail)}"))
+    shown = [f for rule in gate.rules for f in rule.findings
+             if not quiet or rule in failed or f.severity is not Severity.INFO]
+    _render_findings(console, shown)
+
+
+def render_comparison(console: Console, comparison: Comparison) -> None:
+    """``archcheck diff``: the counts by class, then what names the members."""
+    diff = comparison.summary
+    line = Text("baseline  ").append(safe_text(diff.baseline), style="bold")
+    line.append(f"  ({plural(diff.members[0], 'member')}, {format_size(diff.content_bytes[0])})")
+    console.print(line)
+    console.print(Text(f"this      {plural(diff.members[1], 'member')}, {format_size(diff.content_bytes[1])}"))
+    counts = [f"{n} {kind}" for kind, n in (("identical", diff.identical), ("added", diff.added),
+                                            ("removed", diff.removed), ("modified", diff.modified),
+                                            ("suspicious", diff.suspicious), ("uncompared", diff.uncompared)) if n]
+    counts += [f"{kind} drift on {n}" for kind, n in sorted(diff.drift.items())]
+    verdict_text = ("SUSPICIOUS" if diff.suspicious else "CHANGED" if not diff.same_content
+                    else "DRIFT" if diff.drift else "IDENTICAL")
+    style = {"SUSPICIOUS": "bold red", "CHANGED": "bold yellow"}.get(verdict_text, "bold green")
+    console.print(Text("diff      ").append(verdict_text, style=style).append(f"  ({', '.join(counts) or 'empty'})"))
+    _render_findings(console, comparison.findings)
+
+
 def _age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -124,13 +169,18 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def _render_findings(console: Console, findings: list[Finding]) -> None:
-    shown = sorted(findings, key=lambda f: (list(Severity).index(f.severity),
-                                            (f.location.byte_range or (0,))[0]))
-    for finding in shown[:SHOWN]:
+def _render_findings(console: Console, findings: list[Finding] | list[GatedFinding]) -> None:
+    """Findings, or findings as the gate weighs them (a waiver's severity, and whose it is)."""
+    weighed = [f if isinstance(f, GatedFinding) else GatedFinding(f, f.severity) for f in findings]
+    shown = sorted(weighed, key=lambda w: (list(Severity).index(w.severity),
+                                           (w.finding.location.byte_range or (0,))[0]))
+    for item in shown[:SHOWN]:
+        finding = item.finding
         text = Text("  ")
-        text.append(f"{finding.severity.value:<7} {finding.code}", style=SEVERITY_STYLES[finding.severity])
+        text.append(f"{item.severity.value:<7} {finding.code}", style=SEVERITY_STYLES[item.severity])
         text.append(f"  {safe_text(finding.message)}")
+        if item.waiver:
+            text.append(f" (waived: {safe_text(item.waiver)})", style="dim")
         place = where(finding)
         if place:
             text.append(f"\n          {place}", style="dim")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..sources import is_remote
 from ..errors import SourceError, UsageError
 from ..findings import Finding, Location
 from . import ScanConfig
@@ -82,7 +83,7 @@ def expand(paths: Iterable[Path]) -> tuple[list[Path], list[Backup]]:
     """Archives to verify, with each pg_basebackup directory replaced by its tar archives."""
     archives, backups = [], []
     for path in paths:
-        if not path.is_dir():
+        if is_remote(path) or not path.is_dir():
             archives.append(path)
             continue
         if not (path / "backup_manifest").is_file():

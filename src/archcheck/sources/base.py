@@ -15,6 +15,7 @@ class ArchiveIdentity:
     mtime_ns: int
     head_blake3: str  # first 64 KiB
     tail_blake3: str  # last 64 KiB
+    version: str = ""  # an object's ETag and version id ("etag:... version:..."); "" for a file
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -55,6 +56,9 @@ class RangeReader(Protocol):
 
     size: int
 
+    def expect(self, start: int, end: int) -> None:
+        """The reads to come are in [start, end) (a remote reader reads ahead within it)."""
+
     def pread(self, offset: int, length: int) -> bytes: ...
 
     def readinto(self, offset: int, buffer: bytearray | memoryview) -> int: ...
@@ -84,6 +88,7 @@ class Source(Protocol):
 
     def ref(self) -> SourceRef: ...
 
-    def changes(self) -> str:
-        """How the archive differs from when it was opened ("" when it does not)."""
+    def changes(self, fresh: bool = True) -> str:
+        """How the archive differs from when it was opened ("" when it does not). ``fresh=False``:
+        a periodic look, which a remote source may answer from its last request."""
         ...

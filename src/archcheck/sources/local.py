@@ -24,7 +24,7 @@ ID_PROBE = 64 * 1024
 # a test's way to make reading slow, so what depends on time (budgets, deadlines) does not
 # depend on how fast the machine is
 SLOW_READ = os.environ.get("ARCHCHECK_FAILPOINT") == "slow-read"
-SLOW_READ_SECONDS = 0.02
+SLOW_READ_SECONDS = float(os.environ.get("ARCHCHECK_SLOW_READ_SECONDS", "0.02"))
 
 
 def _throttle() -> None:
@@ -55,7 +55,7 @@ class LocalFile:
     def ref(self) -> "LocalFileRef":
         return LocalFileRef(str(self.path), self.stamp)
 
-    def changes(self) -> str:
+    def changes(self, fresh: bool = True) -> str:
         """The held handle tells in-place changes; the path tells a replacement or removal."""
         try:
             by_path = FileStamp.of(os.stat(self.path))
@@ -75,7 +75,7 @@ class LocalFile:
         self.close()
 
 
-def open_source(location: str | os.PathLike) -> LocalFile:
+def open_local(location: str | os.PathLike) -> LocalFile:
     """Open a local archive, or raise SourceError with one clear sentence."""
     path = Path(location)
     try:
@@ -125,6 +125,9 @@ class LocalReader:
             what = self.stamp.changes(FileStamp.of(os.fstat(self.fd)))
             if what:
                 raise SourceChanged(what)
+
+    def expect(self, start: int, end: int) -> None:
+        """The page cache reads ahead by itself."""
 
     def pread(self, offset: int, length: int) -> bytes:
         _throttle()

@@ -409,7 +409,7 @@ impl WalSegmentScanner {
 
     fn record_end(&mut self) {
         let h = &self.rec_header;
-        let (tot, info, rmid, stored) = (u32_at(h, 0), h[16], h[17], u32_at(h, 20));
+        let (info, rmid, stored) = (h[16], h[17], u32_at(h, 20));
         let actual = crc32c::crc32c_append(self.crc, &h[..20]);
         let lsn = self.lsn(self.rec_start);
         self.records += 1;
@@ -426,12 +426,12 @@ impl WalSegmentScanner {
                                  ("actual", format!("{actual:08x}"))],
             });
         } else {
-            self.last_lsn = Some(lsn + tot as u64);
+            self.last_lsn = Some(self.lsn(self.pos)); // not lsn + tot: a page header may sit inside
         }
         self.prev_start = Some(self.rec_start);
         if rmid == RM_XLOG_ID && info & 0xF0 == XLOG_SWITCH {
             self.state = State::Switched; // the rest of the segment is padding
-            self.end_lsn = Some(lsn + tot as u64);
+            self.end_lsn = Some(self.lsn(self.pos));
             self.end_reason = Some("XLOG_SWITCH".into());
         } else {
             self.state = State::Align;

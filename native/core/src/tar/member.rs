@@ -11,11 +11,15 @@ pub struct Extra {
     pub name: Option<String>,
     pub linkname: Option<String>,
     pub sparse_size: Option<i128>,
+    pub uid: Option<i128>,
+    pub gid: Option<i128>,
+    pub uname: Option<String>,
+    pub gname: Option<String>,
 }
 
 impl Extra {
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.linkname.is_none() && self.sparse_size.is_none()
+        *self == Extra::default()
     }
 }
 
@@ -31,10 +35,16 @@ pub struct Member {
     pub digest: Option<String>,
     pub linkname: String,
     pub sparse_size: Option<i128>,
+    pub uid: i128,
+    pub gid: i128,
+    pub uname: String,
+    pub gname: String,
 }
 
-pub const FIELDS: [&str; 10] = [
+// appended only: a log names its fields, and older logs lack the last ones
+pub const FIELDS: [&str; 14] = [
     "name", "type", "size", "mode", "mtime", "header_offset", "data_offset", "digest", "linkname", "sparse_size",
+    "uid", "gid", "uname", "gname",
 ];
 
 fn type_name(flag: u8) -> String {
@@ -73,7 +83,18 @@ impl Member {
         let mut linkname = if matches!(flag, b'1' | b'2') { field_text(&header[157..257]) } else { String::new() };
         let mut sparse_size = if flag == b'S' { parse_number(&header[483..495]) } else { None };
         let mut name = None;
+        let mut uid = octal(&header[108..116]);
+        let mut gid = octal(&header[116..124]);
+        let (mut uname, mut gname) = (field_text(&header[265..297]), field_text(&header[297..329]));
         if let Some(extra) = extra {
+            uid = extra.uid.unwrap_or(uid);
+            gid = extra.gid.unwrap_or(gid);
+            if let Some(u) = &extra.uname {
+                uname.clone_from(u);
+            }
+            if let Some(g) = &extra.gname {
+                gname.clone_from(g);
+            }
             name.clone_from(&extra.name);
             if let Some(l) = &extra.linkname {
                 linkname.clone_from(l);
@@ -93,6 +114,10 @@ impl Member {
             digest: None,
             linkname,
             sparse_size,
+            uid,
+            gid,
+            uname,
+            gname,
         }
     }
 
@@ -115,10 +140,15 @@ impl Member {
         json_string(out, &self.linkname);
         match self.sparse_size {
             Some(s) => {
-                let _ = write!(out, ",{s}]");
+                let _ = write!(out, ",{s}");
             }
-            None => out.push_str(",null]"),
+            None => out.push_str(",null"),
         }
+        let _ = write!(out, ",{},{},", self.uid, self.gid);
+        json_string(out, &self.uname);
+        out.push(',');
+        json_string(out, &self.gname);
+        out.push(']');
     }
 
     /// From a JSON array in FIELDS order (a checkpoint's recent members).
@@ -136,6 +166,10 @@ impl Member {
             digest: a.get(7)?.as_str().map(str::to_string),
             linkname: a.get(8).and_then(|v| v.as_str()).unwrap_or_default().to_string(),
             sparse_size: a.get(9).and_then(int),
+            uid: a.get(10).and_then(int).unwrap_or(0),
+            gid: a.get(11).and_then(int).unwrap_or(0),
+            uname: a.get(12).and_then(|v| v.as_str()).unwrap_or_default().to_string(),
+            gname: a.get(13).and_then(|v| v.as_str()).unwrap_or_default().to_string(),
         })
     }
 

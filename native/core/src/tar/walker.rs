@@ -29,9 +29,14 @@ enum State {
     Extension,
     SparseMap,
     End,
+    Index, // after the end marker, an index of the members a compressor appended (pixz)
     Resync,
     NotTar,
 }
+
+/// pixz appends its own index of the members after the tar's end marker: `tar x` stops before
+/// it and `pixz -l` reads it, so it is no stray data (formats.md 7).
+const PIXZ_INDEX_MAGIC: [u8; 8] = 0xDBAE_14D6_2E32_4CA6u64.to_le_bytes();
 
 /// Whoever reads a member's content besides the digest (the database scanners).
 pub trait ContentScanner {
@@ -264,13 +269,18 @@ impl TarWalker {
                     let nonzero = rest.iter().filter(|&&b| b != 0).count() as u64;
                     if nonzero > 0 && self.trailing_at.is_none() {
                         let lead = rest.iter().take_while(|&&b| b == 0).count();
+                        if rest[lead..].starts_with(&PIXZ_INDEX_MAGIC) {
+                            self.state = State::Index;
+                            i = n;
+                            continue;
+                        }
                         self.trailing_at = Some(offset + (i + lead) as u64);
                     }
                     self.trailing += nonzero;
                     i = n;
                 }
                 State::Resync => i = self.resync(view, offset, i),
-                State::NotTar => i = n,
+                State::NotTar | State::Index => i = n,
             }
         }
         self.pos = offset + n as u64;
@@ -283,7 +293,7 @@ impl TarWalker {
         if self.state == State::Data && self.current.is_some() {
             self.finish_member(false);
         }
-        if !matches!(self.state, State::End | State::NotTar) {
+        if !matches!(self.state, State::End | State::Index | State::NotTar) {
             self.start_resync(offset, offset);
         }
         self.carry.clear();
@@ -390,11 +400,12 @@ impl TarWalker {
                     self.pending_at
                 }
             }
-            State::End | State::NotTar => self.pos,
+            State::End | State::Index | State::NotTar => self.pos,
             _ => return None,
         };
         let state = match self.state {
             State::End => "end",
+            State::Index => "index",
             State::NotTar => "not_tar",
             _ => "header",
         };
@@ -421,6 +432,7 @@ impl TarWalker {
         self.count = cp.count;
         self.state = match cp.state.as_str() {
             "end" => State::End,
+            "index" => State::Index,
             "not_tar" => State::NotTar,
             _ => State::Header,
         };
@@ -681,6 +693,12 @@ impl TarWalker {
                 }
             }
         }
+        for (key, slot) in [("uid", &mut extra.uid), ("gid", &mut extra.gid)] {
+            // a malformed id is a restore detail, not damage: the header's own stands
+            *slot = pax.get(key).and_then(|v| parse_int(trim_ascii_whitespace(v), 10));
+        }
+        extra.uname = pax.get("uname").map(|v| crate::text::decode_lossless(v));
+        extra.gname = pax.get("gname").map(|v| crate::text::decode_lossless(v));
         (!extra.is_empty()).then_some(extra)
     }
 

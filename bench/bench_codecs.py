@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Benchmark the verification of gzip, xz, lz4 and bzip2 archives beside each tool's own test, in one run.
+
+Usage:
+    python3 bench/bench_codecs.py --codec gzip|xz|lz4|bzip2 [--data DIR] [--tar pgdata.tar] [--rounds 3]
+
+The data (--data, default bench/out): a plain tar from make-anchor-data.sh (--tar: pgdata.tar,
+a pgbench cluster of 1.46 GB, or data.tar, 5.18 GB of real files and the cluster), compressed
+once as the tools usually are (MAKERS: `pigz -6`, one gzip member as `tar czf` writes; `xz -T0`,
+several blocks; `lz4`; `lbzip2`) into NAME.EXT. Each round runs, in an order that rotates
+(run_bench's scheme), the tools' own tests (REFERENCES: `gzip -t` and `pigz -t`; `xz -t -T0`;
+`lz4 -t`; `bzip2 -t` and `lbzip2 -t`), then
+
+    archcheck verify --layers zstd                the codec's layer alone (decode and its checks)
+    archcheck verify (default layers)             raw, the codec, tar, members and pages
+
+and prints medians, the per-round ratios to the first reference (median over rounds) and peak
+RSS of each command's process tree. Every run must exit 0, archcheck's with an intact verdict.
+The machine's load from other work is sampled before each round: only ratios from one quiet
+run count.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_native import compile_bytecode  # noqa: E402
+from run_bench import MiB, busy_cpus, default_archcheck, measure  # noqa: E402
+
+
+EXTENSION = {"gzip": ".gz", "xz": ".xz", "lz4": ".lz4", "bzip2": ".bz2"}
+MAKERS = {"gzip": ["pigz", "-6", "-c"], "xz": ["xz", "-T0", "-6", "-c"], "lz4": ["lz4", "-c"],
+          "bzip2": ["lbzip2", "-9", "-c"]}
+REFERENCES = {"gzip": [["gzip", "-t"], ["pigz", "-t"]], "xz": [["xz", "-t", "-T0"]], "lz4": [["lz4", "-t"]],
+              "bzip2": [["bzip2", "-t"], ["lbzip2", "-t"]]}
+
+
+def commands(codec: str, archive: Path, archcheck: str) -> dict[str, list[str]]:
+    verify = [archcheck, "verify", "--no-progress", "--state-dir", "{state}"]
+    cmds = {shlex.join(ref): [*ref, str(archive)] for ref in REFERENCES[codec]}
+    cmds[f"archcheck {codec} layer"] = [*verify, "--layers", "zstd", str(archive)]
+    cmds["archcheck all layers"] = [*verify, str(archive)]
+    return cmds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--codec", choices=list(MAKERS), required=True)
+    parser.add_argument("--data", type=Path, default=HERE / "out")
+    parser.add_argument("--tar", default="pgdata.tar", help="the plain tar in --data to compress and verify")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--archcheck", default=default_archcheck())
+    args = parser.parse_args()
+    tar, archive = args.data / args.tar, args.data / (args.tar + EXTENSION[args.codec])
+    if not tar.exists():
+        sys.exit(f"{tar} is missing: run ../shared/tools/make-anchor-data.sh {args.data}")
+    if not archive.exists():
+        print(f"making {archive} with {shlex.join(MAKERS[args.codec])} ...", flush=True)
+        with open(archive.with_suffix(".part"), "wb") as out:
+            subprocess.run([*MAKERS[args.codec], str(tar)], stdout=out, check=True)
+        archive.with_suffix(".part").rename(archive)
+    compile_bytecode(args.archcheck)
+    subprocess.run(["cat", str(archive)], stdout=subprocess.DEVNULL, check=True)  # a warm page cache
+    cmds = commands(args.codec, archive, args.archcheck)
+    names = list(cmds)
+    print(f"data: {archive} {archive.stat().st_size / 1e9:.2f} GB (of {tar.stat().st_size / 1e9:.2f} GB)")
+    for name, argv in cmds.items():
+        print(f"  {name:<22} {shlex.join(argv)}")
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    busy = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix=f"archcheck-bench-{args.codec}-") as tmp:
+        for r in range(args.rounds):
+            busy.append(busy_cpus())
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                state = Path(tmp) / f"{r}-{names.index(name)}"
+                run = measure([a.replace("{state}", str(state)) for a in cmds[name]])
+                if run["exit"] != 0:
+                    print(f"!!! {name} exited {run['exit']} in round {r + 1}", file=sys.stderr)
+                    failed = True
+                runs[name].append(run)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {runs[n][-1]['wall_s']:.2f}s" for n in names),
+                  flush=True)
+    first = names[0]
+    print(f"\n{'command':<22} {'median s':>9} {'x ' + first:>14} {'peak RSS MiB':>13}")
+    for name in names:
+        seconds = statistics.median(run["wall_s"] for run in runs[name])
+        ratio = statistics.median(a["wall_s"] / b["wall_s"] for a, b in zip(runs[name], runs[first]))
+        rss = max(run["peak_rss_bytes"] for run in runs[name]) / MiB
+        print(f"{name:<22} {seconds:>9.3f} {ratio:>13.3f}x {rss:>13.1f}")
+    print(f"\nCPU load from other work before each round (CPUs busy): {', '.join(f'{b:.2f}' for b in busy)}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+//! bzip2 (formats.md 7): streams back to back (as `cat a.bz2 b.bz2` and lbzip2 make), each
+//! "BZh" and a level digit, blocks each with the CRC-32 of its output, and an end marker with
+//! the stream's combined CRC. libbzip2's decoder (libbz2-rs-sys, the Rust port) checks both.
+//!
+//! Blocks are not byte-aligned and nothing records where they start, but each begins with a
+//! 48-bit magic and the stream ends with another: `BlockScan` finds them (as lbzip2 and
+//! bzip2recover do), so blocks can decode in parallel. `Bzip2Block` shifts one block's bits
+//! into a stream of its own (a header, the block, an end marker whose combined CRC is the
+//! block's), which libbzip2 decodes and checks. A magic found by chance inside compressed data
+//! breaks the combined CRC the walk recomputes from the blocks' CRCs, and the walk then falls
+//! back to decoding the stream whole (layers/bzip2.py).
+
+use bzip2::{Decompress, Error, Status};
+
+use super::{Counts, Fault, Member, Step, StreamDecoder, StreamError};
+
+pub const BLOCK_MAGIC: u64 = 0x3141_5926_5359;
+pub const END_MAGIC: u64 = 0x1772_4538_5090;
+const MAGIC_MASK: u64 = (1 << 48) - 1;
+
+const HEADER: u64 = 4;
+
+pub struct Bzip2 {
+    inner: Decompress,
+}
+
+impl Default for Bzip2 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bzip2 {
+    pub fn new() -> Self {
+        Bzip2 { inner: Decompress::new(false) }
+    }
+}
+
+impl Member for Bzip2 {
+    const UNIT: &'static str = "bzip2 stream";
+    const TRUNCATED: &'static str = "BZIP2_TRUNCATED";
+    const MAGIC_LEN: usize = 4;
+
+    fn is_start(magic: &[u8]) -> bool {
+        magic.len() == 4 && &magic[..3] == b"BZh" && (b'1'..=b'9').contains(&magic[3])
+    }
+
+    fn begin(&mut self) {
+        self.inner = Decompress::new(false);
+    }
+
+    fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Step, Fault> {
+        let before = self.inner.total_in();
+        let status = self.inner.decompress_vec(input, out);
+        let taken = (self.inner.total_in() - before) as usize;
+        let at = self.inner.total_in();
+        match status {
+            Ok(Status::StreamEnd) => Ok(Step { taken, ended: true }),
+            Ok(_) => Ok(Step { taken, ended: false }),
+            Err(Error::DataMagic) => Err(Fault::new("BZIP2_BAD_HEADER", "no bzip2 stream header (BZh1 to BZh9)", taken)),
+            Err(Error::Data) if at <= HEADER => Err(Fault::new("BZIP2_BAD_HEADER", "the stream header is damaged", taken)),
+            Err(Error::Data) => Err(Fault::new("BZIP2_DECODE_ERROR", format!(
+                "compressed data is corrupt at or before byte {at} of the stream (a block's data or CRC, or the stream's combined CRC)"), taken)),
+            Err(e) => Err(Fault::new("BZIP2_DECODE_ERROR", format!("libbzip2 failed: {e}"), taken)),
+        }
+    }
+
+    fn part(&self) -> &'static str {
+        if self.inner.total_in() >= HEADER { "its blocks" } else { "its header" }
+    }
+}
+
+/// A block magic or an end-of-stream magic, where its first bit is, and the 32 bits after it
+/// (the block's CRC, or the stream's combined CRC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub end: bool,
+    pub bit: u64,
+    pub crc: u32,
+}
+
+/// Finds the magics in a file fed in order, whatever the pieces: a byte at a time, each of the
+/// eight bit offsets a magic can end at.
+#[derive(Default)]
+pub struct BlockScan {
+    window: u64, // the last 64 bits seen
+    bits: u64,   // bits seen so far
+    pending: Option<(bool, u64, u64)>, // a magic (end?, first bit, bit after it) whose CRC is coming
+    pub marks: Vec<Mark>,
+}
+
+impl BlockScan {
+    pub fn feed(&mut self, piece: &[u8]) {
+        for &byte in piece {
+            self.window = (self.window << 8) | u64::from(byte);
+            self.bits += 8;
+            if let Some((end, bit, after)) = self.pending {
+                if self.bits >= after + 32 {
+                    let crc = (self.window >> (self.bits - after - 32)) as u32;
+                    self.marks.push(Mark { end, bit, crc });
+                    self.pending = None;
+                }
+                continue;
+            }
+            for shift in (0..8u64).rev() {
+                let tail = (self.window >> shift) & MAGIC_MASK;
+                if (tail == BLOCK_MAGIC || tail == END_MAGIC) && self.bits >= 48 + shift {
+                    let after = self.bits - shift;
+                    self.pending = Some((tail == END_MAGIC, after - 48, after));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Bits packed into bytes, most significant first.
+#[derive(Default)]
+struct BitWriter {
+    bytes: Vec<u8>,
+    acc: u64,
+    held: u32,
+}
+
+impl BitWriter {
+    fn push(&mut self, value: u64, bits: u32) {
+        for shift in (0..bits).rev() {
+            self.acc = (self.acc << 1) | ((value >> shift) & 1);
+            self.held += 1;
+            if self.held == 8 {
+                self.bytes.push(self.acc as u8);
+                self.acc = 0;
+                self.held = 0;
+            }
+        }
+    }
+
+    /// Whole bytes of `piece` when the writer holds `held` bits: the fast way for a block's body.
+    fn push_bytes(&mut self, piece: &[u8]) {
+        if self.held == 0 {
+            self.bytes.extend_from_slice(piece);
+            return;
+        }
+        let held = self.held;
+        for &byte in piece {
+            let joined = (self.acc << 8) | u64::from(byte);
+            self.bytes.push((joined >> held) as u8);
+            self.acc = joined & ((1 << held) - 1);
+        }
+    }
+
+    fn pad(&mut self) {
+        if self.held > 0 {
+            self.push(0, 8 - self.held);
+        }
+    }
+}
+
+/// One block, set in a stream of its own: fed the bytes from the one holding its first bit,
+/// `skip` bits into it, for `length` bits (its magic included).
+pub struct Bzip2Block {
+    inner: Decompress,
+    staged: BitWriter,
+    fed: usize, // of staged.bytes
+    skip: u32,
+    left: u64,
+    crc: u32,
+    block: u64,
+    closed: bool, // the end marker is staged
+    consumed: u64,
+    produced: u64,
+    finished: bool,
+}
+
+impl Bzip2Block {
+    pub fn new(level: u8, skip: u32, length: u64, crc: u32, block: u64) -> Self {
+        let mut staged = BitWriter::default();
+        staged.push_bytes(&[b'B', b'Z', b'h', b'0' + level]);
+        Bzip2Block { inner: Decompress::new(false), staged, fed: 0, skip, left: length, crc, block, closed: false,
+                     consumed: 0, produced: 0, finished: false }
+    }
+
+    fn error(&self, code: &'static str, message: &str) -> StreamError {
+        StreamError { code, message: format!("bzip2 block {}: {message}", self.block), member: self.block, start: 0,
+                      end: self.consumed }
+    }
+
+    /// Stage the block's bits from `input`: how many bytes of it were used.
+    fn stage(&mut self, input: &[u8]) -> usize {
+        let mut used = 0;
+        while self.skip > 0 && used < input.len() {
+            let bits = u64::from(8 - self.skip).min(self.left);
+            self.staged.push(u64::from(input[used]) & ((1 << (8 - self.skip)) - 1), 8 - self.skip);
+            self.left -= bits.min(self.left); // a block of under 8 bits cannot be: its magic is 48
+            self.skip = 0;
+            used += 1;
+        }
+        let whole = ((self.left / 8) as usize).min(input.len() - used);
+        self.staged.push_bytes(&input[used..used + whole]);
+        self.left -= whole as u64 * 8;
+        used += whole;
+        if self.left > 0 && self.left < 8 && used < input.len() {
+            self.staged.push(u64::from(input[used] >> (8 - self.left)), self.left as u32);
+            self.left = 0;
+            used += 1;
+        }
+        used
+    }
+
+    fn run(&mut self, out: &mut Vec<u8>) -> Result<bool, StreamError> {
+        let before = (self.inner.total_in(), out.len());
+        let status = self.inner.decompress_vec(&self.staged.bytes[self.fed..], out);
+        self.fed += (self.inner.total_in() - before.0) as usize;
+        self.produced += (out.len() - before.1) as u64;
+        if self.fed == self.staged.bytes.len() {
+            self.staged.bytes.clear();
+            self.fed = 0;
+        }
+        match status {
+            Ok(Status::StreamEnd) => {
+                self.finished = true;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(_) => Err(self.error("BZIP2_DECODE_ERROR", "its data does not decode, or its CRC-32 does not match")),
+        }
+    }
+}
+
+impl StreamDecoder for Bzip2Block {
+    fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, StreamError> {
+        if self.finished {
+            return Ok(0);
+        }
+        let used = if self.staged.bytes.len() - self.fed < 1 << 16 { self.stage(input) } else { 0 };
+        self.consumed += used as u64;
+        if self.left == 0 && self.skip == 0 && !self.closed {
+            // libbzip2 decodes a block once it sees what follows it: the end of a stream of one block
+            self.staged.push(END_MAGIC, 48);
+            self.staged.push(u64::from(self.crc), 32);
+            self.staged.pad();
+            self.closed = true;
+        }
+        self.run(out)?;
+        Ok(used)
+    }
+
+    fn finish(&mut self) -> Result<(), StreamError> {
+        if self.finished {
+            Ok(())
+        } else if !self.closed {
+            Err(self.error("BZIP2_TRUNCATED", "the file ends inside it"))
+        } else {
+            Err(self.error("BZIP2_DECODE_ERROR", "it does not end where the next block starts (a false block boundary?)"))
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        Counts::block(self.consumed, self.produced, self.finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BlockScan, Bzip2Block};
+    use crate::stream::testing::{run, trailing};
+    use crate::stream::StreamDecoder;
+    use bzip2::{Compress, Compression};
+
+    fn bz(data: &[u8]) -> Vec<u8> {
+        let mut c = Compress::new(Compression::new(1), 30);
+        let mut out = Vec::with_capacity(data.len() + 1024);
+        c.compress_vec(data, &mut out, bzip2::Action::Finish).unwrap();
+        out
+    }
+
+    #[test]
+    fn streams_back_to_back_decode_in_any_pieces_and_damage_is_named() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let first = bz(&data[..100_000]);
+        let mut file = first.clone();
+        file.extend(bz(&data[100_000..]));
+        for piece in [1, 13, 4096, 1 << 20] {
+            let (out, err) = run("bzip2", &file, piece);
+            assert_eq!((out.len(), err), (data.len(), None), "piece {piece}");
+            assert!(out == data);
+        }
+        let mut damaged = file.clone();
+        damaged[first.len() + 2000] ^= 0x20;
+        let (_, err) = run("bzip2", &damaged, 4096);
+        let err = err.unwrap();
+        assert_eq!((err.code, err.member, err.start), ("BZIP2_DECODE_ERROR", 1, first.len() as u64));
+        let (_, cut) = run("bzip2", &first[..first.len() / 2], 100);
+        assert_eq!(cut.unwrap().code, "BZIP2_TRUNCATED");
+        let mut tail = first.clone();
+        tail.extend(b"junk");
+        assert_eq!(trailing("bzip2", &tail), Some((first.len() as u64, 4, 4)));
+    }
+
+    #[test]
+    fn blocks_found_by_their_magic_decode_alone() {
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let file = bz(&data); // level 1: 100 kB blocks
+        let mut scan = BlockScan::default();
+        for piece in file.chunks(777) {
+            scan.feed(piece);
+        }
+        let marks = scan.marks.clone();
+        let (last, blocks) = marks.split_last().unwrap();
+        assert!(blocks.len() == 5 && blocks.iter().all(|m| !m.end) && last.end, "{marks:?}");
+        assert_eq!(marks[0].bit, 32);
+        let combined = blocks.iter().fold(0u32, |c, m| c.rotate_left(1) ^ m.crc);
+        assert_eq!(combined, last.crc);
+        let mut all = Vec::new();
+        for (i, pair) in marks.windows(2).enumerate() {
+            let (start, end) = (pair[0].bit, pair[1].bit);
+            let bytes = &file[(start / 8) as usize..end.div_ceil(8) as usize];
+            let mut d = Bzip2Block::new(1, (start % 8) as u32, end - start, pair[0].crc, i as u64);
+            let mut at = 0;
+            loop {
+                let mut out = Vec::with_capacity(5000);
+                at += d.decode(&bytes[at..], &mut out).unwrap();
+                let full = out.len() == out.capacity();
+                all.extend(out);
+                if at == bytes.len() && !full {
+                    break;
+                }
+            }
+            d.finish().unwrap();
+        }
+        assert!(all == data);
+        let (start, end) = (marks[2].bit, marks[3].bit);
+        let mut damaged = file[(start / 8) as usize..end.div_ceil(8) as usize].to_vec();
+        damaged[500] ^= 0x10;
+        let mut d = Bzip2Block::new(1, (start % 8) as u32, end - start, marks[2].crc, 2);
+        let mut out = Vec::with_capacity(1 << 20);
+        let err = d.decode(&damaged, &mut out).and_then(|_| d.decode(&[], &mut out)).and_then(|_| d.finish().map(|_| 0));
+        assert_eq!(err.unwrap_err().code, "BZIP2_DECODE_ERROR");
+    }
+}

@@ -1,0 +1,135 @@
+"""The blocks of an xz file, read from the index at the end of each stream (formats.md 7), so a
+file of many blocks (`xz -T0`, pixz) decodes its blocks in parallel and resumes at a block.
+
+The walk reads only the footers, indexes and stream headers, and checks their CRC-32s, magic
+bytes and flags and that the blocks the index lists fill the stream exactly. When anything
+there is not so, there are no blocks to trust: the file is decoded stream after stream, as
+`xz -d` reads it, and liblzma names the damage.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+from .zstd import Frame
+
+HEADER_MAGIC = b"\xfd7zXZ\x00"
+FOOTER_MAGIC = b"YZ"
+HEADER = FOOTER = 12
+MAX_INDEX = 16 * 1024 * 1024  # an index this large would list millions of blocks
+MAX_BLOCKS = 1 << 20  # more than this (24 TiB in xz -T0's blocks) decode as whole streams, in bounded memory
+PADDING_PIECE = 64 * 1024
+
+
+class NotWalkable(Exception):
+    """The structure at the end of the file is not a clean xz stream's."""
+
+
+def walk_blocks(reader: Any) -> list[Frame] | None:
+    """Frames of kind "xz-block", one per block, in file order; None when the file has one
+    block only or its streams cannot be walked from their indexes."""
+    try:
+        streams = _streams(reader)
+    except NotWalkable:
+        return None
+    frames: list[Frame] = []
+    for check, start, records in streams:
+        offset = start + HEADER
+        for unpadded, uncompressed in records:
+            padded = -(-unpadded // 4) * 4
+            frames.append(Frame(len(frames), "xz-block", offset, offset + padded, content_size=uncompressed,
+                                params=(check, unpadded, uncompressed, len(frames))))
+            offset += padded
+    return frames if len(frames) > 1 else None
+
+
+def _streams(reader: Any) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """(check type, stream start, index records) of every stream, first to last."""
+    streams = []
+    end, blocks = reader.size, 0
+    while end > 0:
+        end = _skip_padding(reader, end)
+        check, start, records = _stream_ending_at(reader, end)
+        blocks += len(records)
+        if blocks > MAX_BLOCKS:
+            raise NotWalkable
+        streams.append((check, start, records))
+        end = start
+    streams.reverse()
+    return streams
+
+
+def _skip_padding(reader: Any, end: int) -> int:
+    """Stream padding (zero bytes, a multiple of four) before ``end``."""
+    while end > 0:
+        piece = _read(reader, max(0, end - PADDING_PIECE), min(end, PADDING_PIECE))
+        zeros = len(piece) - len(piece.rstrip(b"\x00"))
+        end -= zeros // 4 * 4
+        if zeros < len(piece) or zeros % 4:
+            return end  # an odd count: the footer check after it fails, and the stream decodes whole
+    return end
+
+
+def _stream_ending_at(reader: Any, end: int) -> tuple[int, int, list[tuple[int, int]]]:
+    if end < HEADER + FOOTER:
+        raise NotWalkable
+    footer = _read(reader, end - FOOTER, FOOTER)
+    crc, backward, flags, magic = struct.unpack("<II2s2s", footer)
+    if magic != FOOTER_MAGIC or zlib.crc32(footer[4:10]) != crc or flags[0] != 0 or flags[1] > 0x0F:
+        raise NotWalkable
+    index_size = (backward + 1) * 4
+    index_start = end - FOOTER - index_size
+    if index_size > MAX_INDEX or index_start < HEADER:
+        raise NotWalkable
+    records = _index_records(_read(reader, index_start, index_size))
+    start = index_start - sum(-(-unpadded // 4) * 4 for unpadded, _ in records) - HEADER
+    if start < 0:
+        raise NotWalkable
+    header = _read(reader, start, HEADER)
+    if header[:6] != HEADER_MAGIC or header[6:8] != flags or zlib.crc32(header[6:8]) != struct.unpack_from("<I", header, 8)[0]:
+        raise NotWalkable
+    return flags[1], start, records
+
+
+def _index_records(index: bytes) -> list[tuple[int, int]]:
+    """(unpadded size, uncompressed size) of each block the index lists."""
+    if index[:1] != b"\x00" or zlib.crc32(index[:-4]) != struct.unpack_from("<I", index, len(index) - 4)[0]:
+        raise NotWalkable
+    at = 1
+    count, at = _variable_length(index, at)
+    if count > min(MAX_BLOCKS, len(index) // 2):  # a record takes two bytes at least
+        raise NotWalkable
+    records = []
+    for _ in range(count):
+        unpadded, at = _variable_length(index, at)
+        uncompressed, at = _variable_length(index, at)
+        if unpadded == 0:
+            raise NotWalkable
+        records.append((unpadded, uncompressed))
+    if index[at:-4] != bytes(len(index) - 4 - at) or (len(index) - 4 - at) >= 4:
+        raise NotWalkable  # the index padding: zeros, fewer than four
+    return records
+
+
+def _variable_length(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(9):  # xz's integers take at most nine bytes
+        if at >= len(data) - 4:
+            raise NotWalkable
+        byte = data[at]
+        at += 1
+        if byte == 0 and i > 0:
+            raise NotWalkable  # not the shortest encoding, which xz requires
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, at
+    raise NotWalkable
+
+
+def _read(reader: Any, offset: int, length: int) -> bytes:
+    data = reader.pread(offset, length)
+    if len(data) != length:
+        raise NotWalkable
+    return data

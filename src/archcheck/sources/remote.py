@@ -1,0 +1,234 @@
+"""Archives in object storage (s3://, https://): ranged reads through a transport, with
+retries (resilience.py), read-ahead bounded per reader, and the object pinned by its ETag.
+
+The object's ETag (and version, when the store has versions) is read once when the run opens
+it; every range asks for that ETag (If-Match) and checks the one that comes back, so bytes of a
+replaced object are never judged: the run stops that archive with SOURCE_CHANGED.
+Credentials never pass through here: each transport reads them from the environment where it
+runs (the coordinator and its workers alike), so no ref, manifest, log or report holds one."""
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import blake3
+
+from ..errors import SourceChanged, SourceError
+from .base import ArchiveIdentity
+from .resilience import Clock, RetryPolicy, SystemClock, Transient, breaker_for, retrying, with_retries
+
+ID_PROBE = 64 * 1024
+BLOCK = 8 * 1024 * 1024  # a range request: large enough that latency is small beside transfer
+CHANGE_POLL = 10.0  # seconds between the coordinator's looks at the object (a HEAD each)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    etag: str  # without quotes
+    version: str | None  # the store's version id, if it keeps versions
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """What a reader needs besides the object: tunables, never credentials."""
+
+    policy: RetryPolicy = RetryPolicy()
+    in_flight: int = 4  # concurrent range requests per reader (read-ahead included)
+    timeout: float = 30.0  # seconds: connect and read, per request
+
+
+class Transport(Protocol):
+    """One object's requests; raises resilience.Transient for what is worth retrying,
+    SourceChanged when the object is not the pinned one, OSError for the rest."""
+
+    endpoint: str  # the circuit breaker's key
+
+    def head(self) -> ObjectInfo: ...
+
+    def get(self, start: int, end: int, pinned: ObjectInfo) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class RemoteRef:
+    """Picklable: a worker opens its own transport (and connection pool) from it."""
+
+    uri: str
+    pinned: ObjectInfo
+    options: RemoteOptions = RemoteOptions()
+
+    def open(self) -> "RemoteReader":
+        from . import transport_for
+        return RemoteReader(transport_for(self.uri, self.options), self.pinned, self.options)
+
+
+class RemoteReader:
+    """Ranged reads of one pinned object. Reads that go forward are read ahead, up to
+    ``in_flight`` blocks at once, within the span ``expect`` names."""
+
+    def __init__(self, transport: Transport, pinned: ObjectInfo, options: RemoteOptions,
+                 clock: Clock | None = None, rng: random.Random | None = None):
+        self.transport, self.pinned, self.options = transport, pinned, options
+        self.size = pinned.size
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.breaker = breaker_for(transport.endpoint, options.policy, self.clock)
+        self.pool = ThreadPoolExecutor(max(1, options.in_flight), thread_name_prefix="archcheck-range")
+        self.blocks: dict[int, Future] = {}  # block index -> its bytes
+        self.cursors: dict[int, int] = {}  # reading thread -> the first block of its last read
+        self.lock = threading.Lock()
+        self.span = (0, self.size)
+
+    def expect(self, start: int, end: int) -> None:
+        """The reads to come are in [start, end): nothing past it is read ahead."""
+        self.span = (max(0, start), min(self.size, end))
+
+    def check(self) -> None:
+        """Every range is checked against the pinned ETag as it arrives: nothing to do here."""
+
+    def pread(self, offset: int, length: int) -> bytes:
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        self._read_ahead(last)
+        parts = []
+        for index in range(first, last + 1):
+            data = self._block(index).result()
+            lo = max(offset, index * BLOCK) - index * BLOCK
+            hi = min(end, (index + 1) * BLOCK) - index * BLOCK
+            parts.append(data[lo:hi])
+        self._forget_before(first)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readinto(self, offset: int, buffer) -> int:
+        data = self.pread(offset, len(buffer))
+        memoryview(buffer)[:len(data)] = data
+        return len(data)
+
+    @contextmanager
+    def view(self, offset: int, length: int) -> Iterator[memoryview]:
+        yield memoryview(self.pread(offset, length))
+
+    def find(self, needle: bytes, start: int, end: int) -> int:
+        """First offset of ``needle`` in [start, end), or -1; one block at a time."""
+        pos, end = max(0, start), min(end, self.size)
+        while pos < end:
+            hit = self.pread(pos, min(BLOCK + len(needle) - 1, end - pos)).find(needle)
+            if hit >= 0:
+                return pos + hit
+            pos += BLOCK
+        return -1
+
+    def close(self) -> None:
+        with self.lock:
+            for future in self.blocks.values():
+                future.cancel()
+            self.blocks.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "RemoteReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- blocks ---------------------------------------------------------------------------
+
+    def _block(self, index: int) -> Future:
+        with self.lock:
+            future = self.blocks.get(index)
+            if future is None:
+                future = self.blocks[index] = self.pool.submit(self._fetch, index)
+            return future
+
+    def _read_ahead(self, last: int) -> None:
+        """Blocks after ``last`` within the span, so that in_flight requests are out at once."""
+        span_end = (self.span[1] - 1) // BLOCK if self.span[1] > 0 else -1
+        for index in range(last + 1, min(last + self.options.in_flight, span_end + 1)):
+            self._block(index)
+
+    def _forget_before(self, first: int) -> None:
+        """Keep the blocks that some reading thread's read-ahead may still use (the decode lanes
+        of a multi-frame archive share a reader): memory stays within in_flight + 1 blocks per
+        thread, whatever the order of the reads. A block dropped is not cancelled: a thread may
+        be waiting for it."""
+        with self.lock:
+            self.cursors[threading.get_ident()] = first
+            keep = set()
+            for cursor in self.cursors.values():
+                keep.update(range(cursor, cursor + self.options.in_flight + 1))
+            for index in [i for i in self.blocks if i not in keep]:
+                del self.blocks[index]
+
+    def _fetch(self, index: int) -> bytes:
+        start, end = index * BLOCK, min(self.size, (index + 1) * BLOCK)
+        return with_retries(lambda: self.transport.get(start, end, self.pinned),
+                            f"bytes {start}-{end}", self.options.policy, self.breaker, self.clock, self.rng)
+
+
+class RemoteSource:
+    """The coordinator's view of one pinned object."""
+
+    def __init__(self, uri: str, transport: Transport, info: ObjectInfo, options: RemoteOptions):
+        self.uri, self.transport, self.pinned, self.options = uri, transport, info, options
+        self.size = info.size
+        self._changed = ""
+        self._looked = time.monotonic()
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """The coordinator's small reads (identity, format): just the bytes asked for."""
+        end = min(self.size, offset + length)
+        if offset >= end:
+            return b""
+        return await asyncio.to_thread(retrying, lambda: self.transport.get(offset, end, self.pinned),
+                                       f"bytes {offset}-{end}", self.options.policy, self.transport.endpoint)
+
+    async def identity(self) -> ArchiveIdentity:
+        head = await self.read(0, ID_PROBE)
+        tail = await self.read(max(0, self.size - ID_PROBE), ID_PROBE)
+        return ArchiveIdentity(self.uri, self.size, self.pinned.mtime_ns, blake3.blake3(head).hexdigest(),
+                               blake3.blake3(tail).hexdigest(), version=_version(self.pinned))
+
+    def ref(self) -> RemoteRef:
+        return RemoteRef(self.uri, self.pinned, self.options)
+
+    def changes(self, fresh: bool = True) -> str:
+        """A HEAD; for a periodic look, one every CHANGE_POLL seconds at most (ranges check the
+        ETag themselves)."""
+        if self._changed or (not fresh and time.monotonic() - self._looked < CHANGE_POLL):
+            return self._changed
+        self._looked = time.monotonic()
+        try:
+            now = self.transport.head()
+        except SourceChanged as exc:
+            self._changed = exc.what
+        except (OSError, Transient, SourceError):
+            return ""  # not reachable now: the ranges are pinned, and their retries say what it costs
+        else:
+            self._changed = describe_change(self.pinned, now)
+        return self._changed
+
+
+def _version(info: ObjectInfo) -> str:
+    return f"etag:{info.etag}" + (f" version:{info.version}" if info.version else "")
+
+
+def describe_change(before: ObjectInfo, now: ObjectInfo) -> str:
+    said = []
+    if now.mtime_ns != before.mtime_ns and not before.etag:  # no ETag: the time tells
+        said.append("its modification time differs")
+    if now.etag != before.etag:
+        said.append(f"its ETag is {now.etag}, not {before.etag}")
+    if now.version != before.version and before.version:
+        said.append(f"its version is {now.version}, not {before.version}")
+    if now.size != before.size:
+        said.append(f"its size is {now.size}, not {before.size}")
+    return "replaced: " + ", ".join(said) if said else ""

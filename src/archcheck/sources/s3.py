@@ -1,0 +1,141 @@
+"""s3:// through botocore: SigV4, the standard credential chain and endpoint settings, and
+errors that carry their HTTP status and headers (Retry-After), which our retries need.
+botocore's own retries are off: resilience.py is the one retry layer."""
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from typing import Any
+
+from ..errors import SourceChanged, SourceError, UsageError
+from .remote import ObjectInfo, RemoteOptions
+from .resilience import Transient, parse_retry_after
+
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+_GLOB = re.compile(r"[*?\[]")
+
+
+def parse(uri: str) -> tuple[str, str]:
+    """(bucket, key) of s3://bucket/key."""
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise UsageError(f"{uri}: an S3 archive is s3://BUCKET/KEY")
+    return bucket, key
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def check_endpoint() -> None:
+    """Plain http sends requests (signed, but readable) in the clear: only when asked for."""
+    url = endpoint_url()
+    if url and url.startswith("http://") and os.environ.get("AWS_ALLOW_HTTP", "").lower() != "true":
+        raise UsageError(f"the S3 endpoint {url} is plain http: set AWS_ALLOW_HTTP=true to allow it")
+
+
+@lru_cache(maxsize=8)
+def _client(timeout: float, pool: int) -> Any:
+    """One client per process and settings: creating one costs tens of milliseconds."""
+    import botocore.session
+    from botocore.config import Config
+    session = botocore.session.get_session()
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    config = Config(retries={"total_max_attempts": 1}, connect_timeout=timeout, read_timeout=timeout,
+                    max_pool_connections=max(pool, 2), s3={"addressing_style": "path"} if endpoint_url() else None)
+    return session.create_client("s3", region_name=region, endpoint_url=endpoint_url(), config=config)
+
+
+class S3Transport:
+    def __init__(self, uri: str, options: RemoteOptions):
+        check_endpoint()
+        self.bucket, self.key = parse(uri)
+        self.endpoint = endpoint_url() or "s3.amazonaws.com"
+        self.client = _client(options.timeout, options.in_flight + 2)
+
+    def head(self) -> ObjectInfo:
+        response = _call(lambda: self.client.head_object(Bucket=self.bucket, Key=self.key), self.key)
+        return ObjectInfo(int(response["ContentLength"]), response["ETag"].strip('"'), response.get("VersionId"),
+                          int(response["LastModified"].timestamp() * 1e9))
+
+    def get(self, start: int, end: int, pinned: ObjectInfo) -> bytes:
+        extra = {"VersionId": pinned.version} if pinned.version else {}
+        response = _call(lambda: self.client.get_object(
+            Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{end - 1}", IfMatch=f'"{pinned.etag}"', **extra),
+            self.key)
+        etag = response.get("ETag", "").strip('"')
+        if etag and etag != pinned.etag:  # a store that ignores If-Match
+            response["Body"].close()
+            raise SourceChanged(f"replaced: its ETag is {etag}, not {pinned.etag}")
+        data = _call(lambda: response["Body"].read(), self.key)
+        if len(data) != end - start:
+            raise Transient(f"a short body: {len(data)} of {end - start} bytes")
+        return data
+
+    def list(self, pattern: str) -> list[str]:
+        """Keys matching a glob (``*`` and ``?`` within one path segment, ``**`` across)."""
+        match = _GLOB.search(pattern)
+        prefix = pattern[:match.start()] if match else pattern
+        regex = re.compile(glob_regex(pattern))
+        keys: list[str] = []
+        token = None
+        for _ in range(100_000):  # a listing of 100 million keys is someone else's problem
+            extra = {"ContinuationToken": token} if token else {}
+            page = _call(lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **extra), prefix)
+            keys += [o["Key"] for o in page.get("Contents", []) if regex.fullmatch(o["Key"])]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+        return sorted(keys)
+
+
+def glob_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+def _call(request, key: str) -> Any:
+    """botocore's errors as ours: Transient, SourceChanged, SourceError or OSError."""
+    from botocore import exceptions as bx
+    try:
+        return request()
+    except bx.ClientError as exc:
+        meta = exc.response.get("ResponseMetadata", {})
+        status = int(meta.get("HTTPStatusCode") or 0)
+        code = exc.response.get("Error", {}).get("Code", "")
+        said = f"HTTP {status} {code}".strip()
+        if status in TRANSIENT_STATUS or code in ("SlowDown", "RequestTimeout", "InternalError"):
+            raise Transient(said, parse_retry_after(meta.get("HTTPHeaders", {}).get("retry-after"))) from None
+        if status == 412 or code == "PreconditionFailed":
+            raise SourceChanged("replaced: its ETag no longer matches") from None
+        if status == 404 or code in ("NoSuchKey", "NotFound"):
+            raise SourceChanged("removed") from None
+        if status == 416:
+            raise SourceChanged("shrank: a range past its end") from None
+        raise OSError(5, f"{key}: {said}") from None
+    except (bx.ConnectionError, bx.HTTPClientError, bx.ResponseStreamingError, bx.IncompleteReadError) as exc:
+        raise Transient(type(exc).__name__ + ": " + _brief(exc)) from None
+    except bx.NoCredentialsError:
+        raise SourceError("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile)") from None
+    except bx.BotoCoreError as exc:
+        raise OSError(5, f"{key}: {type(exc).__name__}") from None
+
+
+def _brief(exc: Exception) -> str:
+    """An error's first line, without its URL's query (which can carry a signature)."""
+    return re.sub(r"\?\S*", "?…", str(exc).splitlines()[0] if str(exc) else "")[:200]

@@ -1,0 +1,336 @@
+"""xz, lz4 and bzip2 archives (.tar.xz, .tar.lz4, .tar.bz2): made by the real tools (xz, pixz,
+lz4, bzip2, lbzip2) and damaged at known places, as test_gzip.py does for gzip.
+
+The plain tar is the reference: each compressed copy must give its members and digests, every
+integrity field the format carries must be checked, and damage is named at the format's member
+(xz stream, lz4 frame, bzip2 stream) with what a restore loses, as the tool's own -d behaves."""
+from __future__ import annotations
+
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from archcheck.api import resume, verify
+from conftest import cli, corruption, member_holding, members_of, only
+
+MiB = 1024 * 1024
+
+MAKERS = {  # the tools' usual invocations; each reads the tar on stdin and writes stdout
+    "xz": ["xz", "-c"], "xz -T2": ["xz", "-T2", "--block-size=1MiB", "-c"], "pixz": ["pixz"],
+    "lz4": ["lz4", "-c"], "lz4 linked": ["lz4", "-BD", "-BX", "-B4", "--content-size", "-c"],
+    "bzip2": ["bzip2", "-c"], "lbzip2": ["lbzip2", "-n", "2", "-c"], "gzip -1": ["gzip", "-1", "-c"],
+}
+CODEC = {"xz": "xz", "xz -T2": "xz", "pixz": "xz", "lz4": "lz4", "lz4 linked": "lz4", "bzip2": "bzip2",
+         "lbzip2": "bzip2", "gzip -1": "gzip"}
+UNIT = {"xz": "xz_stream", "lz4": "lz4_frame", "bzip2": "bzip2_stream"}
+TEST = {"xz": ["xz", "-t"], "lz4": ["lz4", "-t"], "bzip2": ["bzip2", "-t"]}
+DECODE = {"xz": ["xz", "-dc"], "lz4": ["lz4", "-dc"], "bzip2": ["bzip2", "-dc"]}
+
+
+@pytest.fixture(scope="module")
+def plain(mixed_tar) -> Path:
+    return mixed_tar
+
+
+@pytest.fixture(scope="module")
+def reference(plain, tmp_path_factory):
+    return verify(plain, state=tmp_path_factory.mktemp("ref"))
+
+
+def _pack(data: bytes, maker: str) -> bytes:
+    return subprocess.run(MAKERS[maker], input=data, capture_output=True, check=True).stdout
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _tool_test(codec: str, archive: Path) -> int:
+    return subprocess.run([*TEST[codec], archive], capture_output=True).returncode
+
+
+@pytest.mark.parametrize("maker", list(MAKERS))
+def test_each_tool_s_archive_gives_the_plain_tar_s_members_and_digests(plain, reference, tmp_path, maker):
+    archive = _write(tmp_path, "a.tar.x", _pack(plain.read_bytes(), maker))
+    result = verify(archive, state=tmp_path / "s")
+    assert (result.verdict, result.exit_code, result.manifest.format) == ("intact", 0, f"tar+{CODEC[maker]}")
+    assert members_of(result) == members_of(reference) and len(members_of(result)) == 13
+    # pixz's own index of the members after the tar's end is no stray data
+    assert not [f for f in result.findings if f.category.value != "info"]
+
+
+@pytest.mark.parametrize("codec", ["xz", "lz4", "bzip2"])
+def test_two_streams_back_to_back_are_one_archive_as_the_tools_read_it(plain, reference, tmp_path, codec):
+    data = plain.read_bytes()
+    third = len(data) // 3
+    padding = bytes(8) if codec == "xz" else b""  # xz's stream padding
+    packed = _pack(data[:third], codec) + padding + _pack(data[third:], codec)
+    archive = _write(tmp_path, "two", packed)
+    assert _tool_test(codec, archive) == 0
+    result = verify(archive, state=tmp_path / "s")
+    assert (result.verdict, result.exit_code) == ("intact", 0)
+    assert members_of(result) == members_of(reference)
+
+
+def _xz_check_field(packed: bytes) -> int:
+    """The first byte of a one-block xz stream's CRC-64 (it ends where the index starts)."""
+    backward = (struct.unpack_from("<I", packed, len(packed) - 8)[0] + 1) * 4
+    return len(packed) - 12 - backward - 8
+
+
+def _lz4_first_block_checksum(packed: bytes) -> int:
+    """Where the first block's checksum is, in an `lz4 -BX` frame."""
+    descriptor = 2 + (8 if packed[4] & 0x08 else 0) + 1  # a content size only when lz4 knew it
+    size = struct.unpack_from("<I", packed, 4 + descriptor)[0] & 0x7FFFFFFF
+    return 4 + descriptor + 4 + size
+
+
+HEADER_FLIP = {"xz": (7, 0x01, "XZ_BAD_HEADER", (0, 12)), "lz4": (4, 0x08, "LZ4_BAD_HEADER", (0, 15)),
+               "bzip2": (3, 0x10, "BZIP2_BAD_HEADER", (0, 7))}
+
+
+@pytest.mark.parametrize("codec", ["xz", "lz4", "bzip2"])
+def test_a_flipped_bit_in_the_header_is_named_at_the_first_member(plain, tmp_path, codec):
+    at, mask, code, byte_range = HEADER_FLIP[codec]
+    damaged = bytearray(_pack(plain.read_bytes(), codec))
+    damaged[at] ^= mask
+    archive = _write(tmp_path, "hdr", bytes(damaged))
+    assert _tool_test(codec, archive) != 0
+    result = verify(archive, state=tmp_path / "s")
+    assert (corruption(result), result.exit_code) == ([code], 1)
+    finding = only(result, code)
+    assert finding.location.byte_range == byte_range and dict(finding.details)[UNIT[codec]] == 0
+    assert finding.location.uncompressed_offset == 0
+
+
+def test_a_flipped_xz_check_is_found_after_all_the_content_came_out(plain, tmp_path):
+    packed = bytearray(_pack(plain.read_bytes(), "xz"))
+    packed[_xz_check_field(packed)] ^= 0x01
+    archive = _write(tmp_path, "check.tar.xz", bytes(packed))
+    assert _tool_test("xz", archive) == 1
+    result = verify(archive, state=tmp_path / "s")
+    assert (corruption(result), result.exit_code) == (["XZ_DECODE_ERROR"], 1)
+    finding = only(result, "XZ_DECODE_ERROR")
+    assert finding.location.uncompressed_offset == plain.stat().st_size
+    assert finding.location.byte_range[0] == 0 and dict(finding.details)["xz_stream"] == 0
+
+
+def test_lz4_block_and_content_checksums_are_each_checked(plain, tmp_path):
+    data = plain.read_bytes()
+    linked = bytearray(_pack(data, "lz4 linked"))
+    linked[_lz4_first_block_checksum(linked)] ^= 0x01
+    archive = _write(tmp_path, "block.tar.lz4", bytes(linked))
+    assert _tool_test("lz4", archive) != 0
+    result = verify(archive, state=tmp_path / "s1")
+    assert (corruption(result), result.exit_code) == (["LZ4_BLOCK_CHECKSUM"], 1)
+    finding = only(result, "LZ4_BLOCK_CHECKSUM")
+    assert finding.location.uncompressed_offset == 0  # the first block is not decoded
+    assert "block 0: xxHash32 of its bytes is" in dict(finding.details)["error"]
+    plain_lz4 = bytearray(_pack(data, "lz4"))
+    plain_lz4[-2] ^= 0x01  # the content checksum
+    archive = _write(tmp_path, "content.tar.lz4", bytes(plain_lz4))
+    assert _tool_test("lz4", archive) != 0
+    result = verify(archive, state=tmp_path / "s2")
+    assert (corruption(result), result.exit_code) == (["LZ4_CONTENT_CHECKSUM"], 1)
+    finding = only(result, "LZ4_CONTENT_CHECKSUM")
+    assert finding.location.byte_range == (0, len(plain_lz4)) and dict(finding.details)["lz4_frame"] == 0
+    assert len(dict(finding.details)["members"]) == 10 + 1  # the first ten named, and how many more
+
+
+def test_a_flipped_bzip2_block_crc_names_the_member_being_decoded(plain, tmp_path):
+    """The blocks' CRCs no longer combine to the stream's: no block found can be trusted, and
+    the stream decodes whole, as bzip2 -d reads it."""
+    packed = bytearray(_pack(plain.read_bytes(), "bzip2"))
+    packed[10] ^= 0x01  # the first block's CRC-32, after "BZh9" and the block magic
+    archive = _write(tmp_path, "crc.tar.bz2", bytes(packed))
+    assert _tool_test("bzip2", archive) == 2  # bzip2 -t: a data integrity error
+    result = verify(archive, state=tmp_path / "s")
+    assert (corruption(result), result.exit_code) == (["BZIP2_DECODE_ERROR"], 1)
+    finding = only(result, "BZIP2_DECODE_ERROR")
+    good = subprocess.run(DECODE["bzip2"], input=bytes(packed), capture_output=True).stdout
+    assert finding.location.uncompressed_offset >= len(good)  # bzip2 -d keeps back its last piece
+    assert finding.location.member == member_holding(plain, finding.location.uncompressed_offset)
+    assert dict(finding.details)["restore_loses"].endswith("and every member after it to the end of the archive")
+
+
+DATA_CODES = {"xz": {"XZ_DECODE_ERROR"}, "lz4": {"LZ4_DECODE_ERROR", "LZ4_CONTENT_CHECKSUM"},
+              "bzip2": {"BZIP2_DECODE_ERROR"}}
+
+
+@pytest.mark.parametrize("codec", ["xz", "lz4", "bzip2"])
+def test_a_flipped_byte_in_the_compressed_data_fails_the_run_at_its_member(plain, tmp_path, codec):
+    packed = _pack(plain.read_bytes(), codec)
+    for at in (len(packed) // 3, len(packed) * 2 // 3):
+        damaged = bytearray(packed)
+        damaged[at] ^= 0x55
+        archive = _write(tmp_path, f"flip{at}", bytes(damaged))
+        assert _tool_test(codec, archive) != 0
+        result = verify(archive, state=tmp_path / f"s{at}")
+        [code] = corruption(result)  # tar damage from bad output is listed on the codec's finding
+        assert code in DATA_CODES[codec] and result.exit_code == 1
+        finding = only(result, code)
+        details, (start, end) = dict(finding.details), finding.location.byte_range
+        if codec == "bzip2":  # its blocks, found by their magic, decode alone: the damaged one is named
+            assert details["bzip2_block"] > 0 and start <= at < end
+            assert details["error"] == f"bzip2 block {details['bzip2_block']}: its data does not decode, or its CRC-32 does not match"
+        else:
+            assert details[UNIT[codec]] == 0 and start == 0
+
+
+@pytest.mark.parametrize("codec", ["xz", "lz4", "bzip2"])
+def test_a_file_cut_inside_a_member_is_truncated_where_the_tool_s_output_ends(plain, tmp_path, codec):
+    packed = _pack(plain.read_bytes(), codec)
+    archive = _write(tmp_path, "cut", packed[:len(packed) * 6 // 10])
+    assert _tool_test(codec, archive) != 0
+    result = verify(archive, state=tmp_path / "s")
+    code = f"{codec.upper()}_TRUNCATED"
+    assert (corruption(result), result.exit_code) == ([code], 1)
+    finding = only(result, code)
+    details = dict(finding.details)
+    assert details["error"].startswith(f"the file ends inside {UNIT[codec].replace('_', ' ')} 0 (")
+    assert finding.location.byte_range == (0, archive.stat().st_size)
+    good = subprocess.run(DECODE[codec], input=archive.read_bytes(), capture_output=True).stdout
+    ours = finding.location.uncompressed_offset
+    if codec == "bzip2":  # bzip2 -d writes in 5,000-byte pieces and drops the piece it was filling
+        assert len(good) <= ours < len(good) + 5000
+    else:
+        assert ours == len(good)
+    if ours:
+        assert finding.location.member == member_holding(plain, ours)
+
+
+TOOL_ON_TRAILING = {"xz": 1, "lz4": 1, "bzip2": 0}  # what the tools' -t say of bytes after the end
+
+
+@pytest.mark.parametrize("codec", ["xz", "lz4", "bzip2"])
+def test_bytes_after_the_last_member_are_a_warning(plain, tmp_path, codec):
+    packed = _pack(plain.read_bytes(), codec)
+    archive = _write(tmp_path, "junk", packed + b"\x00\x00garbage")
+    assert _tool_test(codec, archive) == TOOL_ON_TRAILING[codec]
+    result = verify(archive, state=tmp_path / "s")
+    finding = only(result, f"{codec.upper()}_TRAILING_DATA")
+    assert finding.severity.value == "warning" and finding.location.byte_range == (len(packed), len(packed) + 9)
+    assert dict(finding.details) == {"length": 9, "nonzero": 7} and (result.verdict, result.exit_code) == ("intact", 0)
+
+
+def test_the_cli_names_the_xz_stream(plain, tmp_path):
+    packed = bytearray(_pack(plain.read_bytes(), "xz"))
+    packed[7] ^= 0x01
+    archive = _write(tmp_path, "named.tar.xz", bytes(packed))
+    run = cli("verify", archive, "--state-dir", tmp_path / "c")
+    assert run.returncode == 1 and "XZ_BAD_HEADER" in run.stdout and "xz stream 0" in run.stdout
+
+
+def _xz_blocks(packed: bytes) -> list[tuple[int, int]]:
+    """(offset, end) of each block of a one-stream xz file, from its index."""
+    from archcheck.layers.xz import _index_records
+    backward = (struct.unpack_from("<I", packed, len(packed) - 8)[0] + 1) * 4
+    records = _index_records(packed[len(packed) - 12 - backward:len(packed) - 12])
+    blocks, offset = [], 12
+    for unpadded, _ in records:
+        blocks.append((offset, offset + -(-unpadded // 4) * 4))
+        offset = blocks[-1][1]
+    return blocks
+
+
+def test_the_blocks_of_a_multi_block_xz_are_checked_each_and_damage_is_named_at_its_block(plain, tmp_path):
+    data = plain.read_bytes()
+    packed = _pack(data, "xz -T2")
+    blocks = _xz_blocks(packed)
+    assert len(blocks) == -(-len(data) // MiB)  # 1 MiB blocks
+    damaged = bytearray(packed)
+    start, end = blocks[3]
+    damaged[end - 2] ^= 0x01  # block 3's CRC-64
+    archive = _write(tmp_path, "mt.tar.xz", bytes(damaged))
+    assert _tool_test("xz", archive) == 1
+    result = verify(archive, state=tmp_path / "s")
+    assert (corruption(result), result.exit_code) == (["XZ_DECODE_ERROR"], 1)
+    finding = only(result, "XZ_DECODE_ERROR")
+    assert dict(finding.details)["xz_block"] == 3 and finding.location.byte_range == (start, end)
+    assert dict(finding.details)["error"] == "xz block 3: its compressed data, header or check is damaged"
+    assert finding.location.uncompressed_offset == 4 * MiB  # the block's output came out whole, then failed its check
+    assert finding.location.member == member_holding(plain, 4 * MiB - 1)
+    html = tmp_path / "report.html"
+    assert cli("report", "drill-1", "--format", "html", "-o", html, "--state-dir", tmp_path / "s").returncode == 1
+    page = html.read_text()  # the picture's block row shows the block that failed, and only it
+    assert ">xz blocks<" in page and f"xz block 3 (xz-block): bytes {start}-{end}, failed" in page
+    assert page.count(", failed<") == 1
+
+
+def test_a_damaged_xz_index_is_found_by_decoding_the_stream_as_xz_does(plain, tmp_path):
+    packed = bytearray(_pack(plain.read_bytes(), "xz -T2"))
+    packed[len(packed) - 12 - 6] ^= 0x01  # inside the index: its CRC-32 no longer matches
+    archive = _write(tmp_path, "index.tar.xz", bytes(packed))
+    assert _tool_test("xz", archive) == 1
+    result = verify(archive, state=tmp_path / "s")
+    assert (corruption(result), result.exit_code) == (["XZ_DECODE_ERROR"], 1)
+    finding = only(result, "XZ_DECODE_ERROR")
+    assert dict(finding.details)["xz_stream"] == 0  # no blocks to trust: one stream, decoded whole
+    assert finding.location.uncompressed_offset == plain.stat().st_size  # every block was good
+
+
+# a stream decoded whole resumes by decoding again to where it stopped; xz and bzip2 blocks
+# resume at a block
+@pytest.mark.parametrize("maker", ["gzip -1", "xz", "xz -T2", "bzip2"])
+def test_an_interrupted_archive_resumes_to_the_uninterrupted_result(plain, tmp_path, maker):
+    archive = _write(tmp_path, "big.tar.x", _pack(plain.read_bytes() * 2, maker))
+    clean = verify(archive, state=tmp_path / "clean")
+    first = cli("verify", archive, "--deadline", "0.1s", "--state-dir", tmp_path / "s", "--no-progress",
+                env={"ARCHCHECK_FAILPOINT": "slow-read", "ARCHCHECK_SAVE_INTERVAL": "0.05"})
+    assert first.returncode == 3, first.stderr
+    result = resume("drill-1", state=tmp_path / "s")
+    [(_, verification)] = result.verifications
+    assert (verification.verdict, members_of(verification)) == ("intact", members_of(clean))
+
+
+@pytest.mark.parametrize("maker", ["xz", "xz -T2"])
+def test_an_xz_dictionary_over_max_window_is_unverified_not_corrupt(plain, tmp_path, maker):
+    archive = _write(tmp_path, "big-dict.tar.xz", _pack(plain.read_bytes(), maker))  # -6: an 8 MiB dictionary
+    result = verify(archive, state=tmp_path / "s", max_window=4 * MiB)
+    assert (result.verdict, result.exit_code, corruption(result)) == ("incomplete", 3, [])
+    limited = [f for f in result.findings if f.code == "XZ_MEMORY_LIMIT"]
+    assert len(limited) == 1 and all(f.category.value == "unverified" and "restore_loses" not in dict(f.details)
+                           for f in limited)
+
+
+@pytest.mark.parametrize("codec,flags,code", [("xz", ["--check=none"], "XZ_NO_CHECK"),
+                                              ("lz4", ["--no-frame-crc"], "LZ4_NO_CHECKSUM")])
+def test_a_stream_written_without_its_check_says_so(plain, reference, tmp_path, codec, flags, code):
+    packed = subprocess.run([codec, *flags, "-c"], input=plain.read_bytes(), capture_output=True, check=True).stdout
+    result = verify(_write(tmp_path, "unchecked", packed), state=tmp_path / "s")
+    assert (result.verdict, result.exit_code, members_of(result)) == ("intact", 0, members_of(reference))
+    assert only(result, code).severity.value == "info"
+    checked = verify(_write(tmp_path, "checked", _pack(plain.read_bytes(), codec)), state=tmp_path / "c")
+    assert not [f for f in checked.findings if f.code == code]
+
+
+def test_xz_stream_padding_comes_in_fours(plain, tmp_path):
+    packed = _pack(plain.read_bytes(), "xz")
+    for name, data in [("after", packed + bytes(3)), ("between", packed + bytes(2) + packed)]:
+        archive = _write(tmp_path, name + ".tar.xz", data)
+        assert _tool_test("xz", archive) == 1
+        result = verify(archive, state=tmp_path / name)
+        assert (corruption(result), result.exit_code) == (["XZ_DECODE_ERROR"], 1), name
+        assert only(result, "XZ_DECODE_ERROR").location.byte_range[0] == len(packed)
+    archive = _write(tmp_path, "fours.tar.xz", packed + bytes(8))
+    assert _tool_test("xz", archive) == 0 and verify(archive, state=tmp_path / "fours").exit_code == 0
+
+
+def test_zeros_after_an_lz4_frame_are_said_as_lz4_says_them(plain, tmp_path):
+    packed = _pack(plain.read_bytes(), "lz4")
+    archive = _write(tmp_path, "zeros.tar.lz4", packed + bytes(512))
+    assert _tool_test("lz4", archive) != 0  # lz4 -t: "Stream followed by undecodable data"
+    result = verify(archive, state=tmp_path / "s")
+    assert dict(only(result, "LZ4_TRAILING_DATA").details) == {"length": 512, "nonzero": 0}
+
+
+def test_an_lz4_file_starting_with_a_skippable_frame_is_lz4_not_zstd(plain, reference, tmp_path):
+    skippable = struct.pack("<II", 0x184D2A5F, 6) + b"label!"
+    archive = _write(tmp_path, "skip.tar.lz4", skippable + _pack(plain.read_bytes(), "lz4"))
+    assert _tool_test("lz4", archive) == 0
+    result = verify(archive, state=tmp_path / "s")
+    assert (result.verdict, result.manifest.format, members_of(result)) == ("intact", "tar+lz4", members_of(reference))

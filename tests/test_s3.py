@@ -1,0 +1,329 @@
+"""Archives in object storage (docs/remote.md), against a real S3 API on 127.0.0.1 (moto's
+server) through a fault-injecting proxy (tests/s3fault.py): the test corpus verifies the same
+through S3 as from disk; 500, 503, 429 (with and without Retry-After), stalls, resets and cut
+bodies never become corruption and change nothing in the result; ranges that keep failing are
+dead letters that resume reads again, exactly those; an object replaced mid-run is
+SOURCE_CHANGED; and no credential reaches any output."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from conftest import ARCHCHECK, cli, comparable
+from s3fault import ACCESS_KEY, SECRET_KEY, Fault, FaultProxy, MotoServer
+
+MiB = 1024 * 1024
+BUCKET = "backups"
+CORPUS = ("gnu.tar", "pax.tar", "ustar.tar", "single.tar.zst", "multi.tar.zst", "seekable.tar.zst",
+          "hostile.tar", "plain.txt.zst", "ustar.tar.gz")
+QUICK = ("--request-timeout", "2s", "--retries", "5", "--no-progress")  # a stall costs 2 s, not 30
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with MotoServer() as moto, FaultProxy(moto.endpoint) as proxy:
+        yield moto, proxy
+
+
+@pytest.fixture
+def proxy(s3):
+    _, proxy = s3
+    proxy.clear()
+    proxy.requests.clear()
+    yield proxy
+    proxy.clear()
+
+
+def env_of(s3, through_proxy: bool = True) -> dict[str, str]:
+    moto, proxy = s3
+    return moto.env(proxy.endpoint if through_proxy else None)
+
+
+def verify(*args, env: dict | None = None, timeout: float = 300) -> tuple[subprocess.CompletedProcess, dict]:
+    report = Path(args[args.index("--state-dir") + 1]) / "report.json"
+    r = cli("verify", *args, "--report", report, "--report-members", env=env, timeout=timeout)
+    return r, json.loads(report.read_text()) if report.exists() else {}
+
+
+def test_the_corpus_verifies_the_same_through_s3_as_from_disk(s3, proxy, fx, damaged, tmp_path):
+    moto, _ = s3
+    single = (fx / "single.tar.zst").stat().st_size
+    files = [fx / name for name in CORPUS] + [
+        damaged("single.tar.zst", at=single // 2, xor=0x10),
+        damaged("multi.tar.zst", truncate=(fx / "multi.tar.zst").stat().st_size - 5000),
+        damaged("gnu.tar", at=512 * 3 + 100, xor=0x01),
+    ]
+    uris = []
+    for path in files:
+        moto.put(BUCKET, f"corpus/{path.name}", path)
+        uris.append(f"s3://{BUCKET}/corpus/{path.name}")
+    local, local_report = verify(*files, "--state-dir", tmp_path / "local", "--segment-size", "8M", "--no-progress")
+    remote, remote_report = verify(*uris, "--state-dir", tmp_path / "remote", "--segment-size", "8M",
+                                   *QUICK, env=env_of(s3))
+    assert local.returncode == remote.returncode == 1, remote.stderr
+    assert comparable(remote_report) == comparable(local_report)
+    codes = {f["code"] for a in remote_report["archives"] for f in a["findings"]}
+    assert {"ZSTD_DECODE_ERROR", "TAR_HEADER_CHECKSUM"} <= codes or "ZSTD_CHECKSUM_MISMATCH" in codes, codes
+    for archive, uri in zip(remote_report["archives"], uris):
+        assert archive["archive"]["uri"] == uri and archive["archive"]["version"].startswith("etag:")
+        assert all(f["location"]["archive"] == uri for f in archive["findings"])
+    assert all(r.outcome == "forwarded" for r in proxy.requests)
+
+
+@pytest.mark.parametrize("fault", [
+    Fault("status", status=503, retry_after="1", times=3, method="GET", ranged=True),
+    Fault("status", status=429, times=3, method="GET", ranged=True),
+    Fault("status", status=500, times=4, method="GET", ranged=True),
+    Fault("status", status=503, times=1, method="HEAD"),
+    Fault("reset", times=3, method="GET", ranged=True),
+    Fault("short", cut=5000, times=3, method="GET", ranged=True),
+    Fault("stall", stall=10, times=1, method="GET", ranged=True),
+], ids=lambda f: f"{f.kind}-{f.status if f.kind == 'status' else ''}-{f.retry_after or ''}-{f.method}")
+def test_faults_change_nothing_in_the_result(s3, proxy, fx, tmp_path, fault):
+    moto, _ = s3
+    moto.put(BUCKET, "faults/multi.tar.zst", fx / "multi.tar.zst")
+    uri = f"s3://{BUCKET}/faults/multi.tar.zst"
+    clean, clean_report = verify(uri, "--state-dir", tmp_path / "clean", "--segment-size", "8M", *QUICK,
+                                 env=env_of(s3))
+    assert clean.returncode == 0, clean.stderr
+    proxy.requests.clear()
+    proxy.add(fault)
+    started = time.monotonic()
+    r, report = verify(uri, "--state-dir", tmp_path / "faulty", "--segment-size", "8M", *QUICK, env=env_of(s3))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert comparable(report) == comparable(clean_report)  # the same, with no finding at all
+    hit = [q for q in proxy.requests if q.outcome != "forwarded"]
+    assert len(hit) == fault.times
+    if fault.retry_after:  # each retry waited out the server's Retry-After (1 s) at least
+        assert time.monotonic() - started >= 1.0
+        retried = [q for q in proxy.requests if q.range == hit[0].range]
+        assert len(retried) >= 2
+
+
+def test_ranges_that_keep_failing_are_dead_letters_that_resume_reads_again(s3, proxy, fx, tmp_path):
+    moto, _ = s3
+    data = (fx / "gnu.tar").read_bytes()
+    moto.put(BUCKET, "dead/gnu.tar", data)
+    uri = f"s3://{BUCKET}/dead/gnu.tar"
+    # the second 8 MiB block of the object never answers well: its raw segment and the stream fail
+    proxy.always(Fault("status", status=503, method="GET", range_prefix=f"bytes={8 * MiB}-"))
+    state, log = tmp_path / "state", tmp_path / "events.jsonl"
+    # The breaker stays out of it: the stream check's reads of that range run in a worker that
+    # may hash segments next, and an open breaker there would give up a healthy segment too
+    # (which resume would read again) depending on scheduling alone.
+    r = cli("verify", uri, "--state-dir", state, "--segment-size", "8M", "--retries", "2",
+            "--retry-max-elapsed", "5s", "--breaker-threshold", "1000", "--log-file", log, "--no-progress",
+            env=env_of(s3), timeout=300)
+    assert r.returncode == 3, r.stderr + r.stdout
+    manifest = json.loads((state / "drills" / "drill-1" / "archives" / "0001" / "manifest.json").read_text())
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    failed = [e for e in events if e["event"] == "segment.failed"]
+    assert [e["segment"] for e in failed] == [1] and "HTTP 503" in failed[0]["error"]
+    assert "after 3 attempts" in failed[0]["error"]
+    findings = [f for f in events if f["event"] == "finding"]
+    assert {f["category"] for f in findings} == {"transient"}  # never corruption
+    assert {f["code"] for f in findings} == {"SOURCE_READ_ERROR"}
+    (dead,) = manifest["dead_letters"]
+    assert (dead["segment"], dead["offset"], dead["length"]) == (1, 8 * MiB, 8 * MiB)
+    assert dead["attempts"] == 2 and "HTTP 503" in dead["error"]  # read twice, each with its retries
+    assert next(e for e in events if e["event"] == "drill.finished")["verdict"] == "incomplete"
+
+    proxy.clear()
+    proxy.requests.clear()
+    log.unlink()
+    again = cli("resume", "drill-1", "--state-dir", state, "--log-file", log, "--trust-verified", "--no-progress",
+                env=env_of(s3), timeout=300)
+    assert again.returncode == 0, again.stderr + again.stdout
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["segment"] for e in events if e["event"] == "segment.verified"] == [1]  # exactly the dead letter
+    assert next(e for e in events if e["event"] == "drill.finished")["verdict"] == "intact"
+
+
+def test_an_object_replaced_mid_run_is_source_changed(s3, proxy, fx, tmp_path):
+    moto, _ = s3
+    moto.put(BUCKET, "moving/multi.tar.zst", fx / "multi.tar.zst")
+    uri = f"s3://{BUCKET}/moving/multi.tar.zst"
+    proxy.always(Fault("delay", stall=0.3, method="GET", ranged=True))  # a slow store: time to replace it
+    run = subprocess.Popen([*ARCHCHECK, "verify", uri, "--state-dir", str(tmp_path / "state"), "--segment-size",
+                            "8M", "--in-flight", "1", "--no-progress"], env={**os.environ, **env_of(s3)},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "state" / "drills" / "drill-1" / "archives" / "0001" / "manifest.json"
+    deadline = time.monotonic() + 30
+    while not manifest.exists() and time.monotonic() < deadline:  # the run has begun
+        time.sleep(0.05)
+    seen = len(proxy.requests)
+    while not any(q.range for q in proxy.requests[seen:]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    moto.put(BUCKET, "moving/multi.tar.zst", (fx / "single.tar.zst").read_bytes())
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 3, out + err
+    assert "SOURCE_CHANGED" in out and "ETag" in out, out + err
+    assert "corrupt" not in out.lower().split("verdict")[-1].split("\n")[0].lower()
+
+
+def test_resume_refuses_an_object_that_changed_since(s3, proxy, fx, tmp_path):
+    moto, _ = s3
+    moto.put(BUCKET, "later/gnu.tar", fx / "gnu.tar")
+    uri = f"s3://{BUCKET}/later/gnu.tar"
+    state = tmp_path / "state"
+    proxy.always(Fault("delay", stall=0.5, method="GET", ranged=True))
+    first = cli("verify", uri, "--state-dir", state, "--segment-size", "8M", "--deadline", "1s", "--no-progress",
+                env=env_of(s3))
+    assert first.returncode == 3, first.stderr
+    proxy.clear()
+    moto.put(BUCKET, "later/gnu.tar", (fx / "pax.tar").read_bytes())
+    again = cli("resume", "drill-1", "--state-dir", state, "--no-progress", env=env_of(s3))
+    assert again.returncode == 3
+    assert "changed" in again.stdout + again.stderr and "ETag or version" in again.stdout + again.stderr
+
+
+def test_plans_list_object_globs(s3, proxy, fx, tmp_path):
+    moto, _ = s3
+    for day in ("2026-12-01", "2026-12-02"):
+        moto.put(BUCKET, f"pg/{day}/base.tar.zst", fx / "single.tar.zst")
+    moto.put(BUCKET, "pg/2026-12-02/extra/base.tar.zst", fx / "single.tar.zst")  # one level deeper: not matched
+    plan = tmp_path / "fleet.yaml"
+    plan.write_text(f"archives:\n  - s3://{BUCKET}/pg/*/base.tar.zst\n  - s3://{BUCKET}/none/*.tar\n"
+                    "retries: 3\nin_flight: 2\nrequest_timeout: 5s\nbreaker_threshold: 7\nbreaker_cooldown: 3s\n")
+    r = cli("drill", "run", plan, "--state-dir", tmp_path / "state", "--no-progress", env=env_of(s3))
+    assert r.returncode == 0, r.stderr
+    assert f"s3://{BUCKET}/pg/2026-12-01/base.tar.zst" in r.stdout
+    assert f"s3://{BUCKET}/pg/2026-12-02/base.tar.zst" in r.stdout and "extra" not in r.stdout
+    assert f"s3://{BUCKET}/none/*.tar matches no archive" in r.stderr
+    drill = json.loads((tmp_path / "state" / "drills" / "drill-1" / "drill.json").read_text())
+    remote = drill["options"]["remote"]
+    assert remote["in_flight"] == 2 and remote["timeout"] == 5.0
+    assert (remote["policy"]["attempts"], remote["policy"]["breaker_threshold"],
+            remote["policy"]["breaker_cooldown"]) == (4, 7, 3.0)
+
+
+def test_no_credential_reaches_any_output(s3, proxy, fx, damaged, tmp_path):
+    moto, _ = s3
+    moto.put(BUCKET, "secret/bad.tar", damaged("gnu.tar", at=512 * 3 + 100, xor=0x01))
+    proxy.add(Fault("status", status=503, times=2, method="GET", ranged=True))
+    state = tmp_path / "state"
+    outputs = [tmp_path / name for name in ("junit.xml", "metrics.prom", "events.jsonl", "report.json")]
+    r = cli("verify", f"s3://{BUCKET}/secret/bad.tar", "--state-dir", state, "--junit", outputs[0],
+            "--prometheus", outputs[1], "--log-file", outputs[2], "--log-level", "debug", "--report", outputs[3],
+            *QUICK, env=env_of(s3))
+    assert r.returncode == 1, r.stderr
+    html = cli("report", "drill-1", "--format", "html", "-o", tmp_path / "report.html", "--state-dir", state)
+    assert html.returncode == 1
+    texts = [r.stdout, r.stderr, html.stdout, html.stderr]
+    texts += [p.read_text(errors="replace") for p in [*outputs, tmp_path / "report.html", *state.rglob("*")]
+              if p.is_file()]
+    assert len(texts) > 10
+    for text in texts:
+        assert SECRET_KEY not in text and ACCESS_KEY not in text
+
+
+def test_usage_errors_for_object_stores(s3, tmp_path):
+    moto, _ = s3
+    insecure = {k: v for k, v in env_of(s3).items() if k != "AWS_ALLOW_HTTP"}
+    r = cli("verify", f"s3://{BUCKET}/x.tar", "--state-dir", tmp_path, env=insecure)
+    assert r.returncode == 2 and "plain http: set AWS_ALLOW_HTTP=true" in r.stderr
+    r = cli("verify", f"s3://{BUCKET}/no/such.tar", "--state-dir", tmp_path, env=env_of(s3))
+    assert r.returncode == 5 and f"s3://{BUCKET}/no/such.tar: no such object" in r.stderr
+    r = cli("verify", "https://user:pw@example.invalid/a.tar", "--state-dir", tmp_path)
+    assert r.returncode == 2 and "credentials" in r.stderr and "pw" not in r.stderr
+    r = cli("verify", "gs://bucket/a.tar", "--state-dir", tmp_path)
+    assert r.returncode == 2 and "gs:// and az:// are not supported yet" in r.stderr
+
+
+@pytest.mark.parametrize("etag", ["strong", "weak", "none"])
+def test_an_http_url_verifies_the_same(fx, tmp_path, etag):
+    """A plain URL on a static server that serves byte ranges, by ranged GETs: pinned by its
+    ETag, or by its modification time when the ETag is weak (If-Match never matches one) or absent."""
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copyfile(fx / "single.tar.zst", root / "single.tar.zst")
+    with _range_server(root, etag) as base:
+        local, local_report = verify(fx / "single.tar.zst", "--state-dir", tmp_path / "local", "--no-progress")
+        remote, remote_report = verify(f"{base}/single.tar.zst", "--state-dir", tmp_path / "remote",
+                                       "--no-progress", env={"AWS_ALLOW_HTTP": "true"})
+        assert local.returncode == remote.returncode == 0, remote.stderr
+        assert comparable(remote_report) == comparable(local_report)
+        r = cli("verify", f"{base}/single.tar.zst", "--state-dir", tmp_path / "refused")
+        assert r.returncode == 2 and "plain http: set AWS_ALLOW_HTTP=true" in r.stderr
+
+
+@contextmanager
+def _range_server(root: Path, etag_kind: str = "strong"):
+    import http.server
+    import re
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.do_GET(head=True)
+
+        def do_GET(self, head: bool = False):
+            data = (root / self.path.lstrip("/")).read_bytes()
+            digest = hashlib.md5(data).hexdigest()
+            etag = {"strong": f'"{digest}"', "weak": f'W/"{digest}"', "none": ""}[etag_kind]
+            if etag_kind != "strong" and self.headers.get("If-Match"):
+                self.send_response(412)  # If-Match with a weak or no ETag never matches
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+            start, end = (int(match[1]), int(match[2]) + 1) if match else (0, len(data))
+            self.send_response(206 if match else 200)
+            self.send_header("Accept-Ranges", "bytes")
+            if etag:
+                self.send_header("ETag", etag)
+            self.send_header("Last-Modified", "Sat, 05 Dec 2026 08:00:00 GMT")
+            self.send_header("Content-Length", str(end - start))
+            if match:
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+            self.end_headers()
+            if not head:
+                self.wfile.write(data[start:end])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_failing_look_at_the_object_is_not_a_change():
+    """The coordinator's HEAD failing (throttled, unreachable) mid-run says nothing changed: the
+    ranges are pinned and retried on their own."""
+    from archcheck.errors import SourceChanged as Changed
+    from archcheck.sources.remote import ObjectInfo, RemoteOptions, RemoteSource
+    from archcheck.sources.resilience import Transient
+
+    class Flaky:
+        endpoint = "flaky"
+
+        def __init__(self, *answers):
+            self.answers = list(answers)
+
+        def head(self):
+            answer = self.answers.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+    pinned = ObjectInfo(100, "abc", None, 1)
+    transport = Flaky(Transient("HTTP 503"), OSError(5, "HTTP 403"), ObjectInfo(100, "def", None, 2),
+                      Changed("removed"))
+    source = RemoteSource("s3://b/k", transport, pinned, RemoteOptions())
+    assert source.changes() == "" and source.changes() == ""
+    assert source.changes() == "replaced: its ETag is def, not abc"
+    assert source.changes(fresh=False) == "replaced: its ETag is def, not abc"  # it stays changed
