@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -306,6 +307,46 @@ def test_a_stream_written_without_its_check_says_so(plain, reference, tmp_path, 
     assert only(result, code).severity.value == "info"
     checked = verify(_write(tmp_path, "checked", _pack(plain.read_bytes(), codec)), state=tmp_path / "c")
     assert not [f for f in checked.findings if f.code == code]
+
+
+def test_a_later_xz_stream_without_a_check_is_named_at_its_block(plain, reference, tmp_path):
+    data = plain.read_bytes()
+    checked = _pack(data, "xz")
+    unchecked = subprocess.run(["xz", "--check=none", "-c"], input=data, capture_output=True, check=True).stdout
+    archive = _write(tmp_path, "two.tar.xz", checked + unchecked)
+    result = verify(archive, state=tmp_path / "s")
+    assert (result.exit_code, members_of(result)) == (0, members_of(reference))
+    assert only(result, "XZ_NO_CHECK").location.byte_range == (len(checked) + 12, len(checked) + len(unchecked)
+                                                                - _xz_index_and_footer(unchecked))
+
+
+def _xz_index_and_footer(packed: bytes) -> int:
+    return (struct.unpack_from("<I", packed, len(packed) - 8)[0] + 1) * 4 + 12
+
+
+def _with_check_id(packed: bytes, check: int) -> bytes:
+    """The xz file with another check type in its stream header and footer (their CRC-32s made
+    again), the stored checks left as they are: a file as a newer xz could write it."""
+    out = bytearray(packed)
+    for flags in (6, len(out) - 4):  # stream flags: after the header magic, before the footer magic
+        out[flags + 1] = check
+    struct.pack_into("<I", out, 8, zlib.crc32(bytes(out[6:8])))
+    struct.pack_into("<I", out, len(out) - 12, zlib.crc32(bytes(out[len(out) - 8:len(out) - 2])))
+    return bytes(out)
+
+
+@pytest.mark.parametrize("maker", ["xz", "xz -T2"])
+def test_a_reserved_xz_check_type_decodes_unchecked_with_a_warning(plain, reference, tmp_path, maker):
+    packed = subprocess.run([*MAKERS[maker][:-1], "--check=crc32", "-c"], input=plain.read_bytes(),
+                            capture_output=True, check=True).stdout
+    archive = _write(tmp_path, "reserved.tar.xz", _with_check_id(packed, 2))  # ID 2: reserved, 4 bytes as CRC-32's
+    tool = subprocess.run(["xz", "-t", archive], capture_output=True, text=True)
+    assert tool.returncode == 2 and "Unsupported type of integrity check" in tool.stderr  # xz: a warning
+    result = verify(archive, state=tmp_path / "s")
+    assert (result.verdict, result.exit_code, members_of(result)) == ("intact", 0, members_of(reference))
+    warned = only(result, "XZ_UNSUPPORTED_CHECK")
+    assert (warned.category.value, dict(warned.details)["check"]) == ("warning", 2)
+    assert warned.location.byte_range[0] == (0 if maker == "xz" else 12)  # the header, or the first block
 
 
 def test_xz_stream_padding_comes_in_fours(plain, tmp_path):

@@ -327,3 +327,24 @@ def test_a_failing_look_at_the_object_is_not_a_change():
     assert source.changes() == "" and source.changes() == ""
     assert source.changes() == "replaced: its ETag is def, not abc"
     assert source.changes(fresh=False) == "replaced: its ETag is def, not abc"  # it stays changed
+
+
+def test_workers_read_from_the_store_the_coordinator_resolved(s3, fx, monkeypatch):
+    """A Dask worker on another machine has its own environment: the endpoint and region travel
+    in the source ref (credentials do not: they come from the worker's own chain)."""
+    import pickle
+    from archcheck.sources import open_source
+    moto, _ = s3
+    data = (fx / "gnu.tar").read_bytes()
+    moto.put(BUCKET, "ref/gnu.tar", data)
+    for name, value in env_of(s3, through_proxy=False).items():
+        monkeypatch.setenv(name, value)
+    ref = pickle.loads(pickle.dumps(open_source(f"s3://{BUCKET}/ref/gnu.tar").ref()))
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ALLOW_HTTP", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)  # a worker's environment without the store's settings
+    reader = ref.open()
+    try:
+        assert reader.pread(1000, 4096) == data[1000:5096]
+    finally:
+        reader.close()
+    assert "SECRET" not in repr(ref.options).upper() and SECRET_KEY not in repr(ref)

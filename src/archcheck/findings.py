@@ -113,6 +113,7 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("XZ_TRUNCATED", C, E, "xz", "{error}"),
     _c("XZ_MEMORY_LIMIT", U, W, "xz", "{error}; content not checked: raise --max-window to verify it"),
     _c("XZ_NO_CHECK", I, N, "xz", "the xz stream carries no integrity check (xz --check=none): damage in its data is caught only by deeper layers"),
+    _c("XZ_UNSUPPORTED_CHECK", H, W, "xz", "an xz stream's check type {check} is reserved, not one xz knows: its blocks decode but are not checked"),
     _c("XZ_TRAILING_DATA", D, W, "xz", "{length} bytes after the last xz stream ({nonzero} not zero): xz -d restores the streams before them, then fails on them"),
     _c("LZ4_BAD_HEADER", C, E, "lz4", "{error}"),
     _c("LZ4_DECODE_ERROR", C, E, "lz4", "{error}"),

@@ -227,13 +227,17 @@ class StreamCheck:
         self.findings = decided
 
     def _unchecked_stream(self) -> None:
-        """An xz or lz4 file written without its integrity check (the first stream's or frame's
-        header says), as ZSTD_NO_CHECKSUM says it of zstd frames."""
-        head = self.reader.pread(0, 8) if self.codec in ("xz", "lz4") else b""
-        if self.codec == "xz" and len(head) >= 8 and head[7] & 0x0F == 0:
-            self.findings.append(Finding.of("XZ_NO_CHECK", Location(self.uri, byte_range=(0, 12))))
-        elif self.codec == "lz4" and len(head) >= 5 and not head[4] & 0x14:  # no content nor block checksum
-            self.findings.append(Finding.of("LZ4_NO_CHECKSUM", Location(self.uri, byte_range=(0, 7))))
+        """An xz or lz4 file written without its integrity check, as ZSTD_NO_CHECKSUM says it
+        of zstd frames: the first xz block of each kind (else the first stream's header), the
+        first lz4 frame."""
+        if self.codec == "xz":
+            for code, check, where in xz.unchecked(self.frames, self.reader):
+                self.findings.append(Finding.of(code, Location(self.uri, byte_range=where),
+                                                **({"check": check} if code == "XZ_UNSUPPORTED_CHECK" else {})))
+        elif self.codec == "lz4":
+            head = self.reader.pread(0, 8)
+            if len(head) >= 5 and not head[4] & 0x14:  # no content nor block checksum
+                self.findings.append(Finding.of("LZ4_NO_CHECKSUM", Location(self.uri, byte_range=(0, 7))))
 
     def _add_effect(self, cause_index: int, effect: Finding) -> None:
         cause = self.findings[cause_index]

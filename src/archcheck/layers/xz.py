@@ -20,6 +20,8 @@ HEADER = FOOTER = 12
 MAX_INDEX = 16 * 1024 * 1024  # an index this large would list millions of blocks
 MAX_BLOCKS = 1 << 20  # more than this (24 TiB in xz -T0's blocks) decode as whole streams, in bounded memory
 PADDING_PIECE = 64 * 1024
+CHECK_NONE = 0
+KNOWN_CHECKS = (1, 4, 10)  # CRC-32, CRC-64, SHA-256; the other IDs are reserved
 
 
 class NotWalkable(Exception):
@@ -42,6 +44,21 @@ def walk_blocks(reader: Any) -> list[Frame] | None:
                                 params=(check, unpadded, uncompressed, len(frames))))
             offset += padded
     return frames if len(frames) > 1 else None
+
+
+def unchecked(frames: list[Frame], reader: Any) -> list[tuple[str, int, tuple[int, int]]]:
+    """(code, check type, byte range) for the first block of each kind that liblzma cannot
+    check, "XZ_NO_CHECK" (none written) or "XZ_UNSUPPORTED_CHECK" (a reserved check type): of
+    every block the walk found, else of the first stream, from its header."""
+    checks = [(frame.params[0], (frame.offset, frame.end)) for frame in frames if frame.kind == "xz-block"]
+    if not checks:
+        head = reader.pread(0, 8)
+        checks = [(head[7] & 0x0F, (0, HEADER))] if len(head) == 8 and head[:6] == HEADER_MAGIC else []
+    said: dict[str, tuple[int, tuple[int, int]]] = {}
+    for check, where in checks:
+        if check not in KNOWN_CHECKS:
+            said.setdefault("XZ_NO_CHECK" if check == CHECK_NONE else "XZ_UNSUPPORTED_CHECK", (check, where))
+    return sorted(((code, check, where) for code, (check, where) in said.items()), key=lambda said: said[2])
 
 
 def _streams(reader: Any) -> list[tuple[int, int, list[tuple[int, int]]]]:

@@ -45,6 +45,10 @@ def open_source(location: str | os.PathLike, options=None) -> Source:
     from .resilience import GaveUp, retrying
     uri = str(location)
     options = options or RemoteOptions()
+    if uri.startswith("s3://") and options.s3 is None:  # workers get the store this process resolved
+        from dataclasses import replace
+        from .s3 import settings
+        options = replace(options, s3=settings())
     transport = transport_for(uri, options)
     try:
         info = retrying(transport.head, f"{uri}: HEAD", options.policy, transport.endpoint)

@@ -43,6 +43,9 @@ class RemoteOptions:
     policy: RetryPolicy = RetryPolicy()
     in_flight: int = 4  # concurrent range requests per reader (read-ahead included)
     timeout: float = 30.0  # seconds: connect and read, per request
+    # an S3 endpoint and region as the coordinator resolved them (s3.settings), so that workers
+    # on other machines (Dask) read the same store; None: resolve from this process's environment
+    s3: tuple[str | None, str] | None = None
 
 
 class Transport(Protocol):

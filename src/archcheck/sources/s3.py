@@ -36,24 +36,29 @@ def check_endpoint() -> None:
         raise UsageError(f"the S3 endpoint {url} is plain http: set AWS_ALLOW_HTTP=true to allow it")
 
 
+def settings() -> tuple[str | None, str]:
+    """(endpoint URL or None for AWS, region) from this process's environment, checked."""
+    check_endpoint()
+    return endpoint_url(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
 @lru_cache(maxsize=8)
-def _client(timeout: float, pool: int) -> Any:
+def _client(timeout: float, pool: int, endpoint: str | None, region: str) -> Any:
     """One client per process and settings: creating one costs tens of milliseconds."""
     import botocore.session
     from botocore.config import Config
     session = botocore.session.get_session()
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     config = Config(retries={"total_max_attempts": 1}, connect_timeout=timeout, read_timeout=timeout,
-                    max_pool_connections=max(pool, 2), s3={"addressing_style": "path"} if endpoint_url() else None)
-    return session.create_client("s3", region_name=region, endpoint_url=endpoint_url(), config=config)
+                    max_pool_connections=max(pool, 2), s3={"addressing_style": "path"} if endpoint else None)
+    return session.create_client("s3", region_name=region, endpoint_url=endpoint, config=config)
 
 
 class S3Transport:
     def __init__(self, uri: str, options: RemoteOptions):
-        check_endpoint()
+        endpoint, region = options.s3 or settings()  # the coordinator's, in a worker
         self.bucket, self.key = parse(uri)
-        self.endpoint = endpoint_url() or "s3.amazonaws.com"
-        self.client = _client(options.timeout, options.in_flight + 2)
+        self.endpoint = endpoint or "s3.amazonaws.com"
+        self.client = _client(options.timeout, options.in_flight + 2, endpoint, region)
 
     def head(self) -> ObjectInfo:
         response = _call(lambda: self.client.head_object(Bucket=self.bucket, Key=self.key), self.key)
