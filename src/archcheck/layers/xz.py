@@ -58,7 +58,7 @@ def unchecked(frames: list[Frame], reader: Any) -> list[tuple[str, int, tuple[in
     for check, where in checks:
         if check not in KNOWN_CHECKS:
             said.setdefault("XZ_NO_CHECK" if check == CHECK_NONE else "XZ_UNSUPPORTED_CHECK", (check, where))
-    return sorted(((code, check, where) for code, (check, where) in said.items()), key=lambda said: said[2])
+    return sorted(((code, check, where) for code, (check, where) in said.items()), key=lambda finding: finding[2])
 
 
 def _streams(reader: Any) -> list[tuple[int, int, list[tuple[int, int]]]]:
