@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""Benchmark the verification of gzip, xz, lz4 and bzip2 archives beside each tool's own test, in one run.
+"""Benchmark the verification of gzip, xz, lz4, bzip2 and age-encrypted archives beside each tool's own test, in one run.
 
 Usage:
-    python3 bench/bench_codecs.py --codec gzip|xz|lz4|bzip2 [--data DIR] [--tar pgdata.tar] [--rounds 3]
+    python3 bench/bench_codecs.py --codec gzip|xz|lz4|bzip2|age [--data DIR] [--tar pgdata.tar] [--rounds 3]
+
+age: the tar as `zstd -T0 | age -r` makes it (NAME.zst.age, with a key made by age-keygen in
+--data), beside `age -d | zstd -t` (what a user would run to test it) and `age -d` alone;
+archcheck is given the key with --identity.
 
 The data (--data, default bench/out): a plain tar from make-anchor-data.sh (--tar: pgdata.tar,
 a pgbench cluster of 1.46 GB, or data.tar, 5.18 GB of real files and the cluster), compressed
@@ -35,16 +39,37 @@ from bench_native import compile_bytecode  # noqa: E402
 from run_bench import MiB, busy_cpus, default_archcheck, measure  # noqa: E402
 
 
-EXTENSION = {"gzip": ".gz", "xz": ".xz", "lz4": ".lz4", "bzip2": ".bz2"}
+EXTENSION = {"gzip": ".gz", "xz": ".xz", "lz4": ".lz4", "bzip2": ".bz2", "age": ".zst.age"}
+# each reads the tar named by its last argument ({key}: the age identity in --data)
 MAKERS = {"gzip": ["pigz", "-6", "-c"], "xz": ["xz", "-T0", "-6", "-c"], "lz4": ["lz4", "-c"],
-          "bzip2": ["lbzip2", "-9", "-c"]}
+          "bzip2": ["lbzip2", "-9", "-c"],
+          "age": ["sh", "-c", 'zstd -T0 -q -c "$1" | age -R "$0.pub"', "{key}"]}
 REFERENCES = {"gzip": [["gzip", "-t"], ["pigz", "-t"]], "xz": [["xz", "-t", "-T0"]], "lz4": [["lz4", "-t"]],
-              "bzip2": [["bzip2", "-t"], ["lbzip2", "-t"]]}
+              "bzip2": [["bzip2", "-t"], ["lbzip2", "-t"]],
+              "age": [["sh", "-c", 'age -d -i "$0" "$1" | zstd -t -q', "{key}"],
+                      ["age", "-d", "-i", "{key}", "-o", "/dev/null"]]}
+AGE_NAMES = {"sh -c": "age -d | zstd -t", "age -d": "age -d"}
 
 
-def commands(codec: str, archive: Path, archcheck: str) -> dict[str, list[str]]:
-    verify = [archcheck, "verify", "--no-progress", "--state-dir", "{state}"]
-    cmds = {shlex.join(ref): [*ref, str(archive)] for ref in REFERENCES[codec]}
+def _age_key(data: Path) -> Path:
+    """The identity the age archive is encrypted to (and its recipient, KEY.pub), made once."""
+    key = data / "age-key.txt"
+    if not key.exists():
+        subprocess.run(["age-keygen", "-o", key], check=True, capture_output=True)
+        key.with_suffix(".txt.pub").write_text(
+            subprocess.run(["age-keygen", "-y", key], check=True, capture_output=True, text=True).stdout)
+    return key
+
+
+def _named(ref: list[str], key: Path) -> tuple[str, list[str]]:
+    argv = [a.replace("{key}", str(key)) for a in ref]
+    return next((n for p, n in AGE_NAMES.items() if shlex.join(ref).startswith(p)), shlex.join(ref)), argv
+
+
+def commands(codec: str, archive: Path, archcheck: str, key: Path) -> dict[str, list[str]]:
+    verify = [archcheck, "verify", "--no-progress", "--state-dir", "{state}",
+              *(["--identity", str(key)] if codec == "age" else [])]
+    cmds = {name: [*argv, str(archive)] for name, argv in (_named(ref, key) for ref in REFERENCES[codec])}
     cmds[f"archcheck {codec} layer"] = [*verify, "--layers", "zstd", str(archive)]
     cmds["archcheck all layers"] = [*verify, str(archive)]
     return cmds
@@ -61,14 +86,16 @@ def main() -> None:
     tar, archive = args.data / args.tar, args.data / (args.tar + EXTENSION[args.codec])
     if not tar.exists():
         sys.exit(f"{tar} is missing: run ../shared/tools/make-anchor-data.sh {args.data}")
+    key = _age_key(args.data) if args.codec == "age" else Path()
     if not archive.exists():
-        print(f"making {archive} with {shlex.join(MAKERS[args.codec])} ...", flush=True)
+        maker = [a.replace("{key}", str(key)) for a in MAKERS[args.codec]]
+        print(f"making {archive} with {shlex.join(maker)} ...", flush=True)
         with open(archive.with_suffix(".part"), "wb") as out:
-            subprocess.run([*MAKERS[args.codec], str(tar)], stdout=out, check=True)
+            subprocess.run([*maker, str(tar)], stdout=out, check=True)
         archive.with_suffix(".part").rename(archive)
     compile_bytecode(args.archcheck)
     subprocess.run(["cat", str(archive)], stdout=subprocess.DEVNULL, check=True)  # a warm page cache
-    cmds = commands(args.codec, archive, args.archcheck)
+    cmds = commands(args.codec, archive, args.archcheck, key)
     names = list(cmds)
     print(f"data: {archive} {archive.stat().st_size / 1e9:.2f} GB (of {tar.stat().st_size / 1e9:.2f} GB)")
     for name, argv in cmds.items():

@@ -68,6 +68,13 @@ def mixed_tar(tmp_path_factory) -> Path:
     return tar
 
 
+@pytest.fixture(scope="session")
+def mixed_reference(mixed_tar, tmp_path_factory):
+    """The plain mixed tar's verification: what each compressed or encrypted copy must give."""
+    from archcheck.api import verify
+    return verify(mixed_tar, state=tmp_path_factory.mktemp("mixed-ref"))
+
+
 def members_of(result) -> list[tuple]:
     """(name, size, digest) of each member a verification recorded."""
     return [(m["name"], m["size"], m.get("digest")) for m in result.members()]

@@ -59,7 +59,7 @@ def test_a_format_archcheck_does_not_verify_is_named(tmp_path, state):
     run = cli("verify", archive, "--state-dir", state)
     assert run.returncode == 5 and run.stderr == (
         f"archcheck: {archive} is 7-Zip, not a format archcheck reads; archcheck verifies tar, alone or "
-        "compressed with zstd, gzip, xz, lz4 or bzip2\n")
+        "compressed with zstd, gzip, xz, lz4 or bzip2, each also encrypted with age\n")
 
 
 def test_window_over_max_window_is_incomplete_naming_the_option(fx, state):

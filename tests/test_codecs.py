@@ -36,8 +36,8 @@ def plain(mixed_tar) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(plain, tmp_path_factory):
-    return verify(plain, state=tmp_path_factory.mktemp("ref"))
+def reference(mixed_reference):
+    return mixed_reference
 
 
 def _pack(data: bytes, maker: str) -> bytes:

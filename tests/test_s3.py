@@ -205,6 +205,32 @@ def test_plans_list_object_globs(s3, proxy, fx, tmp_path):
             remote["policy"]["breaker_cooldown"]) == (4, 7, 3.0)
 
 
+def test_an_encrypted_object_verifies_the_same_as_from_disk(s3, proxy, fx, tmp_path):
+    """age over S3: the header read from the object, chunks decrypted as their ranges arrive."""
+    moto, _ = s3
+    key = tmp_path / "key.txt"
+    subprocess.run(["age-keygen", "-o", key], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", key], check=True, capture_output=True, text=True).stdout.strip()
+    clean = subprocess.run(["age", "-r", recipient, fx / "multi.tar.zst"], check=True, capture_output=True).stdout
+    start = clean.index(b"\n", clean.index(b"\n--- ") + 1) + 1 + 16
+    damaged = bytearray(clean)
+    damaged[start + 65552 + 100] ^= 0x04  # chunk 1
+    files = []
+    for name, data in (("clean.tar.zst.age", clean), ("bad.tar.zst.age", bytes(damaged))):
+        files.append(tmp_path / name)
+        files[-1].write_bytes(data)
+        moto.put(BUCKET, f"age/{name}", files[-1])
+    uris = [f"s3://{BUCKET}/age/{p.name}" for p in files]
+    local, local_report = verify(*files, "-i", key, "--state-dir", tmp_path / "local", "--no-progress")
+    remote, remote_report = verify(*uris, "-i", key, "--state-dir", tmp_path / "remote", *QUICK, env=env_of(s3))
+    assert local.returncode == remote.returncode == 1, remote.stderr
+    assert comparable(remote_report) == comparable(local_report)
+    [clean_report, bad_report] = remote_report["archives"]
+    assert (clean_report["verdict"], clean_report["format"]) == ("intact", "tar+zstd+age")
+    assert [(f["code"], f["details"]["chunk"]) for f in bad_report["findings"] if f["category"] == "corruption"] \
+        == [("AGE_CHUNK_AUTH", 1)]
+
+
 def test_no_credential_reaches_any_output(s3, proxy, fx, damaged, tmp_path):
     moto, _ = s3
     moto.put(BUCKET, "secret/bad.tar", damaged("gnu.tar", at=512 * 3 + 100, xor=0x01))

@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")" || exit 2
 
 SECONDS_PER_TARGET="${1:-5}"
 shift $(( $# > 0 ? 1 : 0 ))
-ALL_TARGETS=(tar_walk zstd stream pg_pages innodb wal sqlite_wal sqlite_collect)
+ALL_TARGETS=(tar_walk zstd stream age pg_pages innodb wal sqlite_wal sqlite_collect)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 case "$SECONDS_PER_TARGET" in
   ''|*[!0-9]*) echo "run.sh: SECONDS must be a whole number, not '$SECONDS_PER_TARGET'" >&2; exit 2 ;;

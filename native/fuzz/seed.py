@@ -30,7 +30,8 @@ REPO = HERE.parent.parent
 FIXTURES = REPO / "fixtures"
 ORACLE = FIXTURES / "oracle" / "corpus"
 CORPUS = HERE / "corpus"
-TARGETS = ["tar_walk", "zstd", "stream", "pg_pages", "innodb", "wal", "sqlite_wal", "sqlite_collect"]
+TARGETS = ["tar_walk", "zstd", "stream", "age", "pg_pages", "innodb", "wal", "sqlite_wal", "sqlite_collect"]
+AGE_RECIPIENT = "age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj"  # of src/lib.rs's AGE_IDENTITY
 CONTROL = 8
 MAX_SEED = 1 << 20
 PAGE = 8192
@@ -289,6 +290,25 @@ def seed_stream() -> None:
         write("stream", name, data)
 
 
+def seed_age() -> None:
+    """The sample tar and its zstd, encrypted to the fuzz identity by the real age: whole, cut at
+    and inside a chunk, with a chunk's bit flipped, and with bytes appended."""
+    if not shutil.which("age"):
+        return
+    tar = sample_tar()
+    for name, plain in (("tar", tar[:200_000]), ("zst", zstd(tar) or b""), ("empty", b""), ("one", b"x")):
+        sealed = subprocess.run(["age", "-r", AGE_RECIPIENT], input=plain, capture_output=True, check=True).stdout
+        start = sealed.index(b"\n", sealed.index(b"\n--- ") + 1) + 1 + 16
+        write("age", name, sealed)
+        write("age", name + "-appended", sealed + b"garbage")
+        if len(sealed) > start + 65552 + 100:
+            write("age", name + "-at-chunk", sealed[:start + 65552])
+            write("age", name + "-in-chunk", sealed[:start + 65552 + 100])
+            flipped = bytearray(sealed)
+            flipped[start + 70] ^= 1
+            write("age", name + "-flipped", bytes(flipped))
+
+
 def seed_pg_pages() -> None:
     pages = sample_relations()
     for k, (name, data) in enumerate(sorted(pages.items())):
@@ -328,6 +348,7 @@ SEEDERS = {
     "tar_walk": seed_tar_walk,
     "zstd": seed_zstd,
     "stream": seed_stream,
+    "age": seed_age,
     "pg_pages": seed_pg_pages,
     "innodb": seed_innodb,
     "wal": seed_wal,

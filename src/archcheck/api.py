@@ -24,6 +24,7 @@ from .errors import ArchcheckError, SourceChanged, UsageError
 from .events import Event
 from .gate import GateInputs, GateOutcome, judge, save_outcomes
 from .layers import ALL_LAYERS
+from .layers.age import HEAD as AGE_HEAD, AgeKey, check_identity, identity_from
 from .layers.detect import detect_format
 from .layers.members import DEFAULT_DIGEST, DIGESTS
 from .layers.raw import LEAF_SIZE
@@ -102,22 +103,25 @@ def run_drill(archives: Iterable[str | os.PathLike], *, layers: Iterable[str] = 
               skip_verified_within: float | None = None, on_progress: ProgressCallback | None = None,
               on_notice: NoticeCallback | None = None, now: Callable[[], datetime] | None = None,
               recheck: bool = True, gate: GateSpec | None = None,
-              remote: RemoteOptions = RemoteOptions(), executor: str | None = None) -> DrillResult:
+              remote: RemoteOptions = RemoteOptions(), executor: str | None = None,
+              identity: str | os.PathLike | None = None) -> DrillResult:
     """Start a drill: verify every requested layer of each archive. Damage comes back as
     findings; only archcheck's own failures (usage, unreadable source, state) raise ArchcheckError.
     ``recheck=False`` trusts what an adopted unfinished pass verified, without reading it again.
     ``gate``: judge each archive beyond intact (baseline, policy, checksums); see ``GateSpec``.
     ``remote``: retries, read-ahead and timeouts for archives in object storage (``remote_options``).
-    ``executor``: "local" (default), "dask://HOST:PORT" or "dask-local[:N]" (executors.py)."""
+    ``executor``: "local" (default), "dask://HOST:PORT" or "dask-local[:N]" (executors.py).
+    ``identity``: an age identity file for encrypted archives (else AGE_IDENTITY, see layers/age.py)."""
     spec = parse_executor(executor)
     options = RunOptions(_check_layers(layers), segment_size, _check_memory(max_memory),
-                         _workers_for(spec, workers), max_window, _check_digest(digest), remote, spec)
+                         _workers_for(spec, workers), max_window, _check_digest(digest), remote, spec,
+                         identity_from(identity))
     paths, backups = expand_backups(a if is_remote(a) else Path(a) for a in archives)
     if not paths:
         raise UsageError("no archive to verify")
     # a missing, unreadable or unknown file is one clear line before anything starts; what each
     # one is now is what resume holds it to
-    identities = [_usable(path, remote).to_json() for path in paths]
+    identities = [_usable(path, remote, options.age).to_json() for path in paths]
     limits = {"budget": {"seconds": budget.seconds, "bytes": budget.bytes} if budget else None,
               "deadline": iso(deadline) if deadline else None, "skip_verified_within": skip_verified_within}
     with _gated(gate, paths, options, now) as judge_drill:
@@ -271,8 +275,10 @@ def _judge(result: DrillResult, gate: _Gate, digests: FileDigests | None, now: d
 def run_plan(plan_path: str | os.PathLike, *, state: str | os.PathLike | None = None,
              deadline: datetime | None = None, on_progress: ProgressCallback | None = None,
              on_notice: NoticeCallback | None = None, now: Callable[[], datetime] | None = None,
-             recheck: bool = True, executor: str | None = None) -> tuple[DrillResult, Plan]:
-    """Start a drill from a plan file; ``state``, ``deadline`` and ``executor`` override the plan's."""
+             recheck: bool = True, executor: str | None = None,
+             identity: str | os.PathLike | None = None) -> tuple[DrillResult, Plan]:
+    """Start a drill from a plan file; ``state``, ``deadline`` and ``executor`` override the plan's;
+    ``identity`` as for ``run_drill``."""
     plan = load_plan(plan_path)
     paths, unmatched = expand_archives(plan)
     for pattern in unmatched:
@@ -292,15 +298,18 @@ def run_plan(plan_path: str | os.PathLike, *, state: str | os.PathLike | None = 
                                              timeout=plan.request_timeout, max_elapsed=plan.retry_max_elapsed,
                                              breaker_threshold=plan.breaker_threshold,
                                              breaker_cooldown=plan.breaker_cooldown),
-                       executor=executor or plan.executor)
+                       executor=executor or plan.executor, identity=identity)
     return result, plan
 
 
-def _usable(path: Path | str, remote: RemoteOptions):
-    """The archive's identity, once it is known to be a format archcheck verifies."""
+def _usable(path: Path | str, remote: RemoteOptions, key: AgeKey | None = None):
+    """The archive's identity, once it is known to be a format archcheck verifies (and, if it
+    is age-encrypted and an identity is given, one the identity opens)."""
     source = open_source(path, remote)
     try:
-        detect_format(asyncio.run(source.read(0, 1024)), str(path))
+        head = asyncio.run(source.read(0, AGE_HEAD))
+        if detect_format(head, str(path)) == "age" and key is not None:
+            check_identity(head, source.size, key, str(path))
         return asyncio.run(source.identity())
     except SourceChanged as exc:
         raise SourceChanged(f"{path} changed while it was being opened ({exc.what}); try again") from None
@@ -324,11 +333,13 @@ def plan_deadline(plan: Plan, now: datetime) -> datetime | None:
 
 def resume(drill_id: str, *, state: str | os.PathLike | None = None, deadline: datetime | None = None,
            on_progress: ProgressCallback | None = None, on_notice: NoticeCallback | None = None,
-           now: Callable[[], datetime] | None = None, recheck: bool = True) -> DrillResult:
+           now: Callable[[], datetime] | None = None, recheck: bool = True,
+           identity: str | os.PathLike | None = None) -> DrillResult:
     """Continue a drill where it stopped: what was verified is read again (hashing only) and
-    not checked again unless it changed; ``recheck=False`` trusts it without reading it."""
+    not checked again unless it changed; ``recheck=False`` trusts it without reading it.
+    ``identity``: as for ``run_drill``; it is never saved, so an age archive needs it again."""
     drill = load_drill(state_dir(state), drill_id)
-    options = _options(drill.options)
+    options = dataclasses.replace(_options(drill.options), age=identity_from(identity))
     spec = GateSpec.from_json(drill.gate) if drill.gate and drill.status not in SEALABLE else None
     paths = [a.path if is_remote(a.path) else Path(a.path) for a in drill.archives]
     with _gated(spec, paths, options, now) as judge_drill:

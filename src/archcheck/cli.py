@@ -115,6 +115,9 @@ EXECUTOR = typer.Option(None, "--executor", envvar="ARCHCHECK_EXECUTOR",
                         help="Where the work runs: local (this machine's processes, the default), "
                              "dask://HOST:PORT (a Dask scheduler) or dask-local[:N] (N Dask worker processes "
                              "here); Dask needs pip install 'archcheck[dask]'.")
+IDENTITY = typer.Option(None, "--identity", "-i",
+                        help="An age identity file (as age-keygen writes it) for age-encrypted archives; "
+                             "default: AGE_IDENTITY (a path, or the key itself). Never logged or saved.")
 TRUST = typer.Option(False, "--trust-verified",
                      help="Going on with an earlier run: do not read again what it verified (faster; the "
                           "report says so). By default it is hashed again, and bytes that changed are reported.")
@@ -180,6 +183,7 @@ def verify_command(
         None, "--breaker-cooldown", help="Object stores: how long an open breaker waits before a probe "
                                          "(default 10s)."),
     executor: Optional[str] = EXECUTOR,
+    identity: Optional[Path] = IDENTITY,
 ) -> None:
     from .processes import start_early
     start_early()  # the worker server loads while the library does
@@ -203,7 +207,7 @@ def verify_command(
                 max_elapsed=retry_max_elapsed and parse_duration(retry_max_elapsed, "--retry-max-elapsed"),
                 breaker_threshold=breaker_threshold,
                 breaker_cooldown=breaker_cooldown and parse_duration(breaker_cooldown, "--breaker-cooldown")),
-            executor=executor)
+            executor=executor, identity=identity)
     out.finish(result, report)
 
 
@@ -276,6 +280,7 @@ def resume_command(
     log_format: Optional[str] = LOG_FORMAT,
     log_level: str = LOG_LEVEL,
     log_file: Optional[Path] = LOG_FILE,
+    identity: Optional[Path] = IDENTITY,
 ) -> None:
     """Continue a stopped drill from its last verified segment: what was verified is hashed
     again (to catch rot since) but not checked again.
@@ -288,7 +293,8 @@ def resume_command(
     with Output(progress, quiet, report_members, junit, prometheus,
                 logs=LogSpec(log_format, log_level, log_file)) as out:
         result = api.resume(drill, state=state_dir, deadline=_deadline(deadline, until),
-                            on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified)
+                            on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified,
+                            identity=identity)
     out.finish(result, report)
 
 
@@ -314,6 +320,7 @@ def drill_run_command(
     log_level: str = LOG_LEVEL,
     log_file: Optional[Path] = LOG_FILE,
     executor: Optional[str] = EXECUTOR,
+    identity: Optional[Path] = IDENTITY,
 ) -> None:
     """Start a drill from a plan file (archives, layers, window or budget, outputs)."""
     from .processes import start_early
@@ -323,7 +330,8 @@ def drill_run_command(
                 logs=LogSpec(log_format, log_level, log_file)) as out:
         result, loaded = api.run_plan(plan, state=state_dir, deadline=_deadline(deadline, until),
                                       on_progress=out.progress, on_notice=out.notice,
-                                      recheck=not trust_verified, executor=executor)
+                                      recheck=not trust_verified, executor=executor,
+                                      identity=identity)
     template = loaded.report
     if report is None and template:
         report = Path(template.format(drill=result.drill.id, date=datetime.now().strftime("%Y-%m-%d")))

@@ -127,6 +127,11 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("BZIP2_DECODE_ERROR", C, E, "bzip2", "{error}"),
     _c("BZIP2_TRUNCATED", C, E, "bzip2", "{error}"),
     _c("BZIP2_TRAILING_DATA", D, W, "bzip2", "{length} bytes after the last bzip2 stream ({nonzero} not zero): bzip2 -d warns and ignores them"),
+    # age (formats.md 8): the header, each STREAM chunk's tag, the final-chunk marker
+    _c("AGE_BAD_HEADER", C, E, "age", "the age header is damaged: {error}"),
+    _c("AGE_CHUNK_AUTH", C, E, "age", "{error}; plaintext bytes {plaintext_range}"),
+    _c("AGE_TRUNCATED", C, E, "age", "{error}"),
+    _c("AGE_NOT_DECRYPTED", U, W, "age", "age-encrypted to {recipients}; {why}: the header's structure and the chunk sizes were checked, the {chunks} chunks' authentication and everything inside them were not"),
     # tar layer
     _c("TAR_HEADER_CHECKSUM", C, E, "tar", "header checksum is {actual}, header says {expected}"),
     _c("TAR_BAD_NUMBER", C, E, "tar", "header field {field} is not a number: {value}"),

@@ -23,6 +23,7 @@ from .events import Event
 from .errors import SourceChanged, WorkerCrashed, describe_error
 from .findings import Category, Finding, Location
 from .layers import raw
+from .layers.age import AgeKey
 from .layers.decoding import CHUNK, MIN_CHUNK
 from .layers.stream import FRAME_FIELDS, CheckpointMismatch, StreamResult, StreamStopped
 from .layers.members import MEMBER_FIELDS
@@ -57,6 +58,7 @@ class RunOptions:
     digest: str
     remote: RemoteOptions = RemoteOptions()  # retries, read-ahead and timeouts of object stores
     executor: ExecutorSpec = ExecutorSpec()  # this machine's process pool, or a Dask cluster
+    age: AgeKey | None = None  # decrypts age files; never saved with the options
 
     @property
     def stream(self) -> bool:
@@ -399,7 +401,7 @@ class Run:
             digest=options.digest if "members" in options.layers else None, max_window=options.max_window,
             threads=options.workers, depth=options.stream_depth(), chunk=options.stream_chunk(), checkpoint=checkpoint,
             checkpoint_every=SAVE_INTERVAL, checkpoint_from=self.limits.stop_offset,
-            scan=self.scan if "pages" in options.layers else None, address="", authkey=b"")
+            scan=self.scan if "pages" in options.layers else None, address="", authkey=b"", age=options.age)
         try:
             with StreamChannel(self.pool, self.ref, task, self.stopping,
                                rescheduled=self.options.executor.is_dask,

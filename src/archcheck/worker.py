@@ -15,10 +15,12 @@ from multiprocessing.connection import Client
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SourceChanged, describe_error
-from .layers import raw
+from .errors import SourceChanged, UnsupportedArchive, describe_error
+from .layers import age, raw
+from .layers.age import AgeKey
+from .layers.detect import detect_format
 from .layers.decoding import Failure
-from .layers.stream import CheckpointMismatch, StreamCheck, StreamStopped
+from .layers.stream import CheckpointMismatch, StreamCheck, StreamResult, StreamStopped
 from .scanners import ScanConfig
 from .segments import Segment
 from .sources import SourceRef
@@ -77,7 +79,7 @@ class StreamTask:
     """Run the stream check where the bytes are, reporting over ``address``."""
 
     uri: str
-    codec: str  # "tar" (none), "zstd" or a stream codec ("gzip", "xz", "lz4", "bzip2")
+    codec: str  # "tar" (none), "zstd", a stream codec ("gzip", "xz", "lz4", "bzip2") or "age"
     check_tar: bool
     digest: str | None
     max_window: int
@@ -90,6 +92,7 @@ class StreamTask:
     scan: ScanConfig | None
     address: str
     authkey: bytes
+    age: AgeKey | None = None  # decrypts an age file's payload (its repr hides the key)
 
 
 PROGRESS_EVERY = 0.1  # seconds between progress messages
@@ -134,19 +137,29 @@ def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
     except Exception as exc:  # noqa: BLE001 - handed on, never swallowed
         out.failure(exc)
         return
+    codec, plain = task.codec, None
+    if codec == "age":
+        opened = _decrypted(out, reader, task)
+        if opened is None:
+            return
+        plain, codec = opened
+        reader = plain
     stop = threading.Event()
     listener = threading.Thread(target=_wait_for_stop, args=(out.conn, stop), daemon=True)
     listener.start()
     check = StreamCheck(
-        reader, task.uri, codec=task.codec, check_tar=task.check_tar, digest=task.digest,
+        reader, task.uri, codec=codec, check_tar=task.check_tar, digest=task.digest,
         max_window=task.max_window, threads=task.threads, depth=task.depth, chunk=task.chunk,
         on_progress=out.progress,
-        on_members=lambda line, count: out.send("members", line, count),
+        on_members=_members_to(out, plain if codec == "tar" else None),
         on_frames=lambda rows: out.send("frames", rows), resume_from=task.checkpoint,
-        on_checkpoint=lambda state: out.send("checkpoint", state), checkpoint_every=task.checkpoint_every,
+        on_checkpoint=_checkpoints_to(out, plain), checkpoint_every=task.checkpoint_every,
         checkpoint_from=task.checkpoint_from, stop=stop, scan=task.scan)
     try:
-        out.send("result", check.run())
+        result = check.run()
+        if plain is not None:
+            result = age.conclude(plain, task.uri, result, check.frames, check.member_at if codec == "tar" else None)
+        out.send("result", result)
     except StreamStopped:
         out.send("stopped")
     except CheckpointMismatch:
@@ -160,6 +173,46 @@ def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
         stop.set()
         listener.join()  # it reads the connection, which is closed once this returns
         reader.close()
+
+
+def _decrypted(out: _Sender, reader: Any, task: StreamTask) -> tuple[age.Plaintext, str] | None:
+    """An age file's plaintext (its chunks checked before restored) and what it is; None once
+    what could be checked without it (or a failure) is sent."""
+    try:
+        if task.age is None:
+            raise age.Unopened("no_key", "no identity was given (--identity or AGE_IDENTITY)")
+        plain = age.Plaintext(reader, task.age)
+        plain.restore((task.checkpoint or {}).get("age"))
+        return plain, _inner_codec(plain)
+    except age.Unopened as exc:  # what the header says, and what could not be checked
+        out.send("result", age.unopened_result(reader, task.uri, None if exc.kind == "no_key" else exc, StreamResult))
+    except Exception as exc:  # noqa: BLE001 - handed on, never swallowed
+        out.failure(exc)
+    reader.close()
+    return None
+
+
+def _inner_codec(plain: age.Plaintext) -> str:
+    """What the plaintext is; anything else is walked as tar, which says it is not one."""
+    try:
+        codec = detect_format(plain.pread(0, 1024), "the plaintext")
+    except UnsupportedArchive:
+        return "tar"
+    return "tar" if codec == "age" else codec
+
+
+def _members_to(out: _Sender, plain: age.Plaintext | None) -> Any:
+    def send(line: bytes, count: int) -> None:
+        if plain is not None:  # a failed chunk of a plain tar is named by the member it is in
+            plain.note_members(line)
+        out.send("members", line, count)
+    return send
+
+
+def _checkpoints_to(out: _Sender, plain: age.Plaintext | None) -> Any:
+    if plain is None:
+        return lambda state: out.send("checkpoint", state)
+    return lambda state: out.send("checkpoint", {**state, "age": plain.state()})
 
 
 STOP_POLL = 0.1  # seconds between looks at whether the walk ended by itself

@@ -2,6 +2,7 @@
 //! so every source (a local file, an object store) works with it.
 #![forbid(unsafe_code)]
 
+pub mod age;
 pub mod digest;
 pub mod finding;
 pub mod raw;

@@ -10,6 +10,9 @@ use archcheck_core::finding::Found;
 use archcheck_core::tar::ContentScanner;
 
 pub const CONTROL: usize = 8;
+/// The identity the age target decrypts with; seed.py encrypts its seeds to it (a test key,
+/// published here on purpose: it protects nothing).
+pub const AGE_IDENTITY: &str = "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX";
 pub const BLOCK: usize = 512;
 
 /// (control bytes, data) of a fuzz input.

@@ -727,6 +727,73 @@ impl Scanner {
     }
 }
 
+// --- age ----------------------------------------------------------------------------------------
+
+/// ("header" | "identity" | "no_match" | "mac", message): why an age file did not open.
+fn age_open_error(e: archcheck_core::age::OpenError) -> PyErr {
+    use archcheck_core::age::OpenError;
+    let (kind, message) = match e {
+        OpenError::Header(m) => ("header", m),
+        OpenError::Identity(m) => ("identity", m),
+        OpenError::NoMatch => ("no_match", "no identity given unwraps the file key".to_string()),
+        OpenError::Mac => ("mac", "the header's MAC does not match: the header was changed".to_string()),
+    };
+    PyValueError::new_err((kind, message))
+}
+
+/// Where an age file's first chunk starts (its header and nonce read), or ValueError((kind, message)).
+#[pyfunction]
+fn age_payload_start(head: &[u8], file_len: u64) -> PyResult<u64> {
+    guarded(|| archcheck_core::age::payload_start(head, file_len))?.map_err(age_open_error)
+}
+
+/// (chunk, code, message) of a chunk that did not decrypt.
+type ChunkFaults = Vec<(u64, &'static str, String)>;
+
+/// The payload of an age file, decrypted whole chunks at a time with the GIL released.
+#[pyclass(module = "archcheck._native")]
+struct AgePayload {
+    inner: archcheck_core::age::Payload,
+}
+
+#[pymethods]
+impl AgePayload {
+    #[new]
+    fn new(head: &[u8], file_len: u64, identities: &str) -> PyResult<Self> {
+        let inner = guarded(|| archcheck_core::age::Payload::open(head, file_len, identities))?.map_err(age_open_error)?;
+        Ok(AgePayload { inner })
+    }
+
+    #[getter]
+    fn start(&self) -> u64 {
+        self.inner.start()
+    }
+
+    #[getter]
+    fn chunks(&self) -> u64 {
+        self.inner.chunks()
+    }
+
+    #[getter]
+    fn plaintext_size(&self) -> u64 {
+        self.inner.plaintext_len()
+    }
+
+    /// Decrypt the whole chunks from `first` in `sealed`: (plaintext, [(chunk, code, message)]);
+    /// a failed chunk's plaintext is zeros.
+    fn decrypt<'py>(&mut self, py: Python<'py>, first: u64, sealed: &Bound<'py, PyBytes>)
+        -> PyResult<(Bound<'py, PyBytes>, ChunkFaults)> {
+        let bytes = sealed.as_bytes();
+        let inner = &mut self.inner;
+        let (out, faults) = py.detach(|| guarded(|| {
+            let mut out = Vec::with_capacity(bytes.len());
+            let faults = inner.decrypt(first, bytes, &mut out);
+            (out, faults)
+        }))?;
+        Ok((PyBytes::new(py, &out), faults.into_iter().map(|f| (f.chunk, f.code, f.message)).collect()))
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     quiet_panics();
@@ -741,6 +808,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ContentDigest>()?;
     m.add_class::<TarWalker>()?;
     m.add_class::<Scanner>()?;
+    m.add_class::<AgePayload>()?;
+    m.add_function(wrap_pyfunction!(age_payload_start, m)?)?;
     m.add_function(wrap_pyfunction!(walk_frames, m)?)?;
     m.add_function(wrap_pyfunction!(unwalked_problem, m)?)?;
     m.add_function(wrap_pyfunction!(leaf_digests, m)?)?;

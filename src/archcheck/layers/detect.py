@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..errors import UnsupportedArchive
 from .. import _native
 from ..codecs import stream_codec
+from .age import is_age
 from .zstd import is_zstd_start
 
 OTHER_FORMATS = [  # (magic, offset, name) of formats we recognise but do not verify
@@ -12,12 +13,14 @@ OTHER_FORMATS = [  # (magic, offset, name) of formats we recognise but do not ve
 ]
 
 
-SUPPORTED = "tar, alone or compressed with zstd, gzip, xz, lz4 or bzip2"
+SUPPORTED = "tar, alone or compressed with zstd, gzip, xz, lz4 or bzip2, each also encrypted with age"
 
 
 def detect_format(head: bytes, name: str) -> str:
-    """'zstd', a stream codec ('gzip', 'xz', 'lz4', 'bzip2') or 'tar' from the first bytes;
-    UnsupportedArchive with one clear line otherwise."""
+    """'zstd', a stream codec ('gzip', 'xz', 'lz4', 'bzip2'), 'tar' or 'age' (any of them
+    encrypted) from the first bytes; UnsupportedArchive with one clear line otherwise."""
+    if is_age(head):
+        return "age"
     codec = stream_codec(head)  # before zstd: an lz4 file may start with a skippable frame
     if codec is not None:  # damage in the rest of the header is the decoder's to name
         return codec.name

@@ -120,6 +120,10 @@ class StreamCheck:
         return _native.TarWalker(digest, scan=True, listed=listed if self.scan.listed is not None else None,
                                  prefix=self.scan.prefix, known=known)
 
+    def member_at(self, offset: int) -> tuple[str | None, int | None]:
+        """The member holding uncompressed ``offset``, among those the walker still knows."""
+        return self.walker.member_at(offset) if self.walker else (None, None)
+
     def found_so_far(self) -> list[Finding]:
         """The findings made before a failure ended the check (those whose meaning waits for the
         end of the archive, such as PostgreSQL pages before pg_control, are left out)."""

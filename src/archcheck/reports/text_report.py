@@ -33,6 +33,8 @@ def where(finding: Finding) -> str:
     details = dict(finding.details)
     if details.get("block") is not None and loc.frame is not None:
         parts.append(f"zstd block {details['block']}")
+    if finding.layer == "age" and details.get("chunk") is not None:
+        parts.append(f"age chunk {details['chunk']}")
     for codec in STREAM_CODECS.values():
         if details.get(codec.detail_key) is not None:
             parts.append(f"{codec.unit} {details[codec.detail_key]}")

@@ -1,0 +1,217 @@
+"""age-encrypted archives (.tar.age, .tar.zst.age, .tar.gz.age): keys made by the real
+age-keygen, files by the real age, damaged at known places.
+
+The real tool is the oracle: every file called damaged here is one `age -d` refuses, and where
+a member is named, it is the member a restore through `age -d` is cut in."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from archcheck.api import resume, verify
+from conftest import cli, corruption, member_holding, members_of, only
+
+CHUNK, SEALED = 64 * 1024, 64 * 1024 + 16
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(identity file, another identity file, the first's recipient)."""
+    folder = tmp_path_factory.mktemp("keys")
+    for name in ("key.txt", "other.txt"):
+        subprocess.run(["age-keygen", "-o", folder / name], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", folder / "key.txt"], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    return folder / "key.txt", folder / "other.txt", recipient
+
+
+PACK = {"tar": None, "zstd": ["zstd", "-q", "-c"], "gzip": ["gzip", "-c"]}
+
+
+def _encrypted(plain: Path, inner: str, recipient: str) -> bytes:
+    data = plain.read_bytes()
+    if PACK[inner]:
+        data = subprocess.run(PACK[inner], input=data, capture_output=True, check=True).stdout
+    return subprocess.run(["age", "-r", recipient], input=data, capture_output=True, check=True).stdout
+
+
+def _payload_start(file: bytes) -> int:
+    """After the header's MAC line, the 16-byte nonce."""
+    return file.index(b"\n", file.index(b"\n--- ") + 1) + 1 + 16
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _age_refuses(path: Path, key: Path) -> bool:
+    return subprocess.run(["age", "-d", "-i", key, path], capture_output=True).returncode != 0
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1:]
+
+
+@pytest.mark.parametrize("inner,fmt", [("tar", "tar+age"), ("zstd", "tar+zstd+age"), ("gzip", "tar+gzip+age")])
+def test_an_encrypted_archive_gives_the_plain_tar_s_members(mixed_tar, mixed_reference, keys, tmp_path, inner, fmt):
+    key, _, recipient = keys
+    archive = _write(tmp_path, "a.age", _encrypted(mixed_tar, inner, recipient))
+    result = verify(archive, state=tmp_path / "s", identity=key)
+    assert (result.verdict, result.exit_code, result.manifest.format) == ("intact", 0, fmt)
+    assert members_of(result) == members_of(mixed_reference)
+    assert not [f for f in result.findings if f.category.value != "info"]
+
+
+def test_a_flipped_bit_in_a_plain_tar_is_named_at_its_chunk_and_member(mixed_tar, keys, tmp_path):
+    key, _, recipient = keys
+    clean = _encrypted(mixed_tar, "tar", recipient)
+    start, k = _payload_start(clean), 40
+    archive = _write(tmp_path, "bad.tar.age", _flip(clean, start + k * SEALED + 1000))
+    assert _age_refuses(archive, key)
+    result = verify(archive, state=tmp_path / "s", identity=key)
+    assert (result.verdict, result.exit_code, corruption(result)) == ("corrupt", 1, ["AGE_CHUNK_AUTH"])
+    finding = only(result, "AGE_CHUNK_AUTH")
+    details = dict(finding.details)
+    assert finding.location.byte_range == (start + k * SEALED, start + (k + 1) * SEALED)
+    assert (details["chunk"], details["plaintext_range"]) == (k, f"{k * CHUNK}-{(k + 1) * CHUNK}")
+    assert finding.location.member == member_holding(mixed_tar, k * CHUNK)
+    assert "age -d stops at this chunk" in details["restore_loses"]
+
+
+def _member_cut_by_age_d(archive: Path, key: Path) -> str:
+    """The last member `age -d | zstd -d | tar t` lists: the one a restore is cut in."""
+    listing = subprocess.run(f"age -d -i {key} {archive} | zstd -dcq 2>/dev/null | tar -t 2>/dev/null",
+                             shell=True, capture_output=True, text=True).stdout.split()
+    return listing[-1].removeprefix("./")
+
+
+def test_a_flipped_bit_in_a_compressed_archive_names_where_a_restore_is_cut(mixed_tar, keys, tmp_path):
+    key, _, recipient = keys
+    clean = _encrypted(mixed_tar, "zstd", recipient)
+    start = _payload_start(clean)
+    k = (len(clean) - start) // SEALED // 2
+    archive = _write(tmp_path, "bad.tar.zst.age", _flip(clean, start + k * SEALED + 5000))
+    result = verify(archive, state=tmp_path / "s", identity=key)
+    # what zstd and tar make of the chunk is its effect, not damage of its own
+    assert (result.exit_code, corruption(result)) == (1, ["AGE_CHUNK_AUTH"])
+    finding = only(result, "AGE_CHUNK_AUTH")
+    details = dict(finding.details)
+    assert details["chunk"] == k and details["effects"][0].startswith("ZSTD_")
+    assert finding.location.byte_range == (start + k * SEALED, start + (k + 1) * SEALED)
+    assert finding.location.member.removeprefix("./") == _member_cut_by_age_d(archive, key)
+
+
+def test_a_file_cut_at_a_chunk_boundary_is_truncated(mixed_tar, keys, tmp_path):
+    key, _, recipient = keys
+    clean = _encrypted(mixed_tar, "tar", recipient)
+    start, k = _payload_start(clean), 20
+    archive = _write(tmp_path, "cut.tar.age", clean[:start + (k + 1) * SEALED])
+    assert _age_refuses(archive, key)
+    result = verify(archive, state=tmp_path / "s", identity=key)
+    assert (result.exit_code, corruption(result)) == (1, ["AGE_TRUNCATED"])
+    finding = only(result, "AGE_TRUNCATED")
+    assert dict(finding.details)["chunk"] == k and "not marked as the final chunk" in finding.message
+
+
+@pytest.mark.parametrize("change", ["cut inside a chunk", "garbage appended", "another file appended"])
+def test_a_changed_end_fails_the_chunk_it_is_in(mixed_tar, keys, tmp_path, change):
+    key, _, recipient = keys
+    clean = _encrypted(mixed_tar, "tar", recipient)
+    data = {"cut inside a chunk": clean[:len(clean) - 100], "garbage appended": clean + b"garbage" * 10,
+            "another file appended": clean + _encrypted(mixed_tar, "tar", recipient)}[change]
+    archive = _write(tmp_path, "changed.tar.age", data)
+    assert _age_refuses(archive, key)
+    result = verify(archive, state=tmp_path / "s", identity=key)
+    assert result.exit_code == 1 and set(corruption(result)) == {"AGE_CHUNK_AUTH"}
+    first = next(f for f in result.findings if f.code == "AGE_CHUNK_AUTH")
+    # the last byte left, or the first added (a whole last chunk, then more, is one more chunk)
+    changed = len(data) - 1 if change.startswith("cut") else len(clean)
+    assert first.location.byte_range[0] <= changed < first.location.byte_range[1]
+
+
+@pytest.mark.parametrize("change", ["another MAC", "a MAC that is no base64"])
+def test_a_changed_header_mac_is_a_damaged_header(mixed_tar, keys, tmp_path, change):
+    key, _, recipient = keys
+    clean = _encrypted(mixed_tar, "tar", recipient)
+    mac = clean.index(b"\n--- ") + 5
+    other = {"another MAC": b"B" if clean[mac:mac + 1] == b"A" else b"A", "a MAC that is no base64": b"!"}[change]
+    archive = _write(tmp_path, "mac.tar.age", clean[:mac] + other + clean[mac + 1:])
+    assert _age_refuses(archive, key)
+    result = verify(archive, state=tmp_path / "s", identity=key)
+    assert (result.exit_code, corruption(result)) == (1, ["AGE_BAD_HEADER"])
+    assert only(result, "AGE_BAD_HEADER").location.byte_range == (0, _payload_start(clean))
+
+
+def test_the_wrong_identity_is_a_usage_error_and_nothing_is_called_corrupt(mixed_tar, keys, tmp_path):
+    _, other, recipient = keys
+    archive = _write(tmp_path, "a.tar.age", _encrypted(mixed_tar, "tar", recipient))
+    run = cli("verify", archive, "--identity", other, "--state-dir", tmp_path / "s", "--no-progress")
+    assert run.returncode == 2
+    assert run.stderr.strip().endswith("opens it (it is encrypted to 1 X25519 recipient, or those stanzas are damaged)")
+    assert "CORRUPT" not in run.stdout
+
+
+def test_without_an_identity_the_header_is_checked_and_the_rest_is_unverified(mixed_tar, keys, tmp_path, monkeypatch):
+    monkeypatch.delenv("AGE_IDENTITY", raising=False)
+    _, _, recipient = keys
+    clean = _encrypted(mixed_tar, "tar", recipient)
+    result = verify(_write(tmp_path, "a.tar.age", clean), state=tmp_path / "s")
+    assert (result.verdict, result.exit_code) == ("incomplete", 3)
+    finding = only(result, "AGE_NOT_DECRYPTED")
+    chunks = -(-(len(clean) - _payload_start(clean)) // SEALED)
+    assert dict(finding.details)["chunks"] == chunks and "1 X25519 recipient" in finding.message
+    header_only = verify(_write(tmp_path, "empty.age", clean[:_payload_start(clean)]), state=tmp_path / "s2")
+    assert (header_only.exit_code, corruption(header_only)) == (1, ["AGE_TRUNCATED"])
+
+
+def test_the_identity_from_the_environment_is_used_and_never_written(mixed_tar, keys, tmp_path):
+    key, _, recipient = keys
+    secret = next(line for line in key.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    archive = _write(tmp_path, "a.tar.zst.age", _encrypted(mixed_tar, "zstd", recipient))
+    run = cli("verify", archive, "--state-dir", tmp_path / "s", "--report", tmp_path / "report.json",
+              "--log-format", "json", "--log-level", "debug", "--no-progress", env={"AGE_IDENTITY": secret})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["archives"][0]["format"] == "tar+zstd+age"
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".age"]
+    assert written and not [p for p in written if secret.encode() in p.read_bytes()]
+    assert secret not in run.stdout + run.stderr
+
+
+def test_an_interrupted_encrypted_archive_resumes_to_the_uninterrupted_result(mixed_tar, keys, tmp_path):
+    key, _, recipient = keys
+    archive = _write(tmp_path, "big.tar.zst.age", _encrypted(mixed_tar, "zstd", recipient))
+    clean = verify(archive, state=tmp_path / "clean", identity=key)
+    first = cli("verify", archive, "-i", key, "--deadline", "0.1s", "--state-dir", tmp_path / "s", "--no-progress",
+                env={"ARCHCHECK_FAILPOINT": "slow-read", "ARCHCHECK_SAVE_INTERVAL": "0.05"})
+    assert first.returncode == 3, first.stderr
+    result = resume("drill-1", state=tmp_path / "s", identity=key)
+    [(_, verification)] = result.verifications
+    assert (verification.verdict, members_of(verification)) == ("intact", members_of(clean))
+
+
+def test_every_read_of_the_plaintext_is_what_age_d_writes(mixed_tar, keys, tmp_path):
+    """Reads as the layers make them (in order, small and large, unaligned, jumping back),
+    through the read-ahead, against the real tool's output."""
+    import random
+    from archcheck.layers.age import AgeKey, Plaintext
+    from archcheck.sources.local import LocalReader
+    key, _, recipient = keys
+    archive = _write(tmp_path, "a.tar.zst.age", _encrypted(mixed_tar, "zstd", recipient))
+    expected = subprocess.run(["age", "-d", "-i", key, archive], capture_output=True, check=True).stdout
+    reader = Plaintext(LocalReader(str(archive)), AgeKey(key.read_text(), "test"))
+    assert reader.size == len(expected)
+    rnd, pos = random.Random(5), 0
+    for _ in range(2000):
+        if rnd.random() < 0.3:
+            pos = rnd.randrange(len(expected))
+        length = rnd.choice([1, 3, 100, CHUNK, CHUNK + 1, 200_000, 3 << 20])
+        assert reader.pread(pos, length) == expected[pos:pos + length], (pos, length)
+        pos = min(len(expected) - 1, pos + length)
+    reader.sweep()
+    assert (reader.faults, reader.unread()) == ({}, [])
+    reader.close()
