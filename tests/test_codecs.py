@@ -320,6 +320,21 @@ def test_a_later_xz_stream_without_a_check_is_named_at_its_block(plain, referenc
                                                                 - _xz_index_and_footer(unchecked))
 
 
+def test_a_later_lz4_frame_without_checksums_is_named_and_counted(plain, reference, tmp_path):
+    data = plain.read_bytes()
+    third = len(data) // 3
+    checked = _pack(data[:third], "lz4")
+    unchecked = [subprocess.run(["lz4", "--no-frame-crc", "-c"], input=part, capture_output=True, check=True).stdout
+                 for part in (data[third:2 * third], data[2 * third:])]
+    archive = _write(tmp_path, "three.tar.lz4", checked + unchecked[0] + unchecked[1])
+    assert _tool_test("lz4", archive) == 0
+    result = verify(archive, state=tmp_path / "s")
+    assert (result.exit_code, members_of(result)) == (0, members_of(reference))
+    finding = only(result, "LZ4_NO_CHECKSUM")
+    assert finding.location.byte_range == (len(checked), len(checked) + 7)
+    assert (dict(finding.details)["lz4_frame"], dict(finding.details)["members"]) == (1, 2)
+
+
 def _xz_index_and_footer(packed: bytes) -> int:
     return (struct.unpack_from("<I", packed, len(packed) - 8)[0] + 1) * 4 + 12
 

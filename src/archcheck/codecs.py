@@ -14,6 +14,7 @@ class StreamCodec:
     content_mismatch: tuple[str, ...] = ()  # codes for a member whose every byte came out, wrong
     block: bool = False  # its unit is one frame of the file's walk (an xz or bzip2 block), not the file
     zeros_ignored: bool = True  # its tool accepts zero bytes after the last member (tape padding) silently
+    unchecked_code: str | None = None  # the code for members written without a check of their data
 
     @property
     def detail_key(self) -> str:
@@ -29,7 +30,7 @@ STREAM_CODECS = {codec.name: codec for codec in (
     StreamCodec("gzip", b"\x1f\x8b", "gzip member", ("GZIP_CRC_MISMATCH", "GZIP_SIZE_MISMATCH")),
     StreamCodec("xz", b"\xfd7zXZ\x00", "xz stream"),
     StreamCodec("lz4", b"\x04\x22\x4d\x18", "lz4 frame", ("LZ4_CONTENT_CHECKSUM", "LZ4_SIZE_MISMATCH"),
-                zeros_ignored=False),
+                zeros_ignored=False, unchecked_code="LZ4_NO_CHECKSUM"),
     StreamCodec("bzip2", b"BZh", "bzip2 stream"),
 )}
 

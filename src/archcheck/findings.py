@@ -121,7 +121,7 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("LZ4_CONTENT_CHECKSUM", C, E, "lz4", "decoded content does not match its xxHash32: {detail}"),
     _c("LZ4_SIZE_MISMATCH", C, E, "lz4", "decoded length does not match the frame's content size: {detail}"),
     _c("LZ4_TRUNCATED", C, E, "lz4", "{error}"),
-    _c("LZ4_NO_CHECKSUM", I, N, "lz4", "the lz4 frame carries neither a content nor block checksums (lz4 --no-frame-crc): damage in its data is caught only by deeper layers"),
+    _c("LZ4_NO_CHECKSUM", I, N, "lz4", "{members} lz4 frame(s) carry neither a content nor block checksums (lz4 --no-frame-crc), the first at lz4 frame {lz4_frame}: damage in their data is caught only by deeper layers"),
     _c("LZ4_TRAILING_DATA", D, W, "lz4", "{length} bytes after the last lz4 frame ({nonzero} not zero): lz4 -d restores the frames before them, then fails on them"),
     _c("BZIP2_BAD_HEADER", C, E, "bzip2", "{error}"),
     _c("BZIP2_DECODE_ERROR", C, E, "bzip2", "{error}"),

@@ -305,6 +305,12 @@ impl FrameDecoder {
         None
     }
 
+    /// A frame without its checksum is the frame walk's finding.
+    #[getter]
+    fn unchecked(&self) -> Option<(u64, u64, u64)> {
+        None
+    }
+
     #[getter]
     fn produced(&self) -> u64 {
         self.inner.produced
@@ -369,6 +375,12 @@ impl StreamDecoder {
     #[getter]
     fn trailing(&self) -> Option<(u64, u64, u64)> {
         self.inner.trailing()
+    }
+
+    /// Members no check covers: (the first's index, its first byte, how many).
+    #[getter]
+    fn unchecked(&self) -> Option<(u64, u64, u64)> {
+        self.inner.unchecked()
     }
 
     #[getter]

@@ -75,6 +75,7 @@ class Event:
     failure: Failure | None = None  # the decoder itself failed: the stream cannot go on
     block: Block | None = None  # where the decoder failed (a zstd block, a gzip member, an xz stream, ...)
     trailing: tuple[int, int, int] | None = None  # bytes after the last member of a stream codec: (offset, length, non-zero)
+    unchecked: tuple[int, int, int] | None = None  # members of a stream codec no check covers: (first, offset, count)
     lane: int = 0
 
 
@@ -205,7 +206,7 @@ class FrameDecoders:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
         message, code = failed or (None, None)
         self._put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
-                              trailing=decoder.trailing))
+                              trailing=decoder.trailing, unchecked=decoder.unchecked))
 
     def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int
                        ) -> tuple[int, tuple[str, str] | None, Block | None]:

@@ -231,17 +231,13 @@ class StreamCheck:
         self.findings = decided
 
     def _unchecked_stream(self) -> None:
-        """An xz or lz4 file written without its integrity check, as ZSTD_NO_CHECKSUM says it
-        of zstd frames: the first xz block of each kind (else the first stream's header), the
-        first lz4 frame."""
+        """An xz file written without its integrity check, as ZSTD_NO_CHECKSUM says it of zstd
+        frames: the first xz block of each kind (else the first stream's header). (lz4 frames
+        without checksums are counted by their decoder, as they end.)"""
         if self.codec == "xz":
             for code, check, where in xz.unchecked(self.frames, self.reader):
                 self.findings.append(Finding.of(code, Location(self.uri, byte_range=where),
                                                 **({"check": check} if code == "XZ_UNSUPPORTED_CHECK" else {})))
-        elif self.codec == "lz4":
-            head = self.reader.pread(0, 8)
-            if len(head) >= 5 and not head[4] & 0x14:  # no content nor block checksum
-                self.findings.append(Finding.of("LZ4_NO_CHECKSUM", Location(self.uri, byte_range=(0, 7))))
 
     def _add_effect(self, cause_index: int, effect: Finding) -> None:
         cause = self.findings[cause_index]
@@ -400,6 +396,11 @@ class StreamCheck:
             at, length, nonzero = event.trailing  # zeros (tape padding) gzip and bzip2 accept silently
             self.findings.append(Finding.of(UNITS[frame.kind].trailing_code,
                                             Location(self.uri, byte_range=(at, at + length)), length=length, nonzero=nonzero))
+        codec = UNITS.get(frame.kind)
+        if event.unchecked is not None and codec is not None and codec.unchecked_code:
+            first, at, count = event.unchecked  # said once, at the first such member's header
+            self.findings.append(Finding.of(codec.unchecked_code, Location(self.uri, byte_range=(at, at + 7)),
+                                            **{codec.detail_key: first}, members=count))
         if event.error is not None:
             self._decode_failed(frame, event, frame_start, structural)
             return

@@ -281,6 +281,11 @@ impl Member for Lz4 {
         }
     }
 
+    /// A frame (not a skippable one: it has a descriptor) with neither block nor content checksums.
+    fn unchecked(&self) -> bool {
+        self.max_block > 0 && !self.block_checksum && !self.content_checksum
+    }
+
     fn part(&self) -> &'static str {
         match self.stage {
             Stage::Magic | Stage::Descriptor => "its header",

@@ -62,6 +62,10 @@ pub trait Member: Send + Sync {
     fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Step, Fault>;
     /// Which part of the member the input ended in ("its header").
     fn part(&self) -> &'static str;
+    /// The member just decoded carries no check of its data (an lz4 frame without checksums).
+    fn unchecked(&self) -> bool {
+        false
+    }
 }
 
 /// A decoder of a whole file, as the bindings see it.
@@ -77,6 +81,10 @@ pub trait StreamDecoder: Send + Sync {
     /// of them are not zero). The tools ignore them or warn; a restore loses nothing. A decoder
     /// of one block has none.
     fn trailing(&self) -> Option<(u64, u64, u64)> {
+        None
+    }
+    /// Members whose data no check covers: (the first's index, its first byte, how many).
+    fn unchecked(&self) -> Option<(u64, u64, u64)> {
         None
     }
 }
@@ -140,6 +148,7 @@ pub struct Concatenated<M: Member> {
     trailing: u64,
     trailing_nonzero: u64,
     finished: bool,
+    unchecked: Option<(u64, u64, u64)>,
 }
 
 impl<M: Member> Concatenated<M> {
@@ -148,6 +157,7 @@ impl<M: Member> Concatenated<M> {
         Concatenated {
             member, state: State::Inside, magic: Vec::new(), index: 0, start: 0, after: 0, consumed: 0,
             produced: 0, whole: 0, trailing_at: None, trailing: 0, trailing_nonzero: 0, finished: false,
+            unchecked: None,
         }
     }
 
@@ -162,6 +172,10 @@ impl<M: Member> Concatenated<M> {
         match result {
             Ok(step) => {
                 if step.ended {
+                    if self.member.unchecked() {
+                        let (first, start, count) = self.unchecked.unwrap_or((self.index, self.start, 0));
+                        self.unchecked = Some((first, start, count + 1));
+                    }
                     self.whole += 1;
                     self.state = State::Between;
                     self.after = self.consumed + step.taken as u64;
@@ -285,6 +299,10 @@ impl<M: Member> StreamDecoder for Concatenated<M> {
 
     fn trailing(&self) -> Option<(u64, u64, u64)> {
         self.trailing_at.map(|at| (at, self.trailing, self.trailing_nonzero))
+    }
+
+    fn unchecked(&self) -> Option<(u64, u64, u64)> {
+        self.unchecked
     }
 }
 
