@@ -146,3 +146,74 @@ def test_a_lone_gz_of_text_is_gzip_content(tmp_path):
     result = verify(archive, state=tmp_path / "s")
     assert (result.verdict, result.exit_code, result.manifest.format) == ("intact", 0, "gzip")
     assert only(result, "TAR_NOT_TAR").severity.value == "info"
+
+
+def _bgzf_members(packed: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each BGZF member, from its BSIZE (SAM/BAM spec 4.1), read plainly here."""
+    import struct
+    spans, pos = [], 0
+    while pos < len(packed):
+        end = pos + struct.unpack_from("<H", packed, pos + 16)[0] + 1
+        spans.append((pos, end))
+        pos = end
+    return spans
+
+
+@pytest.fixture(scope="module")
+def twice(plain, tmp_path_factory) -> Path:
+    """A tar of the mixed tree twice over (about 12 MiB, half of it random bytes)."""
+    import shutil
+    base = tmp_path_factory.mktemp("twice")
+    for copy in ("a", "b"):
+        shutil.copytree(plain.parent / "tree", base / copy)
+    subprocess.run(["tar", "-C", base, "-cf", base / "twice.tar", "a", "b"], check=True)
+    return base / "twice.tar"
+
+
+@pytest.fixture(scope="module")
+def bgzf(twice) -> bytes:
+    """As bgzip writes it: members of 64 KiB of output, more than one run's worth."""
+    return subprocess.run(["bgzip", "-c"], input=twice.read_bytes(), capture_output=True, check=True).stdout
+
+
+def test_a_bgzf_file_decodes_its_runs_of_members_in_parallel(twice, bgzf, tmp_path):
+    from archcheck.manifest import frame_rows
+    reference = verify(twice, state=tmp_path / "s1")
+    archive = tmp_path / "a.tar.bgz"
+    archive.write_bytes(bgzf)
+    result = verify(archive, state=tmp_path / "s2")
+    assert (result.verdict, result.exit_code, result.manifest.format) == ("intact", 0, "tar+gzip")
+    assert members_of(result) == members_of(reference) and not [f for f in result.findings if f.category.value != "info"]
+    rows = [dict(zip(result.manifest.stream.frame_table["fields"], row))
+            for row in frame_rows(result.manifest, result.manifest_path)]
+    members = _bgzf_members(bgzf)
+    assert len(rows) >= 2 and {r["kind"] for r in rows} == {"gzip-members"}
+    assert rows[0]["offset"] == 0 and rows[-1]["end"] == len(bgzf)
+    assert all(a["end"] == b["offset"] and b["offset"] in {s for s, _ in members} for a, b in zip(rows, rows[1:]))
+
+
+def test_a_flipped_bit_in_a_bgzf_member_names_that_member(bgzf, tmp_path):
+    members = _bgzf_members(bgzf)
+    k = next(i for i, (start, _) in enumerate(members) if start > 5 * MiB)  # past the first run (4 MiB)
+    start, end = members[k]
+    damaged = bytearray(bgzf)
+    damaged[start + 300] ^= 0x20
+    archive = tmp_path / "bad.tar.bgz"
+    archive.write_bytes(bytes(damaged))
+    assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == 1
+    result = verify(archive, state=tmp_path / "s")
+    assert result.exit_code == 1 and len(corruption(result)) == 1
+    finding = next(f for f in result.findings if f.category.value == "corruption")
+    assert finding.code in ("GZIP_DECODE_ERROR", "GZIP_CRC_MISMATCH")
+    assert dict(finding.details)["gzip_member"] == k
+    assert start == finding.location.byte_range[0] and finding.location.byte_range[1] <= end
+
+
+@pytest.mark.parametrize("change", ["cut", "appended"])
+def test_a_bgzf_file_that_does_not_walk_to_its_end_decodes_as_gzip_reads_it(bgzf, tmp_path, change):
+    archive = tmp_path / "changed.tar.bgz"
+    archive.write_bytes(bgzf[:len(bgzf) - 1000] if change == "cut" else bgzf + b"not a member")
+    result = verify(archive, state=tmp_path / "s")
+    expected = {"cut": ("GZIP_TRUNCATED", 1), "appended": ("GZIP_TRAILING_DATA", 0)}[change]
+    assert ([f.code for f in result.findings if f.code.startswith("GZIP")], result.exit_code) == (
+        [expected[0]], expected[1])

@@ -44,9 +44,11 @@ def _past_skippable_frames(head: bytes) -> bytes:
     return head[at:] if at else head
 
 
-# frame kinds decoded by a StreamDecoder: a whole file of a stream codec, or one block of one
+# frame kinds decoded by a StreamDecoder: a whole file of a stream codec, one block of one, or
+# a run of a BGZF file's members (numbered as in the file)
 UNITS = {**STREAM_CODECS, "xz-block": StreamCodec("xz", b"\xfd7zXZ\x00", "xz block", block=True),
-         "bzip2-block": StreamCodec("bzip2", b"BZh", "bzip2 block", block=True)}
+         "bzip2-block": StreamCodec("bzip2", b"BZh", "bzip2 block", block=True),
+         "gzip-members": STREAM_CODECS["gzip"]}
 
 
 def stream_codec(head: bytes) -> StreamCodec | None:
@@ -59,12 +61,13 @@ def stream_codec(head: bytes) -> StreamCodec | None:
 
 
 def frame_of(frame: int | None, details: dict) -> int | None:
-    """The frame a finding is in: its location's, or for a stream codec the frame its unit is
-    (the block's own, or the one frame of a file decoded whole)."""
+    """The frame a finding is in, when its location or unit says: its location's, or the
+    block's own for a codec whose blocks are frames (xz, bzip2). A gzip member (xz stream, ...)
+    is in the frame its bytes are in: the file's one frame, or a run of BGZF members."""
     if frame is not None:
         return frame
     for unit in UNITS.values():
-        if details.get(unit.detail_key) is not None:
-            return details[unit.detail_key] if unit.block else 0
+        if unit.block and details.get(unit.detail_key) is not None:
+            return details[unit.detail_key]
     return None
 

@@ -23,7 +23,7 @@ from ..scanners.policy import DatabasePolicy
 from .boundary import Walker
 from ..codecs import STREAM_CODECS, UNITS
 from .decoding import CHUNK, DEPTH, Event, FrameDecoders
-from . import bzip2, xz
+from . import bzip2, gzip, xz
 from .zstd import CONTENT_KINDS, DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, walk_frames
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
@@ -34,7 +34,8 @@ CHECKPOINT_SHARE = 0.02  # of the run's time, at most, spent taking checkpoints
 READ_APPROXIMATION = 128 * 1024  # where no block is known, a range this far back from the input read
 BLOCK = 512
 MembersCallback = Callable[[bytes, int], None]
-BLOCK_WALKS = {"xz": xz.walk_blocks, "bzip2": bzip2.walk_blocks}  # blocks found without decoding
+# parts found without decoding
+BLOCK_WALKS = {"xz": xz.walk_blocks, "bzip2": bzip2.walk_blocks, "gzip": gzip.walk_members}
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ class StreamCheck:
         if self.codec == "zstd":
             frames = walk_frames(self.reader, self.uri, self.max_window, self.findings)
         elif self.codec in STREAM_CODECS:  # members are found only by decoding them: one frame of the whole file
-            # (but the blocks of an xz or bzip2 file can be found: those of many decode in parallel)
+            # (but the blocks of an xz or bzip2 file and the members of a BGZF file can be found:
+            # those of many decode in parallel)
             walk = BLOCK_WALKS.get(self.codec)
             frames = (walk(self.reader) if walk else None) or [Frame(0, self.codec, 0, self.reader.size)]
         else:  # pieces of a plain file, so several threads read ahead in parallel

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from ..codecs import UNITS, frame_of
+from ..codecs import STREAM_CODECS, UNITS, frame_of
 from ..coverage import parse_iso
 from ..errors import format_size
 from ..manifest import Manifest, StreamStatus, frame_rows
@@ -146,8 +146,12 @@ def frame_strip(manifest: Manifest, manifest_path: Any, now: datetime) -> Strip 
     col = {name: names.index(name) for name in ("index", "kind", "offset", "end")}
     broken: set[int] = set()
     unchecked: set[int] = set()
+    rows = list(frame_rows(manifest, manifest_path))
+    starts = [row[col["offset"]] for row in rows]  # in file order
     for f in manifest.findings:
         frame = frame_of(f.location.frame, dict(f.details))
+        if frame is None and f.layer in STREAM_CODECS and f.location.byte_range and starts:
+            frame = rows[max(0, bisect_right(starts, f.location.byte_range[0]) - 1)][col["index"]]
         if frame is not None:
             if f.category.value == "corruption":
                 broken.add(frame)
@@ -157,9 +161,9 @@ def frame_strip(manifest: Manifest, manifest_path: Any, now: datetime) -> Strip 
     covered = manifest.stream.covered(manifest.archive.size)
     offsets, ages = _ages(manifest, now)
     strip: Strip | None = None
-    for row in frame_rows(manifest, manifest_path):
+    for row in rows:
         index, kind, start, end = (row[col[k]] for k in ("index", "kind", "offset", "end"))
-        noun = UNITS[kind].unit if kind in UNITS else "frame"
+        noun = "gzip member run" if kind == "gzip-members" else UNITS[kind].unit if kind in UNITS else "frame"
         strip = strip or Strip(manifest.archive.size, noun)
         state = ("failed" if index in broken else
                  "pending" if index in unchecked or (not done and end > covered) else "verified")

@@ -105,9 +105,10 @@ impl Counts {
     }
 }
 
-/// A decoder for `codec` ("gzip", "xz", "lz4", "bzip2"), or for one block with `params`:
-/// "xz-block" (check type, unpadded size, uncompressed size, block index) or "bzip2-block"
-/// (level, bits to skip in the first byte, length in bits, CRC-32, block index).
+/// A decoder for `codec` ("gzip", "xz", "lz4", "bzip2"), or for a part of a file with `params`:
+/// "xz-block" (check type, unpadded size, uncompressed size, block index), "bzip2-block"
+/// (level, bits to skip in the first byte, length in bits, CRC-32, block index) or
+/// "gzip-members" (the index of the first of the whole gzip members it is given).
 /// `memory_limit` bounds what one member's decoder may allocate (xz's dictionary).
 pub fn decoder(codec: &str, memory_limit: u64, params: &[u64]) -> Option<Box<dyn StreamDecoder>> {
     Some(match (codec, params) {
@@ -116,6 +117,7 @@ pub fn decoder(codec: &str, memory_limit: u64, params: &[u64]) -> Option<Box<dyn
         }
         ("bzip2-block", &[level, skip, length, crc, block]) if level <= 9 && skip < 8 => Box::new(
             bzip2::Bzip2Block::new(level as u8, skip as u32, length, u32::try_from(crc).ok()?, block)),
+        ("gzip-members", &[first]) => Box::new(Concatenated::new(gzip::Gzip::new()).numbered_from(first)),
         (_, [_, ..]) => return None,
         _ => match codec {
         "gzip" => Box::new(Concatenated::new(gzip::Gzip::new())),
@@ -159,6 +161,12 @@ impl<M: Member> Concatenated<M> {
             produced: 0, whole: 0, trailing_at: None, trailing: 0, trailing_nonzero: 0, finished: false,
             unchecked: None,
         }
+    }
+
+    /// Members counted from `first`: a run of a file's members decoded on its own.
+    pub fn numbered_from(mut self, first: u64) -> Self {
+        self.index = first;
+        self
     }
 
     fn error(&self, code: &'static str, message: String) -> StreamError {
