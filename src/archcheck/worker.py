@@ -20,7 +20,7 @@ from .layers import age, raw
 from .layers.age import AgeKey
 from .layers.detect import detect_format
 from .layers.decoding import Failure
-from .layers.stream import CheckpointMismatch, StreamCheck, StreamResult, StreamStopped
+from .layers.stream import CheckpointMismatch, StreamCheck, StreamStopped
 from .scanners import ScanConfig
 from .segments import Segment
 from .sources import SourceRef
@@ -185,7 +185,7 @@ def _decrypted(out: _Sender, reader: Any, task: StreamTask) -> tuple[age.Plainte
         plain.restore((task.checkpoint or {}).get("age"))
         return plain, _inner_codec(plain)
     except age.Unopened as exc:  # what the header says, and what could not be checked
-        out.send("result", age.unopened_result(reader, task.uri, None if exc.kind == "no_key" else exc, StreamResult))
+        out.send("result", age.unopened_result(reader, task.uri, None if exc.kind == "no_key" else exc))
     except Exception as exc:  # noqa: BLE001 - handed on, never swallowed
         out.failure(exc)
     reader.close()

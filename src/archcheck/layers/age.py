@@ -23,6 +23,7 @@ from typing import Any
 from .. import _native
 from ..errors import UsageError
 from ..findings import Finding, Location
+from .stream import StreamResult
 
 MAGIC = b"age-encryption.org/v1\n"
 HEAD = 64 * 1024  # the header must be whole in the file's first bytes
@@ -251,7 +252,7 @@ class Plaintext:
             self.members = {k: (name, offset) for k, name, offset in state.get("members", ())}
 
 
-def unopened_result(reader: Any, uri: str, why: Unopened | None, result_type: Any) -> Any:
+def unopened_result(reader: Any, uri: str, why: Unopened | None) -> StreamResult:
     """The result for a payload that was not decrypted: the header's structure and the chunk
     sizes, checked without a key, and what was left unchecked."""
     head = reader.pread(0, HEAD)
@@ -274,7 +275,7 @@ def unopened_result(reader: Any, uri: str, why: Unopened | None, result_type: An
             findings.append(Finding.of("AGE_NOT_DECRYPTED", Location(uri, byte_range=(start, reader.size)),
                                        recipients=recipients(head), chunks=chunks,
                                        why=str(why) if why else "no identity was given (--identity or AGE_IDENTITY)"))
-    return result_type(format="age", frames=0, skippable_frames=0, checksummed_frames=0, max_window=0, seekable=False,
+    return StreamResult(format="age", frames=0, skippable_frames=0, checksummed_frames=0, max_window=0, seekable=False,
                        compressed_size=reader.size, uncompressed_size=0, member_count=0, findings=tuple(findings))
 
 
@@ -285,7 +286,7 @@ def _header_end(head: bytes) -> int:
     return min(len(head), line_end + 1 + 16) if line_end >= 0 else len(head)
 
 
-def conclude(plain: Plaintext, uri: str, result: Any, frames: list, member_at: Any | None) -> Any:
+def conclude(plain: Plaintext, uri: str, result: StreamResult, frames: list, member_at: Any | None) -> StreamResult:
     """The stream check's result on the plaintext, made the file's: the chunks no layer read
     authenticated, each failed chunk a finding (with what the layers below saw in it as its
     effects), and every byte range moved to where the bytes are stored. ``member_at`` names
