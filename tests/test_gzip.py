@@ -6,6 +6,7 @@ the damaged gzip member named and what a restore loses said, as gzip -d behaves.
 from __future__ import annotations
 
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -96,9 +97,52 @@ def test_a_flipped_byte_in_the_deflate_data_fails_the_run_at_its_member(plain, t
         [code] = gzip_codes
         assert code in ("GZIP_DECODE_ERROR", "GZIP_CRC_MISMATCH", "GZIP_SIZE_MISMATCH")
         finding = only(result, code)
-        assert dict(finding.details)["gzip_member"] == 0 and finding.location.byte_range[0] == 0
+        details = dict(finding.details)
+        assert details["gzip_member"] == 0
+        if code == "GZIP_DECODE_ERROR":  # placed at the deflate block the inflater failed in
+            start, end = finding.location.byte_range
+            assert details["deflate_block_type"] in ("stored", "fixed Huffman", "dynamic Huffman")
+            assert 10 <= start < end <= len(packed) and details["deflate_block"] >= 0
+            assert details["deflate_block_output"] <= finding.location.uncompressed_offset
+        else:  # the member decoded: which of its bytes is wrong, no field says
+            assert finding.location.byte_range[0] == 0 and "deflate_block" not in details
         outcomes.add(code)
     assert outcomes  # what a flip does depends on the bit: any of them is named at its member
+
+
+def _flushed_gzip(first: bytes, second: bytes) -> tuple[bytes, int]:
+    """One gzip member (zlib, as gzip writes it) with a full flush after ``first``: the flush
+    ends its block with an empty stored block (00 00 ff ff), so the blocks of ``second``
+    start at a known byte."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    head = packer.compress(first) + packer.flush(zlib.Z_FULL_FLUSH)
+    return head + packer.compress(second) + packer.flush(), len(head)
+
+
+def test_a_deflate_block_damaged_in_its_header_is_named_with_its_bytes_and_output(plain, tmp_path):
+    data = plain.read_bytes()
+    split = len(data) // 2
+    packed, boundary = _flushed_gzip(data[:split], data[split:])
+    assert packed[boundary - 4:boundary] == b"\x00\x00\xff\xff"
+    whole = tmp_path / "whole.tar.gz"
+    whole.write_bytes(packed)
+    assert subprocess.run(["gzip", "-t", whole]).returncode == 0 and verify(whole, state=tmp_path / "w").exit_code == 0
+    damaged = bytearray(packed)
+    damaged[boundary] |= 0b110  # the block's type: 3, which no block may have
+    archive = tmp_path / "damaged.tar.gz"
+    archive.write_bytes(bytes(damaged))
+    assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == 1
+    with pytest.raises(zlib.error, match="invalid block type"):  # zlib's own word for it
+        zlib.decompressobj(31).decompress(bytes(damaged))
+    result = verify(archive, state=tmp_path / "d")
+    finding = only(result, "GZIP_DECODE_ERROR")
+    details = dict(finding.details)
+    assert result.exit_code == 1 and details["error"] == "gzip member 0: invalid block type"
+    assert finding.location.byte_range[0] == boundary and details["deflate_block_output"] == split
+    assert details["deflate_block_type"] == "reserved type 3" and details["deflate_block"] >= 1
+    assert finding.location.uncompressed_offset == split and finding.location.member == member_holding(plain, split)
+    text = cli("verify", archive, "--state-dir", tmp_path / "t").stdout
+    assert f"deflate block {details['deflate_block']}" in text
 
 
 def test_bytes_after_the_last_member_are_a_warning_and_zeros_are_nothing(plain, tmp_path):

@@ -1,7 +1,8 @@
 //! archcheck_core::stream's decoders (gzip, xz, lz4, bzip2), driven as layers/decoding.py drives
 //! them: fed the file in pieces, into an output chunk handed on when full, then told the file ends.
 //! For bzip2, also the block scan and each block between two magics decoded alone, as
-//! layers/bzip2.py walks and decodes them.
+//! layers/bzip2.py walks and decodes them. For gzip, also the deflate block walk of the first
+//! member that layers/gzip.py runs after an inflate error.
 //!
 //! Input: 8 control bytes, then the file.
 //!   control[0] bits 0-3: the output chunk's capacity, 1 KiB << (n % 9)
@@ -13,7 +14,7 @@
 //! was fed, ending at or after its start; a file that decodes whole was taken whole.
 #![no_main]
 
-use archcheck_core::stream::{self, bzip2::BlockScan, StreamDecoder};
+use archcheck_core::stream::{self, bzip2::BlockScan, deflate::{BlockWalk, Stop}, StreamDecoder};
 use archcheck_fuzz::{split, Pieces};
 use libfuzzer_sys::fuzz_target;
 
@@ -30,7 +31,26 @@ fuzz_target!(|input: &[u8]| {
     if codec == "bzip2" {
         blocks(data, &control);
     }
+    if codec == "gzip" {
+        deflate_blocks(data, &control);
+    }
 });
+
+/// The walk stops inside what it was fed; its block starts at or before where it stopped.
+fn deflate_blocks(data: &[u8], control: &[u8]) {
+    let mut walk = BlockWalk::new();
+    for (_, piece) in Pieces::new(data, 0, &control[1..5], 1 << 17) {
+        walk.feed(piece);
+    }
+    walk.finish();
+    assert!(walk.stop().is_some());
+    assert!(walk.position() <= data.len() as u64, "{} of {}", walk.position(), data.len());
+    if let Some(block) = walk.block() {
+        assert!(block.start <= walk.position(), "{block:?} at {}", walk.position());
+    } else {
+        assert!(!matches!(walk.stop(), Some(Stop::Ended)), "a member ended without a block");
+    }
+}
 
 /// Each block between two magics the scan finds, decoded alone (at most eight of them).
 fn blocks(data: &[u8], control: &[u8]) {

@@ -431,6 +431,53 @@ impl Bzip2Scan {
     }
 }
 
+/// (how the walk stopped, zlib's message, block index, block type, its first byte, output before it)
+type Located = (&'static str, Option<String>, u64, &'static str, u64, u64);
+
+/// The deflate blocks of one gzip member fed from its first byte in order
+/// (stream::deflate::BlockWalk), the GIL released while it walks.
+#[pyclass(module = "archcheck._native")]
+struct DeflateBlocks {
+    inner: stream::deflate::BlockWalk,
+}
+
+#[pymethods]
+impl DeflateBlocks {
+    #[new]
+    fn new() -> Self {
+        DeflateBlocks { inner: stream::deflate::BlockWalk::new() }
+    }
+
+    fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        released(py, data, |bytes| inner.feed(bytes))
+    }
+
+    fn finish(&mut self) {
+        self.inner.finish()
+    }
+
+    /// Whether the walk has stopped (the member's deflate data ended, or failed).
+    #[getter]
+    fn stopped(&self) -> bool {
+        self.inner.stop().is_some()
+    }
+
+    /// How the walk stopped ("ended", "failed" with zlib's message, "cut") and the block it
+    /// was in: (how, message, index, type, first byte, output before it), None before a block.
+    #[getter]
+    fn located(&self) -> Option<Located> {
+        use stream::deflate::Stop;
+        let (how, message) = match self.inner.stop()? {
+            Stop::Ended => ("ended", None),
+            Stop::Failed(why) => ("failed", Some(why.clone())),
+            Stop::Cut => ("cut", None),
+        };
+        let block = self.inner.block()?;
+        Some((how, message, block.index, block.kind.name(), block.start, block.output))
+    }
+}
+
 /// XXH64 over chunks (the seekable format's per-frame checksum), the GIL released.
 #[pyclass(module = "archcheck._native")]
 struct Xxh64 {
@@ -816,6 +863,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FrameDecoder>()?;
     m.add_class::<StreamDecoder>()?;
     m.add_class::<Bzip2Scan>()?;
+    m.add_class::<DeflateBlocks>()?;
     m.add_class::<Xxh64>()?;
     m.add_class::<ContentDigest>()?;
     m.add_class::<TarWalker>()?;

@@ -18,7 +18,12 @@ from .. import _native
 from ..errors import SourceChanged
 from .boundary import Chunk, Decoder
 from ..codecs import UNITS
+from .gzip import DeflateBlock, deflate_block
 from .zstd import Frame, unwalked_problem
+
+# failures the decoder cannot place inside their member: found by reading the member again,
+# from its first byte to where decoding failed (the failure path only)
+LOCATORS: dict[str, Callable[[Any, int, int], DeflateBlock | None]] = {"GZIP_DECODE_ERROR": deflate_block}
 
 CHUNK = 4 * 1024 * 1024  # decoded bytes per chunk: fewer Python steps than bytes
 MIN_CHUNK = 256 * 1024
@@ -53,11 +58,13 @@ class Failure:
 
 @dataclass
 class Block:
-    """The zstd block a frame failed in: its index, and its archive byte range."""
+    """The unit a frame failed in (a zstd block, a gzip member, an xz stream, ...): its index,
+    its archive byte range, and the deflate block inside it when it is a gzip member."""
 
     index: int
     start: int
     end: int
+    deflate: DeflateBlock | None = None
 
 
 @dataclass
@@ -202,6 +209,8 @@ class FrameDecoders:
                 problem = unwalked_problem(self.reader, frame)
             if frame.decodable:
                 pos, failed, where = self._decode_chunks(decoder, frame, lane)
+            if failed is not None and where is not None and failed[1] in LOCATORS:
+                where.deflate = LOCATORS[failed[1]](self.reader, where.start, where.end)
         except OSError as exc:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
         message, code = failed or (None, None)

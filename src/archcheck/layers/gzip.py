@@ -11,8 +11,10 @@ lengths to walk and is decoded that way too.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any
 
+from .. import _native
 from .zstd import Frame
 
 GROUP = 4 * 1024 * 1024  # compressed bytes of members per frame, at least
@@ -20,6 +22,38 @@ MAX_FRAMES = 1 << 16  # larger files get larger runs: the frame table stays boun
 PIECE = 8 * 1024 * 1024  # read at a time by the walk
 FIXED = 12  # magic, method, flags, mtime, extra flags, OS, XLEN
 FEXTRA = 0x04
+
+
+@dataclass(frozen=True)
+class DeflateBlock:
+    """The deflate block a gzip member failed in: its number in the member, its type, the
+    archive byte holding its first bit, and the member's output before it."""
+
+    index: int
+    kind: str  # "stored", "fixed Huffman", "dynamic Huffman"
+    start: int
+    output: int
+
+
+def deflate_block(reader: Any, member_start: int, failed_at: int) -> DeflateBlock | None:
+    """The block a member's inflate failed in: its blocks walked again from the member's first
+    byte to where the inflater stopped (zlib-rs does not say where blocks begin). Where a
+    flipped bit ended a block early, the walk fails where zlib did, in the block read after it.
+    None if the walk ends before that (the member's deflate data is whole to the walk)."""
+    walk = _native.DeflateBlocks()
+    pos = member_start
+    while pos < failed_at and not walk.stopped:
+        data = reader.pread(pos, min(PIECE, failed_at - pos))
+        if not data:
+            break
+        walk.feed(data)
+        pos += len(data)
+    walk.finish()
+    located = walk.located
+    if located is None or located[0] == "ended":
+        return None
+    _how, _message, index, kind, start, output = located
+    return DeflateBlock(index, kind, member_start + start, output)
 
 
 def walk_members(reader: Any) -> list[Frame] | None:

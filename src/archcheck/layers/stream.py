@@ -464,6 +464,10 @@ class StreamCheck:
         if event.block is not None:
             byte_range = (event.block.start, event.block.end)
             details[UNITS[frame.kind].detail_key if frame.kind in UNITS else "block"] = event.block.index
+            if (deflate := event.block.deflate) is not None:  # a gzip member: the deflate block in it
+                byte_range = (deflate.start, max(deflate.start + 1, event.block.end))
+                details.update(deflate_block=deflate.index, deflate_block_type=deflate.kind,
+                               deflate_block_output=deflate.output)
         else:
             start = max(frame.offset, (self.spans[-1][4] if self.spans and self.spans[-1][2] == frame.index
                                        else frame.offset) - READ_APPROXIMATION)

@@ -38,6 +38,9 @@ def where(finding: Finding) -> str:
     for codec in STREAM_CODECS.values():
         if details.get(codec.detail_key) is not None:
             parts.append(f"{codec.unit} {details[codec.detail_key]}")
+    if details.get("deflate_block") is not None:
+        parts.append(f"deflate block {details['deflate_block']} ({details.get('deflate_block_type')}) "
+                     f"at member output {details.get('deflate_block_output')}")
     if loc.uncompressed_offset is not None and loc.byte_range is not None and (
             loc.frame is not None or loc.uncompressed_offset != loc.byte_range[0]):  # in a plain tar they agree
         parts.append(f"uncompressed offset {loc.uncompressed_offset}")

@@ -144,7 +144,7 @@ impl Member for Gzip {
 
 /// The header's whole length once enough of it is known (None: more bytes needed to tell), or
 /// what is wrong with it.
-fn header_length(h: &[u8]) -> Result<Option<usize>, String> {
+pub(crate) fn header_length(h: &[u8]) -> Result<Option<usize>, String> {
     if h.len() >= 2 && h[..2] != ID {
         return Err(format!("no gzip magic (found {:02x} {:02x})", h[0], h[1]));
     }

@@ -8,6 +8,7 @@
 //! with them a `tar x` restore: what came out before it stays in `out` and is walked.
 
 pub mod bzip2;
+pub mod deflate;
 pub mod gzip;
 pub mod lz4;
 pub mod xz;
