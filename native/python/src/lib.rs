@@ -257,6 +257,39 @@ fn unwalked_problem<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, offset: u64
     problem.map(|(code, start, end, details)| Ok((code, start, end, fields_to_dict(py, &details)?))).transpose()
 }
 
+/// The block walk of a frame whose end came from pzstd's note, fed the bytes its decoder is
+/// fed (walk::BlockTrail).
+#[pyclass(module = "archcheck._native")]
+struct BlockTrail {
+    inner: walk::BlockTrail,
+}
+
+#[pymethods]
+impl BlockTrail {
+    #[new]
+    fn new(offset: u64, noted_end: u64, header_length: u64, window: u64, has_checksum: bool) -> Self {
+        BlockTrail { inner: walk::BlockTrail::new(offset, noted_end, header_length, window, has_checksum) }
+    }
+
+    /// The frame's bytes from archive offset `pos`, in order; cheap: three bytes per block are read.
+    fn feed(&mut self, pos: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let input = Input::extract(data)?;
+        self.inner.feed(pos, input.bytes());
+        Ok(())
+    }
+
+    /// (settled, problem): the problem as unwalked_problem gives it, once the blocks have ended
+    /// or one was bad; (False, None) while the trail cannot tell.
+    #[allow(clippy::type_complexity)]
+    fn settled<'py>(&self, py: Python<'py>) -> PyResult<(bool, Option<(&'static str, u64, u64, Bound<'py, PyDict>)>)> {
+        match self.inner.settled() {
+            None => Ok((false, None)),
+            Some(None) => Ok((true, None)),
+            Some(Some((code, start, end, details))) => Ok((true, Some((code, *start, *end, fields_to_dict(py, details)?)))),
+        }
+    }
+}
+
 /// Decodes one frame at a time, fed its compressed bytes in order (a lane reuses it).
 #[pyclass(module = "archcheck._native")]
 struct FrameDecoder {
@@ -863,6 +896,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FrameDecoder>()?;
     m.add_class::<StreamDecoder>()?;
     m.add_class::<Bzip2Scan>()?;
+    m.add_class::<BlockTrail>()?;
     m.add_class::<DeflateBlocks>()?;
     m.add_class::<Xxh64>()?;
     m.add_class::<ContentDigest>()?;

@@ -204,11 +204,16 @@ class FrameDecoders:
     def _decode_frame(self, decoder: Decoder, frame: Frame, lane: int) -> None:
         pos, failed, where = frame.offset, None, None
         io_error = problem = None
+        # a frame whose end came from pzstd's note: its blocks walked on the bytes decoded
+        trail = None if frame.walked else _native.BlockTrail(frame.offset, frame.end, frame.header_length,
+                                                               frame.window, frame.has_checksum)
         try:
-            if not frame.walked:
-                problem = unwalked_problem(self.reader, frame)
             if frame.decodable:
-                pos, failed, where = self._decode_chunks(decoder, frame, lane)
+                pos, failed, where = self._decode_chunks(decoder, frame, lane, trail)
+            if trail is not None and not self.stop.is_set():
+                settled, problem = trail.settled()
+                if not settled:  # decoding stopped first, or the blocks run past the note: read them
+                    problem = unwalked_problem(self.reader, frame)
             if failed is not None and where is not None and failed[1] in LOCATORS:
                 where.deflate = LOCATORS[failed[1]](self.reader, where.start, where.end)
         except OSError as exc:
@@ -217,7 +222,7 @@ class FrameDecoders:
         self._put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
                               trailing=decoder.trailing, unchecked=decoder.unchecked))
 
-    def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int
+    def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int, trail: Any = None
                        ) -> tuple[int, tuple[str, str] | None, Block | None]:
         """Feed the frame's bytes to the decoder; each full chunk goes to the walker. Returns
         how far the input was read, and the error (message, code) and block where decoding failed."""
@@ -227,6 +232,8 @@ class FrameDecoders:
             data = self.reader.pread(pos, want) if want > 0 else b""
             if len(data) < want:
                 raise _short_read()  # the walk saw these bytes: the file shrank since
+            if trail is not None:
+                trail.feed(pos, data)
             start = 0
             while True:
                 before = len(chunk)

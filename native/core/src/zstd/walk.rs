@@ -158,19 +158,11 @@ pub fn walk_blocks(src: &mut dyn ByteSource, mut p: u64, window: u64, has_checks
         if raw.len() < 3 {
             return Err((size, ("ZSTD_TRUNCATED_FRAME", p, size, vec![])));
         }
-        let h = raw[0] as u64 | (raw[1] as u64) << 8 | (raw[2] as u64) << 16;
-        let (last, btype, bsize) = (h & 1 == 1, (h >> 1) & 3, h >> 3);
-        if btype == 3 {
-            return Err((p, ("ZSTD_RESERVED_BLOCK", p, p + 3, fields![("block", block)])));
+        let (last, next) = block_header(&raw, p, block, block_max).map_err(|problem| (p, problem))?;
+        if next > size {
+            return Err((size, ("ZSTD_TRUNCATED_FRAME", p, size, vec![])));
         }
-        if bsize > block_max {
-            return Err((p, ("ZSTD_BLOCK_TOO_LARGE", p, p + 3,
-                            fields![("block", block), ("size", bsize), ("limit", block_max)])));
-        }
-        p += 3 + if btype == 1 { 1 } else { bsize };
-        if p > size {
-            return Err((size, ("ZSTD_TRUNCATED_FRAME", p - bsize - 3, size, vec![])));
-        }
+        p = next;
         block += 1;
         if last {
             break;
@@ -183,6 +175,89 @@ pub fn walk_blocks(src: &mut dyn ByteSource, mut p: u64, window: u64, has_checks
         p += 4;
     }
     Ok(p)
+}
+
+/// The block header at `p` (formats.md 1.5): whether it is the last, and where the next
+/// header (or the checksum) starts; or what is wrong with it.
+fn block_header(raw: &[u8], p: u64, block: u64, block_max: u64) -> Result<(bool, u64), BlockProblem> {
+    let h = raw[0] as u64 | (raw[1] as u64) << 8 | (raw[2] as u64) << 16;
+    let (last, btype, bsize) = (h & 1 == 1, (h >> 1) & 3, h >> 3);
+    if btype == 3 {
+        return Err(("ZSTD_RESERVED_BLOCK", p, p + 3, fields![("block", block)]));
+    }
+    if bsize > block_max {
+        return Err(("ZSTD_BLOCK_TOO_LARGE", p, p + 3, fields![("block", block), ("size", bsize), ("limit", block_max)]));
+    }
+    Ok((last, p + 3 + if btype == 1 { 1 } else { bsize }))
+}
+
+/// The block walk of a frame whose end came from a size note, fed the bytes its decoder is
+/// fed, so that an object in a store is read once. It settles when its blocks end (exactly at
+/// the noted end, or not) or on a bad header. One that has not settled when the bytes stop
+/// (decoding failed first, or the blocks run on past the noted end) leaves the question to
+/// `unwalked_problem`.
+pub struct BlockTrail {
+    offset: u64,
+    noted_end: u64,
+    block_max: u64,
+    has_checksum: bool,
+    next: u64, // the next block header, or the checksum, in the file
+    block: u64,
+    at_checksum: bool,
+    gathered: Vec<u8>,
+    settled: Option<Option<BlockProblem>>,
+}
+
+impl BlockTrail {
+    pub fn new(offset: u64, noted_end: u64, header_length: u64, window: u64, has_checksum: bool) -> Self {
+        BlockTrail { offset, noted_end, block_max: window.min(BLOCK_SIZE_MAX), has_checksum,
+                     next: offset + header_length, block: 0, at_checksum: false, gathered: Vec::new(), settled: None }
+    }
+
+    /// The frame's bytes [pos, pos + data.len()), fed in order.
+    pub fn feed(&mut self, pos: u64, data: &[u8]) {
+        let end = pos + data.len() as u64;
+        while self.settled.is_none() && self.next + (self.gathered.len() as u64) < end {
+            let at = self.next + self.gathered.len() as u64;
+            if at < pos {
+                return; // bytes were skipped: not this trail's to say
+            }
+            let want = if self.at_checksum { 4 } else { 3 };
+            let from = (at - pos) as usize;
+            let take = (want - self.gathered.len()).min(data.len() - from);
+            self.gathered.extend_from_slice(&data[from..from + take]);
+            if self.gathered.len() < want {
+                return;
+            }
+            let (p, header) = (self.next, std::mem::take(&mut self.gathered));
+            if self.at_checksum {
+                self.settle(p + 4);
+                continue;
+            }
+            match block_header(&header, p, self.block, self.block_max) {
+                Err(problem) => self.settled = Some(Some(problem)),
+                Ok((last, next)) => {
+                    self.block += 1;
+                    self.next = next;
+                    if last && self.has_checksum {
+                        self.at_checksum = true;
+                    } else if last {
+                        self.settle(next);
+                    }
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, end: u64) {
+        self.settled = Some((end != self.noted_end).then(|| ("ZSTD_SIZE_NOTE_MISMATCH", self.offset, self.noted_end,
+            fields![("noted", self.noted_end - self.offset), ("actual", end - self.offset)])));
+    }
+
+    /// None until settled; then the problem, if there is one.
+    pub fn settled(&self) -> Option<&Option<BlockProblem>> {
+        self.settled.as_ref()
+    }
 }
 
 /// The block walk of a frame whose end came from a size note: it must end exactly there.
@@ -454,5 +529,58 @@ mod tests {
         assert_eq!((hello.window, hello.has_checksum, hello.content_size), (2 << 20, true, None));
         let empty = parse_frame_header(&hex("28B52FFD240001000099E9D851")).unwrap();
         assert_eq!((empty.content_size, empty.length, empty.has_checksum), (Some(0), 6, true));
+    }
+
+    fn small_blocks(data: &[u8]) -> Vec<u8> {
+        let mut cctx = zstd_safe::CCtx::create();
+        cctx.set_parameter(zstd_safe::CParameter::MaxBlockSize(4096)).unwrap();
+        cctx.set_parameter(zstd_safe::CParameter::ChecksumFlag(true)).unwrap();
+        let mut out = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
+        cctx.compress2(&mut out, data).unwrap();
+        out
+    }
+
+    /// The trail over pieces of `file`'s first frame, noted to end at `noted`.
+    fn trail(file: &[u8], noted: u64, piece: usize) -> Option<Option<BlockProblem>> {
+        let header = parse_frame_header(file).unwrap();
+        let mut trail = BlockTrail::new(0, noted, header.length as u64, header.window, header.has_checksum);
+        let upto = (noted as usize).min(file.len());
+        for (i, part) in file[..upto].chunks(piece).enumerate() {
+            trail.feed((i * piece) as u64, part);
+        }
+        trail.settled().cloned()
+    }
+
+    fn unwalked(file: &[u8], noted: u64) -> Option<BlockProblem> {
+        let frame = Frame { index: 0, kind: Kind::Zstd, offset: 0, end: noted, window: 0, content_size: None,
+                            has_checksum: false, dictionary_id: 0, intact: true, seek_checksum: None, seek_size: None,
+                            walked: false, window_ok: true, header_length: 0 };
+        unwalked_problem(&mut &file[..], &frame)
+    }
+
+    #[test]
+    fn the_trail_over_the_decoders_bytes_says_what_the_block_walk_says() {
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let frame = small_blocks(&data);
+        let mut next = frame.clone();
+        next.extend_from_slice(&frame); // a second frame after it, as pzstd writes them
+        let len = frame.len() as u64;
+        for piece in [1, 2, 5, 4096, 1 << 20] {
+            assert_eq!(trail(&next, len, piece), Some(None), "piece {piece}");
+            assert_eq!(unwalked(&next, len), None);
+            // a note that says the frame is shorter: the blocks run past it, so the trail leaves it open
+            assert_eq!(trail(&next, len - 10, piece), None);
+            // longer: the blocks end before the noted end
+            let longer = trail(&next, len + 10, piece).unwrap();
+            assert_eq!(longer, unwalked(&next, len + 10));
+            assert_eq!(longer.unwrap().0, "ZSTD_SIZE_NOTE_MISMATCH");
+        }
+        let header = parse_frame_header(&frame).unwrap().length;
+        let mut damaged = next.clone();
+        let (_, second) = block_header(&frame[header..header + 3], header as u64, 0, BLOCK_SIZE_MAX).unwrap();
+        damaged[second as usize] |= 0b110; // the second block's type: reserved
+        let problem = trail(&damaged, len, 4096).unwrap();
+        assert_eq!(problem, unwalked(&damaged, len));
+        assert_eq!(problem.unwrap().0, "ZSTD_RESERVED_BLOCK");
     }
 }
