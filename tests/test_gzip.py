@@ -6,6 +6,7 @@ the damaged gzip member named and what a restore loses said, as gzip -d behaves.
 from __future__ import annotations
 
 import subprocess
+import threading
 import zlib
 from pathlib import Path
 
@@ -261,3 +262,34 @@ def test_a_bgzf_file_that_does_not_walk_to_its_end_decodes_as_gzip_reads_it(bgzf
     expected = {"cut": ("GZIP_TRUNCATED", 1), "appended": ("GZIP_TRAILING_DATA", 0)}[change]
     assert ([f.code for f in result.findings if f.code.startswith("GZIP")], result.exit_code) == (
         [expected[0]], expected[1])
+
+
+def test_a_failed_read_while_placing_the_deflate_block_leaves_the_finding_at_its_member(plain, tmp_path):
+    """The deflate walk reads the member again; a read that fails then costs the block's name,
+    never the finding or the run."""
+    from archcheck.layers.decoding import READ_SIZE
+    from archcheck.layers.stream import StreamCheck
+    from archcheck.sources import open_source
+
+    data = plain.read_bytes()
+    packed, boundary = _flushed_gzip(data[: len(data) // 2], data[len(data) // 2:])
+    damaged = bytearray(packed)
+    damaged[boundary] |= 0b110
+    archive = tmp_path / "damaged.tar.gz"
+    archive.write_bytes(bytes(damaged))
+    reader = open_source(archive).ref().open()
+    real, walking = reader.pread, threading.current_thread()
+
+    def no_second_reads(offset, length):
+        # the lane reads READ_SIZE pieces; the deflate walk reads from the member's start to the failure
+        if threading.current_thread() is not walking and offset == 0 and length != READ_SIZE:
+            raise OSError(5, "the store went away")
+        return real(offset, length)
+
+    reader.pread = no_second_reads
+    result = StreamCheck(reader, "x", codec="gzip", check_tar=True, threads=1).run()
+    reader.close()
+    [finding] = [f for f in result.findings if f.code == "GZIP_DECODE_ERROR"]
+    details = dict(finding.details)
+    assert details["gzip_member"] == 0 and "deflate_block" not in details
+    assert finding.location.byte_range[0] == 0  # the member's bytes, as before the walk

@@ -274,8 +274,7 @@ impl BlockTrail {
     /// The frame's bytes from archive offset `pos`, in order; cheap: three bytes per block are read.
     fn feed(&mut self, pos: u64, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let input = Input::extract(data)?;
-        self.inner.feed(pos, input.bytes());
-        Ok(())
+        guarded(|| self.inner.feed(pos, input.bytes()))
     }
 
     /// (settled, problem): the problem as unwalked_problem gives it, once the blocks have ended
@@ -482,12 +481,13 @@ impl DeflateBlocks {
     }
 
     fn feed(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let inner = &mut self.inner;
-        released(py, data, |bytes| inner.feed(bytes))
+        let input = Input::extract(data)?;
+        let (inner, bytes) = (&mut self.inner, input.bytes());
+        py.detach(|| guarded(|| inner.feed(bytes)))
     }
 
-    fn finish(&mut self) {
-        self.inner.finish()
+    fn finish(&mut self) -> PyResult<()> {
+        guarded(|| self.inner.finish())
     }
 
     /// Whether the walk has stopped (the member's deflate data ended, or failed).

@@ -23,7 +23,7 @@ from .zstd import Frame, unwalked_problem
 
 # failures the decoder cannot place inside their member: found by reading the member again,
 # from its first byte to where decoding failed (the failure path only)
-LOCATORS: dict[str, Callable[[Any, int, int], DeflateBlock | None]] = {"GZIP_DECODE_ERROR": deflate_block}
+LOCATORS: dict[str, Callable[[Any, int, int, threading.Event], DeflateBlock | None]] = {"GZIP_DECODE_ERROR": deflate_block}
 
 CHUNK = 4 * 1024 * 1024  # decoded bytes per chunk: fewer Python steps than bytes
 MIN_CHUNK = 256 * 1024
@@ -214,13 +214,21 @@ class FrameDecoders:
                 settled, problem = trail.settled()
                 if not settled:  # decoding stopped first, or the blocks run past the note: read them
                     problem = unwalked_problem(self.reader, frame)
-            if failed is not None and where is not None and failed[1] in LOCATORS:
-                where.deflate = LOCATORS[failed[1]](self.reader, where.start, where.end)
         except OSError as exc:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
         message, code = failed or (None, None)
+        if code in LOCATORS and where is not None and not self.stop.is_set():
+            where.deflate = self._locate(code, where)
         self._put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
                               trailing=decoder.trailing, unchecked=decoder.unchecked))
+
+    def _locate(self, code: str, where: Block) -> DeflateBlock | None:
+        """Where in its member a failure lies, if reading the member again says; a read that
+        fails or a run that stops leaves the failure at its member."""
+        try:
+            return LOCATORS[code](self.reader, where.start, where.end, self.stop)
+        except OSError:
+            return None
 
     def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int, trail: Any = None
                        ) -> tuple[int, tuple[str, str] | None, Block | None]:

@@ -35,14 +35,17 @@ class DeflateBlock:
     output: int
 
 
-def deflate_block(reader: Any, member_start: int, failed_at: int) -> DeflateBlock | None:
+def deflate_block(reader: Any, member_start: int, failed_at: int, stop: Any) -> DeflateBlock | None:
     """The block a member's inflate failed in: its blocks walked again from the member's first
     byte to where the inflater stopped (zlib-rs does not say where blocks begin). Where a
     flipped bit ended a block early, the walk fails where zlib did, in the block read after it.
-    None if the walk ends before that (the member's deflate data is whole to the walk)."""
+    None if the walk ends before that (the member's deflate data is whole to the walk), or
+    ``stop`` (an Event) is set first."""
     walk = _native.DeflateBlocks()
     pos = member_start
     while pos < failed_at and not walk.stopped:
+        if stop.is_set():
+            return None
         data = reader.pread(pos, min(PIECE, failed_at - pos))
         if not data:
             break

@@ -24,6 +24,7 @@ pub enum Kind {
     Fixed,
     Dynamic,
     Reserved, // type 3, which no block may have
+    Unread,   // the data ends inside its header
 }
 
 impl Kind {
@@ -33,6 +34,7 @@ impl Kind {
             Kind::Fixed => "fixed Huffman",
             Kind::Dynamic => "dynamic Huffman",
             Kind::Reserved => "reserved type 3",
+            Kind::Unread => "not read (the data ends in its header)",
         }
     }
 }
@@ -210,7 +212,7 @@ impl BlockWalk {
             Phase::BlockStart if self.final_block => self.stop = Some(Stop::Ended),
             Phase::BlockStart => self.block_header()?,
             Phase::Stored { left } => {
-                let take = left.min((self.available() / 8) as u32);
+                let take = left.min(u32::try_from(self.available() / 8).unwrap_or(u32::MAX));
                 self.bit += take as usize * 8;
                 self.output += take as u64;
                 self.phase = if take == left { Phase::BlockStart } else { Phase::Stored { left: left - take } };
@@ -223,13 +225,13 @@ impl BlockWalk {
                 self.phase = if ended { Phase::BlockStart } else { Phase::Codes { literal, distance } };
                 return Ok(ended);
             }
-            Phase::Done => {}
+            Phase::Done => return Ok(false), // nothing more to do: never a loop
         }
         Ok(true)
     }
 
     fn block_header(&mut self) -> Result<(), Halt> {
-        self.current = Some(Block { index: self.blocks, kind: Kind::Stored, start: self.base + (self.bit / 8) as u64,
+        self.current = Some(Block { index: self.blocks, kind: Kind::Unread, start: self.base + (self.bit / 8) as u64,
                                      output: self.output });
         self.blocks += 1;
         self.final_block = self.bits(1)? == 1;
@@ -243,7 +245,7 @@ impl BlockWalk {
             block.kind = kind;
         }
         self.phase = match kind {
-            Kind::Reserved => return Err(Halt::Bad("invalid block type".into())),
+            Kind::Reserved | Kind::Unread => return Err(Halt::Bad("invalid block type".into())),
             Kind::Stored => {
                 self.bit = self.bit.div_ceil(8) * 8;
                 let (length, complement) = (self.bits(16)?, self.bits(16)?);
@@ -257,7 +259,8 @@ impl BlockWalk {
                 lengths[144..256].fill(9);
                 lengths[256..280].fill(7);
                 let literal = Code::new(&lengths).expect("the fixed code").0;
-                let distance = Code::new(&[5u8; 30]).expect("the fixed code").0;
+                // 32 codes, two of them (30, 31) invalid: read whole, as zlib reads them
+                let distance = Code::new(&[5u8; 32]).expect("the fixed code").0;
                 Phase::Codes { literal, distance }
             }
             Kind::Dynamic => self.dynamic_codes()?,
@@ -275,6 +278,14 @@ impl BlockWalk {
         let mut lengths = [0u8; 19];
         for &at in &CODE_LENGTH_ORDER[..code_lengths] {
             lengths[at] = self.bits(3)? as u8;
+        }
+        if lengths.iter().all(|&n| n == 0) {
+            // zlib takes an empty code-length code, reads one bit for each length as a zero,
+            // and so finds no end-of-block code
+            for _ in 0..literals + distances {
+                self.next_bit()?;
+            }
+            return Err(Halt::Bad("invalid code -- missing end-of-block".into()));
         }
         let length_code = match Code::new(&lengths) {
             Some((code, 0)) => code,
@@ -449,6 +460,18 @@ mod tests {
         let cut = walk(&file[..boundary + 100], 4096);
         assert_eq!(cut.stop(), Some(&Stop::Cut));
         assert_eq!(cut.block().unwrap().start, boundary as u64);
+    }
+
+    #[test]
+    fn an_empty_code_length_code_fails_as_zlib_fails_it() {
+        let mut deflate = vec![0x05u8]; // final, dynamic; then HLIT, HDIST, HCLEN and every length 0
+        deflate.resize(64, 0);
+        let mut out = Vec::with_capacity(1 << 16);
+        let zlib = flate2::Decompress::new(false).decompress_vec(&deflate, &mut out, flate2::FlushDecompress::Finish);
+        let message = zlib.unwrap_err().message().unwrap().to_string();
+        let mut file = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        file.extend_from_slice(&deflate);
+        assert_eq!(walk(&file, 7).stop(), Some(&Stop::Failed(message)));
     }
 
     #[test]

@@ -205,19 +205,21 @@ pub struct BlockTrail {
     block: u64,
     at_checksum: bool,
     gathered: Vec<u8>,
+    past_note: bool, // a block runs past the noted end: left to unwalked_problem
     settled: Option<Option<BlockProblem>>,
 }
 
 impl BlockTrail {
     pub fn new(offset: u64, noted_end: u64, header_length: u64, window: u64, has_checksum: bool) -> Self {
         BlockTrail { offset, noted_end, block_max: window.min(BLOCK_SIZE_MAX), has_checksum,
-                     next: offset + header_length, block: 0, at_checksum: false, gathered: Vec::new(), settled: None }
+                     next: offset + header_length, block: 0, at_checksum: false, gathered: Vec::new(), past_note: false,
+                     settled: None }
     }
 
     /// The frame's bytes [pos, pos + data.len()), fed in order.
     pub fn feed(&mut self, pos: u64, data: &[u8]) {
         let end = pos + data.len() as u64;
-        while self.settled.is_none() && self.next + (self.gathered.len() as u64) < end {
+        while self.settled.is_none() && !self.past_note && self.next + (self.gathered.len() as u64) < end {
             let at = self.next + self.gathered.len() as u64;
             if at < pos {
                 return; // bytes were skipped: not this trail's to say
@@ -236,6 +238,11 @@ impl BlockTrail {
             }
             match block_header(&header, p, self.block, self.block_max) {
                 Err(problem) => self.settled = Some(Some(problem)),
+                Ok((_, next)) if next > self.noted_end => {
+                    // past the note: the bytes after it, which the decoder is not fed, say the rest
+                    self.past_note = true;
+                    return;
+                }
                 Ok((last, next)) => {
                     self.block += 1;
                     self.next = next;
@@ -575,6 +582,10 @@ mod tests {
             assert_eq!(longer, unwalked(&next, len + 10));
             assert_eq!(longer.unwrap().0, "ZSTD_SIZE_NOTE_MISMATCH");
         }
+        // the last block runs past a note that ends the file: the walk through the reader says truncated
+        let cut = &frame[..frame.len() - 4 - 5]; // the checksum and five bytes of the last block gone
+        assert_eq!(trail(cut, cut.len() as u64, 4096), None);
+        assert_eq!(unwalked(cut, cut.len() as u64).unwrap().0, "ZSTD_TRUNCATED_FRAME");
         let header = parse_frame_header(&frame).unwrap().length;
         let mut damaged = next.clone();
         let (_, second) = block_header(&frame[header..header + 3], header as u64, 0, BLOCK_SIZE_MAX).unwrap();
