@@ -463,9 +463,6 @@ impl Bzip2Scan {
     }
 }
 
-/// (how the walk stopped, zlib's message, block index, block type, its first byte, output before it)
-type Located = (&'static str, Option<String>, u64, &'static str, u64, u64);
-
 /// The deflate blocks of one gzip member fed from its first byte in order
 /// (stream::deflate::BlockWalk), the GIL released while it walks.
 #[pyclass(module = "archcheck._native")]
@@ -496,18 +493,15 @@ impl DeflateBlocks {
         self.inner.stop().is_some()
     }
 
-    /// How the walk stopped ("ended", "failed" with zlib's message, "cut") and the block it
-    /// was in: (how, message, index, type, first byte, output before it), None before a block.
+    /// The block the walk stopped in, once it has stopped there (failed, or cut where the bytes
+    /// given end): (index, type, first byte, output before it); None if the member ended whole.
     #[getter]
-    fn located(&self) -> Option<Located> {
-        use stream::deflate::Stop;
-        let (how, message) = match self.inner.stop()? {
-            Stop::Ended => ("ended", None),
-            Stop::Failed(why) => ("failed", Some(why.clone())),
-            Stop::Cut => ("cut", None),
-        };
+    fn located(&self) -> Option<(u64, &'static str, u64, u64)> {
+        if matches!(self.inner.stop()?, stream::deflate::Stop::Ended) {
+            return None;
+        }
         let block = self.inner.block()?;
-        Some((how, message, block.index, block.kind.name(), block.start, block.output))
+        Some((block.index, block.kind.name(), block.start, block.output))
     }
 }
 

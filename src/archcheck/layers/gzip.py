@@ -30,7 +30,7 @@ class DeflateBlock:
     archive byte holding its first bit, and the member's output before it."""
 
     index: int
-    kind: str  # "stored", "fixed Huffman", "dynamic Huffman"
+    kind: str  # "stored", "fixed Huffman", "dynamic Huffman", "reserved type 3", or not read
     start: int
     output: int
 
@@ -52,10 +52,9 @@ def deflate_block(reader: Any, member_start: int, failed_at: int, stop: Any) -> 
         walk.feed(data)
         pos += len(data)
     walk.finish()
-    located = walk.located
-    if located is None or located[0] == "ended":
+    if walk.located is None:
         return None
-    _how, _message, index, kind, start, output = located
+    index, kind, start, output = walk.located
     return DeflateBlock(index, kind, member_start + start, output)
 
 
