@@ -30,6 +30,9 @@ class BytesReader:
     def find(self, needle: bytes, start: int, end: int) -> int:
         return self.data.find(needle, start, end)
 
+    def reading_from(self, offset: int) -> None:
+        pass
+
 
 def outcome(data: bytes) -> dict:
     try:

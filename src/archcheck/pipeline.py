@@ -31,7 +31,7 @@ from .logs import LogWriter, parts_from_json, parts_json
 from .manifest import (Manifest, MembersWriter, SegmentRecord, StreamState, StreamStatus, StreamSummary,
                        sealed_json, utc_now, write_atomic)
 from .segments import Segment, new_nonce, segments_overlapping
-from .sources import Source, SourceRef
+from .sources import Source, SourceRef, is_remote
 from .sources.remote import RemoteOptions
 from .executors import ExecutorSpec, open_pool
 from .scanners import ScanConfig
@@ -116,6 +116,10 @@ class Run:
         self.source, self.manifest, self.path, self.options = source, manifest, manifest_path, options
         self.scan, self.recheck = scan, recheck
         self.read_here: set[int] = set()  # segments whose bytes this run has read itself
+        # an object's leaves hashed by the stream worker from the blocks it transfers (written
+        # by the stream's thread, read by the raw layer, which runs after it and reads the rest)
+        self.shares_leaves = options.stream and "raw" in options.layers and is_remote(source.uri)
+        self.shared_leaves: dict[int, str] = {}
         self.limits = limits
         self.ref: SourceRef = source.ref()
         passes = ("raw" in options.layers) + options.stream
@@ -150,10 +154,13 @@ class Run:
         self.save()  # the run directory exists and is writable before any work starts
         self.pool = open_pool(self.options.executor, self.options.workers)
         layers = []
-        if self.options.stream:  # the longest task goes first, so it starts at once
-            layers.append(self._stream_layer())
-        if "raw" in self.options.layers:
-            layers.append(self._raw_layer())
+        if self.shares_leaves:  # the raw layer hashes what the stream's reads did not
+            layers.append(self._one_after_another(self._stream_layer(), self._raw_layer()))
+        else:
+            if self.options.stream:  # the longest task goes first, so it starts at once
+                layers.append(self._stream_layer())
+            if "raw" in self.options.layers:
+                layers.append(self._raw_layer())
         helpers = [asyncio.create_task(self._autosave()), asyncio.create_task(self._watch_source())]
         try:
             await self._within_deadline(self._recheck_then(layers))
@@ -195,6 +202,11 @@ class Run:
     async def _recheck_then(self, layers: list) -> None:
         await self._recheck_verified()
         await asyncio.gather(*layers)
+
+    @staticmethod
+    async def _one_after_another(*steps: Any) -> None:
+        for step in steps:
+            await step
 
     async def _within_deadline(self, work: Any) -> None:
         if self.limits.deadline is None:
@@ -273,21 +285,25 @@ class Run:
     # --- raw layer --------------------------------------------------------------------------
 
     async def _raw_layer(self) -> None:
+        stop_offset = self.limits.stop_offset
+        records = [r for r in self.manifest.segments
+                   if r.status != "done" and (stop_offset is None or r.offset < stop_offset)]
         slots = self.options.in_flight()
         queue: asyncio.Queue[SegmentRecord | None] = asyncio.Queue(maxsize=slots)
 
-        stop_offset = self.limits.stop_offset
-
         async def reader() -> None:
-            for record in self.manifest.segments:
-                if record.status != "done" and (stop_offset is None or record.offset < stop_offset):
-                    await queue.put(record)
+            for record in records:
+                await queue.put(record)
             for _ in range(slots):
                 await queue.put(None)
 
         async def consumer() -> None:
             while (record := await queue.get()) is not None:
-                await self._hash_segment(record)
+                shared = self._shared_leaves_of(record)
+                if shared is not None:
+                    self._segment_done(record, shared, seconds=None, read_by="stream")
+                else:
+                    await self._hash_segment(record)
                 self.progress.update(raw=record.length)
 
         await asyncio.gather(reader(), *(consumer() for _ in range(slots)))
@@ -313,14 +329,7 @@ class Run:
             if result.changed is not None:
                 raise SourceChanged(result.changed)
             if result.error is None:
-                record.leaves, record.digest = list(result.leaves), raw.combine(result.leaves)
-                record.status, record.findings, record.read_at = "done", [], utc_now()
-                record.seconds = round(time.monotonic() - started, 6)
-                self.read_here.add(record.index)
-                self.manifest.record_segment(record)
-                events.emit(Event.SEGMENT_VERIFIED, status="done", segment=record.index, offset=record.offset,
-                            length=record.length, nonce=record.nonce, attempt=record.attempt,
-                            seconds=record.seconds, digest=record.digest)
+                self._segment_done(record, result.leaves, time.monotonic() - started)
                 return
             error = result.error
         end = record.offset + record.length
@@ -331,6 +340,24 @@ class Run:
         events.emit(Event.SEGMENT_FAILED, logging.ERROR, status="failed", segment=record.index,
                     offset=record.offset, length=record.length, nonce=record.nonce, attempt=record.attempt,
                     error=error)
+
+    def _shared_leaves_of(self, record: SegmentRecord) -> list[str] | None:
+        """The segment's leaves, when the stream worker has hashed every one of them."""
+        first = record.offset // raw.LEAF_SIZE
+        count = -(-record.length // raw.LEAF_SIZE)
+        leaves = [self.shared_leaves.get(i) for i in range(first, first + count)]
+        return None if None in leaves else leaves
+
+    def _segment_done(self, record: SegmentRecord, leaves: Any, seconds: float | None, read_by: str = "raw") -> None:
+        """``seconds``: how long hashing it took; None for leaves hashed in the stream's reads."""
+        record.leaves, record.digest = list(leaves), raw.combine(leaves)
+        record.status, record.findings, record.read_at = "done", [], utc_now()
+        record.seconds = None if seconds is None else round(seconds, 6)
+        self.read_here.add(record.index)
+        self.manifest.record_segment(record)
+        events.emit(Event.SEGMENT_VERIFIED, status="done", segment=record.index, offset=record.offset,
+                    length=record.length, nonce=record.nonce, attempt=record.attempt,
+                    seconds=record.seconds, digest=record.digest, read_by=read_by)
 
     # --- stream layers ----------------------------------------------------------------------
 
@@ -401,7 +428,8 @@ class Run:
             digest=options.digest if "members" in options.layers else None, max_window=options.max_window,
             threads=options.workers, depth=options.stream_depth(), chunk=options.stream_chunk(), checkpoint=checkpoint,
             checkpoint_every=SAVE_INTERVAL, checkpoint_from=self.limits.stop_offset,
-            scan=self.scan if "pages" in options.layers else None, address="", authkey=b"", age=options.age)
+            scan=self.scan if "pages" in options.layers else None, address="", authkey=b"", age=options.age,
+            share_leaves=self.shares_leaves)
         try:
             with StreamChannel(self.pool, self.ref, task, self.stopping,
                                rescheduled=self.options.executor.is_dask,
@@ -416,8 +444,10 @@ class Run:
                         self._stream_checkpoint(message[1], members, frames)
                     elif kind == "progress":
                         self.progress.update(stream=message[1])
-                    elif kind == "found":  # the check failed: what it found before is reported
-                        self.manifest.stream_findings = list(message[1])
+                    elif kind == "leaf":
+                        self.shared_leaves[message[1]] = message[2]
+                    elif kind == "found" and self.manifest.status != "changed":  # the check failed: what
+                        self.manifest.stream_findings = list(message[1])  # it found is reported, unless set aside
                     elif kind == "result":
                         return message[1], members.sync(), frames.sync()
                     elif kind == "mismatch":

@@ -93,6 +93,7 @@ class StreamTask:
     address: str
     authkey: bytes
     age: AgeKey | None = None  # decrypts an age file's payload (its repr hides the key)
+    share_leaves: bool = False  # hash the raw layer's leaves from what this check transfers
 
 
 PROGRESS_EVERY = 0.1  # seconds between progress messages
@@ -101,7 +102,7 @@ PROGRESS_EVERY = 0.1  # seconds between progress messages
 def check_stream(ref: SourceRef, task: StreamTask) -> None:
     """The stream check of one archive, in this worker: decoded bytes never leave it. What it
     finds goes to the coordinator as messages: ("members", line, count), ("frames", rows),
-    ("checkpoint", state), ("progress", offset), then ("result", StreamResult) or ("stopped",),
+    ("checkpoint", state), ("progress", offset), ("leaf", index, digest), then ("result", StreamResult) or ("stopped",),
     ("mismatch",), ("io_error", text), or ("found", findings) and a Failure. The coordinator's "stop" ends it early."""
     try:
         with Client(task.address, authkey=task.authkey) as conn:
@@ -137,6 +138,8 @@ def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
     except Exception as exc:  # noqa: BLE001 - handed on, never swallowed
         out.failure(exc)
         return
+    if task.share_leaves:
+        reader.on_fetch(_LeafSharer(out, reader.size))
     codec, plain = task.codec, None
     if codec == "age":
         opened = _decrypted(out, reader, task)
@@ -173,6 +176,28 @@ def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
         stop.set()
         listener.join()  # it reads the connection, which is closed once this returns
         reader.close()
+
+
+class _LeafSharer:
+    """The raw layer's leaves of the blocks the stream check transfers from storage anyway
+    (each block a whole leaf), so that the raw pass need not transfer them again."""
+
+    def __init__(self, out: _Sender, size: int):
+        self.out, self.size = out, size
+        self.sent: set[int] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, offset: int, data: bytes) -> None:
+        index = offset // raw.LEAF_SIZE
+        whole = offset % raw.LEAF_SIZE == 0 and len(data) == min(raw.LEAF_SIZE, self.size - offset)
+        with self.lock:
+            if not whole or index in self.sent:
+                return
+            self.sent.add(index)
+        try:
+            self.out.send("leaf", index, raw.leaf_digest(data))
+        except OSError:
+            pass  # the coordinator went away: the stream's own messages say so
 
 
 def _decrypted(out: _Sender, reader: Any, task: StreamTask) -> tuple[age.Plaintext, str] | None:

@@ -219,12 +219,21 @@ fn walk_finding_to_py<'py>(py: Python<'py>, f: &walk::WalkFinding) -> PyResult<B
 /// Frames as tuples in the field order of layers.zstd.Frame; findings as (code, start, end,
 /// frame, details).
 #[pyfunction]
-fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64)
+#[pyo3(signature = (reader, max_window, on_frame=None))]
+fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64, on_frame: Option<Bound<'py, PyAny>>)
     -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
     let size: u64 = reader.getattr("size")?.extract()?;
     let mut source = PyReader { reader, size, error: None };
-    let (frames, findings) = guarded(|| walk::FrameWalk::new(&mut source, max_window).run())?;
-    if let Some(e) = source.error {
+    let mut handed_error: Option<PyErr> = None;
+    let (frames, findings) = guarded(|| {
+        let walk = walk::FrameWalk::new(&mut source, max_window);
+        let Some(callback) = &on_frame else { return walk.run() };
+        walk.run_with(|frame, found| {
+            let handed = frame_tuple(py, frame).and_then(|t| callback.call1((t, found)));
+            handed.map_err(|e| handed_error = Some(e)).is_ok()
+        })
+    })?;
+    if let Some(e) = source.error.or(handed_error) {
         return Err(e);
     }
     let (frame_list, finding_list) = (PyList::empty(py), PyList::empty(py));

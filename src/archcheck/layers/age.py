@@ -170,6 +170,9 @@ class Plaintext:
         local.ahead = ahead
         return local.kept
 
+    def reading_from(self, offset: int) -> None:
+        self.reader.reading_from(self.sealed_at(offset))
+
     def expect(self, start: int, end: int) -> None:
         self.reader.expect(self.sealed_at(start), self.sealed_at(end))
 

@@ -85,31 +85,108 @@ class Event:
     unchecked: tuple[int, int, int] | None = None  # members of a stream codec no check covers: (first, offset, count)
     lane: int = 0
 
+    @property
+    def notable(self) -> bool:
+        """The frame ended with something to say: an error, a problem, bytes after it, ..."""
+        return any(x is not None for x in (self.error, self.io_error, self.problem, self.failure, self.trailing,
+                                           self.unchecked))
+
 
 def _short_read() -> SourceChanged:
     return SourceChanged("shrank: it ends before frames the run had found")
 
 
-class FrameDecoders:
-    """Decodes ``frames`` on ``threads`` lanes; iterate for events in frame order, and
-    ``release`` each event when done with its data."""
+class FrameFeed:
+    """The content frames to decode, in order: all known at once, or handed on (``put``) by a
+    frame walk still running. That walk is held back while it is more than ``LEAD`` bytes and a
+    frame per lane past the frame being read, so that a remote reader still holds the blocks
+    the walk fetched when the lanes read them: the archive crosses the network once. Every
+    wait ends: the walk ends (``end``, always), or the feed is closed."""
 
-    def __init__(self, reader: Any, frames: list[Frame], threads: int, max_window: int, depth: int = DEPTH,
+    LEAD = 16 * 1024 * 1024  # within a remote reader's read-ahead (in_flight blocks of 8 MiB)
+
+    def __init__(self, frames: list[Frame] | None = None, lanes: int = 1):
+        self.frames: list[Frame] = list(frames or [])
+        self.done = frames is not None  # no frame will be added
+        self.lanes = lanes
+        self.reading = 0  # the frame whose output is being read
+        self.paced = True  # False: the walk goes on to the end without waiting
+        self.closed = False  # nobody reads frames any more; the walk goes on to the end (its findings count)
+        self.abandoned = False  # the stream was stopped: the walk ends too
+        self.cond = threading.Condition()
+
+    def put(self, frame: Frame) -> bool:
+        """Add the next frame; False once the feed is abandoned (the walk should end)."""
+        with self.cond:
+            self.frames.append(frame)
+            self.cond.notify_all()
+            while not self.closed and self._ahead():
+                self.cond.wait()
+            return not self.abandoned
+
+    def _ahead(self) -> bool:
+        frames, reading = self.frames, self.reading
+        return self.paced and (len(frames) - reading > self.lanes + 1
+                and frames[-1].offset - frames[reading].offset > self.LEAD)
+
+    def end(self) -> None:
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+    def get(self, k: int) -> Frame | None:
+        """Frame ``k``, once the walk has found it; None past the last, or once closed."""
+        with self.cond:
+            while k >= len(self.frames) and not self.done and not self.closed:
+                self.cond.wait()
+            return None if self.closed or k >= len(self.frames) else self.frames[k]
+
+    def unpace(self) -> None:
+        """Let the walk run to the end: whoever waits for it reads no frame meanwhile."""
+        with self.cond:
+            self.paced = False
+            self.cond.notify_all()
+
+    def read_from(self, k: int) -> None:
+        with self.cond:
+            self.reading = k
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def abandon(self) -> None:
+        with self.cond:
+            self.closed = self.abandoned = True
+            self.cond.notify_all()
+
+
+class FrameDecoders:
+    """Decodes the frames of ``feed`` on ``threads`` lanes; iterate for events in frame order,
+    and ``release`` each event when done with its data."""
+
+    def __init__(self, reader: Any, feed: FrameFeed, threads: int, max_window: int, depth: int = DEPTH,
                  chunk: int = CHUNK):
-        self.reader, self.frames, self.max_window, self.chunk = reader, frames, max_window, chunk
-        self.threads = max(1, min(threads, len(frames)))
+        self.reader, self.feed, self.max_window, self.chunk = reader, feed, max_window, chunk
+        self.threads = max(1, min(threads, len(feed.frames)) if feed.done else threads)
         self.queues = [queue.Queue(depth + 1) for _ in range(self.threads)]
         self.free: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(self.threads)]
         self.depth = depth + 1  # chunks each lane may have out at once
         self.made = [0] * self.threads
         self.stop = threading.Event()
-        self.workers = [threading.Thread(target=self._lane, args=(t,), daemon=True) for t in range(self.threads)]
+        self.workers = [threading.Thread(target=self._lane, args=(t,), name=f"archcheck-lane-{t}", daemon=True)
+                        for t in range(self.threads)]
 
     def __iter__(self) -> Iterator[Event]:
         for worker in self.workers:
             worker.start()
         try:
-            for k in range(len(self.frames)):
+            k = 0
+            while (frame := self.feed.get(k)) is not None:
+                self.feed.read_from(k)
+                self.reader.reading_from(frame.offset)  # the lanes read from about here now
                 while True:
                     event = self._until_stopped(lambda: self.queues[k % self.threads].get(timeout=0.2))
                     if event is None:
@@ -117,6 +194,7 @@ class FrameDecoders:
                     yield event
                     if event.data is None:
                         break
+                k += 1
         finally:
             self.close()
 
@@ -127,6 +205,7 @@ class FrameDecoders:
 
     def close(self) -> None:
         self.stop.set()
+        self.feed.close()
         for q in self.queues:  # unblock lanes waiting on a full queue
             while True:
                 try:
@@ -162,11 +241,11 @@ class FrameDecoders:
         return self._until_stopped(lambda: self.free[lane].get(timeout=0.2))
 
     def _lane(self, lane: int) -> None:
-        mine = self.frames[lane::self.threads]
-        frame = mine[0] if mine else None
+        k, frame = lane, None
         try:
             decoder = None
-            for frame in mine:
+            while (frame := self.feed.get(k)) is not None:
+                k += self.threads
                 if self.stop.is_set():
                     return
                 if frame.kind == "raw":

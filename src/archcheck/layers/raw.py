@@ -31,6 +31,11 @@ def leaf_digests(reader: Any, offset: int, length: int) -> list[str]:
     return digests
 
 
+def leaf_digest(leaf: bytes) -> str:
+    """The digest of one whole leaf held in memory."""
+    return _native.leaf_digests(leaf, LEAF_SIZE)[0]
+
+
 def combine(digests: Iterable[str]) -> str:
     hasher = blake3.blake3()
     for digest in digests:

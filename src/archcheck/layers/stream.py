@@ -22,9 +22,9 @@ from ..scanners import ScanConfig, scan_handoff
 from ..scanners.policy import DatabasePolicy
 from .boundary import Walker
 from ..codecs import STREAM_CODECS, UNITS
-from .decoding import CHUNK, DEPTH, Event, FrameDecoders
+from .decoding import CHUNK, DEPTH, Event, FrameDecoders, FrameFeed
 from . import bzip2, gzip, xz
-from .zstd import CONTENT_KINDS, DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, walk_frames
+from .zstd import CONTENT_KINDS, DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, has_seek_table, walk_frames
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")
@@ -112,6 +112,8 @@ class StreamCheck:
         self.walk_findings = 0  # findings of the frame walk: made again by every (resumed) run
         self.skip_to = 0  # output before this offset was walked before the checkpoint
         self.content_frames = 0
+        self.broken: dict[int, int] = {}  # frame index -> the walk's finding that it lost content
+        self.walking: _WalkThread | None = None  # a frame walk running beside the decoders
 
     def _walker(self, digest: str | None) -> Walker:
         if self.scan is None:
@@ -127,39 +129,37 @@ class StreamCheck:
 
     def found_so_far(self) -> list[Finding]:
         """The findings made before a failure ended the check (those whose meaning waits for the
-        end of the archive, such as PostgreSQL pages before pg_control, are left out)."""
+        end of the archive, such as PostgreSQL pages before pg_control, are left out); the frame
+        walk's first, when it ran beside the decoders (it has ended: ``run`` waits for it)."""
+        walking = self.walking
+        if walking is not None and not walking.is_alive():
+            return [*walking.found, *self.findings]
         return list(self.findings)
 
     def run(self) -> StreamResult:
-        if self.codec == "zstd":
-            frames = walk_frames(self.reader, self.uri, self.max_window, self.findings)
-        elif self.codec in STREAM_CODECS:  # members are found only by decoding them: one frame of the whole file
-            # (but the blocks of an xz or bzip2 file and the members of a BGZF file can be found:
-            # those of many decode in parallel)
-            walk = BLOCK_WALKS.get(self.codec)
-            frames = (walk(self.reader) if walk else None) or [Frame(0, self.codec, 0, self.reader.size)]
-        else:  # pieces of a plain file, so several threads read ahead in parallel
-            frames = [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
-                      for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
-        self.frames = frames
-        self._frame_facts(frames)
-        self._unchecked_stream()
-        broken = {f.location.frame: i for i, f in enumerate(self.findings)
-                  if f.category in STRUCTURAL and _loses_content(f, frames)}
-        content_frames = [f for f in frames if f.kind in CONTENT_KINDS]
-        self.content_frames = len(content_frames)
-        self.walk_findings = len(self.findings)
-        if self.resume_from is not None:
-            content_frames = self._restore(self.resume_from, content_frames)
-        decoders = FrameDecoders(self.reader, content_frames, self.threads, self.max_window, self.depth, self.chunk)
+        if self.codec == "zstd" and self.resume_from is None and not has_seek_table(self.reader):
+            feed = self._walk_while_decoding()
+        else:
+            self.frames = self._walk_now()
+            content_frames = self._walked()
+            if self.resume_from is not None:
+                content_frames = self._restore(self.resume_from, content_frames)
+            feed = FrameFeed(content_frames)
+        decoders = FrameDecoders(self.reader, feed, self.threads, self.max_window, self.depth, self.chunk)
         try:
-            self._consume(decoders, broken)
+            self._consume(decoders)
         except OSError:
             if self.stop.is_set():  # the decoders were told to stop: not a read failure
                 raise StreamStopped() from None
             raise
+        finally:
+            (feed.abandon if self.stop.is_set() else feed.close)()
+            if self.walking is not None:
+                self.walking.join()  # to the end, unless stopped: what it finds is reported
         if self.stop.is_set():
             raise StreamStopped()
+        self._settle_walk()
+        frames = self.frames
         upstream = self.upstream_lost or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
         if self.walker:
             self.walker.finish(self.uoff, upstream_damage=upstream)
@@ -168,6 +168,69 @@ class StreamCheck:
         if self.scan is not None:
             self._decide_scans()
         return self._result(frames)
+
+    # --- the frame walk ----------------------------------------------------------------------
+
+    def _walk_now(self) -> list[Frame]:
+        if self.codec == "zstd":
+            return walk_frames(self.reader, self.uri, self.max_window, self.findings)
+        if self.codec in STREAM_CODECS:  # members are found only by decoding them: one frame of the whole file
+            # (but the blocks of an xz or bzip2 file and the members of a BGZF file can be found:
+            # those of many decode in parallel)
+            walk = BLOCK_WALKS.get(self.codec)
+            return (walk(self.reader) if walk else None) or [Frame(0, self.codec, 0, self.reader.size)]
+        # pieces of a plain file, so several threads read ahead in parallel
+        return [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
+                for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
+
+    def _walked(self) -> list[Frame]:
+        """What the frames say as a whole, once the walk has ended and its findings come first;
+        returns the frames that hold content."""
+        self._frame_facts(self.frames)
+        self._unchecked_stream()
+        self.broken = {f.location.frame: i for i, f in enumerate(self.findings)
+                       if f.category in STRUCTURAL and _loses_content(f, self.frames)}
+        content_frames = [f for f in self.frames if f.kind in CONTENT_KINDS]
+        self.content_frames = len(content_frames)
+        self.walk_findings = len(self.findings)
+        return content_frames
+
+    def _walk_while_decoding(self) -> FrameFeed:
+        """Walk a zstd file's frames on a thread of its own, handing each to the lanes as it is
+        found: the walk's reads and the decoders' are of the same blocks at about the same time
+        (one transfer from a store, not two). The stream's findings wait for the walk's, so that
+        they come in the order of a walk that ended first: a finding to add, or a frame the walk
+        found damage in, waits for the walk to end (a damaged archive, or a slow walk, is no
+        worse off than before)."""
+        feed = FrameFeed(lanes=self.threads)
+        self.reader.reading_from(0)  # before the walk reads on: what it fetches is kept for the lanes
+        walking = _WalkThread(self.reader, self.uri, self.max_window, self.frames, feed)
+        self.walking = walking
+        self.findings = _AfterWalk(self._settle_walk, self.findings.limit)
+        walking.start()
+        return feed
+
+    def _settle_walk(self) -> None:
+        """End a walk running beside the decoders (waiting for it): its findings go first, and
+        what the frames say as a whole after them. Raises what ended the walk early."""
+        walking, self.walking = self.walking, None
+        if walking is None:
+            return
+        self.findings.wait_for = None
+        walking.feed.unpace()
+        walking.join()
+        if walking.error is not None:
+            raise walking.error
+        made = list(self.findings)  # none: a finding waits for the walk
+        del self.findings[:]
+        self.findings.extend(walking.found)
+        self.findings.dropped.update(walking.found.dropped)
+        self._walked()
+        self.findings.extend(made)
+        shift = self.walk_findings  # counts taken while the walk's findings were not yet in
+        self.findings_at_frame_start += shift
+        self.frame_starts = collections.deque(((*s[:4], s[4] + shift) for s in self.frame_starts),
+                                              maxlen=self.frame_starts.maxlen)
 
     # --- what the walker made ----------------------------------------------------------------
 
@@ -267,11 +330,13 @@ class StreamCheck:
 
     # --- the stream -------------------------------------------------------------------------
 
-    def _consume(self, decoders: FrameDecoders, broken: dict[int, int]) -> None:
+    def _consume(self, decoders: FrameDecoders) -> None:
         frame_start, start_pos, seek_hash = 0, None, None
         for event in decoders:
             frame = event.frame
             if start_pos is None:  # the frame's first event
+                if self.walking is not None and self.walking.findings_made:
+                    self._settle_walk()  # the walk found damage: the frames' findings are needed
                 frame_start, start_pos = self.uoff, frame.offset
                 self.count_at_frame_start = self.walker.count if self.walker else 0
                 if self.resume_from is not None and frame.index == self.resume_from["frame"]:
@@ -289,7 +354,7 @@ class StreamCheck:
                     self.checkpoint()
                 continue
             self._table_rows(frame.index, (frame_start, self.uoff))
-            self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, broken.get(frame.index))
+            self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, self.broken.get(frame.index))
             if self.losses and self.walker:
                 self._name_recoveries()
             start_pos = None
@@ -381,6 +446,8 @@ class StreamCheck:
     def _end_frame(self, frame: Frame, event: Event, frame_start: int, produced: int,
                    seek_hash: Any, structural: int | None) -> None:
         """``structural`` is the index of the walk's finding for this frame, if it has one."""
+        if event.notable or (frame.content_size is not None and produced != frame.content_size):
+            self._settle_walk()  # findings to make, which count on the walk's being in first
         if event.failure is not None:
             raise event.failure.exception()
         if event.io_error is not None:
@@ -484,6 +551,7 @@ class StreamCheck:
         """What a restore of this archive loses: the member cut here, and every member after it
         to the end of the frame (of the archive, for a single frame)."""
         cut = f"{member} from byte {member_offset or 0} on" if member else "what follows"
+        self._settle_walk()  # how many frames there are
         if self.content_frames <= 1 or frame.kind in UNITS:  # xz -d, bzip2 -d stop at a bad block
             return f"{cut}, and every member after it to the end of the archive"
         unit = UNITS[frame.kind].unit if frame.kind in UNITS else "frame"
@@ -580,6 +648,53 @@ class StreamCheck:
             findings=tuple(self.findings.closed(self.uri)) + tuple(self.hazards.closed(self.uri)),
             frame_table=tuple(self.frame_rows),
             scan_state=json.loads(self.walker.data_dirs()) if self.scan is not None else None)
+
+
+class _AfterWalk(Findings):
+    """The stream's findings while the frame walk still runs: adding one waits for the walk's
+    (``wait_for``), which come first. (Code that takes an index before it adds, a frame's end
+    that went wrong, settles the walk first.)"""
+
+    def __init__(self, wait_for: Callable[[], None], limit: int):
+        super().__init__(limit)
+        self.wait_for: Callable[[], None] | None = wait_for
+
+    def append(self, finding: Finding) -> None:
+        if self.wait_for is not None:
+            self.wait_for()
+        super().append(finding)
+
+
+class _WalkThread(threading.Thread):
+    """The native frame walk, handing ``frames`` (every frame) and ``feed`` (those with content)
+    each frame as it is found; ``found`` and ``error`` once it has ended."""
+
+    def __init__(self, reader: Any, uri: str, max_window: int, frames: list[Frame], feed: FrameFeed):
+        super().__init__(name="archcheck-frame-walk", daemon=True)
+        self.reader, self.uri, self.max_window, self.frames, self.feed = reader, uri, max_window, frames, feed
+        self.found = Findings()
+        self.findings_made = 0  # by the walk, when it handed on its last frame
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            walk_frames(self.reader, self.uri, self.max_window, self.found, on_frame=self._hand_on)
+        except _Abandoned:
+            pass  # the stream was stopped: nobody needs the rest
+        except BaseException as exc:  # noqa: BLE001 - raised again where the walk is settled
+            self.error = exc
+        finally:
+            self.feed.end()
+
+    def _hand_on(self, frame: Frame, found: int) -> None:
+        self.findings_made = found
+        self.frames.append(frame)
+        if frame.kind in CONTENT_KINDS and not self.feed.put(frame):
+            raise _Abandoned()
+
+
+class _Abandoned(Exception):
+    pass
 
 
 def _loses_content(finding: Finding, frames: list[Frame]) -> bool:

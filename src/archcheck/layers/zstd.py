@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .. import _native
 from ..findings import Finding, Findings, Location
@@ -52,10 +52,21 @@ def is_zstd_start(head: bytes) -> bool:
     return magic == ZSTD_MAGIC or (magic & SKIPPABLE_MASK) == SKIPPABLE_BASE
 
 
-def walk_frames(reader: Any, uri: str, max_window: int, findings: Findings) -> list[Frame]:
+SEEKABLE_FOOTER = struct.pack("<I", 0x8F92EAB1)  # the last four bytes of a seekable file
+
+
+def has_seek_table(reader: Any) -> bool:
+    """The file ends in a seek table (whose checksums of every frame the walk reads last)."""
+    return reader.size >= 9 and reader.pread(reader.size - 4, 4) == SEEKABLE_FOOTER
+
+
+def walk_frames(reader: Any, uri: str, max_window: int, findings: Findings,
+                on_frame: Callable[[Frame, int], None] | None = None) -> list[Frame]:
     """Every frame of a zstd file; the walk's findings go to ``findings``. ``reader``: pread
-    and size (the core asks it for the bytes it needs)."""
-    frames, found = _native.walk_frames(reader, max_window)
+    and size (the core asks it for the bytes it needs). ``on_frame`` is handed each frame as it
+    is found, with the number of findings made so far; what it raises ends the walk."""
+    hand_on = (lambda row, found: on_frame(Frame(*row), found)) if on_frame else None
+    frames, found = _native.walk_frames(reader, max_window, hand_on)
     for code, start, end, frame, details in found:
         findings.append(Finding.of(code, Location(uri, byte_range=(start, end), frame=frame), **details))
     return [Frame(*f) for f in frames]

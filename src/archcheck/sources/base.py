@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,14 @@ class RangeReader(Protocol):
     def readinto(self, offset: int, buffer: bytearray | memoryview) -> int: ...
 
     def view(self, offset: int, length: int) -> AbstractContextManager[memoryview]: ...
+
+    def reading_from(self, offset: int) -> None:
+        """This thread reads on from ``offset`` (soon): a remote reader keeps what it holds there
+        for it, whichever thread fetched it."""
+
+    def on_fetch(self, callback: Callable[[int, bytes], None]) -> bool:
+        """Hand ``callback`` each (offset, bytes) this reader transfers from storage; False when
+        it cannot (a local file: the page cache already shares its reads)."""
 
     def close(self) -> None: ...
 

@@ -126,6 +126,12 @@ class LocalReader:
             if what:
                 raise SourceChanged(what)
 
+    def reading_from(self, offset: int) -> None:
+        pass  # the page cache keeps what was read
+
+    def on_fetch(self, callback) -> bool:
+        return False  # the page cache shares a file's reads between processes
+
     def expect(self, start: int, end: int) -> None:
         """The page cache reads ahead by itself."""
 

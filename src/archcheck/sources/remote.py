@@ -15,7 +15,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import blake3
 
@@ -88,6 +88,18 @@ class RemoteReader:
         self.cursors: dict[int, int] = {}  # reading thread -> the first block of its last read
         self.lock = threading.Lock()
         self.span = (0, self.size)
+        self.fetched: Callable[[int, bytes], None] | None = None
+
+    def reading_from(self, offset: int) -> None:
+        """Keep the blocks from ``offset`` on for this thread (as its reads would): another
+        thread reading ahead of it (the frame walk) fetches them for both."""
+        self._forget_before(min(offset, max(0, self.size - 1)) // BLOCK)
+
+    def on_fetch(self, callback: Callable[[int, bytes], None]) -> bool:
+        """Each block, once transferred, goes to ``callback`` too (from the fetching thread):
+        bytes another layer needs need not cross the network twice."""
+        self.fetched = callback
+        return True
 
     def expect(self, start: int, end: int) -> None:
         """The reads to come are in [start, end): nothing past it is read ahead."""
@@ -173,8 +185,11 @@ class RemoteReader:
 
     def _fetch(self, index: int) -> bytes:
         start, end = index * BLOCK, min(self.size, (index + 1) * BLOCK)
-        return with_retries(lambda: self.transport.get(start, end, self.pinned),
+        data = with_retries(lambda: self.transport.get(start, end, self.pinned),
                             f"bytes {start}-{end}", self.options.policy, self.breaker, self.clock, self.rng)
+        if self.fetched is not None and len(data) == end - start:
+            self.fetched(start, data)
+        return data
 
 
 class RemoteSource:

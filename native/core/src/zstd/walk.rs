@@ -306,9 +306,16 @@ impl<'s> FrameWalk<'s> {
         FrameWalk { src, max_window, frames: Vec::new(), findings: Vec::new(), size_hint: None }
     }
 
-    pub fn run(mut self) -> (Vec<Frame>, Vec<WalkFinding>) {
+    pub fn run(self) -> (Vec<Frame>, Vec<WalkFinding>) {
+        self.run_with(|_, _| true)
+    }
+
+    /// As `run`, handing each frame to `on_frame` as soon as it is walked, with the number of
+    /// findings made so far (a seek table found at the end still fills in `seek_checksum`
+    /// afterwards). `on_frame` returning false ends the walk there.
+    pub fn run_with(mut self, mut on_frame: impl FnMut(&Frame, usize) -> bool) -> (Vec<Frame>, Vec<WalkFinding>) {
         let size = self.src.size();
-        let mut pos = 0;
+        let (mut pos, mut handed) = (0, 0);
         while pos < size {
             let head = self.src.read_at(pos, 18);
             let magic = (head.len() >= 4).then(|| u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
@@ -317,6 +324,12 @@ impl<'s> FrameWalk<'s> {
                 Some(m) if m & SKIPPABLE_MASK == SKIPPABLE_BASE => self.skippable(pos, &head, m),
                 _ => self.garbage(pos, magic),
             };
+            while handed < self.frames.len() {
+                if !on_frame(&self.frames[handed], self.findings.len()) {
+                    return (self.frames, self.findings);
+                }
+                handed += 1;
+            }
         }
         self.check_seek_table();
         (self.frames, self.findings)
@@ -563,6 +576,33 @@ mod tests {
                             has_checksum: false, dictionary_id: 0, intact: true, seek_checksum: None, seek_size: None,
                             walked: false, window_ok: true, header_length: 0 };
         unwalked_problem(&mut &file[..], &frame)
+    }
+
+    #[test]
+    fn frames_are_handed_on_as_walked_and_the_walk_ends_when_told() {
+        let data: Vec<u8> = (0..50_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let frame = small_blocks(&data);
+        let mut file = Vec::new();
+        for _ in 0..3 {
+            file.extend_from_slice(&frame);
+        }
+        file.extend_from_slice(b"trailing garbage");
+        let (all, found) = FrameWalk::new(&mut &file[..], 1 << 27).run();
+        let mut handed = Vec::new();
+        let (frames, findings) = FrameWalk::new(&mut &file[..], 1 << 27).run_with(|f, n| {
+            handed.push((f.index, f.offset, f.end, n));
+            true
+        });
+        assert_eq!((frames.len(), findings.len()), (all.len(), found.len()));
+        let len = frame.len() as u64;
+        assert_eq!(handed, vec![(0, 0, len, 0), (1, len, 2 * len, 0), (2, 2 * len, 3 * len, 0)]);
+        assert_eq!(findings[0].code, "ZSTD_TRAILING_GARBAGE"); // made after the last frame was handed on
+        let (mut count, mut source) = (0, &file[..]);
+        let (frames, _) = FrameWalk::new(&mut source, 1 << 27).run_with(|_, _| {
+            count += 1;
+            count < 2
+        });
+        assert_eq!((count, frames.len()), (2, 2));
     }
 
     #[test]
