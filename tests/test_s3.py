@@ -241,6 +241,23 @@ def test_the_raw_layer_hashes_the_blocks_the_stream_check_reads(s3, proxy, pzstd
     assert all("seconds" not in e for e in verified)
 
 
+def test_the_raw_layer_still_covers_an_object_whose_stream_check_fails(s3, pzstd_object, tmp_path):
+    """The raw pass runs after the stream pass for an object; a stream that fails (a bug in the
+    core, here a failpoint) leaves it to read everything the stream did not."""
+    archive, uri = pzstd_object
+    r = cli("verify", uri, "--segment-size", "8M", "--state-dir", tmp_path / "s", "--no-progress",
+            env={**env_of(s3), "ARCHCHECK_FAILPOINT": "native-panic"})
+    assert r.returncode == 11 and "the native core panicked" in r.stderr, r.stdout + r.stderr
+    import blake3
+    from archcheck.manifest import load
+    [path] = (tmp_path / "s").glob("drills/*/archives/*/manifest.json")
+    segments = load(path).segments
+    assert len(segments) == 6 and all(r.status == "done" for r in segments), segments
+    data = archive.read_bytes()
+    assert [leaf for r in segments for leaf in r.leaves] == [
+        blake3.blake3(data[i:i + 8 * MiB]).hexdigest() for i in range(0, len(data), 8 * MiB)]
+
+
 def test_plans_list_object_globs(s3, proxy, fx, tmp_path):
     moto, _ = s3
     for day in ("2026-12-01", "2026-12-02"):

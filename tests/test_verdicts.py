@@ -155,6 +155,36 @@ def test_a_decoder_that_fails_hands_its_failure_on(fx):
     reader.close()
 
 
+def test_a_stop_ends_a_frame_walk_the_stream_waits_for(tmp_path):
+    """The walk runs beside the decoders; a frame it found damage in makes the stream wait for
+    its end. A stop meanwhile ends the walk at its next frame, not at the end of the archive."""
+    from archcheck.layers.stream import StreamCheck, StreamStopped
+    from archcheck.sources import open_source
+
+    rnd = __import__("random").Random(5)
+    frames = [subprocess.run(["zstd", "-q", "-c", "-1"], input=rnd.randbytes(64 * 1024), capture_output=True,
+                             check=True).stdout for _ in range(120)]
+    archive = tmp_path / "many.zst"
+    archive.write_bytes(frames[0] + frames[1] + b"garbage between frames" + b"".join(frames[2:]))
+    reader = open_source(archive).ref().open()
+    real = reader.pread
+
+    def slow_walk(offset, length):
+        if threading.current_thread().name == "archcheck-frame-walk":
+            time.sleep(0.05)  # 120 frames: a walk of 6 s and more
+        return real(offset, length)
+
+    reader.pread = slow_walk
+    stop = threading.Event()
+    check = StreamCheck(reader, "x", codec="zstd", check_tar=False, threads=2, stop=stop)
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(StreamStopped):
+        check.run()
+    assert time.monotonic() - started < 2.5
+    reader.close()
+
+
 def test_a_panic_in_the_native_core_is_one_clear_line_and_hides_no_verdict(fx, tmp_path):
     """A bug in the core (a failpoint stands in for it) ends the archive's check in its worker:
     one line saying where it panicked, no traceback, exit 11; and what was found before the

@@ -116,10 +116,11 @@ class Run:
         self.source, self.manifest, self.path, self.options = source, manifest, manifest_path, options
         self.scan, self.recheck = scan, recheck
         self.read_here: set[int] = set()  # segments whose bytes this run has read itself
-        # an object's leaves hashed by the stream worker from the blocks it transfers (written
-        # by the stream's thread, read by the raw layer, which runs after it and reads the rest)
+        # an object's leaves hashed by the stream worker from the blocks it transfers, kept by
+        # the event loop: a segment whose leaves have all come is done; the raw pass reads the rest
         self.shares_leaves = options.stream and "raw" in options.layers and is_remote(source.uri)
         self.shared_leaves: dict[int, str] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.limits = limits
         self.ref: SourceRef = source.ref()
         passes = ("raw" in options.layers) + options.stream
@@ -152,10 +153,11 @@ class Run:
 
     async def _run(self) -> None:
         self.save()  # the run directory exists and is writable before any work starts
+        self.loop = asyncio.get_running_loop()
         self.pool = open_pool(self.options.executor, self.options.workers)
         layers = []
-        if self.shares_leaves:  # the raw layer hashes what the stream's reads did not
-            layers.append(self._one_after_another(self._stream_layer(), self._raw_layer()))
+        if self.shares_leaves:
+            layers.append(self._stream_then_raw())
         else:
             if self.options.stream:  # the longest task goes first, so it starts at once
                 layers.append(self._stream_layer())
@@ -203,10 +205,17 @@ class Run:
         await self._recheck_verified()
         await asyncio.gather(*layers)
 
-    @staticmethod
-    async def _one_after_another(*steps: Any) -> None:
-        for step in steps:
-            await step
+    async def _stream_then_raw(self) -> None:
+        """An object's stream pass hashes the raw leaves of the blocks it transfers (recorded
+        as they come); the raw pass then reads what is left, also after a stream that failed."""
+        try:
+            await self._stream_layer()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await self._raw_layer()
+            raise
+        await self._raw_layer()
 
     async def _within_deadline(self, work: Any) -> None:
         if self.limits.deadline is None:
@@ -299,12 +308,9 @@ class Run:
 
         async def consumer() -> None:
             while (record := await queue.get()) is not None:
-                shared = self._shared_leaves_of(record)
-                if shared is not None:
-                    self._segment_done(record, shared, seconds=None, read_by="stream")
-                else:
+                if record.status != "done":  # (its leaves may have come from the stream meanwhile)
                     await self._hash_segment(record)
-                self.progress.update(raw=record.length)
+                    self.progress.update(raw=record.length)
 
         await asyncio.gather(reader(), *(consumer() for _ in range(slots)))
 
@@ -341,12 +347,18 @@ class Run:
                     offset=record.offset, length=record.length, nonce=record.nonce, attempt=record.attempt,
                     error=error)
 
-    def _shared_leaves_of(self, record: SegmentRecord) -> list[str] | None:
-        """The segment's leaves, when the stream worker has hashed every one of them."""
-        first = record.offset // raw.LEAF_SIZE
-        count = -(-record.length // raw.LEAF_SIZE)
-        leaves = [self.shared_leaves.get(i) for i in range(first, first + count)]
-        return None if None in leaves else leaves
+    def _leaf_shared(self, index: int, digest: str) -> None:
+        """A leaf the stream worker hashed; its segment is done once all of its leaves are in."""
+        self.shared_leaves[index] = digest
+        offset = index * raw.LEAF_SIZE
+        for record in segments_overlapping(self.manifest.segments, offset, offset + 1):
+            if record.status == "done" or self.halted:
+                continue
+            first = record.offset // raw.LEAF_SIZE
+            leaves = [self.shared_leaves.get(i) for i in range(first, first + -(-record.length // raw.LEAF_SIZE))]
+            if None not in leaves:
+                self._segment_done(record, leaves, seconds=None, read_by="stream")
+                self.progress.update(raw=record.length)
 
     def _segment_done(self, record: SegmentRecord, leaves: Any, seconds: float | None, read_by: str = "raw") -> None:
         """``seconds``: how long hashing it took; None for leaves hashed in the stream's reads."""
@@ -445,7 +457,10 @@ class Run:
                     elif kind == "progress":
                         self.progress.update(stream=message[1])
                     elif kind == "leaf":
-                        self.shared_leaves[message[1]] = message[2]
+                        try:
+                            self.loop.call_soon_threadsafe(self._leaf_shared, message[1], message[2])
+                        except RuntimeError:
+                            pass  # the run has ended (its loop is closed): nothing records it now
                     elif kind == "found" and self.manifest.status != "changed":  # the check failed: what
                         self.manifest.stream_findings = list(message[1])  # it found is reported, unless set aside
                     elif kind == "result":

@@ -33,6 +33,7 @@ RAW_PIECE = 16 * 1024 * 1024
 CHECKPOINT_SHARE = 0.02  # of the run's time, at most, spent taking checkpoints
 READ_APPROXIMATION = 128 * 1024  # where no block is known, a range this far back from the input read
 BLOCK = 512
+WALK_POLL = 0.2  # seconds between looks at a stop request while waiting for the frame walk
 MembersCallback = Callable[[bytes, int], None]
 # parts found without decoding
 BLOCK_WALKS = {"xz": xz.walk_blocks, "bzip2": bzip2.walk_blocks, "gzip": gzip.walk_members}
@@ -145,17 +146,16 @@ class StreamCheck:
             if self.resume_from is not None:
                 content_frames = self._restore(self.resume_from, content_frames)
             feed = FrameFeed(content_frames)
-        decoders = FrameDecoders(self.reader, feed, self.threads, self.max_window, self.depth, self.chunk)
         try:
-            self._consume(decoders)
+            self._consume(FrameDecoders(self.reader, feed, self.threads, self.max_window, self.depth, self.chunk))
         except OSError:
             if self.stop.is_set():  # the decoders were told to stop: not a read failure
                 raise StreamStopped() from None
             raise
         finally:
-            (feed.abandon if self.stop.is_set() else feed.close)()
+            feed.close()
             if self.walking is not None:
-                self.walking.join()  # to the end, unless stopped: what it finds is reported
+                self._join_walk(self.walking)  # to the end, unless stopped: what it finds is reported
         if self.stop.is_set():
             raise StreamStopped()
         self._settle_walk()
@@ -218,7 +218,9 @@ class StreamCheck:
             return
         self.findings.wait_for = None
         walking.feed.unpace()
-        walking.join()
+        self._join_walk(walking)
+        if self.stop.is_set():
+            raise StreamStopped()
         if walking.error is not None:
             raise walking.error
         made = list(self.findings)  # none: a finding waits for the walk
@@ -231,6 +233,13 @@ class StreamCheck:
         self.findings_at_frame_start += shift
         self.frame_starts = collections.deque(((*s[:4], s[4] + shift) for s in self.frame_starts),
                                               maxlen=self.frame_starts.maxlen)
+
+    def _join_walk(self, walking: "_WalkThread") -> None:
+        """Wait for the walk to end; a stop ends it at its next frame (not at the archive's end)."""
+        while walking.is_alive():
+            if self.stop.is_set():
+                walking.feed.abandon()
+            walking.join(WALK_POLL)
 
     # --- what the walker made ----------------------------------------------------------------
 
