@@ -200,14 +200,23 @@ class RemoteSource:
         self.size = info.size
         self._changed = ""
         self._looked = time.monotonic()
+        self._head: bytes | None = None  # the first ID_PROBE bytes, once read: every small read is one request
 
     async def read(self, offset: int, length: int) -> bytes:
-        """The coordinator's small reads (identity, format): just the bytes asked for."""
+        """The coordinator's small reads (identity, format): the object's head is read once
+        (ID_PROBE bytes), and reads within it are served from it."""
         end = min(self.size, offset + length)
         if offset >= end:
             return b""
-        return await asyncio.to_thread(retrying, lambda: self.transport.get(offset, end, self.pinned),
-                                       f"bytes {offset}-{end}", self.options.policy, self.transport.endpoint)
+        if end <= ID_PROBE:
+            if self._head is None:
+                self._head = await self._get(0, min(self.size, ID_PROBE))
+            return self._head[offset:end]
+        return await self._get(offset, end)
+
+    async def _get(self, start: int, end: int) -> bytes:
+        return await asyncio.to_thread(retrying, lambda: self.transport.get(start, end, self.pinned),
+                                       f"bytes {start}-{end}", self.options.policy, self.transport.endpoint)
 
     async def identity(self) -> ArchiveIdentity:
         head = await self.read(0, ID_PROBE)
