@@ -274,6 +274,23 @@ def test_trailing_garbage_after_the_last_frame(fx, state, tmp_path):
     assert finding.code == "ZSTD_TRAILING_GARBAGE" and finding.location.byte_range == (len(good), len(good) + 180)
 
 
+def test_a_legacy_frame_between_frames_is_named_and_the_next_frame_is_not_lost(fx, state, tmp_path):
+    """A frame of zstd's legacy format is not checked (unverified), and it is not a frame of
+    the walk: the frame after it decodes as any other."""
+    good = (fx / "multi.tar.zst").read_bytes()
+    at = pzstd_frames(fx / "multi.tar.zst")[0][1]  # where the second frame's size note begins
+    legacy = struct.pack("<I", 0xFD2FB527) + bytes(60)  # the v0.7 magic
+    bad = tmp_path / "legacy.tar.zst"
+    bad.write_bytes(good[:at] + legacy + good[at:])
+    clean = verify(fx / "multi.tar.zst", state=state)
+    result = verify(bad, state=state)
+    [finding] = [f for f in result.findings if f.code == "ZSTD_LEGACY_FRAME"]
+    # up to the next zstd frame: the search for it passes over pzstd's size note (12 bytes)
+    assert finding.location.byte_range == (at, at + 64 + 12) and finding.location.frame is None
+    assert [f.code for f in result.findings if f.category.value != "info"] == ["ZSTD_LEGACY_FRAME"]
+    assert [m["digest"] for m in result.members()] == [m["digest"] for m in clean.members()]
+
+
 def test_bytes_after_the_tar_end_marker(fx, state, tmp_path):
     bad = tmp_path / "appended.tar"
     good = (fx / "gnu.tar").read_bytes()

@@ -357,8 +357,8 @@ impl<'s> FrameWalk<'s> {
         let next = self.next_magic(pos + 1);
         let legacy = magic.is_some_and(|m| (0xFD2F_B522..0xFD2F_B528).contains(&m) || m == 0x1EB5_2FFD);
         if legacy {
-            let index = self.frames.len() as u64;
-            self.find("ZSTD_LEGACY_FRAME", pos, next, Some(index), vec![]);
+            // not one of the walk's frames: an index would name the frame after it, as lost
+            self.find("ZSTD_LEGACY_FRAME", pos, next, None, vec![]);
         } else if next >= self.src.size() {
             self.find("ZSTD_TRAILING_GARBAGE", pos, next, None, fields![("length", next - pos)]);
         } else {
