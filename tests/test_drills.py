@@ -7,6 +7,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from archcheck import api
 from archcheck.drills import DrillLock, load_drill
 from archcheck.layers.stream import StreamCheck
 from archcheck.manifest import load
+from archcheck.layers.zstd import walk_frames
 from archcheck.sources import open_source
 from archcheck.units import Budget
 from conftest import ARCHCHECK, cli
@@ -65,6 +67,40 @@ def test_resuming_from_any_checkpoint_gives_the_uninterrupted_result(fx, tmp_pat
         assert sorted(map(repr, again.findings)) == sorted(map(repr, whole.findings))
         assert members_again == members
         assert rows_again == rows and again.member_count == whole.member_count
+
+
+def test_a_resume_keeps_the_member_named_on_a_frame_walk_finding(tmp_path):
+    """A frame whose header the walk finds broken is named, while decoding, with the member its
+    lost content cuts; a resume walks again, and must put that name back (it used to drop it)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    rnd = random.Random(3)
+    for i in range(100):  # frames of 2 MiB: five
+        (tree / f"f{i:03d}.bin").write_bytes(rnd.randbytes(rnd.randrange(50_000, 150_000)))
+    subprocess.run(["tar", "-C", tree, "-cf", tmp_path / "small.tar", "."], check=True)
+    subprocess.run(["pzstd", "-q", "-f", "-p", "2", "-1", tmp_path / "small.tar", "-o", tmp_path / "small.tar.zst"],
+                   check=True)
+    data = bytearray((tmp_path / "small.tar.zst").read_bytes())
+    reader = open_source(tmp_path / "small.tar.zst").ref().open()
+    try:
+        second = [f for f in walk_frames(reader, "x", 1 << 27, []) if f.kind == "zstd"][1]
+    finally:
+        reader.close()
+    data[second.offset + 4] ^= 0x08  # a reserved bit of its frame header descriptor
+    path = tmp_path / "damaged.tar.zst"
+    path.write_bytes(bytes(data))
+    checkpoints = []
+    whole, members, rows = _stream(path, checkpoints=checkpoints)
+    [broken] = [f for f in whole.findings if f.code == "ZSTD_RESERVED_BIT"]
+    with tarfile.open(tmp_path / "small.tar") as tar:  # the member holding the frame's first byte
+        cut = next(m for m in tar if m.offset <= 2 * MiB < m.offset_data + m.size)
+    assert broken.location.byte_range == (second.offset, second.offset + 6)
+    assert (broken.location.uncompressed_offset, broken.location.member) == (2 * MiB, cut.name)
+    later = [(cp, written, rows_written) for cp, written, rows_written in checkpoints if cp["frame"] > second.index]
+    assert later and all(cp["walk_named"] for cp, _, _ in later)
+    for checkpoint, written, rows_written in later:
+        again, _, _ = _stream(path, resume=checkpoint, members=list(members[:written]), rows=list(rows[:rows_written]))
+        assert sorted(map(repr, again.findings)) == sorted(map(repr, whole.findings))
 
 
 def test_a_checkpoint_of_another_core_version_is_not_restored(fx):

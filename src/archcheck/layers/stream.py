@@ -111,6 +111,7 @@ class StreamCheck:
         self.checkpoint_from = checkpoint_from  # past this archive offset, checkpoint at every chunk
         self.stop = stop or threading.Event()
         self.walk_findings = 0  # findings of the frame walk: made again by every (resumed) run
+        self.walk_made: list[Finding] = []  # as the walk made them (what decoding adds to them is checkpointed)
         self.skip_to = 0  # output before this offset was walked before the checkpoint
         self.content_frames = 0
         self.broken: dict[int, int] = {}  # frame index -> the walk's finding that it lost content
@@ -193,6 +194,7 @@ class StreamCheck:
         content_frames = [f for f in self.frames if f.kind in CONTENT_KINDS]
         self.content_frames = len(content_frames)
         self.walk_findings = len(self.findings)
+        self.walk_made = list(self.findings)
         return content_frames
 
     def _walk_while_decoding(self) -> FrameFeed:
@@ -414,6 +416,8 @@ class StreamCheck:
             "covered": self._archive_offset(at, frame_offset), "walker": walker, "recent": recent,
             "upstream_lost": self.upstream_lost,
             "findings": [f.to_json() for f in self.findings[self.walk_findings:]], "rows_next": self.rows_next,
+            "walk_named": [[i, f.to_json()] for i, f in enumerate(self.findings[:self.walk_findings])
+                           if f is not self.walk_made[i]],
             "provisional": [f.to_json() for f in self.provisional],
             "provisional_dropped": dict(self.provisional.dropped),
             "hazards": [f.to_json() for f in self.hazards], "hazards_dropped": dict(self.hazards.dropped),
@@ -441,6 +445,7 @@ class StreamCheck:
                 raise CheckpointMismatch(str(exc)) from None
         self.uoff, self.upstream_lost = cp["frame_start"], cp["upstream_lost"]
         self.skip_to = cp["walker"]["at"]
+        self._rename_walk_findings(cp.get("walk_named", ()))
         self.findings.extend(Finding.from_json(f) for f in cp["findings"])
         self.provisional.extend(Finding.from_json(f) for f in cp["provisional"])
         self.provisional.dropped.update(cp["provisional_dropped"])
@@ -449,6 +454,16 @@ class StreamCheck:
         self.rows_next = cp["rows_next"]
         self.losses = [tuple(loss) for loss in cp.get("losses", ())]
         return rest
+
+    def _rename_walk_findings(self, named: Any) -> None:
+        """What decoding named on the walk's findings before the checkpoint (the member a
+        broken frame cuts, say), put back on the same findings of this run's walk."""
+        for index, saved in named:
+            finding = Finding.from_json(saved)
+            walked = self.findings[index] if index < self.walk_findings else None
+            if walked is None or (walked.code, walked.location.byte_range) != (finding.code, finding.location.byte_range):
+                raise CheckpointMismatch(f"the walk's finding {index} is not the checkpoint's")
+            self.findings[index] = finding
 
     # --- the end of a frame -----------------------------------------------------------------------
 
