@@ -135,6 +135,14 @@ def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
                           timeout=timeout, env=full_env)
 
 
+def verify_reported(*args, env: dict | None = None, timeout: float = 300) -> tuple[subprocess.CompletedProcess, dict]:
+    """``archcheck verify`` with a JSON report (members included) in its state directory: the
+    run and the report (empty when none was written)."""
+    report = Path(args[args.index("--state-dir") + 1]) / "report.json"
+    r = cli("verify", *args, "--report", report, "--report-members", env=env, timeout=timeout)
+    return r, json.loads(report.read_text()) if report.exists() else {}
+
+
 def member_offsets(tar_path: Path) -> dict[str, tuple[int, int]]:
     """name -> (header offset, data offset) as Python's tarfile sees a clean archive."""
     import tarfile

@@ -123,6 +123,7 @@ class Request:
     path: str
     range: str | None
     outcome: str  # "forwarded", "status 503", "stall", "reset" or "short"
+    authorization: str | None = None  # the request's Authorization header
 
 
 _ERROR_CODES = {400: "BadRequest", 403: "AccessDenied", 404: "NoSuchKey", 429: "TooManyRequests",
@@ -186,7 +187,7 @@ class FaultProxy:
         with self._lock:
             self._faults.clear()
 
-    def _take(self, method: str, path: str, range_: str | None) -> Fault | None:
+    def _take(self, method: str, path: str, range_: str | None, authorization: str | None = None) -> Fault | None:
         """The first matching fault not used up (counted down), recording the request."""
         with self._lock:
             for slot in self._faults:
@@ -198,7 +199,7 @@ class FaultProxy:
                 fault = None
             outcome = "forwarded" if fault is None else (
                 f"status {fault.status}" if fault.kind == "status" else fault.kind)
-            self.requests.append(Request(method, path, range_, outcome))
+            self.requests.append(Request(method, path, range_, outcome, authorization))
             return fault
 
 
@@ -232,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         proxy = self.server.proxy
-        fault = proxy._take(self.command, self.path, self.headers.get("Range"))
+        fault = proxy._take(self.command, self.path, self.headers.get("Range"), self.headers.get("Authorization"))
         if fault is None:
             self._forward(None)
         elif fault.kind == "status":

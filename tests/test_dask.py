@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ARCHCHECK, cli, comparable
+from conftest import ARCHCHECK, cli, comparable, verify_reported
 
 distributed = pytest.importorskip("distributed")  # in the test extra; the skip only guards a bare install
 
@@ -18,10 +18,7 @@ MiB = 1024 * 1024
 
 
 def verify(*args, env=None, timeout=300):
-    state = args[args.index("--state-dir") + 1]
-    report = state / "report.json"
-    r = cli("verify", *args, "--report", report, "--report-members", "--no-progress", env=env, timeout=timeout)
-    return r, json.loads(report.read_text()) if report.exists() else {}
+    return verify_reported(*args, "--no-progress", env=env, timeout=timeout)
 
 
 def test_dask_local_reports_what_the_local_executor_reports(fx, damaged, tmp_path):

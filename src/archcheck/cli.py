@@ -126,7 +126,7 @@ TRUST = typer.Option(False, "--trust-verified",
 @app.command("verify", help=VERIFY_HELP, no_args_is_help=True)
 @_exits
 def verify_command(
-    archives: list[str] = typer.Argument(..., help="The archives to verify: files, s3://BUCKET/KEY or https:// URLs."),
+    archives: list[str] = typer.Argument(..., help="The archives to verify: files, s3://BUCKET/KEY, gs://BUCKET/OBJECT or https:// URLs."),
     layers: str = typer.Option(",".join(ALL_LAYERS), help="Comma-separated layers to check."),
     segment_size: str = typer.Option(format_size(DEFAULT_SEGMENT_SIZE).replace(" ", ""),
                                      help="Size of the byte-range segments (a multiple of 8 MiB)."),

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .sources import is_remote, list_objects
+from .sources import LISTED, is_remote, list_objects
 from .errors import UsageError
 from .layers import ALL_LAYERS
 from .layers.members import DIGESTS
@@ -224,15 +224,15 @@ def expand_archives(plan: Plan) -> tuple[list[Path | str], list[str]]:
     """The regular files and objects the plan's patterns match, and the patterns that matched none.
 
     Relative patterns are read from the plan file's directory; ``**`` spans directories. Files
-    come in pattern order, sorted within a pattern, each once. An s3:// pattern is listed in
+    come in pattern order, sorted within a pattern, each once. An s3:// or gs:// pattern is listed in
     its bucket; another URI is taken as it is.
     """
     base = glob.escape(str(plan.path.absolute().parent))
     found: dict[str, Path | str] = {}
     unmatched = []
     for pattern in plan.archives:
-        if is_remote(pattern):  # only s3:// lists; a '?' in a URL is its query, never a glob
-            uris = list_objects(pattern) if pattern.startswith("s3://") and glob.has_magic(pattern) else [pattern]
+        if is_remote(pattern):  # only object stores list; a '?' in a URL is its query, never a glob
+            uris = list_objects(pattern) if pattern.startswith(LISTED) and glob.has_magic(pattern) else [pattern]
             unmatched += [] if uris else [pattern]
             found.update((uri, uri) for uri in uris if uri not in found)
             continue

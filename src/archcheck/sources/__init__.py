@@ -3,7 +3,7 @@
 A source has two faces: an async one for the coordinating process (``Source``: identity,
 small range reads) and a picklable ``SourceRef`` that worker processes open to read the
 ranges they are given, so bytes never travel through the task queue. Local files, and objects
-behind s3:// and https:// (remote.py), which workers read straight from storage.
+behind s3://, gs:// and https:// (remote.py), which workers read straight from storage.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import os
 from .base import ArchiveIdentity, FileStamp, RangeReader, Source, SourceRef
 from .local import LocalFile, LocalFileRef, open_local
 
-__all__ = ["ArchiveIdentity", "FileStamp", "RangeReader", "Source", "SourceRef", "LocalFile", "LocalFileRef",
+__all__ = ["ArchiveIdentity", "FileStamp", "LISTED", "RangeReader", "Source", "SourceRef", "LocalFile", "LocalFileRef",
            "open_source", "is_remote", "transport_for", "list_objects"]
 
-SCHEMES = ("s3://", "https://", "http://")
-NOT_YET = ("gs://", "az://", "abfs://")
+SCHEMES = ("s3://", "gs://", "https://", "http://")
+NOT_YET = ("az://", "abfs://")
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -29,11 +29,14 @@ def transport_for(uri: str, options):
     if uri.startswith("s3://"):
         from .s3 import S3Transport
         return S3Transport(uri, options)
+    if uri.startswith("gs://"):
+        from .gcs import GcsTransport
+        return GcsTransport(uri, options)
     if uri.startswith(("https://", "http://")):
         from .http import HttpTransport
         return HttpTransport(uri, options)
-    raise UsageError(f"{uri}: gs:// and az:// are not supported yet; s3:// (any S3-compatible store, "
-                     "Google Cloud Storage's included) and https:// are")
+    raise UsageError(f"{uri}: az:// is not supported yet; s3:// (any S3-compatible store), gs:// and "
+                     "https:// (an Azure blob's URL, public or behind a proxy that signs) are")
 
 
 def open_source(location: str | os.PathLike, options=None) -> Source:
@@ -45,10 +48,7 @@ def open_source(location: str | os.PathLike, options=None) -> Source:
     from .resilience import GaveUp, retrying
     uri = str(location)
     options = options or RemoteOptions()
-    if uri.startswith("s3://") and options.s3 is None:  # workers get the store this process resolved
-        from dataclasses import replace
-        from .s3 import settings
-        options = replace(options, s3=settings())
+    options = _resolved(uri, options)
     transport = transport_for(uri, options)
     try:
         info = retrying(transport.head, f"{uri}: HEAD", options.policy, transport.endpoint)
@@ -63,12 +63,28 @@ def open_source(location: str | os.PathLike, options=None) -> Source:
     return RemoteSource(uri, transport, info, options)
 
 
+def _resolved(uri: str, options):
+    """Workers (on other machines too) get the store this process resolved from its environment."""
+    from dataclasses import replace
+    if uri.startswith("s3://") and options.s3 is None:
+        from .s3 import settings
+        return replace(options, s3=settings())
+    if uri.startswith("gs://") and options.gcs is None:
+        from .gcs import api_base
+        return replace(options, gcs=api_base())
+    return options
+
+
+LISTED = ("s3://", "gs://")  # plain https has no listing
+
+
 def list_objects(pattern: str) -> list[str]:
-    """The URIs a glob in a plan matches (s3:// only: plain https has no listing)."""
+    """The URIs a glob in a plan matches."""
     from ..errors import UsageError
-    if not pattern.startswith("s3://"):
-        raise UsageError(f"{pattern}: only s3:// globs can be listed")
+    if not pattern.startswith(LISTED):
+        raise UsageError(f"{pattern}: only s3:// and gs:// globs can be listed")
     from .remote import RemoteOptions
-    from .s3 import S3Transport, parse
-    bucket, key = parse(pattern)
-    return [f"s3://{bucket}/{k}" for k in S3Transport(pattern, RemoteOptions()).list(key)]
+    scheme = pattern[:5]
+    bucket = pattern[5:].partition("/")[0]
+    name = pattern[5 + len(bucket) + 1:]
+    return [f"{scheme}{bucket}/{key}" for key in transport_for(pattern, RemoteOptions()).list(name)]

@@ -95,12 +95,17 @@ class HttpTransport:
         except (urllib3.exceptions.HTTPError, OSError) as exc:  # timeouts, resets, short bodies
             raise Transient(f"{type(exc).__name__}") from None
 
-    def _request(self, method: str, headers: dict[str, str]) -> Any:
+    def _request(self, method: str, headers: dict[str, str], url: str | None = None) -> Any:
         import urllib3
+        url = url or self.url
+        self._authorize(method, url, headers)
         try:
-            return self.pool.request(method, self.url, headers=headers, preload_content=False, redirect=False)
+            return self.pool.request(method, url, headers=headers, preload_content=False, redirect=False)
         except (urllib3.exceptions.HTTPError, OSError) as exc:  # timeouts, resets
             raise Transient(f"{type(exc).__name__}") from None
+
+    def _authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
+        """A plain URL is read without credentials."""
 
     def _fail(self, response: Any) -> None:
         status = response.status

@@ -1,4 +1,4 @@
-"""Archives in object storage (s3://, https://): ranged reads through a transport, with
+"""Archives in object storage (s3://, gs://, https://): ranged reads through a transport, with
 retries (resilience.py), read-ahead bounded per reader, and the object pinned by its ETag.
 
 The object's ETag (and version, when the store has versions) is read once when the run opens
@@ -46,6 +46,7 @@ class RemoteOptions:
     # an S3 endpoint and region as the coordinator resolved them (s3.settings), so that workers
     # on other machines (Dask) read the same store; None: resolve from this process's environment
     s3: tuple[str | None, str] | None = None
+    gcs: str | None = None  # Google Cloud Storage's JSON API base URL, resolved likewise (gcs.api_base)
 
 
 class Transport(Protocol):

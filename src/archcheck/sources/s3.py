@@ -9,11 +9,11 @@ from functools import lru_cache
 from typing import Any
 
 from ..errors import SourceChanged, SourceError, UsageError
+from .listing import matching
 from .remote import ObjectInfo, RemoteOptions
 from .resilience import Transient, parse_retry_after
 
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-_GLOB = re.compile(r"[*?\[]")
 
 
 def parse(uri: str) -> tuple[str, str]:
@@ -80,38 +80,13 @@ class S3Transport:
         return data
 
     def list(self, pattern: str) -> list[str]:
-        """Keys matching a glob (``*`` and ``?`` within one path segment, ``**`` across)."""
-        match = _GLOB.search(pattern)
-        prefix = pattern[:match.start()] if match else pattern
-        regex = re.compile(glob_regex(pattern))
-        keys: list[str] = []
-        token = None
-        for _ in range(100_000):  # a listing of 100 million keys is someone else's problem
+        """Keys matching a glob (listing.py)."""
+        def page(prefix: str, token: str | None) -> tuple[list[str], str | None]:
             extra = {"ContinuationToken": token} if token else {}
-            page = _call(lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **extra), prefix)
-            keys += [o["Key"] for o in page.get("Contents", []) if regex.fullmatch(o["Key"])]
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                break
-        return sorted(keys)
-
-
-def glob_regex(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return "".join(out)
+            found = _call(lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **extra), prefix)
+            more = found.get("IsTruncated") and found.get("NextContinuationToken")
+            return [o["Key"] for o in found.get("Contents", [])], more or None
+        return matching(pattern, page)
 
 
 def _call(request, key: str) -> Any:

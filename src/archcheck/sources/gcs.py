@@ -1,0 +1,160 @@
+"""gs:// through Google Cloud Storage's JSON API (urllib3, as https:// is read), with
+credentials from google-auth: Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS,
+gcloud's login, or the metadata server of a Google Cloud machine), refreshed as they expire.
+
+The object is pinned by its generation: every range asks for it (ifGenerationMatch), so the
+bytes of a replaced object are never judged. STORAGE_EMULATOR_HOST (the variable Google's own
+clients read) points at another endpoint, such as a local emulator; one reached over plain http
+is read without credentials unless GOOGLE_APPLICATION_CREDENTIALS is set and AWS_ALLOW_HTTP=true
+(the one switch for plain http, as for s3:// and http://)."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from ..errors import SourceChanged, SourceError, UsageError
+from .http import HttpTransport, _pool
+from .remote import ObjectInfo, RemoteOptions
+from .listing import matching
+from .resilience import Transient
+
+API = "https://storage.googleapis.com"
+READ_ONLY = "https://www.googleapis.com/auth/devstorage.read_only"
+_TOKEN_LOCK = threading.Lock()  # one refresh at a time, whichever thread finds the token stale
+
+
+def parse(uri: str) -> tuple[str, str]:
+    """(bucket, object name) of gs://bucket/name."""
+    bucket, _, name = uri[len("gs://"):].partition("/")
+    if not bucket or not name:
+        raise UsageError(f"{uri}: a Google Cloud Storage archive is gs://BUCKET/OBJECT")
+    return bucket, name
+
+
+def api_base() -> str:
+    """The JSON API's base URL from this process's environment."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST", "").strip()
+    if not host:
+        return API
+    return (host if "://" in host else f"http://{host}").rstrip("/")
+
+
+def _anonymous(base: str) -> bool:
+    """An emulator is read without credentials unless some are named; none cross plain http
+    unless allowed."""
+    named = bool(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"))
+    if base == API or (named and not base.startswith("http://")):
+        return False
+    if not named:
+        return True
+    if os.environ.get("AWS_ALLOW_HTTP", "").lower() != "true":
+        raise UsageError(f"the Google Cloud Storage endpoint {base} is plain http: set AWS_ALLOW_HTTP=true "
+                         "to send credentials to it")
+    return False
+
+
+@lru_cache(maxsize=4)
+def _credentials(base: str) -> Any:
+    """Application Default Credentials, once per process (None: anonymous)."""
+    if _anonymous(base):
+        return None
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+    try:
+        credentials, _ = google.auth.default(scopes=[READ_ONLY])
+    except DefaultCredentialsError:
+        raise SourceError("no Google Cloud credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service "
+                          "account key file, or run `gcloud auth application-default login`") from None
+    return credentials
+
+
+class GcsTransport(HttpTransport):
+    def __init__(self, uri: str, options: RemoteOptions):
+        self.bucket, self.name = parse(uri)
+        self.base = options.gcs or api_base()  # the coordinator's, in a worker
+        self.url = f"{self.base}/storage/v1/b/{quote(self.bucket, safe='')}/o/{quote(self.name, safe='')}"
+        self.endpoint = urlsplit(self.base).netloc
+        self.pool = _pool(options.timeout, options.in_flight + 2)
+        self.credentials = _credentials(self.base)
+
+    def head(self) -> ObjectInfo:
+        resource = self._json(self.url)
+        return ObjectInfo(int(resource["size"]), str(resource.get("etag", "")), str(resource["generation"]),
+                          _mtime_ns(resource.get("updated", "")))
+
+    def get(self, start: int, end: int, pinned: ObjectInfo) -> bytes:
+        url = f"{self.url}?alt=media&ifGenerationMatch={pinned.version}"
+        response = self._request("GET", {"Range": f"bytes={start}-{end - 1}"}, url)
+        whole = False
+        try:
+            if response.status != 206:
+                self._fail(response)
+            generation = response.headers.get("x-goog-generation")
+            if generation and generation != pinned.version:  # an endpoint that ignores the condition
+                raise SourceChanged(f"replaced: its generation is {generation}, not {pinned.version}")
+            total = response.headers.get("Content-Range", "").rpartition("/")[2]
+            if total.isdigit() and int(total) != pinned.size:
+                raise SourceChanged(f"replaced: its size is {total}, not {pinned.size}")
+            data = self._read(response, end - start)
+            whole = len(data) == end - start
+        finally:  # a connection is reused only when its answer was read to the end
+            response.release_conn() if whole else response.close()
+        if not whole:
+            raise Transient(f"a short body: {len(data)} of {end - start} bytes")
+        return data
+
+    def list(self, pattern: str) -> list[str]:
+        """Object names matching a glob (listing.py)."""
+        listing = f"{self.base}/storage/v1/b/{quote(self.bucket, safe='')}/o"
+
+        def page(prefix: str, token: str | None) -> tuple[list[str], str | None]:
+            found = self._json(f"{listing}?prefix={quote(prefix, safe='')}"
+                               + (f"&pageToken={quote(token, safe='')}" if token else ""))
+            return [item["name"] for item in found.get("items", [])], found.get("nextPageToken") or None
+        return matching(pattern, page)
+
+    def _json(self, url: str) -> dict[str, Any]:
+        response = self._request("GET", {"Accept": "application/json"}, url)
+        try:
+            if response.status != 200:
+                self._fail(response)
+            body = self._read(response, 16 * 1024 * 1024)
+        finally:
+            response.release_conn()
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise Transient("a reply that is not JSON") from None
+
+    def _fail(self, response: Any) -> None:
+        if response.status == 412:
+            raise SourceChanged("replaced: its generation no longer matches")
+        if response.status in (401, 403):
+            raise SourceError(f"gs://{self.bucket}/{self.name}: access denied (HTTP {response.status})")
+        super()._fail(response)
+
+    def _authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
+        if self.credentials is None:
+            return
+        from google.auth import exceptions
+        from google.auth.transport.urllib3 import Request
+        with _TOKEN_LOCK:
+            try:
+                self.credentials.before_request(Request(self.pool), method, url, headers)
+            except exceptions.TransportError as exc:
+                raise Transient(f"a token refresh failed: {type(exc).__name__}") from None
+            except exceptions.RefreshError:
+                raise SourceError("Google Cloud refused the credentials (GOOGLE_APPLICATION_CREDENTIALS "
+                                  "or the machine's)") from None
+
+
+def _mtime_ns(rfc3339: str) -> int:
+    try:
+        return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1e9)
+    except ValueError:
+        return 0
