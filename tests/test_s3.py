@@ -216,6 +216,32 @@ def test_the_stream_check_reads_a_pzstd_object_once(s3, proxy, pzstd_object, tmp
     assert archive.stat().st_size <= fetched < 1.25 * archive.stat().st_size, fetched
 
 
+def test_a_run_reads_the_objects_head_and_tail_once(s3, proxy, fx, tmp_path, monkeypatch):
+    """The identity (the digests of the first and last 64 KiB) is asked for when the command
+    line is checked, when the drill is scheduled, by the run and by its summaries: each HEAD
+    pins the same content, so its ranges are read once. A replaced object is read again."""
+    moto, _ = s3
+    size = (fx / "multi.tar.zst").stat().st_size
+    moto.put(BUCKET, "identity/multi.tar.zst", fx / "multi.tar.zst")
+    uri = f"s3://{BUCKET}/identity/multi.tar.zst"
+    r = cli("verify", uri, "--state-dir", tmp_path / "s", "--no-progress", env=env_of(s3))
+    assert r.returncode == 0, r.stderr
+    ranges = [q.range for q in proxy.requests if q.method == "GET" and q.range]
+    assert ranges.count("bytes=0-65535") == 1 and ranges.count(f"bytes={size - 65536}-{size - 1}") == 1, ranges
+    assert len([q for q in proxy.requests if q.method == "HEAD"]) >= 4  # every look pins it anew
+    import asyncio
+    from archcheck.sources import open_source
+    for name, value in env_of(s3).items():
+        monkeypatch.setenv(name, value)
+    before = asyncio.run(open_source(uri).identity())
+    replaced = bytearray((fx / "multi.tar.zst").read_bytes())
+    replaced[100] ^= 1  # the same size, another ETag
+    moto.put(BUCKET, "identity/multi.tar.zst", bytes(replaced))
+    after = asyncio.run(open_source(uri).identity())
+    assert after.size == before.size and after.version != before.version
+    assert after.head_blake3 != before.head_blake3 and after.tail_blake3 == before.tail_blake3
+
+
 def test_the_raw_layer_hashes_the_blocks_the_stream_check_reads(s3, proxy, pzstd_object, tmp_path):
     """With every layer on, the raw layer's leaves are hashed from the blocks the stream check
     fetched; after it, the raw pass reads only what is left: the object is transferred about

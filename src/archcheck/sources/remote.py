@@ -9,13 +9,14 @@ runs (the coordinator and its workers alike), so no ref, manifest, log or report
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import blake3
 
@@ -201,7 +202,9 @@ class RemoteSource:
         self.size = info.size
         self._changed = ""
         self._looked = time.monotonic()
-        self._head: bytes | None = None  # the first ID_PROBE bytes, once read: every small read is one request
+        self._key = _content_key(uri, info)
+        # the first ID_PROBE bytes, once read: every small read is one request
+        self._head: bytes | None = _HEADS.get(self._key) if self._key else None
 
     async def read(self, offset: int, length: int) -> bytes:
         """The coordinator's small reads (identity, format): the object's head is read once
@@ -212,6 +215,8 @@ class RemoteSource:
         if end <= ID_PROBE:
             if self._head is None:
                 self._head = await self._get(0, min(self.size, ID_PROBE))
+                if self._key:
+                    _HEADS.put(self._key, self._head)
             return self._head[offset:end]
         return await self._get(offset, end)
 
@@ -220,10 +225,16 @@ class RemoteSource:
                                        f"bytes {start}-{end}", self.options.policy, self.transport.endpoint)
 
     async def identity(self) -> ArchiveIdentity:
+        known = _IDENTITIES.get(self._key) if self._key else None
+        if known is not None:
+            return known
         head = await self.read(0, ID_PROBE)
         tail = await self.read(max(0, self.size - ID_PROBE), ID_PROBE)
-        return ArchiveIdentity(self.uri, self.size, self.pinned.mtime_ns, blake3.blake3(head).hexdigest(),
-                               blake3.blake3(tail).hexdigest(), version=_version(self.pinned))
+        identity = ArchiveIdentity(self.uri, self.size, self.pinned.mtime_ns, blake3.blake3(head).hexdigest(),
+                                   blake3.blake3(tail).hexdigest(), version=_version(self.pinned))
+        if self._key:
+            _IDENTITIES.put(self._key, identity)
+        return identity
 
     def ref(self) -> RemoteRef:
         return RemoteRef(self.uri, self.pinned, self.options)
@@ -243,6 +254,39 @@ class RemoteSource:
         else:
             self._changed = describe_change(self.pinned, now)
         return self._changed
+
+
+class _Recent:
+    """The last ``limit`` values put, by key (thread-safe)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.values, self.lock = limit, collections.OrderedDict(), threading.Lock()
+
+    def get(self, key: tuple) -> Any:
+        with self.lock:
+            return self.values.get(key)
+
+    def put(self, key: tuple, value: Any) -> None:
+        with self.lock:
+            self.values[key] = value
+            self.values.move_to_end(key)
+            while len(self.values) > self.limit:
+                self.values.popitem(last=False)
+
+
+# A run reads an object's identity several times (checking the command line, scheduling, the
+# run, the coverage summary): each time, a HEAD pins it, and the same pinned content has the
+# same head, tail and identity, so their ranged reads are made once per process.
+_IDENTITIES = _Recent(4096)
+_HEADS = _Recent(16)  # ID_PROBE bytes each
+
+
+def _content_key(uri: str, info: ObjectInfo) -> tuple | None:
+    """What names an object's bytes: a strong ETag or a version id (a weak ETag or a
+    modification time does not: no caching then)."""
+    if info.version or (info.etag and not info.etag.startswith("W/")):
+        return (uri, info.size, info.etag, info.version, info.mtime_ns)
+    return None
 
 
 def _version(info: ObjectInfo) -> str:
