@@ -71,7 +71,8 @@ def proxy(gcs):
 
 def env_of(gcs, **extra: str) -> dict[str, str]:
     _, proxy = gcs
-    return {"STORAGE_EMULATOR_HOST": proxy.endpoint, "GOOGLE_APPLICATION_CREDENTIALS": "", **extra}
+    return {"STORAGE_EMULATOR_HOST": proxy.endpoint, "GOOGLE_APPLICATION_CREDENTIALS": "", "AWS_ALLOW_HTTP": "true",
+            **extra}
 
 
 def test_the_corpus_verifies_the_same_through_gcs_as_from_disk(gcs, proxy, fx, damaged, tmp_path):
@@ -181,12 +182,12 @@ def test_a_service_accounts_token_is_sent_and_reaches_no_output(gcs, proxy, dama
     with _TokenServer() as tokens:
         pem = _service_account_key(tmp_path / "key.json", tokens.url)
         env = env_of(gcs, GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "key.json"))
-        refused = cli("verify", uri, "--state-dir", tmp_path / "refused", *QUICK, env=env)
+        refused = cli("verify", uri, "--state-dir", tmp_path / "refused", *QUICK, env={**env, "AWS_ALLOW_HTTP": ""})
         assert refused.returncode == 2 and "plain http: set AWS_ALLOW_HTTP=true" in refused.stderr
         assert not tokens.grants and not proxy.requests  # nothing was sent in the clear
         proxy.add(Fault("status", status=503, times=2, method="GET", ranged=True))
         r = cli("verify", uri, "--state-dir", state, "--junit", outputs[0], "--log-file", outputs[1],
-                "--log-level", "debug", "--report", outputs[2], *QUICK, env={**env, "AWS_ALLOW_HTTP": "true"})
+                "--log-level", "debug", "--report", outputs[2], *QUICK, env=env)
     assert r.returncode == 1, r.stderr
     assert tokens.grants and all("grant_type=urn" in grant for grant in tokens.grants)
     assert proxy.requests and all(q.authorization == f"Bearer {TOKEN}" for q in proxy.requests)
@@ -233,3 +234,88 @@ def test_a_missing_object_and_a_bad_uri_are_one_clear_line(gcs, proxy, tmp_path)
     bad = cli("verify", "gs://just-a-bucket", "--state-dir", tmp_path / "b", *QUICK, env=env_of(gcs))
     assert bad.returncode == 2 and "gs://BUCKET/OBJECT" in bad.stderr, bad.stderr
     assert "Traceback" not in missing.stderr + bad.stderr
+
+
+def test_a_generation_that_no_longer_matches_is_source_changed(gcs, proxy, fx, tmp_path):
+    """Google answers 412 to a range of a replaced object (ifGenerationMatch); the emulator does
+    not, so the proxy answers it for one range, as Google would."""
+    emulator, _ = gcs
+    emulator.put("moved/multi.tar.zst", fx / "multi.tar.zst")
+    proxy.add(Fault("status", status=412, times=1, method="GET", ranged=True, range_prefix="bytes=0-8388607"))
+    r, report = verify(f"gs://{BUCKET}/moved/multi.tar.zst", "--state-dir", tmp_path / "s", *QUICK, env=env_of(gcs))
+    assert r.returncode == 3, r.stderr + r.stdout
+    [changed] = [f for a in report["archives"] for f in a["findings"] if f["code"] == "SOURCE_CHANGED"]
+    assert "generation" in json.dumps(changed) and changed["category"] == "transient"
+    assert not [f for a in report["archives"] for f in a["findings"] if f["category"] == "corruption"]
+
+
+def test_access_denied_mid_run_is_a_dead_letter_not_corruption(gcs, proxy, fx, tmp_path):
+    emulator, _ = gcs
+    emulator.put("denied/gnu.tar", fx / "gnu.tar")
+    proxy.always(Fault("status", status=403, method="GET", ranged=True, range_prefix="bytes=8388608-"))
+    r, report = verify(f"gs://{BUCKET}/denied/gnu.tar", "--state-dir", tmp_path / "s", "--segment-size", "8M",
+                       "--layers", "raw", *QUICK, env=env_of(gcs))
+    assert r.returncode == 3, r.stderr + r.stdout
+    [failed] = [f for a in report["archives"] for f in a["findings"] if f["code"] == "SOURCE_READ_ERROR"]
+    assert failed["location"]["byte_range"] == [8 * 1024 * 1024, 16 * 1024 * 1024]
+    assert "access denied (HTTP 403)" in json.dumps(failed) and failed["category"] == "transient"
+    assert len([q for q in proxy.requests if q.outcome == "status 403"]) == 2  # not retried: read once, then once more
+
+
+def test_object_names_are_quoted_as_the_api_wants(gcs, proxy, fx, tmp_path):
+    emulator, _ = gcs
+    name = "odd names/a #1 ?%20 é.tar"
+    emulator.put(name, fx / "ustar.tar")
+    r, report = verify(f"gs://{BUCKET}/{name}", "--state-dir", tmp_path / "s", *QUICK, env=env_of(gcs))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert report["archives"][0]["archive"]["uri"] == f"gs://{BUCKET}/{name}"
+    assert all(_object(q.path) == name for q in proxy.requests)
+
+
+def test_an_http_endpoint_in_any_case_needs_the_plain_http_switch(monkeypatch):
+    from archcheck.errors import UsageError
+    from archcheck.sources.gcs import api_base
+    monkeypatch.delenv("AWS_ALLOW_HTTP", raising=False)
+    for host in ("127.0.0.1:1", "http://127.0.0.1:1", "HTTP://127.0.0.1:1", "Http://h:1"):
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
+        with pytest.raises(UsageError, match="plain http"):
+            api_base()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "https://user:pw@h:1")
+    with pytest.raises(UsageError, match="credentials"):
+        api_base()
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:1")
+    assert api_base() == "http://127.0.0.1:1"
+
+
+def test_a_metadata_change_is_not_a_new_archive(monkeypatch):
+    """Labels, holds and Cache-Control change an object's JSON etag, metageneration and
+    ``updated``; only a write changes its generation (and its crc32c with the bytes)."""
+    from archcheck.sources.gcs import GcsTransport
+    from archcheck.sources.remote import RemoteOptions, describe_change
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr("archcheck.sources.gcs._credentials", lambda base: None)
+    resource = {"size": "100", "generation": "17", "metageneration": "1", "etag": "CKih16GjycICEAE=",
+                "crc32c": "GTBOAQ==", "timeCreated": "2026-12-01T00:00:00Z", "updated": "2026-12-01T00:00:00Z"}
+    transport = GcsTransport(f"gs://{BUCKET}/a.tar", RemoteOptions())
+    looks = iter([resource, {**resource, "metageneration": "2", "etag": "CKih16GjycICEAI=",
+                             "updated": "2026-12-05T00:00:00Z"}, {**resource, "generation": "18"}])
+    monkeypatch.setattr(transport, "_json", lambda url: next(looks))
+    pinned = transport.head()
+    assert (pinned.size, pinned.version, pinned.etag) == (100, "17", "GTBOAQ==")
+    assert describe_change(pinned, transport.head()) == ""
+    assert "its version is 18, not 17" in describe_change(pinned, transport.head())
+
+
+def test_a_listing_is_read_page_by_page():
+    from archcheck.sources.listing import matching
+    pages = {None: (["pg/a/base.tar.zst", "pg/a/x"], "t1"), "t1": (["pg/b/base.tar.zst"], "t2"),
+             "t2": (["pg/b/c/base.tar.zst"], None)}
+    asked = []
+
+    def page(prefix, token):
+        asked.append((prefix, token))
+        return pages[token]
+    assert matching("pg/*/base.tar.zst", page) == ["pg/a/base.tar.zst", "pg/b/base.tar.zst"]
+    assert asked == [("pg/", None), ("pg/", "t1"), ("pg/", "t2")]
+    assert matching("pg/**/base.tar.zst", lambda prefix, token: pages[token])[-1] == "pg/b/c/base.tar.zst"

@@ -78,13 +78,22 @@ def _resolved(uri: str, options):
 LISTED = ("s3://", "gs://")  # plain https has no listing
 
 
-def list_objects(pattern: str) -> list[str]:
-    """The URIs a glob in a plan matches."""
-    from ..errors import UsageError
+def list_objects(pattern: str, options=None) -> list[str]:
+    """The URIs a glob in a plan matches; a listing that fails (after retries) is one clear line."""
+    from ..errors import SourceChanged, SourceError, UsageError
     if not pattern.startswith(LISTED):
         raise UsageError(f"{pattern}: only s3:// and gs:// globs can be listed")
     from .remote import RemoteOptions
-    scheme = pattern[:5]
-    bucket = pattern[5:].partition("/")[0]
-    name = pattern[5 + len(bucket) + 1:]
-    return [f"{scheme}{bucket}/{key}" for key in transport_for(pattern, RemoteOptions()).list(name)]
+    from .resilience import GaveUp, retrying
+    options = _resolved(pattern, options or RemoteOptions())
+    scheme, (bucket, _, name) = pattern[:5], pattern[5:].partition("/")
+    transport = transport_for(pattern, options)
+    try:
+        keys = retrying(lambda: transport.list(name), f"{pattern}: listing", options.policy, transport.endpoint)
+    except SourceChanged:
+        raise SourceError(f"{pattern}: no such bucket") from None
+    except GaveUp as exc:
+        raise SourceError(f"cannot list {exc.strerror}") from None
+    except OSError as exc:
+        raise SourceError(f"{pattern}: cannot list: {exc.strerror or exc}") from None
+    return [f"{scheme}{bucket}/{key}" for key in keys]

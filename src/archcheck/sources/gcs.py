@@ -2,11 +2,13 @@
 credentials from google-auth: Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS,
 gcloud's login, or the metadata server of a Google Cloud machine), refreshed as they expire.
 
-The object is pinned by its generation: every range asks for it (ifGenerationMatch), so the
-bytes of a replaced object are never judged. STORAGE_EMULATOR_HOST (the variable Google's own
-clients read) points at another endpoint, such as a local emulator; one reached over plain http
-is read without credentials unless GOOGLE_APPLICATION_CREDENTIALS is set and AWS_ALLOW_HTTP=true
-(the one switch for plain http, as for s3:// and http://)."""
+The object is pinned by its generation, which only a new write changes (its JSON etag and
+``updated`` change with its metadata too: a label or a hold is not a new archive). Every range
+asks for that generation (ifGenerationMatch), so the bytes of a replaced object are never
+judged. STORAGE_EMULATOR_HOST (the variable Google's own clients read) points at another
+endpoint, such as a local emulator: read without credentials unless GOOGLE_APPLICATION_CREDENTIALS
+is set, and over plain http only with AWS_ALLOW_HTTP=true (the one switch for plain http, as
+for s3:// and http://)."""
 from __future__ import annotations
 
 import json
@@ -19,8 +21,8 @@ from urllib.parse import quote, urlsplit
 
 from ..errors import SourceChanged, SourceError, UsageError
 from .http import HttpTransport, _pool
-from .remote import ObjectInfo, RemoteOptions
 from .listing import matching
+from .remote import ObjectInfo, RemoteOptions
 from .resilience import Transient
 
 API = "https://storage.googleapis.com"
@@ -37,31 +39,26 @@ def parse(uri: str) -> tuple[str, str]:
 
 
 def api_base() -> str:
-    """The JSON API's base URL from this process's environment."""
+    """The JSON API's base URL from this process's environment, checked."""
     host = os.environ.get("STORAGE_EMULATOR_HOST", "").strip()
     if not host:
         return API
-    return (host if "://" in host else f"http://{host}").rstrip("/")
-
-
-def _anonymous(base: str) -> bool:
-    """An emulator is read without credentials unless some are named; none cross plain http
-    unless allowed."""
-    named = bool(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"))
-    if base == API or (named and not base.startswith("http://")):
-        return False
-    if not named:
-        return True
-    if os.environ.get("AWS_ALLOW_HTTP", "").lower() != "true":
+    base = (host if "://" in host else f"http://{host}").rstrip("/")
+    parts = urlsplit(base)
+    if parts.username or parts.password or parts.query:
+        raise UsageError("STORAGE_EMULATOR_HOST has credentials or a query in it: archcheck writes "
+                         "endpoints into errors; give HOST:PORT")
+    if parts.scheme.lower() == "http" and os.environ.get("AWS_ALLOW_HTTP", "").lower() != "true":
         raise UsageError(f"the Google Cloud Storage endpoint {base} is plain http: set AWS_ALLOW_HTTP=true "
-                         "to send credentials to it")
-    return False
+                         "to allow it")
+    return base
 
 
 @lru_cache(maxsize=4)
 def _credentials(base: str) -> Any:
-    """Application Default Credentials, once per process (None: anonymous)."""
-    if _anonymous(base):
+    """Application Default Credentials, once per process; None (anonymous) for an emulator
+    when none are named."""
+    if base != API and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
         return None
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
@@ -84,12 +81,18 @@ class GcsTransport(HttpTransport):
 
     def head(self) -> ObjectInfo:
         resource = self._json(self.url)
-        return ObjectInfo(int(resource["size"]), str(resource.get("etag", "")), str(resource["generation"]),
-                          _mtime_ns(resource.get("updated", "")))
+        try:  # crc32c: the content's checksum (composite objects have no md5Hash)
+            return ObjectInfo(int(resource["size"]), str(resource.get("crc32c") or resource.get("md5Hash") or ""),
+                              str(resource["generation"]), _mtime_ns(resource.get("timeCreated")))
+        except (KeyError, TypeError, ValueError):
+            raise OSError(5, f"gs://{self.bucket}/{self.name}: an object resource without its size or generation") \
+                from None
 
     def get(self, start: int, end: int, pinned: ObjectInfo) -> bytes:
-        url = f"{self.url}?alt=media&ifGenerationMatch={pinned.version}"
-        response = self._request("GET", {"Range": f"bytes={start}-{end - 1}"}, url)
+        # Accept-Encoding: an object stored gzip-encoded is served as stored, ranges and all
+        # (else Google decompresses it and ignores the range)
+        url = f"{self.url}?alt=media&ifGenerationMatch={quote(str(pinned.version), safe='')}"
+        response = self._request("GET", {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "gzip"}, url)
         whole = False
         try:
             if response.status != 206:
@@ -113,9 +116,12 @@ class GcsTransport(HttpTransport):
         listing = f"{self.base}/storage/v1/b/{quote(self.bucket, safe='')}/o"
 
         def page(prefix: str, token: str | None) -> tuple[list[str], str | None]:
-            found = self._json(f"{listing}?prefix={quote(prefix, safe='')}"
+            found = self._json(f"{listing}?fields=items(name),nextPageToken&prefix={quote(prefix, safe='')}"
                                + (f"&pageToken={quote(token, safe='')}" if token else ""))
-            return [item["name"] for item in found.get("items", [])], found.get("nextPageToken") or None
+            try:
+                return [str(item["name"]) for item in found.get("items", [])], found.get("nextPageToken") or None
+            except (KeyError, TypeError, AttributeError):
+                raise OSError(5, f"gs://{self.bucket}: a listing that is not one") from None
         return matching(pattern, page)
 
     def _json(self, url: str) -> dict[str, Any]:
@@ -123,19 +129,22 @@ class GcsTransport(HttpTransport):
         try:
             if response.status != 200:
                 self._fail(response)
-            body = self._read(response, 16 * 1024 * 1024)
+            body = self._read(response, 16 * 1024 * 1024, stored=False)
         finally:
             response.release_conn()
         try:
-            return json.loads(body)
+            reply = json.loads(body)
         except ValueError:
             raise Transient("a reply that is not JSON") from None
+        if not isinstance(reply, dict):
+            raise OSError(5, f"gs://{self.bucket}: a reply that is not a JSON object")
+        return reply
 
     def _fail(self, response: Any) -> None:
         if response.status == 412:
             raise SourceChanged("replaced: its generation no longer matches")
-        if response.status in (401, 403):
-            raise SourceError(f"gs://{self.bucket}/{self.name}: access denied (HTTP {response.status})")
+        if response.status in (401, 403):  # opening: exit 5; mid-run: a dead letter, as for s3://
+            raise OSError(13, f"gs://{self.bucket}/{self.name}: access denied (HTTP {response.status})")
         super()._fail(response)
 
     def _authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
@@ -146,15 +155,20 @@ class GcsTransport(HttpTransport):
         with _TOKEN_LOCK:
             try:
                 self.credentials.before_request(Request(self.pool), method, url, headers)
-            except exceptions.TransportError as exc:
-                raise Transient(f"a token refresh failed: {type(exc).__name__}") from None
-            except exceptions.RefreshError:
-                raise SourceError("Google Cloud refused the credentials (GOOGLE_APPLICATION_CREDENTIALS "
+            except exceptions.RefreshError as exc:
+                # the metadata server or the token endpoint unreachable, or answering 5xx: retried
+                if getattr(exc, "retryable", False) or isinstance(exc.__cause__, exceptions.TransportError):
+                    raise Transient("a token refresh failed") from None
+                raise OSError(13, "Google Cloud refused the credentials (GOOGLE_APPLICATION_CREDENTIALS "
                                   "or the machine's)") from None
+            except exceptions.TransportError:
+                raise Transient("a token refresh failed") from None
+            except exceptions.GoogleAuthError as exc:  # type only: its text can quote a token reply
+                raise OSError(13, f"Google Cloud credentials failed: {type(exc).__name__}") from None
 
 
-def _mtime_ns(rfc3339: str) -> int:
+def _mtime_ns(rfc3339: Any) -> int:
     try:
-        return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp() * 1e9)
+        return int(datetime.fromisoformat(str(rfc3339).replace("Z", "+00:00")).timestamp() * 1e9)
     except ValueError:
         return 0

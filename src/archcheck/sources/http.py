@@ -87,11 +87,13 @@ class HttpTransport:
         if not pinned.etag and modified and pinned.mtime_ns and _mtime_ns(modified) != pinned.mtime_ns:
             raise SourceChanged("replaced: its modification time differs")
 
-    def _read(self, response: Any, length: int) -> bytes:
-        """At most ``length`` bytes: a body longer than asked for is never held whole."""
+    def _read(self, response: Any, length: int, stored: bool = True) -> bytes:
+        """At most ``length`` bytes: a body longer than asked for is never held whole.
+        ``stored``: the bytes as sent (a range of a gzip-encoded object is of its gzip bytes);
+        else decoded, as for a JSON reply."""
         import urllib3
         try:
-            return response.read(length)
+            return response.read(length, decode_content=not stored)
         except (urllib3.exceptions.HTTPError, OSError) as exc:  # timeouts, resets, short bodies
             raise Transient(f"{type(exc).__name__}") from None
 
