@@ -43,21 +43,13 @@ def open_source(location: str | os.PathLike, options=None) -> Source:
     """Open an archive (a path or a URI), or raise SourceError with one clear sentence."""
     if not is_remote(location):
         return open_local(location)
-    from ..errors import SourceChanged, SourceError
+    from ..errors import SourceError
     from .remote import RemoteOptions, RemoteSource
-    from .resilience import GaveUp, retrying
     uri = str(location)
-    options = options or RemoteOptions()
-    options = _resolved(uri, options)
+    options = _resolved(uri, options or RemoteOptions())
     transport = transport_for(uri, options)
-    try:
-        info = retrying(transport.head, f"{uri}: HEAD", options.policy, transport.endpoint)
-    except SourceChanged:
-        raise SourceError(f"{uri}: no such object") from None
-    except GaveUp as exc:
-        raise SourceError(f"cannot reach {exc.strerror}") from None
-    except OSError as exc:
-        raise SourceError(f"{uri}: cannot open: {exc.strerror or exc}") from None
+    info = _ask(transport.head, uri, "HEAD", options, transport.endpoint,
+                gone="no such object", unreachable="cannot reach", failed="cannot open")
     if info.size == 0:
         raise SourceError(f"{uri} is empty: an empty object is no backup")
     return RemoteSource(uri, transport, info, options)
@@ -80,20 +72,27 @@ LISTED = ("s3://", "gs://")  # plain https has no listing
 
 def list_objects(pattern: str, options=None) -> list[str]:
     """The URIs a glob in a plan matches; a listing that fails (after retries) is one clear line."""
-    from ..errors import SourceChanged, SourceError, UsageError
+    from ..errors import UsageError
     if not pattern.startswith(LISTED):
         raise UsageError(f"{pattern}: only s3:// and gs:// globs can be listed")
     from .remote import RemoteOptions
-    from .resilience import GaveUp, retrying
     options = _resolved(pattern, options or RemoteOptions())
     scheme, (bucket, _, name) = pattern[:5], pattern[5:].partition("/")
     transport = transport_for(pattern, options)
-    try:
-        keys = retrying(lambda: transport.list(name), f"{pattern}: listing", options.policy, transport.endpoint)
-    except SourceChanged:
-        raise SourceError(f"{pattern}: no such bucket") from None
-    except GaveUp as exc:
-        raise SourceError(f"cannot list {exc.strerror}") from None
-    except OSError as exc:
-        raise SourceError(f"{pattern}: cannot list: {exc.strerror or exc}") from None
+    keys = _ask(lambda: transport.list(name), pattern, "listing", options, transport.endpoint,
+                gone="no such bucket", unreachable="cannot list", failed="cannot list")
     return [f"{scheme}{bucket}/{key}" for key in keys]
+
+
+def _ask(request, uri: str, what: str, options, endpoint: str, gone: str, unreachable: str, failed: str):
+    """A request of the coordinator's, retried; what still fails is one clear sentence."""
+    from ..errors import SourceChanged, SourceError
+    from .resilience import GaveUp, retrying
+    try:
+        return retrying(request, f"{uri}: {what}", options.policy, endpoint)
+    except SourceChanged:
+        raise SourceError(f"{uri}: {gone}") from None
+    except GaveUp as exc:
+        raise SourceError(f"{unreachable} {exc.strerror}") from None
+    except OSError as exc:
+        raise SourceError(f"{uri}: {failed}: {exc.strerror or exc}") from None
