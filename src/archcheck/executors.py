@@ -43,12 +43,25 @@ class ExecutorSpec:
 
 
 def parse_executor(text: str | None) -> ExecutorSpec:
+    """The executor named; a Dask one starts connecting (or its LocalCluster starting) at once,
+    on a thread, while the coordinator opens the archives (a LocalCluster takes about a second)."""
     text = (text or "local").strip()
     if not _SPEC.fullmatch(text):
         raise UsageError(f"--executor must be local, dask://HOST:PORT or dask-local[:N], not {text!r}")
-    if text != "local":
+    spec = ExecutorSpec(text)
+    if spec.is_dask:
         _require_dask()
-    return ExecutorSpec(text)
+        threading.Thread(target=_start, args=(spec,), name="archcheck-dask-start", daemon=True).start()
+    return spec
+
+
+def _start(spec: ExecutorSpec) -> None:
+    """What fails here is said where the client is first used (not tried twice)."""
+    try:
+        _client(spec)
+    except Exception as exc:  # noqa: BLE001
+        with _clients_lock:
+            _start_failures[spec.text] = exc
 
 
 def _require_dask() -> None:
@@ -71,6 +84,7 @@ def cluster_threads(spec: ExecutorSpec) -> int:
 
 
 _clients: dict[str, Any] = {}
+_start_failures: dict[str, Exception] = {}
 _clients_lock = threading.Lock()
 
 
@@ -79,6 +93,8 @@ def _client(spec: ExecutorSpec) -> Any:
     every archive of a drill shares it; it closes when the process exits."""
     from distributed import Client, LocalCluster
     with _clients_lock:
+        if (failure := _start_failures.pop(spec.text, None)) is not None:
+            raise failure
         client = _clients.get(spec.text)
         if client is None:
             if spec.text.startswith("dask://"):
