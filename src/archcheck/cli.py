@@ -186,7 +186,7 @@ def verify_command(
     identity: Optional[Path] = IDENTITY,
 ) -> None:
     from .processes import start_early
-    start_early()  # the worker server loads while the library does
+    start_early(tuple(archives))  # the worker server loads while the library does
     from . import api
     gate = api.GateSpec(baseline, policy, tuple(expect or ()), expect_file, save_catalog)
     with Output(progress, quiet, report_members, junit, prometheus,

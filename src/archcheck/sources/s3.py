@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -42,15 +43,38 @@ def settings() -> tuple[str | None, str]:
     return endpoint_url(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+_SESSION_LOCK = threading.Lock()  # a botocore session is not thread-safe; its clients are
+
+
+@lru_cache(maxsize=1)
+def _session() -> Any:
+    """One session per process: it keeps the service models it has loaded, so that each
+    client after the first costs milliseconds, not tenths of a second."""
+    import botocore.session
+    return botocore.session.get_session()
+
+
 @lru_cache(maxsize=8)
 def _client(timeout: float, pool: int, endpoint: str | None, region: str) -> Any:
-    """One client per process and settings: creating one costs tens of milliseconds."""
-    import botocore.session
+    """One client per process and settings."""
     from botocore.config import Config
-    session = botocore.session.get_session()
     config = Config(retries={"total_max_attempts": 1}, connect_timeout=timeout, read_timeout=timeout,
                     max_pool_connections=max(pool, 2), s3={"addressing_style": "path"} if endpoint else None)
-    return session.create_client("s3", region_name=region, endpoint_url=endpoint, config=config)
+    with _SESSION_LOCK:
+        return _session().create_client("s3", region_name=region, endpoint_url=endpoint, config=config)
+
+
+def warm() -> None:
+    """Load botocore and S3's service model into this process (the worker server, before it
+    forks: each worker then makes its client in milliseconds). The credentials given here are
+    placeholders, so that nothing looks for real ones (an instance role's lookup is a network
+    call); no request is made."""
+    try:
+        with _SESSION_LOCK:
+            _session().create_client("s3", region_name="us-east-1", aws_access_key_id="warm-up",
+                                     aws_secret_access_key="warm-up")
+    except Exception:  # noqa: BLE001 - a cold worker is slower, not wrong
+        pass
 
 
 class S3Transport:
