@@ -212,6 +212,15 @@ def test_plans_list_gcs_globs(gcs, proxy, fx, tmp_path):
     assert f"gs://{BUCKET}/none/*.tar matches no archive" in r.stderr
 
 
+def test_a_listing_that_keeps_failing_is_one_line_after_the_plans_retries(tmp_path):
+    plan = tmp_path / "fleet.yaml"
+    plan.write_text(f"archives:\n  - gs://{BUCKET}/pg/*/base.tar.zst\nretries: 1\n")
+    closed = {"STORAGE_EMULATOR_HOST": "127.0.0.1:9", "AWS_ALLOW_HTTP": "true", "GOOGLE_APPLICATION_CREDENTIALS": ""}
+    r = cli("drill", "run", plan, "--state-dir", tmp_path / "state", "--no-progress", env=closed)
+    assert r.returncode == 5 and "Traceback" not in r.stderr
+    assert f"cannot list gs://{BUCKET}/pg/*/base.tar.zst: listing: failed after 2 attempts" in r.stderr, r.stderr
+
+
 def test_resume_refuses_an_object_replaced_since(gcs, proxy, fx, tmp_path):
     emulator, _ = gcs
     emulator.put("later/gnu.tar", fx / "gnu.tar")

@@ -280,7 +280,10 @@ def run_plan(plan_path: str | os.PathLike, *, state: str | os.PathLike | None = 
     """Start a drill from a plan file; ``state``, ``deadline`` and ``executor`` override the plan's;
     ``identity`` as for ``run_drill``."""
     plan = load_plan(plan_path)
-    paths, unmatched = expand_archives(plan)
+    remote = remote_options(retries=plan.retries, in_flight=plan.in_flight, timeout=plan.request_timeout,
+                            max_elapsed=plan.retry_max_elapsed, breaker_threshold=plan.breaker_threshold,
+                            breaker_cooldown=plan.breaker_cooldown)
+    paths, unmatched = expand_archives(plan, remote)
     for pattern in unmatched:
         events.emit(Event.NOTICE, logging.WARNING, message=f"warning: {pattern} matches no archive")
         (on_notice or (lambda text: None))(f"warning: {pattern} matches no archive")
@@ -294,10 +297,7 @@ def run_plan(plan_path: str | os.PathLike, *, state: str | os.PathLike | None = 
                        deadline=deadline or plan_deadline(plan, clock()), budget=plan.budget,
                        skip_verified_within=plan.skip_verified_within, on_progress=on_progress,
                        on_notice=on_notice, now=now, recheck=recheck, gate=gate if gate != GateSpec() else None,
-                       remote=remote_options(retries=plan.retries, in_flight=plan.in_flight,
-                                             timeout=plan.request_timeout, max_elapsed=plan.retry_max_elapsed,
-                                             breaker_threshold=plan.breaker_threshold,
-                                             breaker_cooldown=plan.breaker_cooldown),
+                       remote=remote,
                        executor=executor or plan.executor, identity=identity)
     return result, plan
 

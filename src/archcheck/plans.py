@@ -220,19 +220,20 @@ def _value(key: str, node: yaml.Node, line_of: dict[str, int]) -> Any:
     return tuple(items)
 
 
-def expand_archives(plan: Plan) -> tuple[list[Path | str], list[str]]:
+def expand_archives(plan: Plan, remote=None) -> tuple[list[Path | str], list[str]]:
     """The regular files and objects the plan's patterns match, and the patterns that matched none.
 
     Relative patterns are read from the plan file's directory; ``**`` spans directories. Files
     come in pattern order, sorted within a pattern, each once. An s3:// or gs:// pattern is listed in
-    its bucket; another URI is taken as it is.
+    its bucket (with the plan's retries and timeouts: ``remote``); another URI is taken as it is.
     """
     base = glob.escape(str(plan.path.absolute().parent))
     found: dict[str, Path | str] = {}
     unmatched = []
     for pattern in plan.archives:
         if is_remote(pattern):  # only object stores list; a '?' in a URL is its query, never a glob
-            uris = list_objects(pattern) if pattern.startswith(LISTED) and glob.has_magic(pattern) else [pattern]
+            listed = pattern.startswith(LISTED) and glob.has_magic(pattern)
+            uris = list_objects(pattern, remote) if listed else [pattern]
             unmatched += [] if uris else [pattern]
             found.update((uri, uri) for uri in uris if uri not in found)
             continue
