@@ -112,7 +112,8 @@ def run_drill(archives: Iterable[str | os.PathLike], *, layers: Iterable[str] = 
     ``remote``: retries, read-ahead and timeouts for archives in object storage (``remote_options``).
     ``executor``: "local" (default), "dask://HOST:PORT" or "dask-local[:N]" (executors.py).
     ``identity``: an age identity file for encrypted archives (else AGE_IDENTITY, see layers/age.py)."""
-    spec = parse_executor(executor)
+    archives = tuple(archives)
+    spec = parse_executor(executor, tuple(map(str, archives)))
     options = RunOptions(_check_layers(layers), segment_size, _check_memory(max_memory),
                          _workers_for(spec, workers), max_window, _check_digest(digest), remote, spec,
                          identity_from(identity))

@@ -42,23 +42,25 @@ class ExecutorSpec:
         return self.text.startswith("dask://")
 
 
-def parse_executor(text: str | None) -> ExecutorSpec:
-    """The executor named; a Dask one starts connecting (or its LocalCluster starting) at once,
-    on a thread, while the coordinator opens the archives (a LocalCluster takes about a second)."""
+def parse_executor(text: str | None, archives: tuple[str, ...] = ()) -> ExecutorSpec:
+    """The executor named; a Dask one starts connecting (or its LocalCluster starting, with
+    workers warmed for ``archives``) at once, on a thread, while the coordinator opens the
+    archives (a LocalCluster takes about a second)."""
     text = (text or "local").strip()
     if not _SPEC.fullmatch(text):
         raise UsageError(f"--executor must be local, dask://HOST:PORT or dask-local[:N], not {text!r}")
     spec = ExecutorSpec(text)
     if spec.is_dask:
         _require_dask()
-        threading.Thread(target=_start, args=(spec,), name="archcheck-dask-start", daemon=True).start()
+        threading.Thread(target=_start, args=(spec, processes.warm_modules(archives)), name="archcheck-dask-start",
+                         daemon=True).start()
     return spec
 
 
-def _start(spec: ExecutorSpec) -> None:
+def _start(spec: ExecutorSpec, preload: tuple[str, ...]) -> None:
     """What fails here is said where the client is first used (not tried twice)."""
     try:
-        _client(spec)
+        _client(spec, preload)
     except Exception as exc:  # noqa: BLE001
         with _clients_lock:
             _start_failures[spec.text] = exc
@@ -88,9 +90,10 @@ _start_failures: dict[str, Exception] = {}
 _clients_lock = threading.Lock()
 
 
-def _client(spec: ExecutorSpec) -> Any:
+def _client(spec: ExecutorSpec, preload: tuple[str, ...] = ()) -> Any:
     """One client per executor and coordinator process (a LocalCluster takes seconds to start):
-    every archive of a drill shares it; it closes when the process exits."""
+    every archive of a drill shares it; it closes when the process exits. ``preload``: modules
+    a LocalCluster's workers import as they start (processes.warm_modules)."""
     from distributed import Client, LocalCluster
     with _clients_lock:
         if (failure := _start_failures.pop(spec.text, None)) is not None:
@@ -106,7 +109,8 @@ def _client(spec: ExecutorSpec) -> Any:
             else:
                 count = int(_SPEC.fullmatch(spec.text)[1] or 2)
                 cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None, silence_logs=40)
+                                       host="127.0.0.1", dashboard_address=None, silence_logs=40,
+                                       preload=list(preload))
                 client = Client(cluster, set_as_default=False)
             _clients[spec.text] = client
             atexit.register(_close, spec.text)

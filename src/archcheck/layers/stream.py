@@ -460,7 +460,7 @@ class StreamCheck:
         broken frame cuts, say), put back on the same findings of this run's walk."""
         for index, saved in named:
             finding = Finding.from_json(saved)
-            walked = self.findings[index] if index < self.walk_findings else None
+            walked = self.findings[index] if 0 <= index < self.walk_findings else None
             if walked is None or (walked.code, walked.location.byte_range) != (finding.code, finding.location.byte_range):
                 raise CheckpointMismatch(f"the walk's finding {index} is not the checkpoint's")
             self.findings[index] = finding
