@@ -89,6 +89,32 @@ def test_an_unreachable_scheduler_is_one_line(fx, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_cluster_started_early_is_started_once_and_its_failure_said_once(monkeypatch):
+    """start_early begins on a thread; the run's first use waits for that start rather than
+    trying again beside it, gets its error, and a later use tries afresh."""
+    import threading
+    from archcheck import executors
+    from archcheck.errors import UsageError
+    attempts, gate = [], threading.Event()
+
+    def connect(spec, preload):
+        attempts.append(preload)
+        if len(attempts) == 1:
+            gate.wait(5)  # the caller below arrives while this start is still going
+            raise UsageError("cannot reach the Dask scheduler at tcp://127.0.0.1:9: refused")
+        return "client"
+    monkeypatch.setattr(executors, "_connect", connect)
+    monkeypatch.setattr(executors, "_clients", {})
+    spec = executors.ExecutorSpec("dask://127.0.0.1:9")
+    executors.start_early(spec, ("s3://bucket/a.tar.zst",))
+    threading.Timer(0.3, gate.set).start()
+    with pytest.raises(UsageError, match="cannot reach"):
+        executors._client(spec)
+    assert attempts == [("archcheck.sources.warm_s3",)]
+    assert executors._client(spec) == "client" and len(attempts) == 2
+    assert executors._client(spec) == "client" and len(attempts) == 2
+
+
 def test_cancelled_tasks_end_their_futures(cluster):
     """A stop cancels the cluster's tasks, queued or running: every future ends, none waits."""
     from concurrent.futures import wait

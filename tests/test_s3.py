@@ -242,6 +242,16 @@ def test_a_run_reads_the_objects_head_and_tail_once(s3, proxy, fx, tmp_path, mon
     assert after.head_blake3 != before.head_blake3 and after.tail_blake3 == before.tail_blake3
 
 
+def test_only_stores_that_change_the_etag_with_every_write_have_their_identity_kept():
+    from archcheck.sources.remote import ObjectInfo, _content_key
+    info = ObjectInfo(100, "0a1b", None, 7)
+    assert _content_key("s3://b/k", "s3.amazonaws.com", info) != _content_key("s3://b/k", "minio:9000", info)
+    assert _content_key("gs://b/k", "storage.googleapis.com", ObjectInfo(100, "", "17", 7))
+    # a web server's strong ETag is often its size and mtime; S3's "null" version names nothing
+    assert _content_key("https://h/k", "h", info) is None
+    assert _content_key("s3://b/k", "e", ObjectInfo(100, "", "null", 7)) is None
+
+
 def test_the_raw_layer_hashes_the_blocks_the_stream_check_reads(s3, proxy, pzstd_object, tmp_path):
     """With every layer on, the raw layer's leaves are hashed from the blocks the stream check
     fetched; after it, the raw pass reads only what is left: the object is transferred about

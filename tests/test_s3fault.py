@@ -73,7 +73,9 @@ def test_forwards_put_head_get_and_list(s3, proxy):
         ("HEAD", "/archives/dir/c.bin", None, "forwarded"),
         ("GET", "/archives", None, "forwarded"),
     ]
-    assert proxy.requests[1] == Request("GET", "/archives/dir/c.bin", "bytes=1000-1999", "forwarded")
+    signed = proxy.requests[1]
+    assert signed == Request("GET", "/archives/dir/c.bin", "bytes=1000-1999", "forwarded", signed.authorization)
+    assert signed.authorization.startswith("AWS4-HMAC-SHA256 Credential=")  # the client's header, recorded
     assert "list-type=2" in proxy.requests[-1].path
 
 

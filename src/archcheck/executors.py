@@ -42,28 +42,22 @@ class ExecutorSpec:
         return self.text.startswith("dask://")
 
 
-def parse_executor(text: str | None, archives: tuple[str, ...] = ()) -> ExecutorSpec:
-    """The executor named; a Dask one starts connecting (or its LocalCluster starting, with
-    workers warmed for ``archives``) at once, on a thread, while the coordinator opens the
-    archives (a LocalCluster takes about a second)."""
+def parse_executor(text: str | None) -> ExecutorSpec:
     text = (text or "local").strip()
     if not _SPEC.fullmatch(text):
         raise UsageError(f"--executor must be local, dask://HOST:PORT or dask-local[:N], not {text!r}")
-    spec = ExecutorSpec(text)
-    if spec.is_dask:
+    if text != "local":
         _require_dask()
-        threading.Thread(target=_start, args=(spec, processes.warm_modules(archives)), name="archcheck-dask-start",
-                         daemon=True).start()
-    return spec
+    return ExecutorSpec(text)
 
 
-def _start(spec: ExecutorSpec, preload: tuple[str, ...]) -> None:
-    """What fails here is said where the client is first used (not tried twice)."""
-    try:
-        _client(spec, preload)
-    except Exception as exc:  # noqa: BLE001
-        with _clients_lock:
-            _start_failures[spec.text] = exc
+def start_early(spec: ExecutorSpec, archives: tuple[str, ...] = ()) -> None:
+    """Begin reaching a Dask cluster (or starting a LocalCluster, about a second, its workers
+    warmed for ``archives``) on a thread, while the coordinator opens the archives; whoever
+    needs the client then waits for that start, and gets its error if it failed."""
+    if spec.is_dask:
+        threading.Thread(target=_client, args=(spec, processes.warm_modules(archives)),
+                         kwargs={"quiet": True}, name="archcheck-dask-start", daemon=True).start()
 
 
 def _require_dask() -> None:
@@ -85,40 +79,58 @@ def cluster_threads(spec: ExecutorSpec) -> int:
     return max(1, sum(_client(spec).nthreads().values()))
 
 
-_clients: dict[str, Any] = {}
-_start_failures: dict[str, Exception] = {}
+_clients: dict[str, Future] = {}  # executor -> its client, once started (or starting)
 _clients_lock = threading.Lock()
 
 
-def _client(spec: ExecutorSpec, preload: tuple[str, ...] = ()) -> Any:
+def _client(spec: ExecutorSpec, preload: tuple[str, ...] = (), quiet: bool = False) -> Any:
     """One client per executor and coordinator process (a LocalCluster takes seconds to start):
-    every archive of a drill shares it; it closes when the process exits. ``preload``: modules
-    a LocalCluster's workers import as they start (processes.warm_modules)."""
-    from distributed import Client, LocalCluster
+    every archive of a drill shares it; it closes when the process exits. The first caller
+    starts it, the others wait for that start; a start that failed is forgotten once said, so
+    a later caller tries again. ``preload``: modules a LocalCluster's workers import as they
+    start (processes.warm_modules). ``quiet``: a start on a thread of its own, whose failure
+    is for the next caller to say."""
     with _clients_lock:
-        if (failure := _start_failures.pop(spec.text, None)) is not None:
-            raise failure
-        client = _clients.get(spec.text)
-        if client is None:
-            if spec.text.startswith("dask://"):
-                address = "tcp://" + spec.text[len("dask://"):]
-                try:
-                    client = Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT)
-                except (OSError, TimeoutError) as exc:
-                    raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
-            else:
-                count = int(_SPEC.fullmatch(spec.text)[1] or 2)
-                cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None, silence_logs=40,
-                                       preload=list(preload))
-                client = Client(cluster, set_as_default=False)
-            _clients[spec.text] = client
+        started = _clients.get(spec.text)
+        if started is None:
+            started = _clients[spec.text] = Future()
+            owner = True
+        else:
+            owner = False
+    if owner:
+        try:
+            started.set_result(_connect(spec, preload))
             atexit.register(_close, spec.text)
-        return client
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+            started.set_exception(exc)
+            if quiet:
+                return None
+    try:
+        return started.result()  # every start ends: Client and LocalCluster have their timeouts
+    except BaseException:
+        with _clients_lock:
+            if _clients.get(spec.text) is started:
+                del _clients[spec.text]
+        raise
+
+
+def _connect(spec: ExecutorSpec, preload: tuple[str, ...]) -> Any:
+    from distributed import Client, LocalCluster
+    if spec.text.startswith("dask://"):
+        address = "tcp://" + spec.text[len("dask://"):]
+        try:
+            return Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    count = int(_SPEC.fullmatch(spec.text)[1] or 2)
+    cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=40, preload=list(preload))
+    return Client(cluster, set_as_default=False)
 
 
 def _close(text: str) -> None:
-    client = _clients.pop(text, None)
+    started = _clients.pop(text, None)
+    client = started.result() if started is not None and started.done() and not started.exception() else None
     if client is not None:
         cluster = getattr(client, "cluster", None)
         client.close()

@@ -202,7 +202,7 @@ class RemoteSource:
         self.size = info.size
         self._changed = ""
         self._looked = time.monotonic()
-        self._key = _content_key(uri, info)
+        self._key = _content_key(uri, transport.endpoint, info)
         # the first ID_PROBE bytes, once read: every small read is one request
         self._head: bytes | None = _HEADS.get(self._key) if self._key else None
 
@@ -276,16 +276,18 @@ class _Recent:
 
 # A run reads an object's identity several times (checking the command line, scheduling, the
 # run, the coverage summary): each time, a HEAD pins it, and the same pinned content has the
-# same head, tail and identity, so their ranged reads are made once per process.
+# same head, tail and identity, so their ranged reads are made once per process (_content_key).
 _IDENTITIES = _Recent(4096)
 _HEADS = _Recent(16)  # ID_PROBE bytes each
 
 
-def _content_key(uri: str, info: ObjectInfo) -> tuple | None:
-    """What names an object's bytes: a strong ETag or a version id (a weak ETag or a
-    modification time does not: no caching then)."""
-    if info.version or (info.etag and not info.etag.startswith("W/")):
-        return (uri, info.size, info.etag, info.version, info.mtime_ns)
+def _content_key(uri: str, endpoint: str, info: ObjectInfo) -> tuple | None:
+    """What names an object's bytes in a store that changes it with every write: S3's ETag
+    (a digest of the content, or opaque but new on each write) with its version id, a GCS
+    generation. Not a web server's ETag, which is often made of the size and the modification
+    time (a rewrite in the same second, or one that keeps the time, keeps it): no caching."""
+    if uri.startswith(("s3://", "gs://")) and (info.etag or info.version not in (None, "", "null")):
+        return (endpoint, uri, info.size, info.etag, info.version, info.mtime_ns)
     return None
 
 

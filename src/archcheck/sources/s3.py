@@ -67,8 +67,9 @@ def _client(timeout: float, pool: int, endpoint: str | None, region: str) -> Any
 def warm() -> None:
     """Load botocore and S3's service model into this process (the worker server, before it
     forks: each worker then makes its client in milliseconds). The credentials given here are
-    placeholders, so that nothing looks for real ones (an instance role's lookup is a network
-    call); no request is made."""
+    placeholders, bound to this throwaway client only, so that no credential provider runs (an
+    instance role's lookup is a network call); botocore reads its config files as each worker
+    would; no request is made."""
     try:
         with _SESSION_LOCK:
             _session().create_client("s3", region_name="us-east-1", aws_access_key_id="warm-up",
