@@ -90,7 +90,7 @@ def test_an_unreachable_scheduler_is_one_line(fx, tmp_path):
 
 
 def test_a_cluster_started_early_is_started_once_and_its_failure_said_once(monkeypatch):
-    """start_early begins on a thread; the run's first use waits for that start rather than
+    """start_cluster begins on a thread; the run's first use waits for that start rather than
     trying again beside it, gets its error, and a later use tries afresh."""
     import threading
     from archcheck import executors
@@ -106,7 +106,7 @@ def test_a_cluster_started_early_is_started_once_and_its_failure_said_once(monke
     monkeypatch.setattr(executors, "_connect", connect)
     monkeypatch.setattr(executors, "_clients", {})
     spec = executors.ExecutorSpec("dask://127.0.0.1:9")
-    executors.start_early(spec, ("s3://bucket/a.tar.zst",))
+    executors.start_cluster(spec, ("s3://bucket/a.tar.zst",))
     threading.Timer(0.3, gate.set).start()
     with pytest.raises(UsageError, match="cannot reach"):
         executors._client(spec)

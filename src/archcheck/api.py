@@ -37,7 +37,7 @@ from .scanners.pgbackup import expand as expand_backups
 from .segments import DEFAULT_SEGMENT_SIZE
 from .sources import is_remote, open_source
 from .sources.remote import RemoteOptions
-from .executors import ExecutorSpec, parse_executor, start_early
+from .executors import ExecutorSpec, parse_executor, start_cluster
 from .sources.resilience import RetryPolicy
 from .state import state_dir
 from .status import ExitCode
@@ -119,7 +119,7 @@ def run_drill(archives: Iterable[str | os.PathLike], *, layers: Iterable[str] = 
     paths, backups = expand_backups(a if is_remote(a) else Path(a) for a in archives)
     if not paths:
         raise UsageError("no archive to verify")
-    start_early(spec, tuple(map(str, paths)))  # the cluster starts while the archives are opened
+    start_cluster(spec, tuple(map(str, paths)))  # the cluster starts while the archives are opened
     # a missing, unreadable or unknown file is one clear line before anything starts; what each
     # one is now is what resume holds it to
     identities = [_usable(path, remote, age).to_json() for path in paths]
@@ -343,7 +343,7 @@ def resume(drill_id: str, *, state: str | os.PathLike | None = None, deadline: d
     ``identity``: as for ``run_drill``; it is never saved, so an age archive needs it again."""
     drill = load_drill(state_dir(state), drill_id)
     options = dataclasses.replace(_options(drill.options), age=identity_from(identity))
-    start_early(options.executor, tuple(a.path for a in drill.archives))
+    start_cluster(options.executor, tuple(a.path for a in drill.archives))
     spec = GateSpec.from_json(drill.gate) if drill.gate and drill.status not in SEALABLE else None
     paths = [a.path if is_remote(a.path) else Path(a.path) for a in drill.archives]
     with _gated(spec, paths, options, now) as judge_drill:

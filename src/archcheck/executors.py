@@ -51,7 +51,7 @@ def parse_executor(text: str | None) -> ExecutorSpec:
     return ExecutorSpec(text)
 
 
-def start_early(spec: ExecutorSpec, archives: tuple[str, ...] = ()) -> None:
+def start_cluster(spec: ExecutorSpec, archives: tuple[str, ...] = ()) -> None:
     """Begin reaching a Dask cluster (or starting a LocalCluster, about a second, its workers
     warmed for ``archives``) on a thread, while the coordinator opens the archives; whoever
     needs the client then waits for that start, and gets its error if it failed."""

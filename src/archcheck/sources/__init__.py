@@ -77,11 +77,12 @@ def list_objects(pattern: str, options=None) -> list[str]:
         raise UsageError(f"{pattern}: only s3:// and gs:// globs can be listed")
     from .remote import RemoteOptions
     options = _resolved(pattern, options or RemoteOptions())
-    scheme, (bucket, _, name) = pattern[:5], pattern[5:].partition("/")
+    scheme, _, rest = pattern.partition("://")
+    bucket, _, name = rest.partition("/")
     transport = transport_for(pattern, options)
     keys = _ask(lambda: transport.list(name), pattern, "listing", options, transport.endpoint,
                 gone="no such bucket", unreachable="cannot list", failed="cannot list")
-    return [f"{scheme}{bucket}/{key}" for key in keys]
+    return [f"{scheme}://{bucket}/{key}" for key in keys]
 
 
 def _ask(request, uri: str, what: str, options, endpoint: str, gone: str, unreachable: str, failed: str):
