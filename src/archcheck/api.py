@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from . import events
 from .catalog import is_catalog, open_catalog, write_catalog
@@ -30,8 +30,6 @@ from .layers.members import DEFAULT_DIGEST, DIGESTS
 from .layers.raw import LEAF_SIZE
 from .layers.zstd import DEFAULT_MAX_WINDOW
 from .pipeline import ProgressCallback, RunOptions
-from .plans import Plan, expand_archives, load_plan
-from .policies import Policy, load_policy
 from .runner import SEALABLE, DrillResult, DrillRunner, NoticeCallback, Verification, read_throughput
 from .scanners.pgbackup import expand as expand_backups
 from .segments import DEFAULT_SEGMENT_SIZE
@@ -42,6 +40,10 @@ from .sources.resilience import RetryPolicy
 from .state import state_dir
 from .status import ExitCode
 from .units import DEFAULT_MAX_MEMORY, MIN_MAX_MEMORY, Budget, parse_until, parse_window
+
+if TYPE_CHECKING:  # plans and policies (and YAML) load when a command reads one
+    from .plans import Plan
+    from .policies import Policy
 
 __all__ = ["verify", "run_drill", "GateSpec", "catalog", "diff", "run_plan", "resume", "drill_status", "list_drills", "remaining_bytes",
            "throughput", "audit", "audit_repair", "Verification", "DrillResult", "DEFAULT_MAX_MEMORY"]
@@ -191,6 +193,7 @@ def _prepare_gate(spec: GateSpec, paths: list[Path], options: RunOptions, scratc
         raise UsageError(f"{', '.join(single)} judge one archive; {len(paths)} were given")
     if spec.wants_catalog and "members" not in options.layers:
         raise UsageError("a baseline, a policy or a catalog needs the members layer (--layers ...,members)")
+    from .policies import load_policy
     policy = load_policy(spec.policy) if spec.policy else None
     expectations: dict[str, tuple[Expectation, ...]] = {}
     if (spec.expect or spec.expect_file) and any(is_remote(p) for p in paths):
@@ -282,6 +285,7 @@ def run_plan(plan_path: str | os.PathLike, *, state: str | os.PathLike | None = 
              identity: str | os.PathLike | None = None) -> tuple[DrillResult, Plan]:
     """Start a drill from a plan file; ``state``, ``deadline`` and ``executor`` override the plan's;
     ``identity`` as for ``run_drill``."""
+    from .plans import expand_archives, load_plan
     plan = load_plan(plan_path)
     remote = remote_options(retries=plan.retries, in_flight=plan.in_flight, timeout=plan.request_timeout,
                             max_elapsed=plan.retry_max_elapsed, breaker_threshold=plan.breaker_threshold,

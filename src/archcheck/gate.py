@@ -11,16 +11,18 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .catalog import open_catalog
 from .checksums import Expectation
 from .diff import Comparison, DiffSummary, DriftKind, compare
 from .findings import Category, Finding, Location, Severity
 from .manifest import atomic_file
-from .policies import UNWAIVABLE, Policy, matches_any
 from .status import ExitCode, combine
 from .units import format_duration
+
+if TYPE_CHECKING:  # policies (and YAML) load only when a gate judges: not for every verify's outcome
+    from .policies import Policy
 
 __all__ = ["DiffSummary", "DriftKind", "GatedFinding", "RuleOutcome", "GateOutcome", "save_outcomes",
            "load_outcomes"]
@@ -154,6 +156,7 @@ class _Weigher:
         self.policy, self.today = policy, today
 
     def __call__(self, finding: Finding) -> GatedFinding:
+        from .policies import UNWAIVABLE
         waiver = self.policy.waiver_for(finding.code) if self.policy else None
         if waiver is None or not waiver.active(self.today) or finding.category in UNWAIVABLE:
             return GatedFinding(finding, finding.severity)
@@ -230,6 +233,7 @@ class _Content:
 
 
 def _count_content(catalog: Path, policy: Policy) -> _Content:
+    from .policies import matches_any
     content = _Content(missing=list(policy.required))
     with open_catalog(catalog) as current:
         for entry in current.entries():
