@@ -111,3 +111,48 @@ def test_a_bad_block_of_one_frame_of_many_loses_that_frame_and_the_walk_goes_on(
     assert list(walked)[-1] == members[-1].name  # the members after the lost frame are verified
     text = cli("verify", archive, "--state-dir", tmp_path / "t").stdout
     assert f"the walk resumes at {resumed}" in text
+
+
+def test_damage_deep_in_a_frame_decoded_while_it_is_walked_is_found_as_before(tmp_path):
+    """A 40 MiB frame is handed to a lane open, before the walk has found its end, and the walk
+    follows it a lead ahead (16 MiB): damage past that lead is found as by a walk that ended
+    first, whether the decoder finds it (a broken literals header) or the walk (a block of the
+    reserved type, where the decoder is fed nothing past what the walk checked)."""
+    import random
+    (tmp_path / "in").mkdir()
+    rng = random.Random(5)
+    words = [rng.randbytes(rng.randrange(2, 9)) for _ in range(4096)]
+    for i in range(56):  # noise and text by turns: raw blocks and compressed ones
+        text = b" ".join(rng.choices(words, k=1 << 16))[:1 << 19]
+        (tmp_path / "in" / f"f{i:02d}.bin").write_bytes(rng.randbytes(1 << 19) + text)
+    tar = tmp_path / "big.tar"
+    subprocess.run(["tar", "-cf", tar, "-C", tmp_path / "in", "."], check=True)
+    subprocess.run(["zstd", "-q", "-1", tar, "-o", tmp_path / "big.tar.zst"], check=True)
+    data = (tmp_path / "big.tar.zst").read_bytes()
+    assert len(data) > 32 * 1024 * 1024
+    blocks = _blocks(data, 0)
+
+    def deep(ok: list[int]) -> int:
+        return min(ok, key=lambda i: abs(blocks[i][0] - 30 * 1024 * 1024))
+
+    decoded = tmp_path / "decoded.tar.zst"
+    index, start, end, good = _damage_block(tmp_path / "big.tar.zst", decoded, 0, deep)
+    member, inside, _ = _member_at(tar, good)
+    [finding] = [f for f in verify(decoded, state=tmp_path / "s1").findings if f.category.value == "corruption"]
+    assert (finding.code, dict(finding.details)["block"]) == ("ZSTD_DECODE_ERROR", index)
+    loc = finding.location
+    assert (loc.byte_range, loc.uncompressed_offset, loc.member, loc.member_offset) == ((start, end), good,
+                                                                                        member, inside)
+
+    walked = tmp_path / "walked.tar.zst"
+    damaged = bytearray(data)
+    at = blocks[index][0]
+    damaged[at] |= 0b110  # the block type: reserved, which the walk finds in the header
+    walked.write_bytes(bytes(damaged))
+    good = _decoded_length(data[:at])
+    member, inside, _ = _member_at(tar, good)
+    [finding] = [f for f in verify(walked, state=tmp_path / "s2").findings if f.category.value == "corruption"]
+    assert (finding.code, dict(finding.details)["block"]) == ("ZSTD_RESERVED_BLOCK", index)
+    loc = finding.location
+    assert (loc.byte_range, loc.frame, loc.uncompressed_offset) == ((at, at + 3), 0, good)
+    assert (loc.member, loc.member_offset) == (member, inside)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 from archcheck.layers.decoding import FrameFeed
 from archcheck.layers.zstd import Frame
@@ -66,3 +67,65 @@ def test_small_frames_are_walked_a_lead_of_bytes_ahead_and_a_known_list_needs_no
     thread.join(5)
     known = FrameFeed(frames(3, MiB))
     assert [known.get(k).index for k in range(3)] == [0, 1, 2] and known.get(3) is None
+
+
+def walk_open(feed: FrameFeed, frame: Frame, block: int, reads: list[int]) -> threading.Thread:
+    """A walk that hands ``frame`` on open and follows its blocks of ``block`` bytes."""
+    def run() -> None:
+        if feed.open(replace(frame, end=1 << 40)):
+            for offset in range(frame.offset, frame.end, block):
+                feed.walk_reads(offset)
+                reads.append(offset)
+            feed.put(frame)
+        feed.end()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def in_thread(step) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(step()), daemon=True)
+    thread.start()
+    thread.join(0.2)
+    return thread, result
+
+
+def test_an_open_frame_is_decoded_as_far_as_the_walk_has_got_and_the_walk_stays_a_lead_ahead():
+    feed, frame = FrameFeed(lanes=2), Frame(0, "zstd", 0, 64 * MiB)
+    assert feed.open(replace(frame, end=1 << 40))
+    assert feed.get(0).end == 1 << 40 and feed.current(0)[1]  # open: its end not yet known
+    feed.walk_reads(4 * MiB)  # the walk reads a block header there: the bytes before it are walked
+    assert feed.bound(0, 0) == 4 * MiB
+    lane, bound = in_thread(lambda: feed.bound(0, 4 * MiB))
+    assert lane.is_alive()  # the lane waits for the walk: it decodes no byte the walk has not checked
+    feed.walk_reads(5 * MiB)
+    lane.join(5)
+    assert bound == [5 * MiB]
+    walk, _ = in_thread(lambda: feed.walk_reads(4 * MiB + FrameFeed.LEAD + 1))
+    assert walk.is_alive()  # a lead past the lane's reads: the walk waits, so the lane reads what it fetched
+    assert feed.bound(0, 5 * MiB) == 4 * MiB + FrameFeed.LEAD + 1
+    walk.join(0.2)
+    assert walk.is_alive()  # woken only once the lane is half a lead on: it then walks many blocks at once
+    feed.bound(0, 4 * MiB + FrameFeed.LEAD // 2 + 1)
+    walk.join(5)
+    assert not walk.is_alive()
+    lane, walked = in_thread(lambda: feed.decoded(0))  # done with it: the walk goes on unpaced
+    feed.walk_reads(60 * MiB)
+    assert lane.is_alive()  # the frame is handed back once the walk has found its end
+    feed.put(frame)
+    lane.join(5)
+    assert walked == [frame] and feed.current(0) == (frame, False) and feed.bound(0, 0) == frame.end
+
+
+def test_every_wait_on_an_open_frame_ends_when_the_walk_ends_or_the_feed_is_closed():
+    feed, reads = FrameFeed(lanes=2), []
+    thread = walk_open(feed, Frame(0, "zstd", 0, 64 * MiB), MiB, reads)
+    assert feed.get(0) is not None
+    feed.close()  # the lanes failed: the walk goes on to the end, its findings count
+    thread.join(5)
+    assert not thread.is_alive() and reads[-1] == 63 * MiB
+    feed = FrameFeed(lanes=2)
+    feed.open(Frame(0, "zstd", 0, 1 << 40))
+    feed.end()  # the walk failed inside the frame: nothing more is walked
+    assert feed.bound(0, 0) == 0 and feed.decoded(0).end == 1 << 40

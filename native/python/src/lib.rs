@@ -217,7 +217,7 @@ fn walk_finding_to_py<'py>(py: Python<'py>, f: &walk::WalkFinding) -> PyResult<B
 
 /// Walk every frame of a zstd file through `reader` (its pread and size): (frames, findings).
 /// Frames as tuples in the field order of layers.zstd.Frame; findings as (code, start, end,
-/// frame, details).
+/// frame, details). `on_frame(frame, findings so far, whole)`: as FrameWalk::run_with.
 #[pyfunction]
 #[pyo3(signature = (reader, max_window, on_frame=None))]
 fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64, on_frame: Option<Bound<'py, PyAny>>)
@@ -228,8 +228,8 @@ fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64,
     let (frames, findings) = guarded(|| {
         let walk = walk::FrameWalk::new(&mut source, max_window);
         let Some(callback) = &on_frame else { return walk.run() };
-        walk.run_with(|frame, found| {
-            let handed = frame_tuple(py, frame).and_then(|t| callback.call1((t, found)));
+        walk.run_with(|frame, found, whole| {
+            let handed = frame_tuple(py, frame).and_then(|t| callback.call1((t, found, whole)));
             handed.map_err(|e| handed_error = Some(e)).is_ok()
         })
     })?;

@@ -101,7 +101,11 @@ class FrameFeed:
     frame walk still running. That walk is held back while it is more than ``LEAD`` bytes and a
     frame per lane past the frame being read, so that a remote reader still holds the blocks
     the walk fetched when the lanes read them: the archive crosses the network once. Every
-    wait ends: the walk ends (``end``, always), or the feed is closed."""
+    wait ends: the walk ends (``end``, always), or the feed is closed.
+
+    A frame without a size note is handed on ``open``, before the walk has followed its blocks:
+    a lane decodes it as far as the walk has got (``bound``), and the walk stays within
+    ``LEAD`` of that lane (``walk_reads``), so a single frame of any size is read once too."""
 
     LEAD = 16 * 1024 * 1024  # within a remote reader's read-ahead (in_flight blocks of 8 MiB)
 
@@ -113,16 +117,84 @@ class FrameFeed:
         self.paced = True  # False: the walk goes on to the end without waiting
         self.closed = False  # nobody reads frames any more; the walk goes on to the end (its findings count)
         self.abandoned = False  # the stream was stopped: the walk ends too
+        self.open_frame: int | None = None  # the frame whose blocks the walk is following
+        self.walked_to = 0  # in the open frame: the bytes before this are the walk's
+        self.decoded_to = 0  # in the open frame: how far its lane has read (past its end once done)
         self.cond = threading.Condition()
+        self.walk_waits = threading.Condition(self.cond)  # (the same lock) the walk, held back in the open frame
+        self.walk_waits_for = 0  # the lane's reads wake the walk only once past this
+
+    def open(self, frame: Frame) -> bool:
+        """Add a frame whose end the walk has yet to find; False once the feed is abandoned."""
+        with self.cond:
+            self.open_frame, self.walked_to, self.decoded_to = len(self.frames), frame.offset, frame.offset
+            return self._add(frame)
 
     def put(self, frame: Frame) -> bool:
-        """Add the next frame; False once the feed is abandoned (the walk should end)."""
+        """Add the next frame (or the open one, walked); False once the feed is abandoned (the
+        walk should end)."""
         with self.cond:
-            self.frames.append(frame)
+            if self.open_frame is not None:  # the walk goes frame by frame: this is the open one, walked
+                self.frames[self.open_frame], self.open_frame = frame, None
+                self.cond.notify_all()
+                return not self.abandoned
+            return self._add(frame)
+
+    def _add(self, frame: Frame) -> bool:
+        self.frames.append(frame)
+        self.cond.notify_all()
+        while not self.closed and self._ahead():
+            self.cond.wait()
+        return not self.abandoned
+
+    def walk_reads(self, offset: int) -> None:
+        """The walk is about to read at ``offset``: what is before it in the open frame is
+        walked; in it, the walk waits while it is more than LEAD past the lane's reads."""
+        with self.cond:
+            if self.open_frame is None:
+                return
+            self.walked_to = max(self.walked_to, offset)
             self.cond.notify_all()
-            while not self.closed and self._ahead():
+            if offset <= self.decoded_to + self.LEAD:
+                return
+            # held back until the lane is half a lead on: the walk then runs a few hundred blocks at a time
+            self.walk_waits_for = offset - self.LEAD // 2
+            while (self.paced and not self.closed and self.open_frame is not None
+                   and self.decoded_to < self.walk_waits_for):
+                self.walk_waits.wait()
+
+    def current(self, k: int) -> tuple[Frame, bool]:
+        """Frame ``k`` as known now, and whether it is still open."""
+        with self.cond:
+            return self.frames[k], self.open_frame == k
+
+    def bound(self, k: int, pos: int) -> int:
+        """How far the lane decoding frame ``k`` may read, being at ``pos``: its end once walked;
+        while open, as far as the walk has got, waiting for it to pass ``pos`` (at ``pos``
+        once the walk has ended without walking it, or the feed is closed)."""
+        with self.cond:
+            if self.open_frame == k:
+                self.decoded_to = max(self.decoded_to, pos)
+                if self.decoded_to >= self.walk_waits_for:
+                    self.walk_waits.notify()
+            while self.open_frame == k and self.walked_to <= pos and not self.done and not self.closed:
                 self.cond.wait()
-            return not self.abandoned
+            return self.walked_to if self.open_frame == k else self.frames[k].end
+
+    def decoded(self, k: int) -> Frame:
+        """The lane is done with frame ``k``: the walk may go on through it unpaced. Returns the
+        frame once walked (as it is, if the walk ends first or the feed is closed)."""
+        with self.cond:
+            if self.open_frame == k:
+                self.decoded_to = 1 << 62
+                self._wake_all()
+            while self.open_frame == k and not self.done and not self.closed:
+                self.cond.wait()
+            return self.frames[k]
+
+    def _wake_all(self) -> None:
+        self.cond.notify_all()
+        self.walk_waits.notify_all()
 
     def _ahead(self) -> bool:
         frames, reading = self.frames, self.reading
@@ -145,7 +217,7 @@ class FrameFeed:
         """Let the walk run to the end: whoever waits for it reads no frame meanwhile."""
         with self.cond:
             self.paced = False
-            self.cond.notify_all()
+            self._wake_all()
 
     def read_from(self, k: int) -> None:
         with self.cond:
@@ -155,12 +227,12 @@ class FrameFeed:
     def close(self) -> None:
         with self.cond:
             self.closed = True
-            self.cond.notify_all()
+            self._wake_all()
 
     def abandon(self) -> None:
         with self.cond:
             self.closed = self.abandoned = True
-            self.cond.notify_all()
+            self._wake_all()
 
 
 class FrameDecoders:
@@ -245,7 +317,7 @@ class FrameDecoders:
         try:
             decoder = None
             while (frame := self.feed.get(k)) is not None:
-                k += self.threads
+                index, k = k, k + self.threads
                 if self.stop.is_set():
                     return
                 if frame.kind == "raw":
@@ -259,7 +331,7 @@ class FrameDecoders:
                     decoder = _native.FrameDecoder(self.max_window, frame.header_length)
                 else:
                     decoder.reset(frame.header_length)
-                self._decode_frame(decoder, frame, lane)
+                self._decode_frame(decoder, frame, lane, index)
         except BaseException as exc:  # a lane that dies silently leaves the walker waiting forever
             if frame is not None:
                 self._put(lane, Event(frame, None, 0, frame.offset, failure=Failure.of(exc)))
@@ -280,7 +352,18 @@ class FrameDecoders:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
         self._put(lane, Event(frame, None, 0, pos, io_error=io_error))
 
-    def _decode_frame(self, decoder: Decoder, frame: Frame, lane: int) -> None:
+    def _decode_frame(self, decoder: Decoder, frame: Frame, lane: int, index: int | None = None) -> None:
+        """``index``: the frame's in the feed, which may hand it on open (its end not yet walked)."""
+        opened = False
+        if index is not None:
+            frame, opened = self.feed.current(index)
+        try:
+            self._decode_whole(decoder, frame, lane, index if opened else None)
+        finally:
+            if opened:
+                self.feed.decoded(index)
+
+    def _decode_whole(self, decoder: Decoder, frame: Frame, lane: int, open_index: int | None) -> None:
         pos, failed, where = frame.offset, None, None
         io_error = problem = None
         # a frame whose end came from pzstd's note: its blocks walked on the bytes decoded
@@ -288,7 +371,7 @@ class FrameDecoders:
                                                                frame.window, frame.has_checksum)
         try:
             if frame.decodable:
-                pos, failed, where = self._decode_chunks(decoder, frame, lane, trail)
+                pos, failed, where = self._decode_chunks(decoder, frame, lane, trail, open_index)
             if trail is not None and not self.stop.is_set():
                 settled, problem = trail.settled()
                 if not settled:  # decoding stopped first, or the blocks run past the note: read them
@@ -298,6 +381,8 @@ class FrameDecoders:
         message, code = failed or (None, None)
         if code in LOCATORS and where is not None and not self.stop.is_set():
             where.deflate = self._locate(code, where)
+        if open_index is not None:
+            frame = self.feed.decoded(open_index)  # its end, as the walk found it
         self._put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
                               trailing=decoder.trailing, unchecked=decoder.unchecked))
 
@@ -309,13 +394,15 @@ class FrameDecoders:
         except OSError:
             return None
 
-    def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int, trail: Any = None
-                       ) -> tuple[int, tuple[str, str] | None, Block | None]:
+    def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int, trail: Any = None,
+                       open_index: int | None = None) -> tuple[int, tuple[str, str] | None, Block | None]:
         """Feed the frame's bytes to the decoder; each full chunk goes to the walker. Returns
-        how far the input was read, and the error (message, code) and block where decoding failed."""
+        how far the input was read, and the error (message, code) and block where decoding failed.
+        An open frame is read as far as the walk has got (``open_index``: its index in the feed)."""
         pos, chunk, stalls = frame.offset, self._chunk(lane), 0
         while chunk is not None:
-            want = min(READ_SIZE, frame.end - pos)
+            end = frame.end if open_index is None else self.feed.bound(open_index, pos)
+            want = min(READ_SIZE, end - pos)
             data = self.reader.pread(pos, want) if want > 0 else b""
             if len(data) < want:
                 raise _short_read()  # the walk saw these bytes: the file shrank since

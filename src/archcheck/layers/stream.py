@@ -364,6 +364,8 @@ class StreamCheck:
                         self.checkpoint_from is not None and event.compressed_pos >= self.checkpoint_from)):
                     self.checkpoint()
                 continue
+            if self.walking is not None and self.walking.findings_made:
+                self._settle_walk()  # the walk found damage in the frame it handed on open
             self._table_rows(frame.index, (frame_start, self.uoff))
             self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, self.broken.get(frame.index))
             if self.losses and self.walker:
@@ -702,7 +704,8 @@ class _WalkThread(threading.Thread):
 
     def run(self) -> None:
         try:
-            walk_frames(self.reader, self.uri, self.max_window, self.found, on_frame=self._hand_on)
+            walk_frames(_PacedReads(self.reader, self.feed), self.uri, self.max_window, self.found,
+                        on_frame=self._hand_on)
         except _Abandoned:
             pass  # the stream was stopped: nobody needs the rest
         except BaseException as exc:  # noqa: BLE001 - raised again where the walk is settled
@@ -710,11 +713,30 @@ class _WalkThread(threading.Thread):
         finally:
             self.feed.end()
 
-    def _hand_on(self, frame: Frame, found: int) -> None:
+    def _hand_on(self, frame: Frame, found: int, whole: bool) -> None:
+        if not whole:  # its blocks are walked next, while a lane decodes it
+            self.frames.append(frame)
+            if not self.feed.open(frame):
+                raise _Abandoned()
+            return
         self.findings_made = found
-        self.frames.append(frame)
+        if self.frames and self.frames[-1].index == frame.index:
+            self.frames[-1] = frame  # the open frame, walked
+        else:
+            self.frames.append(frame)
         if frame.kind in CONTENT_KINDS and not self.feed.put(frame):
             raise _Abandoned()
+
+
+class _PacedReads:
+    """The walk's reader: its reads of an open frame wait for the lane decoding it (FrameFeed.walk_reads)."""
+
+    def __init__(self, reader: Any, feed: FrameFeed):
+        self.reader, self.feed, self.size = reader, feed, reader.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self.feed.walk_reads(offset)
+        return self.reader.pread(offset, length)
 
 
 class _Abandoned(Exception):

@@ -7,7 +7,7 @@ broken frame does not hide the ones after it. This module gives its results thei
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .. import _native
@@ -61,12 +61,17 @@ def has_seek_table(reader: Any) -> bool:
 
 
 def walk_frames(reader: Any, uri: str, max_window: int, findings: Findings,
-                on_frame: Callable[[Frame, int], None] | None = None) -> list[Frame]:
+                on_frame: Callable[[Frame, int, bool], None] | None = None) -> list[Frame]:
     """Every frame of a zstd file; the walk's findings go to ``findings``. ``reader``: pread
     and size (the core asks it for the bytes it needs). ``on_frame`` is handed each frame as it
-    is found, with the number of findings made so far; what it raises ends the walk."""
-    hand_on = (lambda row, found: on_frame(Frame(*row), found)) if on_frame else None
-    frames, found = _native.walk_frames(reader, max_window, hand_on)
+    is found, with the number of findings made so far and True; a zstd frame without a size
+    note comes first open, before its blocks are walked, with False and the file's end as its
+    end. What ``on_frame`` raises ends the walk."""
+    def hand_on(row: tuple, found: int, whole: bool) -> None:
+        frame = Frame(*row)
+        on_frame(frame if whole else replace(frame, end=reader.size), found, whole)
+
+    frames, found = _native.walk_frames(reader, max_window, hand_on if on_frame else None)
     for code, start, end, frame, details in found:
         findings.append(Finding.of(code, Location(uri, byte_range=(start, end), frame=frame), **details))
     return [Frame(*f) for f in frames]

@@ -301,31 +301,47 @@ pub struct FrameWalk<'s> {
     size_hint: Option<(u64, u64)>, // (frame start, compressed size) from pzstd
 }
 
+/// A zstd frame's header read: the walk goes on at `Ended`'s position, or walks `Open`'s blocks.
+enum Step {
+    Ended(u64),
+    Open(Frame, FrameHeader),
+}
+
 impl<'s> FrameWalk<'s> {
     pub fn new(src: &'s mut dyn ByteSource, max_window: u64) -> Self {
         FrameWalk { src, max_window, frames: Vec::new(), findings: Vec::new(), size_hint: None }
     }
 
     pub fn run(self) -> (Vec<Frame>, Vec<WalkFinding>) {
-        self.run_with(|_, _| true)
+        self.run_with(|_, _, _| true)
     }
 
     /// As `run`, handing each frame to `on_frame` as soon as it is walked, with the number of
-    /// findings made so far (a seek table found at the end still fills in `seek_checksum`
-    /// afterwards). `on_frame` returning false ends the walk there.
-    pub fn run_with(mut self, mut on_frame: impl FnMut(&Frame, usize) -> bool) -> (Vec<Frame>, Vec<WalkFinding>) {
+    /// findings made so far and `true` (a seek table found at the end still fills in
+    /// `seek_checksum` afterwards). A zstd frame without a size note is handed on before its
+    /// blocks are walked too, with `false` and its end unknown (its offset), so that it can be
+    /// decoded while the walk follows it. `on_frame` returning false ends the walk there.
+    pub fn run_with(mut self, mut on_frame: impl FnMut(&Frame, usize, bool) -> bool) -> (Vec<Frame>, Vec<WalkFinding>) {
         let size = self.src.size();
         let (mut pos, mut handed) = (0, 0);
         while pos < size {
             let head = self.src.read_at(pos, 18);
             let magic = (head.len() >= 4).then(|| u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
             pos = match magic {
-                Some(ZSTD_MAGIC) => self.zstd_frame(pos, &head),
+                Some(ZSTD_MAGIC) => match self.zstd_frame(pos, &head) {
+                    Step::Ended(next) => next,
+                    Step::Open(frame, header) => {
+                        if !on_frame(&frame, self.findings.len(), false) {
+                            return (self.frames, self.findings);
+                        }
+                        self.walk_open(frame, &header)
+                    }
+                },
                 Some(m) if m & SKIPPABLE_MASK == SKIPPABLE_BASE => self.skippable(pos, &head, m),
                 _ => self.garbage(pos, magic),
             };
             while handed < self.frames.len() {
-                if !on_frame(&self.frames[handed], self.findings.len()) {
+                if !on_frame(&self.frames[handed], self.findings.len(), true) {
                     return (self.frames, self.findings);
                 }
                 handed += 1;
@@ -396,12 +412,14 @@ impl<'s> FrameWalk<'s> {
         end
     }
 
-    fn zstd_frame(&mut self, pos: u64, head: &[u8]) -> u64 {
+    /// A zstd frame's header: the frame pushed and the position after it, or the frame whose
+    /// blocks are still to walk.
+    fn zstd_frame(&mut self, pos: u64, head: &[u8]) -> Step {
         let index = self.frames.len() as u64;
         let size = self.src.size();
         let Some(header) = parse_frame_header(head) else {
             self.find("ZSTD_TRUNCATED_FRAME", pos, size, Some(index), vec![]);
-            return size;
+            return Step::Ended(size);
         };
         let window_ok = self.window_ok(pos, &header, index);
         let mut frame = Frame {
@@ -415,19 +433,30 @@ impl<'s> FrameWalk<'s> {
             frame.end = end;
             frame.intact = false;
             self.frames.push(frame);
-            return end;
+            return Step::Ended(end);
         }
-        let (end, intact) = match self.hinted_end(pos) {
+        match self.hinted_end(pos) {
             Some(end) => {
                 frame.walked = false; // the decoding thread walks its blocks, in parallel
-                (end, true)
+                frame.end = end;
+                Step::Ended(self.push_zstd(frame))
             }
-            None => self.walk(pos + header.length as u64, &header, index),
-        };
+            None => Step::Open(frame, header),
+        }
+    }
+
+    /// Walk an open frame's blocks to its end (or its damage), and push it.
+    fn walk_open(&mut self, mut frame: Frame, header: &FrameHeader) -> u64 {
+        let (end, intact) = self.walk(frame.offset + header.length as u64, header, frame.index);
         frame.end = end;
         frame.intact = intact;
+        self.push_zstd(frame)
+    }
+
+    fn push_zstd(&mut self, frame: Frame) -> u64 {
+        let end = frame.end;
         if frame.dictionary_id != 0 {
-            self.find("ZSTD_DICTIONARY_REQUIRED", pos, end, Some(index),
+            self.find("ZSTD_DICTIONARY_REQUIRED", frame.offset, end, Some(frame.index),
                       fields![("dictionary_id", frame.dictionary_id)]);
         }
         self.frames.push(frame);
@@ -589,17 +618,19 @@ mod tests {
         file.extend_from_slice(b"trailing garbage");
         let (all, found) = FrameWalk::new(&mut &file[..], 1 << 27).run();
         let mut handed = Vec::new();
-        let (frames, findings) = FrameWalk::new(&mut &file[..], 1 << 27).run_with(|f, n| {
-            handed.push((f.index, f.offset, f.end, n));
+        let (frames, findings) = FrameWalk::new(&mut &file[..], 1 << 27).run_with(|f, n, whole| {
+            handed.push((f.index, f.offset, f.end, n, whole));
             true
         });
         assert_eq!((frames.len(), findings.len()), (all.len(), found.len()));
         let len = frame.len() as u64;
-        assert_eq!(handed, vec![(0, 0, len, 0), (1, len, 2 * len, 0), (2, 2 * len, 3 * len, 0)]);
+        // each frame twice: open at its header (its end unknown), then walked
+        assert_eq!(handed, vec![(0, 0, 0, 0, false), (0, 0, len, 0, true), (1, len, len, 0, false),
+                                (1, len, 2 * len, 0, true), (2, 2 * len, 2 * len, 0, false), (2, 2 * len, 3 * len, 0, true)]);
         assert_eq!(findings[0].code, "ZSTD_TRAILING_GARBAGE"); // made after the last frame was handed on
         let (mut count, mut source) = (0, &file[..]);
-        let (frames, _) = FrameWalk::new(&mut source, 1 << 27).run_with(|_, _| {
-            count += 1;
+        let (frames, _) = FrameWalk::new(&mut source, 1 << 27).run_with(|_, _, whole| {
+            count += usize::from(whole);
             count < 2
         });
         assert_eq!((count, frames.len()), (2, 2));
