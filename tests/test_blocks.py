@@ -117,7 +117,8 @@ def test_damage_deep_in_a_frame_decoded_while_it_is_walked_is_found_as_before(tm
     """A 40 MiB frame is handed to a lane open, before the walk has found its end, and the walk
     follows it a lead ahead (16 MiB): damage past that lead is found as by a walk that ended
     first, whether the decoder finds it (a broken literals header) or the walk (a block of the
-    reserved type, where the decoder is fed nothing past what the walk checked)."""
+    reserved type: the decoder is fed what a walk that ended first gave it, up to the next
+    frame magic the walk looks for after the damage)."""
     import random
     (tmp_path / "in").mkdir()
     rng = random.Random(5)

@@ -129,3 +129,40 @@ def test_every_wait_on_an_open_frame_ends_when_the_walk_ends_or_the_feed_is_clos
     feed.open(Frame(0, "zstd", 0, 1 << 40))
     feed.end()  # the walk failed inside the frame: nothing more is walked
     assert feed.bound(0, 0) == 0 and feed.decoded(0).end == 1 << 40
+
+
+def test_a_failed_read_of_the_walk_stops_the_lane_where_the_walk_got_to(tmp_path):
+    """The core takes a failed read for the end of the file. Inside a frame handed on open, the
+    lane decodes nothing past what the walk had checked, no checkpoint covers more, and the run
+    raises the read's error (before, the lane read on to the file's end)."""
+    import random
+    import subprocess
+
+    import pytest
+
+    from archcheck.layers.stream import StreamCheck
+    from archcheck.sources import open_source
+
+    (tmp_path / "noise.bin").write_bytes(random.Random(3).randbytes(40 * MiB))
+    archive = tmp_path / "noise.bin.zst"
+    subprocess.run(["zstd", "-q", "-1", tmp_path / "noise.bin", "-o", archive], check=True)
+    reader = open_source(archive).ref().open()
+    read, lanes_read_to, failed_at = reader.pread, [0], []
+
+    def pread(offset: int, length: int) -> bytes:
+        thread = threading.current_thread().name
+        if thread == "archcheck-frame-walk" and offset > 24 * MiB:
+            failed_at.append(offset)  # a block header: what is before it, the walk has checked
+            raise OSError(5, "Input/output error")
+        if thread.startswith("archcheck-lane"):
+            lanes_read_to[0] = max(lanes_read_to[0], offset + length)
+        return read(offset, length)
+
+    reader.pread = pread
+    checkpoints: list[dict] = []
+    check = StreamCheck(reader, str(archive), codec="zstd", check_tar=False, threads=2,
+                        on_checkpoint=checkpoints.append, checkpoint_every=0.0)
+    with pytest.raises(OSError, match="Input/output error"):
+        check.run()
+    assert 24 * MiB - FrameFeed.LEAD < lanes_read_to[0] <= failed_at[0]
+    assert checkpoints and all(c["covered"] <= failed_at[0] for c in checkpoints)

@@ -123,6 +123,8 @@ class FrameFeed:
         self.cond = threading.Condition()
         self.walk_waits = threading.Condition(self.cond)  # (the same lock) the walk, held back in the open frame
         self.walk_waits_for = 0  # the lane's reads wake the walk only once past this
+        self.lane_waits = threading.Condition(self.cond)  # the open frame's lane, for the walk to get on
+        self.failed_frame: int | None = None  # a read of the walk failed in this frame: nothing after is checked
 
     def open(self, frame: Frame) -> bool:
         """Add a frame whose end the walk has yet to find; False once the feed is abandoned."""
@@ -136,7 +138,7 @@ class FrameFeed:
         with self.cond:
             if self.open_frame is not None:  # the walk goes frame by frame: this is the open one, walked
                 self.frames[self.open_frame], self.open_frame = frame, None
-                self.cond.notify_all()
+                self._wake_all()
                 return not self.abandoned
             return self._add(frame)
 
@@ -154,7 +156,7 @@ class FrameFeed:
             if self.open_frame is None:
                 return
             self.walked_to = max(self.walked_to, offset)
-            self.cond.notify_all()
+            self.lane_waits.notify_all()
             if offset <= self.decoded_to + self.LEAD:
                 return
             # held back until the lane is half a lead on: the walk then runs a few hundred blocks at a time
@@ -162,6 +164,13 @@ class FrameFeed:
             while (self.paced and not self.closed and self.open_frame is not None
                    and self.decoded_to < self.walk_waits_for):
                 self.walk_waits.wait()
+
+    def walk_failed(self) -> None:
+        """A read of the walk failed: the open frame is decoded no further than it had got (the
+        walk ends with an error that the stream raises)."""
+        with self.cond:
+            self.failed_frame = self.open_frame
+            self._wake_all()
 
     def current(self, k: int) -> tuple[Frame, bool]:
         """Frame ``k`` as known now, and whether it is still open."""
@@ -171,30 +180,33 @@ class FrameFeed:
     def bound(self, k: int, pos: int) -> int:
         """How far the lane decoding frame ``k`` may read, being at ``pos``: its end once walked;
         while open, as far as the walk has got, waiting for it to pass ``pos`` (at ``pos``
-        once the walk has ended without walking it, or the feed is closed)."""
+        once the walk has ended or failed without walking it, or the feed is closed)."""
         with self.cond:
             if self.open_frame == k:
                 self.decoded_to = max(self.decoded_to, pos)
                 if self.decoded_to >= self.walk_waits_for:
                     self.walk_waits.notify()
-            while self.open_frame == k and self.walked_to <= pos and not self.done and not self.closed:
-                self.cond.wait()
-            return self.walked_to if self.open_frame == k else self.frames[k].end
+            while (self.open_frame == k and self.failed_frame is None and self.walked_to <= pos
+                   and not self.done and not self.closed):
+                self.lane_waits.wait()
+            return self.walked_to if k in (self.open_frame, self.failed_frame) else self.frames[k].end
 
     def decoded(self, k: int) -> Frame:
         """The lane is done with frame ``k``: the walk may go on through it unpaced. Returns the
-        frame once walked (as it is, if the walk ends first or the feed is closed)."""
+        frame once walked (as it is, if the walk ends first or the feed is closed); if the walk
+        failed in it, once the walk has ended (and its error is there to raise)."""
         with self.cond:
             if self.open_frame == k:
                 self.decoded_to = 1 << 62
                 self._wake_all()
-            while self.open_frame == k and not self.done and not self.closed:
+            while k in (self.open_frame, self.failed_frame) and not self.done and not self.closed:
                 self.cond.wait()
             return self.frames[k]
 
     def _wake_all(self) -> None:
         self.cond.notify_all()
         self.walk_waits.notify_all()
+        self.lane_waits.notify_all()
 
     def _ahead(self) -> bool:
         frames, reading = self.frames, self.reading
@@ -204,7 +216,7 @@ class FrameFeed:
     def end(self) -> None:
         with self.cond:
             self.done = True
-            self.cond.notify_all()
+            self._wake_all()
 
     def get(self, k: int) -> Frame | None:
         """Frame ``k``, once the walk has found it; None past the last, or once closed."""

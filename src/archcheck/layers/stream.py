@@ -364,8 +364,8 @@ class StreamCheck:
                         self.checkpoint_from is not None and event.compressed_pos >= self.checkpoint_from)):
                     self.checkpoint()
                 continue
-            if self.walking is not None and self.walking.findings_made:
-                self._settle_walk()  # the walk found damage in the frame it handed on open
+            if self.walking is not None and (self.walking.findings_made or self.walking.error is not None):
+                self._settle_walk()  # the walk found damage in the frame it handed on open, or failed
             self._table_rows(frame.index, (frame_start, self.uoff))
             self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, self.broken.get(frame.index))
             if self.losses and self.walker:
@@ -714,12 +714,12 @@ class _WalkThread(threading.Thread):
             self.feed.end()
 
     def _hand_on(self, frame: Frame, found: int, whole: bool) -> None:
+        self.findings_made = found
         if not whole:  # its blocks are walked next, while a lane decodes it
             self.frames.append(frame)
             if not self.feed.open(frame):
                 raise _Abandoned()
             return
-        self.findings_made = found
         if self.frames and self.frames[-1].index == frame.index:
             self.frames[-1] = frame  # the open frame, walked
         else:
@@ -735,8 +735,14 @@ class _PacedReads:
         self.reader, self.feed, self.size = reader, feed, reader.size
 
     def pread(self, offset: int, length: int) -> bytes:
+        if self.feed.abandoned:
+            raise _Abandoned()  # stopped: the walk ends here, even inside a frame
         self.feed.walk_reads(offset)
-        return self.reader.pread(offset, length)
+        try:
+            return self.reader.pread(offset, length)
+        except BaseException:
+            self.feed.walk_failed()  # the core takes a failed read for the file's end: decode nothing past it
+            raise
 
 
 class _Abandoned(Exception):
