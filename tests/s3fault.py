@@ -71,8 +71,9 @@ class MotoServer:
             "s3", endpoint_url=endpoint or self.endpoint, region_name=REGION,
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, config=config)
 
-    def put(self, bucket: str, key: str, data_or_path: bytes | str | Path) -> str:
-        """Upload bytes or a file's contents, creating the bucket if needed; the ETag without quotes."""
+    def put(self, bucket: str, key: str, data_or_path: bytes | str | Path, **extra: str) -> str:
+        """Upload bytes or a file's contents, creating the bucket if needed; the ETag without
+        quotes. ``extra``: more of put_object's arguments (ACL="public-read")."""
         client = self._client = self._client or self.client()  # a client costs tens of milliseconds
         if bucket not in self._buckets:
             try:
@@ -81,10 +82,10 @@ class MotoServer:
                 pass
             self._buckets.add(bucket)
         if isinstance(data_or_path, bytes):
-            response = client.put_object(Bucket=bucket, Key=key, Body=data_or_path)
+            response = client.put_object(Bucket=bucket, Key=key, Body=data_or_path, **extra)
         else:
             with open(data_or_path, "rb") as f:
-                response = client.put_object(Bucket=bucket, Key=key, Body=f)
+                response = client.put_object(Bucket=bucket, Key=key, Body=f, **extra)
         return response["ETag"].strip('"')
 
     def env(self, endpoint: str | None = None) -> dict[str, str]:

@@ -173,6 +173,19 @@ def _service_account_key(path: Path, token_uri: str) -> str:
     return pem
 
 
+def test_a_public_bucket_is_read_with_no_token_when_signatures_are_skipped(gcs, proxy, fx, tmp_path):
+    """GOOGLE_SKIP_SIGNATURE=true (obstore's name): even with a key file named, no token is asked
+    for and no request carries one, as for a public bucket."""
+    emulator, _ = gcs
+    emulator.put("public/multi.tar.zst", fx / "multi.tar.zst")
+    with _TokenServer() as tokens:
+        _service_account_key(tmp_path / "key.json", tokens.url)
+        env = env_of(gcs, GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "key.json"), GOOGLE_SKIP_SIGNATURE="true")
+        r = cli("verify", f"gs://{BUCKET}/public/multi.tar.zst", "--state-dir", tmp_path / "s", *QUICK, env=env)
+    assert r.returncode == 0 and "INTACT" in r.stdout, r.stdout + r.stderr
+    assert not tokens.grants and proxy.requests and all(q.authorization is None for q in proxy.requests)
+
+
 def test_a_service_accounts_token_is_sent_and_reaches_no_output(gcs, proxy, damaged, tmp_path):
     emulator, _ = gcs
     emulator.put("secret/bad.tar", damaged("gnu.tar", at=512 * 3 + 100, xor=0x01))

@@ -494,3 +494,23 @@ def test_workers_read_from_the_store_the_coordinator_resolved(s3, fx, monkeypatc
     finally:
         reader.close()
     assert "SECRET" not in repr(ref.options).upper() and SECRET_KEY not in repr(ref)
+
+
+def test_a_public_bucket_is_read_unsigned_with_no_credentials(s3, proxy, fx, tmp_path):
+    """AWS_SKIP_SIGNATURE=true (obstore's name; the AWS CLI's --no-sign-request): no request is
+    signed and no credentials are looked for; globs list the same way. Without it, and with no
+    credentials, one clear line."""
+    moto, _ = s3
+    moto.put(BUCKET, "public/multi.tar.zst", fx / "multi.tar.zst", ACL="public-read")
+    env = {name: value for name, value in env_of(s3).items() if not name.startswith("AWS_SECRET")}
+    env.update(AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="", AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
+    refused = cli("verify", f"s3://{BUCKET}/public/multi.tar.zst", "--state-dir", tmp_path / "r", *QUICK, env=env)
+    assert refused.returncode == 5 and "no AWS credentials" in refused.stderr, refused.stdout + refused.stderr
+    plan = tmp_path / "public.yaml"
+    plan.write_text(f"archives:\n  - s3://{BUCKET}/public/*.tar.zst\nstate_dir: {tmp_path / 'state'}\n")
+    proxy.requests.clear()
+    r = cli("drill", "run", plan, "--no-progress", env={**env, "AWS_SKIP_SIGNATURE": "true"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "INTACT" in r.stdout and "public/multi.tar.zst" in r.stdout
+    assert proxy.requests and all(q.authorization is None for q in proxy.requests)

@@ -54,10 +54,17 @@ def api_base() -> str:
     return base
 
 
-@lru_cache(maxsize=4)
 def _credentials(base: str) -> Any:
-    """Application Default Credentials, once per process; None (anonymous) for an emulator
-    when none are named."""
+    """Application Default Credentials, once per process; None (anonymous) with
+    GOOGLE_SKIP_SIGNATURE=true (the name obstore reads), for a public bucket, or for an
+    emulator when none are named."""
+    if os.environ.get("GOOGLE_SKIP_SIGNATURE", "").lower() == "true":
+        return None
+    return _default_credentials(base)
+
+
+@lru_cache(maxsize=4)
+def _default_credentials(base: str) -> Any:
     if base != API and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
         return None
     import google.auth

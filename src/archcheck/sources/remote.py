@@ -46,7 +46,7 @@ class RemoteOptions:
     timeout: float = 30.0  # seconds: connect and read, per request
     # an S3 endpoint and region as the coordinator resolved them (s3.settings), so that workers
     # on other machines (Dask) read the same store; None: resolve from this process's environment
-    s3: tuple[str | None, str] | None = None
+    s3: tuple[str | None, str, bool] | None = None  # (endpoint, region, unsigned): s3.settings
     gcs: str | None = None  # Google Cloud Storage's JSON API base URL, resolved likewise (gcs.api_base)
 
 

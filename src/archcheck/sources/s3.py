@@ -37,10 +37,13 @@ def check_endpoint() -> None:
         raise UsageError(f"the S3 endpoint {url} is plain http: set AWS_ALLOW_HTTP=true to allow it")
 
 
-def settings() -> tuple[str | None, str]:
-    """(endpoint URL or None for AWS, region) from this process's environment, checked."""
+def settings() -> tuple[str | None, str, bool]:
+    """(endpoint URL or None for AWS, region, unsigned) from this process's environment,
+    checked. Unsigned: AWS_SKIP_SIGNATURE=true (the name obstore reads; the AWS CLI's
+    --no-sign-request), for a public bucket, with no credentials looked for."""
     check_endpoint()
-    return endpoint_url(), os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return endpoint_url(), region, os.environ.get("AWS_SKIP_SIGNATURE", "").lower() == "true"
 
 
 _SESSION_LOCK = threading.Lock()  # a botocore session is not thread-safe; its clients are
@@ -55,11 +58,13 @@ def _session() -> Any:
 
 
 @lru_cache(maxsize=8)
-def _client(timeout: float, pool: int, endpoint: str | None, region: str) -> Any:
+def _client(timeout: float, pool: int, endpoint: str | None, region: str, unsigned: bool = False) -> Any:
     """One client per process and settings."""
+    from botocore import UNSIGNED
     from botocore.config import Config
     config = Config(retries={"total_max_attempts": 1}, connect_timeout=timeout, read_timeout=timeout,
-                    max_pool_connections=max(pool, 2), s3={"addressing_style": "path"} if endpoint else None)
+                    max_pool_connections=max(pool, 2), s3={"addressing_style": "path"} if endpoint else None,
+                    signature_version=UNSIGNED if unsigned else None)
     with _SESSION_LOCK:
         return _session().create_client("s3", region_name=region, endpoint_url=endpoint, config=config)
 
@@ -80,10 +85,10 @@ def warm() -> None:
 
 class S3Transport:
     def __init__(self, uri: str, options: RemoteOptions):
-        endpoint, region = options.s3 or settings()  # the coordinator's, in a worker
+        endpoint, region, unsigned = options.s3 or settings()  # the coordinator's, in a worker
         self.bucket, self.key = parse(uri)
         self.endpoint = endpoint or "s3.amazonaws.com"
-        self.client = _client(options.timeout, options.in_flight + 2, endpoint, region)
+        self.client = _client(options.timeout, options.in_flight + 2, endpoint, region, unsigned)
 
     def head(self) -> ObjectInfo:
         response = _call(lambda: self.client.head_object(Bucket=self.bucket, Key=self.key), self.key)
