@@ -15,7 +15,6 @@ from multiprocessing.connection import Client
 from dataclasses import dataclass
 from typing import Any
 
-from .allocator import keep_freed_buffers
 from .errors import SourceChanged, UnsupportedArchive, describe_error
 from .layers import age, raw
 from .layers.age import AgeKey
@@ -29,7 +28,6 @@ from .sources import SourceRef
 
 def init_worker(coordinator: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
-    keep_freed_buffers()
     if coordinator is not None:
         threading.Thread(target=_end_with, args=(coordinator,), daemon=True).start()
 
