@@ -371,9 +371,10 @@ class FrameDecoders:
             frame, opened = self.feed.current(index)
         try:
             self._decode_whole(decoder, frame, lane, index if opened else None)
-        finally:
+        except BaseException:
             if opened:
-                self.feed.decoded(index)
+                self.feed.decoded(index)  # the walk must not wait on a lane that died (done: _decode_whole)
+            raise
 
     def _decode_whole(self, decoder: Decoder, frame: Frame, lane: int, open_index: int | None) -> None:
         pos, failed, where = frame.offset, None, None
