@@ -185,6 +185,31 @@ def test_a_stop_ends_a_frame_walk_the_stream_waits_for(tmp_path):
     reader.close()
 
 
+def test_a_stop_ends_the_decoding_of_a_frame_at_its_next_piece(tmp_path):
+    """A stop (a deadline, a budget's share done, Ctrl-C) ends a one-frame stream at the next
+    decoded piece, not at the end of the frame; the lanes end with it."""
+    from archcheck.layers.stream import StreamCheck, StreamStopped
+    from archcheck.sources import open_source
+
+    size = 48 * 1024 * 1024
+    archive = tmp_path / "one.zst"
+    archive.write_bytes(subprocess.run(["zstd", "-q", "-c", "-1"], input=__import__("random").Random(6).randbytes(size),
+                                       capture_output=True, check=True).stdout)
+    reader = open_source(archive).ref().open()
+    stop = threading.Event()
+
+    def progress(offset):
+        if offset >= 4 * 1024 * 1024:
+            stop.set()
+
+    check = StreamCheck(reader, "x", codec="zstd", check_tar=False, threads=2, stop=stop, on_progress=progress)
+    with pytest.raises(StreamStopped):
+        check.run()
+    assert 4 * 1024 * 1024 <= check.uoff < size // 2
+    assert not [t for t in threading.enumerate() if t.name.startswith(("archcheck-lane", "archcheck-frame-walk"))]
+    reader.close()
+
+
 def test_a_panic_in_the_native_core_is_one_clear_line_and_hides_no_verdict(fx, tmp_path):
     """A bug in the core (a failpoint stands in for it) ends the archive's check in its worker:
     one line saying where it panicked, no traceback, exit 11; and what was found before the

@@ -297,7 +297,8 @@ class FrameDecoders:
                 except queue.Empty:
                     break
         for worker in self.workers:
-            worker.join(timeout=5)
+            if worker.is_alive():  # (never started, when the stream stopped before its first event)
+                worker.join(timeout=5)
 
     def _until_stopped(self, attempt: Callable[[], Any]) -> Any:
         """Retry a blocking queue step until it succeeds or the lanes are stopped (None)."""

@@ -147,13 +147,15 @@ class StreamCheck:
             if self.resume_from is not None:
                 content_frames = self._restore(self.resume_from, content_frames)
             feed = FrameFeed(content_frames)
+        decoders = FrameDecoders(self.reader, feed, self.threads, self.max_window, self.depth, self.chunk)
         try:
-            self._consume(FrameDecoders(self.reader, feed, self.threads, self.max_window, self.depth, self.chunk))
+            self._consume(decoders)
         except OSError:
             if self.stop.is_set():  # the decoders were told to stop: not a read failure
                 raise StreamStopped() from None
             raise
         finally:
+            decoders.close()  # the lanes stop decoding now, not when the generator is collected
             feed.close()
             if self.walking is not None:
                 self._join_walk(self.walking)  # to the end, unless stopped: what it finds is reported
@@ -344,6 +346,8 @@ class StreamCheck:
     def _consume(self, decoders: FrameDecoders) -> None:
         frame_start, start_pos, seek_hash = 0, None, None
         for event in decoders:
+            if self.stop.is_set():  # at the next piece: the last checkpoint says where to go on
+                raise StreamStopped()
             frame = event.frame
             if start_pos is None:  # the frame's first event
                 if self.walking is not None and self.walking.findings_made:
