@@ -116,6 +116,25 @@ def test_a_checkpoint_of_another_core_version_is_not_restored(fx):
         _stream(fx / "multi.tar.zst", resume=checkpoint)
 
 
+@pytest.mark.parametrize("level", [None, "-1"])
+def test_a_checkpoint_of_frames_this_archive_lacks_is_not_restored_and_nothing_is_written(fx, tmp_path, level):
+    """A resume walks the frames beside the decoders: the checkpoint's frame is checked as the
+    walk reaches it (there is none in one frame; pzstd -1 puts it at another offset), before
+    any output or checkpoint."""
+    from archcheck.layers.stream import CheckpointMismatch
+    checkpoints = []
+    _stream(fx / "multi.tar.zst", checkpoints=checkpoints)
+    checkpoint = next(cp for cp, _, _ in checkpoints if cp["frame"] >= 3)
+    path = fx / "single.tar.zst"
+    if level:
+        path = tmp_path / "other.tar.zst"
+        subprocess.run(["pzstd", "-q", "-p", "2", level, fx / "gnu.tar", "-o", path], check=True)
+    members, rows, later = [], [], []
+    with pytest.raises(CheckpointMismatch, match=f"frame {checkpoint['frame']} "):
+        _stream(path, resume=checkpoint, members=members, rows=rows, checkpoints=later)
+    assert (members, rows, later) == ([], [], [])
+
+
 # --- kill -9 at random instants -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

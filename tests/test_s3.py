@@ -188,15 +188,18 @@ def _bytes_fetched(requests) -> int:
     return total
 
 
-def _noise_object(s3, tmp_path: Path, compress: list[str], key: str, size: int = 40 * MiB) -> tuple[Path, str]:
-    """A tar of ``size`` incompressible bytes, compressed by ``compress`` (input, then output
-    path), on disk and in the store."""
+def _noise_object(s3, tmp_path: Path, compress: list[str], key: str, size: int = 40 * MiB,
+                  files: int = 1) -> tuple[Path, str]:
+    """A tar of ``size`` incompressible bytes in ``files`` members, compressed by ``compress``
+    (input, then output path), on disk and in the store."""
     import random
     moto, _ = s3
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "noise.bin").write_bytes(random.Random(13).randbytes(size))
+    rnd = random.Random(13)
+    for i in range(files):
+        (tmp_path / "in" / f"noise{i:03d}.bin").write_bytes(rnd.randbytes(size // files))
     tar = tmp_path / "noise.tar"
-    subprocess.run(["tar", "-cf", tar, "-C", tmp_path / "in", "noise.bin"], check=True)
+    subprocess.run(["tar", "-cf", tar, "-C", tmp_path / "in", "."], check=True)
     archive = tmp_path / "noise.tar.zst"
     subprocess.run([*compress, tar, "-o", archive], check=True)
     moto.put(BUCKET, key, archive)
@@ -231,6 +234,27 @@ def test_the_stream_check_reads_a_zstd_object_once(s3, proxy, made_by, tmp_path,
     # a third time), and a single frame 2x. What is over 1x: the last block, read first to look
     # for a seek table, and again at the end
     assert archive.stat().st_size <= fetched < 1.25 * archive.stat().st_size, fetched
+
+
+def test_a_resumed_stream_check_reads_a_single_frame_object_once(s3, proxy, tmp_path):
+    """A pass stopped inside the one frame goes on from its checkpoint: decoding starts over at
+    the frame's start (a zstd frame cannot be entered midway), and the walk goes beside it as on
+    a first pass, not over the whole frame first (which read the object twice)."""
+    archive, uri = _noise_object(s3, tmp_path, ["zstd", "-q", "-1", "-T2"], "resumed/noise.tar.zst",
+                                 size=96 * MiB, files=48)
+    state = tmp_path / "s"
+    first = cli("verify", uri, "--layers", "zstd,tar", "--budget", "40M", "--state-dir", state, "--no-progress",
+                env=env_of(s3))
+    assert first.returncode == 0 and "partial" in first.stdout, first.stdout + first.stderr
+    [path] = state.glob("drills/drill-1/archives/*/manifest.json")
+    from archcheck.manifest import load
+    assert load(path).stream.checkpoint["covered"] >= 40 * MiB
+    proxy.requests.clear()
+    again = cli("verify", uri, "--layers", "zstd,tar", "--state-dir", state, "--no-progress", env=env_of(s3))
+    assert again.returncode == 0 and "(100%)" in again.stdout, again.stdout + again.stderr
+    assert load(next(state.glob("drills/drill-2/archives/*/manifest.json"))).stream.resumed == 1
+    fetched = _bytes_fetched(proxy.requests)
+    assert archive.stat().st_size <= fetched < 1.25 * archive.stat().st_size, fetched  # before: 2x
 
 
 def test_a_run_reads_the_objects_head_and_tail_once(s3, proxy, fx, tmp_path, monkeypatch):

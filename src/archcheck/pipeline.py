@@ -489,7 +489,8 @@ class Run:
     def _record_stream(self, result: StreamResult, members: tuple, frames: tuple, attempt: int) -> None:
         self.manifest.format = result.format
         self.manifest.stream = StreamState(
-            StreamStatus.DONE, self.manifest.stream.nonce, attempt, summary=StreamSummary.of(result),
+            StreamStatus.DONE, self.manifest.stream.nonce, attempt, resumed=self.manifest.stream.resumed,
+            summary=StreamSummary.of(result),
             scanners=result.scan_state or {},
             frame_table={"fields": list(FRAME_FIELDS), "log": parts_json(frames)})
         self.manifest.stream_findings = list(result.findings)

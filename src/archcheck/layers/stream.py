@@ -139,7 +139,7 @@ class StreamCheck:
         return list(self.findings)
 
     def run(self) -> StreamResult:
-        if self.codec == "zstd" and self.resume_from is None and not has_seek_table(self.reader):
+        if self.codec == "zstd" and self._walks_while_decoding() and not has_seek_table(self.reader):
             feed = self._walk_while_decoding()
         else:
             self.frames = self._walk_now()
@@ -199,18 +199,29 @@ class StreamCheck:
         self.walk_made = list(self.findings)
         return content_frames
 
+    def _walks_while_decoding(self) -> bool:
+        """A resume walks beside the decoders too, unless decoding had named something on the
+        walk's findings: that is put back on them, which must then all be there first."""
+        return self.resume_from is None or not self.resume_from.get("walk_named")
+
     def _walk_while_decoding(self) -> FrameFeed:
         """Walk a zstd file's frames on a thread of its own, handing each to the lanes as it is
         found: the walk's reads and the decoders' are of the same blocks at about the same time
         (one transfer from a store, not two). The stream's findings wait for the walk's, so that
         they come in the order of a walk that ended first: a finding to add, or a frame the walk
         found damage in, waits for the walk to end (a damaged archive, or a slow walk, is no
-        worse off than before)."""
+        worse off than before). A resume hands on the frames from the checkpoint's."""
         feed = FrameFeed(lanes=self.threads)
-        self.reader.reading_from(0)  # before the walk reads on: what it fetches is kept for the lanes
-        walking = _WalkThread(self.reader, self.uri, self.max_window, self.frames, feed)
+        cp = self.resume_from
+        resume_at = None
+        if cp is not None:
+            self._restore_state(cp)
+            resume_at = (cp["frame"], cp["frame_offset"])
+        # before the walk reads on: what it fetches is kept for the lanes
+        self.reader.reading_from(resume_at[1] if resume_at else 0)
+        walking = _WalkThread(self.reader, self.uri, self.max_window, self.frames, feed, resume_at)
         self.walking = walking
-        self.findings = _AfterWalk(self._settle_walk, self.findings.limit)
+        self.findings = _AfterWalk(self._settle_walk, self.findings)
         walking.start()
         return feed
 
@@ -227,7 +238,9 @@ class StreamCheck:
             raise StreamStopped()
         if walking.error is not None:
             raise walking.error
-        made = list(self.findings)  # none: a finding waits for the walk
+        if walking.resume_at is not None and not walking.resumed:
+            raise CheckpointMismatch(f"the walk found no frame {walking.resume_at[0]} at {walking.resume_at[1]}")
+        made = list(self.findings)  # a checkpoint's (the others wait for the walk)
         del self.findings[:]
         self.findings.extend(walking.found)
         self.findings.dropped.update(walking.found.dropped)
@@ -444,6 +457,12 @@ class StreamCheck:
         rest = [f for f in frames if f.index >= cp["frame"]]
         if not rest or rest[0].index != cp["frame"] or rest[0].offset != cp["frame_offset"]:
             raise CheckpointMismatch(f"frame {cp['frame']} is not at {cp['frame_offset']}")
+        self._restore_state(cp)
+        self._rename_walk_findings(cp.get("walk_named", ()))
+        return rest
+
+    def _restore_state(self, cp: dict[str, Any]) -> None:
+        """The tar walker, findings and offsets as the checkpoint left them."""
         if self.walker:
             try:
                 self.walker.restore(json.dumps(cp["walker"]), json.dumps(cp["recent"]))
@@ -451,7 +470,6 @@ class StreamCheck:
                 raise CheckpointMismatch(str(exc)) from None
         self.uoff, self.upstream_lost = cp["frame_start"], cp["upstream_lost"]
         self.skip_to = cp["walker"]["at"]
-        self._rename_walk_findings(cp.get("walk_named", ()))
         self.findings.extend(Finding.from_json(f) for f in cp["findings"])
         self.provisional.extend(Finding.from_json(f) for f in cp["provisional"])
         self.provisional.dropped.update(cp["provisional_dropped"])
@@ -459,7 +477,6 @@ class StreamCheck:
         self.hazards.dropped.update(cp.get("hazards_dropped", {}))
         self.rows_next = cp["rows_next"]
         self.losses = [tuple(loss) for loss in cp.get("losses", ())]
-        return rest
 
     def _rename_walk_findings(self, named: Any) -> None:
         """What decoding named on the walk's findings before the checkpoint (the member a
@@ -685,9 +702,13 @@ class _AfterWalk(Findings):
     (``wait_for``), which come first. (Code that takes an index before it adds, a frame's end
     that went wrong, settles the walk first.)"""
 
-    def __init__(self, wait_for: Callable[[], None], limit: int):
-        super().__init__(limit)
-        self.wait_for: Callable[[], None] | None = wait_for
+    def __init__(self, wait_for: Callable[[], None], held: Findings):
+        """``held``: those made already (a checkpoint's), kept as they are."""
+        super().__init__(held.limit)
+        self.wait_for: Callable[[], None] | None = None
+        self.extend(held)
+        self.dropped.update(held.dropped)
+        self.wait_for = wait_for
 
     def append(self, finding: Finding) -> None:
         if self.wait_for is not None:
@@ -697,11 +718,16 @@ class _AfterWalk(Findings):
 
 class _WalkThread(threading.Thread):
     """The native frame walk, handing ``frames`` (every frame) and ``feed`` (those with content)
-    each frame as it is found; ``found`` and ``error`` once it has ended."""
+    each frame as it is found; ``found`` and ``error`` once it has ended. On a resume
+    (``resume_at``: a checkpoint's frame index and offset), the feed gets the frames from there
+    on, and the walk checks that the archive has that frame there."""
 
-    def __init__(self, reader: Any, uri: str, max_window: int, frames: list[Frame], feed: FrameFeed):
+    def __init__(self, reader: Any, uri: str, max_window: int, frames: list[Frame], feed: FrameFeed,
+                 resume_at: tuple[int, int] | None = None):
         super().__init__(name="archcheck-frame-walk", daemon=True)
         self.reader, self.uri, self.max_window, self.frames, self.feed = reader, uri, max_window, frames, feed
+        self.resume_at = resume_at
+        self.resumed = False  # the checkpoint's frame was found where it said
         self.found = Findings()
         self.findings_made = 0  # by the walk, when it handed on its last frame
         self.error: BaseException | None = None
@@ -721,15 +747,28 @@ class _WalkThread(threading.Thread):
         self.findings_made = found
         if not whole:  # its blocks are walked next, while a lane decodes it
             self.frames.append(frame)
-            if not self.feed.open(frame):
+            if self._decoded(frame) and not self.feed.open(frame):
                 raise _Abandoned()
             return
         if self.frames and self.frames[-1].index == frame.index:
             self.frames[-1] = frame  # the open frame, walked
         else:
             self.frames.append(frame)
-        if frame.kind in CONTENT_KINDS and not self.feed.put(frame):
+        if frame.kind in CONTENT_KINDS and self._decoded(frame) and not self.feed.put(frame):
             raise _Abandoned()
+
+    def _decoded(self, frame: Frame) -> bool:
+        """Whether the lanes decode this content frame: on a resume, not those before the
+        checkpoint's, which must be the first after them."""
+        if self.resume_at is None or self.resumed:
+            return True
+        index, offset = self.resume_at
+        if frame.index < index:
+            return False
+        if (frame.index, frame.offset) != (index, offset):
+            raise CheckpointMismatch(f"frame {index} is not at {offset}")
+        self.resumed = True
+        return True
 
 
 class _PacedReads:
