@@ -125,6 +125,7 @@ class Request:
     range: str | None
     outcome: str  # "forwarded", "status 503", "stall", "reset" or "short"
     authorization: str | None = None  # the request's Authorization header
+    request_payer: str | None = None  # its x-amz-request-payer header (a requester-pays bucket's)
 
 
 _ERROR_CODES = {400: "BadRequest", 403: "AccessDenied", 404: "NoSuchKey", 429: "TooManyRequests",
@@ -188,7 +189,8 @@ class FaultProxy:
         with self._lock:
             self._faults.clear()
 
-    def _take(self, method: str, path: str, range_: str | None, authorization: str | None = None) -> Fault | None:
+    def _take(self, method: str, path: str, range_: str | None, authorization: str | None = None,
+              request_payer: str | None = None) -> Fault | None:
         """The first matching fault not used up (counted down), recording the request."""
         with self._lock:
             for slot in self._faults:
@@ -200,7 +202,7 @@ class FaultProxy:
                 fault = None
             outcome = "forwarded" if fault is None else (
                 f"status {fault.status}" if fault.kind == "status" else fault.kind)
-            self.requests.append(Request(method, path, range_, outcome, authorization))
+            self.requests.append(Request(method, path, range_, outcome, authorization, request_payer))
             return fault
 
 
@@ -234,7 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         proxy = self.server.proxy
-        fault = proxy._take(self.command, self.path, self.headers.get("Range"), self.headers.get("Authorization"))
+        fault = proxy._take(self.command, self.path, self.headers.get("Range"), self.headers.get("Authorization"),
+                            self.headers.get("x-amz-request-payer"))
         if fault is None:
             self._forward(None)
         elif fault.kind == "status":

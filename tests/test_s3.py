@@ -520,6 +520,24 @@ def test_workers_read_from_the_store_the_coordinator_resolved(s3, fx, monkeypatc
     assert "SECRET" not in repr(ref.options).upper() and SECRET_KEY not in repr(ref)
 
 
+def test_a_requester_pays_bucket_is_asked_with_the_payer_header_on_every_request(s3, proxy, fx, tmp_path):
+    """AWS_REQUEST_PAYER=true (obstore's name; the AWS CLI's --request-payer requester): every
+    request, the listing of a glob, the HEADs and the ranges read by the workers, says that the
+    reader pays (such a bucket refuses any that does not); without it, none does."""
+    moto, _ = s3
+    moto.put(BUCKET, "payer/multi.tar.zst", fx / "multi.tar.zst")
+    plan = tmp_path / "payer.yaml"
+    plan.write_text(f"archives:\n  - s3://{BUCKET}/payer/*.tar.zst\nstate_dir: {tmp_path / 'state'}\n")
+    for payer, expected in (("true", "requester"), (None, None)):
+        proxy.requests.clear()
+        env = {**env_of(s3), **({"AWS_REQUEST_PAYER": payer} if payer else {})}
+        r = cli("drill", "run", plan, "--no-progress", env=env)
+        assert r.returncode == 0 and "INTACT" in r.stdout, r.stdout + r.stderr
+        methods = {q.method for q in proxy.requests}
+        assert {"GET", "HEAD"} <= methods and any(q.range for q in proxy.requests), methods
+        assert {q.request_payer for q in proxy.requests} == {expected}
+
+
 def test_a_public_bucket_is_read_unsigned_with_no_credentials(s3, proxy, fx, tmp_path):
     """AWS_SKIP_SIGNATURE=true (obstore's name; the AWS CLI's --no-sign-request): no request is
     signed and no credentials are looked for; globs list the same way. Without it, and with no

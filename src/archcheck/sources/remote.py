@@ -16,13 +16,16 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import blake3
 
 from ..errors import SourceChanged, SourceError
 from .base import ArchiveIdentity
 from .resilience import Clock, RetryPolicy, SystemClock, Transient, breaker_for, retrying, with_retries
+
+if TYPE_CHECKING:
+    from .s3 import S3Settings
 
 ID_PROBE = 64 * 1024
 BLOCK = 8 * 1024 * 1024  # a range request: large enough that latency is small beside transfer
@@ -44,9 +47,9 @@ class RemoteOptions:
     policy: RetryPolicy = RetryPolicy()
     in_flight: int = 4  # concurrent range requests per reader (read-ahead included)
     timeout: float = 30.0  # seconds: connect and read, per request
-    # an S3 endpoint and region as the coordinator resolved them (s3.settings), so that workers
-    # on other machines (Dask) read the same store; None: resolve from this process's environment
-    s3: tuple[str | None, str, bool] | None = None  # (endpoint, region, unsigned): s3.settings
+    # the S3 store as the coordinator resolved it (s3.settings), so that workers on other
+    # machines (Dask) read the same store; None: resolve from this process's environment
+    s3: S3Settings | None = None
     gcs: str | None = None  # Google Cloud Storage's JSON API base URL, resolved likewise (gcs.api_base)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -37,13 +38,28 @@ def check_endpoint() -> None:
         raise UsageError(f"the S3 endpoint {url} is plain http: set AWS_ALLOW_HTTP=true to allow it")
 
 
-def settings() -> tuple[str | None, str, bool]:
-    """(endpoint URL or None for AWS, region, unsigned) from this process's environment,
-    checked. Unsigned: AWS_SKIP_SIGNATURE=true (the name obstore reads; the AWS CLI's
-    --no-sign-request), for a public bucket, with no credentials looked for."""
+@dataclass(frozen=True)
+class S3Settings:
+    """The store as the coordinator's environment names it; handed to workers, which may run
+    on other machines (Dask). Never credentials."""
+
+    endpoint: str | None  # None: AWS
+    region: str
+    unsigned: bool = False  # a public bucket: no request signed, no credentials looked for
+    requester_pays: bool = False  # the reader, not the bucket's owner, pays for its requests
+
+
+def settings() -> S3Settings:
+    """From this process's environment, checked. The names are obstore's:
+    AWS_SKIP_SIGNATURE=true (the AWS CLI's --no-sign-request) and AWS_REQUEST_PAYER=true (its
+    --request-payer requester, which a requester-pays bucket refuses requests without)."""
     check_endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return endpoint_url(), region, os.environ.get("AWS_SKIP_SIGNATURE", "").lower() == "true"
+    return S3Settings(endpoint_url(), region, _true("AWS_SKIP_SIGNATURE"), _true("AWS_REQUEST_PAYER"))
+
+
+def _true(name: str) -> bool:
+    return os.environ.get(name, "").lower() == "true"
 
 
 _SESSION_LOCK = threading.Lock()  # a botocore session is not thread-safe; its clients are
@@ -85,18 +101,19 @@ def warm() -> None:
 
 class S3Transport:
     def __init__(self, uri: str, options: RemoteOptions):
-        endpoint, region, unsigned = options.s3 or settings()  # the coordinator's, in a worker
+        store = options.s3 or settings()  # the coordinator's, in a worker
         self.bucket, self.key = parse(uri)
-        self.endpoint = endpoint or "s3.amazonaws.com"
-        self.client = _client(options.timeout, options.in_flight + 2, endpoint, region, unsigned)
+        self.endpoint = store.endpoint or "s3.amazonaws.com"
+        self.client = _client(options.timeout, options.in_flight + 2, store.endpoint, store.region, store.unsigned)
+        self.payer = {"RequestPayer": "requester"} if store.requester_pays else {}  # on every request
 
     def head(self) -> ObjectInfo:
-        response = _call(lambda: self.client.head_object(Bucket=self.bucket, Key=self.key), self.key)
+        response = _call(lambda: self.client.head_object(Bucket=self.bucket, Key=self.key, **self.payer), self.key)
         return ObjectInfo(int(response["ContentLength"]), response["ETag"].strip('"'), response.get("VersionId"),
                           int(response["LastModified"].timestamp() * 1e9))
 
     def get(self, start: int, end: int, pinned: ObjectInfo) -> bytes:
-        extra = {"VersionId": pinned.version} if pinned.version else {}
+        extra = {"VersionId": pinned.version, **self.payer} if pinned.version else self.payer
         response = _call(lambda: self.client.get_object(
             Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{end - 1}", IfMatch=f'"{pinned.etag}"', **extra),
             self.key)
@@ -112,7 +129,7 @@ class S3Transport:
     def list(self, pattern: str) -> list[str]:
         """Keys matching a glob (listing.py)."""
         def page(prefix: str, token: str | None) -> tuple[list[str], str | None]:
-            extra = {"ContinuationToken": token} if token else {}
+            extra = {"ContinuationToken": token, **self.payer} if token else self.payer
             found = _call(lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **extra), prefix)
             more = found.get("IsTruncated") and found.get("NextContinuationToken")
             return [o["Key"] for o in found.get("Contents", [])], more or None
