@@ -148,10 +148,14 @@ def test_a_failed_read_of_the_walk_stops_the_lane_where_the_walk_got_to(tmp_path
     subprocess.run(["zstd", "-q", "-1", tmp_path / "noise.bin", "-o", archive], check=True)
     reader = open_source(archive).ref().open()
     read, lanes_read_to, failed_at = reader.pread, [0], []
+    checkpoints: list[dict] = []
+    checkpointed = threading.Event()
 
     def pread(offset: int, length: int) -> bytes:
         thread = threading.current_thread().name
         if thread == "archcheck-frame-walk" and offset > 24 * MiB:
+            # not before the stream has taken its first piece: a walk that fails first is raised first
+            checkpointed.wait(10)
             failed_at.append(offset)  # a block header: what is before it, the walk has checked
             raise OSError(5, "Input/output error")
         if thread.startswith("archcheck-lane"):
@@ -159,9 +163,8 @@ def test_a_failed_read_of_the_walk_stops_the_lane_where_the_walk_got_to(tmp_path
         return read(offset, length)
 
     reader.pread = pread
-    checkpoints: list[dict] = []
     check = StreamCheck(reader, str(archive), codec="zstd", check_tar=False, threads=2,
-                        on_checkpoint=checkpoints.append, checkpoint_every=0.0)
+                        on_checkpoint=lambda cp: (checkpoints.append(cp), checkpointed.set()), checkpoint_every=0.0)
     with pytest.raises(OSError, match="Input/output error"):
         check.run()
     assert 24 * MiB - FrameFeed.LEAD < lanes_read_to[0] <= failed_at[0]

@@ -155,34 +155,64 @@ def test_a_decoder_that_fails_hands_its_failure_on(fx):
     reader.close()
 
 
-def test_a_stop_ends_a_frame_walk_the_stream_waits_for(tmp_path):
-    """The walk runs beside the decoders; a frame it found damage in makes the stream wait for
-    its end. A stop meanwhile ends the walk at its next frame, not at the end of the archive."""
-    from archcheck.layers.stream import StreamCheck, StreamStopped
-    from archcheck.sources import open_source
-
+def _many_frames(tmp_path, garbage: bytes = b"") -> Path:
+    """120 frames of 64 KiB without size notes (the walk follows each one's blocks), with
+    ``garbage`` after the second."""
     rnd = __import__("random").Random(5)
     frames = [subprocess.run(["zstd", "-q", "-c", "-1"], input=rnd.randbytes(64 * 1024), capture_output=True,
                              check=True).stdout for _ in range(120)]
     archive = tmp_path / "many.zst"
-    archive.write_bytes(frames[0] + frames[1] + b"garbage between frames" + b"".join(frames[2:]))
+    archive.write_bytes(frames[0] + frames[1] + garbage + b"".join(frames[2:]))
+    return archive
+
+
+def _stopped_with_a_slow_walk(archive: Path, resume_from=None) -> float:
+    """Seconds from the start of a stream check whose walk takes 6 s and more to its
+    StreamStopped, the stop being set after 0.5 s."""
+    from archcheck.layers.stream import StreamCheck, StreamStopped
+    from archcheck.sources import open_source
+
     reader = open_source(archive).ref().open()
     real = reader.pread
 
     def slow_walk(offset, length):
         if threading.current_thread().name == "archcheck-frame-walk":
-            time.sleep(0.05)  # 120 frames: a walk of 6 s and more
+            time.sleep(0.05)
         return real(offset, length)
 
     reader.pread = slow_walk
     stop = threading.Event()
-    check = StreamCheck(reader, "x", codec="zstd", check_tar=False, threads=2, stop=stop)
+    check = StreamCheck(reader, "x", codec="zstd", check_tar=False, threads=2, stop=stop, resume_from=resume_from)
     threading.Timer(0.5, stop.set).start()
     started = time.monotonic()
-    with pytest.raises(StreamStopped):
-        check.run()
-    assert time.monotonic() - started < 2.5
+    try:
+        with pytest.raises(StreamStopped):
+            check.run()
+        return time.monotonic() - started
+    finally:
+        reader.close()
+
+
+def test_a_stop_ends_a_frame_walk_the_stream_waits_for(tmp_path):
+    """The walk runs beside the decoders; a frame it found damage in makes the stream wait for
+    its end. A stop meanwhile ends the walk at its next frame, not at the end of the archive."""
+    assert _stopped_with_a_slow_walk(_many_frames(tmp_path, b"garbage between frames")) < 2.5
+
+
+def test_a_stop_ends_a_resume_while_its_walk_goes_over_the_frames_before_the_checkpoint(tmp_path):
+    """A resume hands the lanes nothing until the walk reaches the checkpoint's frame; a stop
+    meanwhile is not left waiting for it."""
+    from archcheck.layers.stream import StreamCheck
+    from archcheck.sources import open_source
+
+    archive = _many_frames(tmp_path)
+    checkpoints: list[dict] = []
+    reader = open_source(archive).ref().open()
+    StreamCheck(reader, "x", codec="zstd", check_tar=False, threads=2, on_checkpoint=checkpoints.append,
+                checkpoint_every=0.0).run()
     reader.close()
+    assert checkpoints[-1]["frame"] >= 100
+    assert _stopped_with_a_slow_walk(archive, resume_from=checkpoints[-1]) < 2.5
 
 
 def test_a_stop_ends_the_decoding_of_a_frame_at_its_next_piece(tmp_path):

@@ -29,6 +29,7 @@ CHUNK = 4 * 1024 * 1024  # decoded bytes per chunk: fewer Python steps than byte
 MIN_CHUNK = 256 * 1024
 DEPTH = 4  # chunks a lane may decode ahead by default; the pipeline sizes it from the budget
 READ_SIZE = 1024 * 1024  # compressed bytes read at a time
+STOP_POLL = 0.2  # seconds between looks at the stream's stop while waiting for the walk's next frame
 STALL_LIMIT = 64  # calls in a row that neither take input nor give output: the decoder is stuck
 
 
@@ -109,8 +110,10 @@ class FrameFeed:
 
     LEAD = 16 * 1024 * 1024  # within a remote reader's read-ahead (in_flight blocks of 8 MiB)
 
-    def __init__(self, frames: list[Frame] | None = None, lanes: int = 1):
+    def __init__(self, frames: list[Frame] | None = None, lanes: int = 1, stop: threading.Event | None = None):
+        """``stop``: the stream's; a reader waiting for the walk's next frame gives up on it."""
         self.frames: list[Frame] = list(frames or [])
+        self.stop = stop
         self.done = frames is not None  # no frame will be added
         self.lanes = lanes
         self.reading = 0  # the frame whose output is being read
@@ -222,7 +225,9 @@ class FrameFeed:
         """Frame ``k``, once the walk has found it; None past the last, or once closed."""
         with self.cond:
             while k >= len(self.frames) and not self.done and not self.closed:
-                self.cond.wait()
+                if self.stop is not None and self.stop.is_set():
+                    return None  # (a resume's walk over the frames before its checkpoint can be long)
+                self.cond.wait(STOP_POLL if self.stop is not None else None)
             return None if self.closed or k >= len(self.frames) else self.frames[k]
 
     def unpace(self) -> None:

@@ -146,7 +146,7 @@ class StreamCheck:
             content_frames = self._walked()
             if self.resume_from is not None:
                 content_frames = self._restore(self.resume_from, content_frames)
-            feed = FrameFeed(content_frames)
+            feed = FrameFeed(content_frames, stop=self.stop)
         decoders = FrameDecoders(self.reader, feed, self.threads, self.max_window, self.depth, self.chunk)
         try:
             self._consume(decoders)
@@ -201,8 +201,9 @@ class StreamCheck:
 
     def _walks_while_decoding(self) -> bool:
         """A resume walks beside the decoders too, unless decoding had named something on the
-        walk's findings: that is put back on them, which must then all be there first."""
-        return self.resume_from is None or not self.resume_from.get("walk_named")
+        walk's findings, or has yet to (losses, which count them): they must all be there first."""
+        cp = self.resume_from
+        return cp is None or not (cp.get("walk_named") or cp.get("losses"))
 
     def _walk_while_decoding(self) -> FrameFeed:
         """Walk a zstd file's frames on a thread of its own, handing each to the lanes as it is
@@ -211,7 +212,7 @@ class StreamCheck:
         they come in the order of a walk that ended first: a finding to add, or a frame the walk
         found damage in, waits for the walk to end (a damaged archive, or a slow walk, is no
         worse off than before). A resume hands on the frames from the checkpoint's."""
-        feed = FrameFeed(lanes=self.threads)
+        feed = FrameFeed(lanes=self.threads, stop=self.stop)
         cp = self.resume_from
         resume_at = None
         if cp is not None:
