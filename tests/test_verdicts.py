@@ -16,7 +16,7 @@ import pytest
 
 from archcheck import api
 from archcheck.status import PRECEDENCE, ExitCode
-from conftest import ROOT, cli
+from conftest import ROOT, cli, maker
 
 MiB = 1024 * 1024
 DRIVER = Path(__file__).with_name("change_driver.py")
@@ -174,9 +174,10 @@ def _stopped_with_a_slow_walk(archive: Path, resume_from=None) -> float:
 
     reader = open_source(archive).ref().open()
     real = reader.pread
+    walks = ("archcheck-frame-walk", threading.current_thread().name)  # beside the decoders, or before them
 
     def slow_walk(offset, length):
-        if threading.current_thread().name == "archcheck-frame-walk":
+        if threading.current_thread().name in walks:
             time.sleep(0.05)
         return real(offset, length)
 
@@ -197,6 +198,15 @@ def test_a_stop_ends_a_frame_walk_the_stream_waits_for(tmp_path):
     """The walk runs beside the decoders; a frame it found damage in makes the stream wait for
     its end. A stop meanwhile ends the walk at its next frame, not at the end of the archive."""
     assert _stopped_with_a_slow_walk(_many_frames(tmp_path, b"garbage between frames")) < 2.5
+
+
+def test_a_stop_ends_a_walk_that_runs_before_decoding(tmp_path):
+    """A seekable file's frames are all walked before decoding begins (the checksums of its seek
+    table, at the end, are needed first): a stop ends that walk at its next read."""
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(__import__("random").Random(5).randbytes(120 * 64 * 1024))
+    maker.seekable(plain, tmp_path / "seekable.zst", frame_size=64 * 1024)  # frames without size notes
+    assert _stopped_with_a_slow_walk(tmp_path / "seekable.zst") < 2.5
 
 
 def test_a_stop_ends_a_resume_while_its_walk_goes_over_the_frames_before_the_checkpoint(tmp_path):

@@ -175,13 +175,16 @@ class StreamCheck:
     # --- the frame walk ----------------------------------------------------------------------
 
     def _walk_now(self) -> list[Frame]:
+        """Every frame, walked before decoding begins (a walk that may read the whole file:
+        a stop ends it at its next read)."""
+        reader = _StoppableReads(self.reader, self.stop)
         if self.codec == "zstd":
-            return walk_frames(self.reader, self.uri, self.max_window, self.findings)
+            return walk_frames(reader, self.uri, self.max_window, self.findings)
         if self.codec in STREAM_CODECS:  # members are found only by decoding them: one frame of the whole file
             # (but the blocks of an xz or bzip2 file and the members of a BGZF file can be found:
             # those of many decode in parallel)
             walk = BLOCK_WALKS.get(self.codec)
-            return (walk(self.reader) if walk else None) or [Frame(0, self.codec, 0, self.reader.size)]
+            return (walk(reader) if walk else None) or [Frame(0, self.codec, 0, self.reader.size)]
         # pieces of a plain file, so several threads read ahead in parallel
         return [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
                 for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
@@ -787,6 +790,18 @@ class _PacedReads:
         except BaseException:
             self.feed.walk_failed()  # the core takes a failed read for the file's end: decode nothing past it
             raise
+
+
+class _StoppableReads:
+    """A walk's reader that raises StreamStopped at the first read after a stop."""
+
+    def __init__(self, reader: Any, stop: threading.Event):
+        self.reader, self.stop, self.size = reader, stop, reader.size
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if self.stop.is_set():
+            raise StreamStopped()
+        return self.reader.pread(offset, length)
 
 
 class _Abandoned(Exception):
