@@ -14,10 +14,11 @@ import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from conftest import ARCHCHECK, cli, comparable, verify_reported as verify
+from conftest import ARCHCHECK, cli, comparable, maker, verify_reported as verify
 from s3fault import ACCESS_KEY, SECRET_KEY, Fault, FaultProxy, MotoServer
 
 MiB = 1024 * 1024
@@ -188,10 +189,10 @@ def _bytes_fetched(requests) -> int:
     return total
 
 
-def _noise_object(s3, tmp_path: Path, compress: list[str], key: str, size: int = 40 * MiB,
-                  files: int = 1) -> tuple[Path, str]:
+def _noise_object(s3, tmp_path: Path, compress: list[str] | Callable[[Path, Path], object], key: str,
+                  size: int = 40 * MiB, files: int = 1) -> tuple[Path, str]:
     """A tar of ``size`` incompressible bytes in ``files`` members, compressed by ``compress``
-    (input, then output path), on disk and in the store."""
+    (a command given input, then output path; or a function of both), on disk and in the store."""
     import random
     moto, _ = s3
     (tmp_path / "in").mkdir()
@@ -201,7 +202,10 @@ def _noise_object(s3, tmp_path: Path, compress: list[str], key: str, size: int =
     tar = tmp_path / "noise.tar"
     subprocess.run(["tar", "-cf", tar, "-C", tmp_path / "in", "."], check=True)
     archive = tmp_path / "noise.tar.zst"
-    subprocess.run([*compress, tar, "-o", archive], check=True)
+    if callable(compress):
+        compress(tar, archive)
+    else:
+        subprocess.run([*compress, tar, "-o", archive], check=True)
     moto.put(BUCKET, key, archive)
     return archive, f"s3://{BUCKET}/{key}"
 
@@ -220,7 +224,14 @@ def zstd_object(s3, tmp_path) -> tuple[Path, str]:
     return _noise_object(s3, tmp_path, ["zstd", "-q", "-1", "-T2"], "once/noise.tar.zst", size=96 * MiB)
 
 
-@pytest.mark.parametrize("made_by", ["pzstd_object", "zstd_object"])
+@pytest.fixture
+def seekable_object(s3, tmp_path) -> tuple[Path, str]:
+    """zstd's seekable format: frames of 4 MiB without size notes (walked block by block), the
+    checksums of their content in the table at the end, read first."""
+    return _noise_object(s3, tmp_path, maker.seekable, "seekable/noise.tar.zst", size=96 * MiB, files=24)
+
+
+@pytest.mark.parametrize("made_by", ["pzstd_object", "zstd_object", "seekable_object"])
 def test_the_stream_check_reads_a_zstd_object_once(s3, proxy, made_by, tmp_path, request):
     """The frame walk runs beside the decoders, a little ahead of them, on the same reader: the
     blocks it fetches to find each frame are still held when the lanes decode that frame. A

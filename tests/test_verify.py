@@ -340,6 +340,26 @@ def test_seekable_table_checksums_are_checked(fx, state, damaged):
     assert finding.location.uncompressed_offset == 2 * 4 * MiB
 
 
+def test_a_seek_table_that_lists_fewer_frames_judges_none_of_them(fx, state, tmp_path):
+    """The table is read before the walk gets to it, and its word on each frame is taken while
+    decoding; but a table the walk finds at odds with the frames (it lists 6 of 7) says nothing
+    of any frame. Its wrong checksum for frame 0 is not a finding; the table is, once."""
+    data = (fx / "seekable.tar.zst").read_bytes()
+    count = 7
+    table = data[-(8 + count * 12 + 9):]
+    entries = bytearray(table[8:8 + (count - 1) * 12])
+    entries[8] ^= 0xFF  # frame 0's checksum
+    short = bytes(entries) + struct.pack("<IBI", count - 1, 0x80, 0x8F92EAB1)
+    archive = tmp_path / "short-table.tar.zst"
+    archive.write_bytes(data[:-len(table)] + struct.pack("<II", 0x184D2A5E, len(short)) + short)
+    result = verify(archive, state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "ZSTD_SEEK_TABLE_MISMATCH" and finding.location.frame == 7
+    assert dict(finding.details)["detail"] == "table lists 6 frames, the file has 7"
+    assert result.manifest.stream.summary.checksummed_frames == 0
+    assert "ZSTD_NO_CHECKSUM" in [f.code for f in result.findings]
+
+
 def test_seekable_table_that_disagrees_with_the_frames(fx, state, damaged):
     size = (fx / "seekable.tar.zst").stat().st_size
     table_start = size - 9 - 7 * 12

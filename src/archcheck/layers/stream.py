@@ -12,7 +12,7 @@ import collections
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .. import _native
@@ -24,7 +24,8 @@ from .boundary import Walker
 from ..codecs import STREAM_CODECS, UNITS
 from .decoding import CHUNK, DEPTH, Event, FrameDecoders, FrameFeed
 from . import bzip2, gzip, xz
-from .zstd import CONTENT_KINDS, DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, has_seek_table, walk_frames
+from .zstd import (CONTENT_KINDS, DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, SeekEntry, has_seek_table,
+                   read_seek_table, walk_frames)
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")
@@ -139,8 +140,9 @@ class StreamCheck:
         return list(self.findings)
 
     def run(self) -> StreamResult:
-        if self.codec == "zstd" and self._walks_while_decoding() and not has_seek_table(self.reader):
-            feed = self._walk_while_decoding()
+        seek = self._seek_table()
+        if self.codec == "zstd" and self._walks_while_decoding() and seek is not None:
+            feed = self._walk_while_decoding(seek)
         else:
             self.frames = self._walk_now()
             content_frames = self._walked()
@@ -202,19 +204,27 @@ class StreamCheck:
         self.walk_made = list(self.findings)
         return content_frames
 
+    def _seek_table(self) -> list[SeekEntry] | None:
+        """A seekable file's table, read before the walk: its checksums are needed as each frame
+        is decoded. [] without one; None when it is not whole (walked first, the walk says why)."""
+        if self.codec != "zstd" or not has_seek_table(self.reader):
+            return []
+        return read_seek_table(self.reader)
+
     def _walks_while_decoding(self) -> bool:
         """A resume walks beside the decoders too, unless decoding had named something on the
         walk's findings, or has yet to (losses, which count them): they must all be there first."""
         cp = self.resume_from
         return cp is None or not (cp.get("walk_named") or cp.get("losses"))
 
-    def _walk_while_decoding(self) -> FrameFeed:
+    def _walk_while_decoding(self, seek: list[SeekEntry]) -> FrameFeed:
         """Walk a zstd file's frames on a thread of its own, handing each to the lanes as it is
         found: the walk's reads and the decoders' are of the same blocks at about the same time
         (one transfer from a store, not two). The stream's findings wait for the walk's, so that
         they come in the order of a walk that ended first: a finding to add, or a frame the walk
         found damage in, waits for the walk to end (a damaged archive, or a slow walk, is no
-        worse off than before). A resume hands on the frames from the checkpoint's."""
+        worse off than before). A resume hands on the frames from the checkpoint's. A seekable
+        file's frames carry what its table (``seek``, read first) says of them."""
         feed = FrameFeed(lanes=self.threads, stop=self.stop)
         cp = self.resume_from
         resume_at = None
@@ -223,7 +233,7 @@ class StreamCheck:
             resume_at = (cp["frame"], cp["frame_offset"])
         # before the walk reads on: what it fetches is kept for the lanes
         self.reader.reading_from(resume_at[1] if resume_at else 0)
-        walking = _WalkThread(self.reader, self.uri, self.max_window, self.frames, feed, resume_at)
+        walking = _WalkThread(self.reader, self.uri, self.max_window, self.frames, feed, resume_at, seek)
         self.walking = walking
         self.findings = _AfterWalk(self._settle_walk, self.findings)
         walking.start()
@@ -244,6 +254,7 @@ class StreamCheck:
             raise walking.error
         if walking.resume_at is not None and not walking.resumed:
             raise CheckpointMismatch(f"the walk found no frame {walking.resume_at[0]} at {walking.resume_at[1]}")
+        self._take_seek_table(walking.walked)
         made = list(self.findings)  # a checkpoint's (the others wait for the walk)
         del self.findings[:]
         self.findings.extend(walking.found)
@@ -254,6 +265,14 @@ class StreamCheck:
         self.findings_at_frame_start += shift
         self.frame_starts = collections.deque(((*s[:4], s[4] + shift) for s in self.frame_starts),
                                               maxlen=self.frame_starts.maxlen)
+
+    def _take_seek_table(self, walked: list[Frame] | None) -> None:
+        """What the walk found the seek table to say of each frame, once it has checked the
+        table against the frames (nothing, when they disagree)."""
+        for i, w in enumerate(walked or ()):
+            f = self.frames[i]
+            if (f.seek_checksum, f.seek_size) != (w.seek_checksum, w.seek_size):
+                self.frames[i] = replace(f, seek_checksum=w.seek_checksum, seek_size=w.seek_size)
 
     def _join_walk(self, walking: "_WalkThread") -> None:
         """Wait for the walk to end; a stop ends it at its next frame (not at the archive's end)."""
@@ -530,12 +549,12 @@ class StreamCheck:
         if frame.content_size is not None and produced != frame.content_size:
             self._lost(frame, event, None, "ZSTD_CONTENT_SIZE_MISMATCH", actual=produced, expected=frame.content_size)
             return
-        if frame.seek_size is not None and produced != frame.seek_size:
-            self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start,
-                                   detail=f"frame decodes to {produced} bytes, table says {frame.seek_size}")
-        elif seek_hash is not None and (seek_hash.intdigest() & 0xFFFFFFFF) != frame.seek_checksum:
-            self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start,
-                                   detail="decoded content does not match the seek table checksum")
+        problem = _seek_problem(frame, produced, seek_hash)
+        if problem is not None and self.walking is not None:  # the table read first: the walk's word decides
+            self._settle_walk()
+            problem = _seek_problem(self.frames[frame.index], produced, seek_hash)
+        if problem is not None:
+            self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start, detail=problem)
 
     def _decode_failed(self, frame: Frame, event: Event, frame_start: int, structural: int | None) -> None:
         code = event.error_code
@@ -727,19 +746,21 @@ class _WalkThread(threading.Thread):
     on, and the walk checks that the archive has that frame there."""
 
     def __init__(self, reader: Any, uri: str, max_window: int, frames: list[Frame], feed: FrameFeed,
-                 resume_at: tuple[int, int] | None = None):
+                 resume_at: tuple[int, int] | None = None, seek: list[SeekEntry] | None = None):
         super().__init__(name="archcheck-frame-walk", daemon=True)
         self.reader, self.uri, self.max_window, self.frames, self.feed = reader, uri, max_window, frames, feed
         self.resume_at = resume_at
         self.resumed = False  # the checkpoint's frame was found where it said
+        self.seek = seek or []  # a seek table's entries, read first
+        self.walked: list[Frame] | None = None  # every frame, once the walk has ended by itself
         self.found = Findings()
         self.findings_made = 0  # by the walk, when it handed on its last frame
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            walk_frames(_PacedReads(self.reader, self.feed), self.uri, self.max_window, self.found,
-                        on_frame=self._hand_on)
+            self.walked = walk_frames(_PacedReads(self.reader, self.feed), self.uri, self.max_window, self.found,
+                                      on_frame=self._hand_on)
         except _Abandoned:
             pass  # the stream was stopped: nobody needs the rest
         except BaseException as exc:  # noqa: BLE001 - raised again where the walk is settled
@@ -749,6 +770,9 @@ class _WalkThread(threading.Thread):
 
     def _hand_on(self, frame: Frame, found: int, whole: bool) -> None:
         self.findings_made = found
+        if frame.kind == "zstd" and frame.index < len(self.seek):
+            entry = self.seek[frame.index]
+            frame = replace(frame, seek_checksum=entry.checksum, seek_size=entry.decompressed)
         if not whole:  # its blocks are walked next, while a lane decodes it
             self.frames.append(frame)
             if self._decoded(frame) and not self.feed.open(frame):
@@ -806,6 +830,16 @@ class _StoppableReads:
 
 class _Abandoned(Exception):
     pass
+
+
+def _seek_problem(frame: Frame, produced: int, seek_hash: Any) -> str | None:
+    """How a decoded frame disagrees with what the seek table says of it, if it does."""
+    if frame.seek_size is not None and produced != frame.seek_size:
+        return f"frame decodes to {produced} bytes, table says {frame.seek_size}"
+    if seek_hash is not None and frame.seek_checksum is not None and (
+            seek_hash.intdigest() & 0xFFFFFFFF) != frame.seek_checksum:
+        return "decoded content does not match the seek table checksum"
+    return None
 
 
 def _loses_content(finding: Finding, frames: list[Frame]) -> bool:

@@ -56,8 +56,39 @@ SEEKABLE_FOOTER = struct.pack("<I", 0x8F92EAB1)  # the last four bytes of a seek
 
 
 def has_seek_table(reader: Any) -> bool:
-    """The file ends in a seek table (whose checksums of every frame the walk reads last)."""
+    """The file ends in a seek table's footer (read_seek_table reads the table)."""
     return reader.size >= 9 and reader.pread(reader.size - 4, 4) == SEEKABLE_FOOTER
+
+
+@dataclass(frozen=True)
+class SeekEntry:
+    """A seek table's word on one frame (formats.md 1.7)."""
+
+    compressed: int
+    decompressed: int
+    checksum: int | None  # low 32 bits of XXH64 of the content, if the table has checksums
+
+
+SEEK_TABLE_MAGIC = 0x184D2A5E
+
+
+def read_seek_table(reader: Any) -> list[SeekEntry] | None:
+    """The entries of the seek table a seekable file ends in, read before the walk gets there;
+    None unless it is whole by the rules the walk checks it by (which then reports it)."""
+    size = reader.size
+    footer = reader.pread(size - 9, 9) if size >= 17 else b""
+    if len(footer) < 9:
+        return None
+    count, descriptor = struct.unpack_from("<IB", footer)
+    entry = 12 if descriptor & 0x80 else 8
+    length = 8 + count * entry + 9
+    if descriptor & 0x7C or length > size:
+        return None
+    data = reader.pread(size - length, length)
+    if len(data) != length or struct.unpack_from("<II", data) != (SEEK_TABLE_MAGIC, length - 8):
+        return None
+    return [SeekEntry(*struct.unpack_from("<II", data, at), struct.unpack_from("<I", data, at + 8)[0]
+                      if entry == 12 else None) for at in range(8, 8 + count * entry, entry)]
 
 
 def walk_frames(reader: Any, uri: str, max_window: int, findings: Findings,
