@@ -340,17 +340,18 @@ def test_seekable_table_checksums_are_checked(fx, state, damaged):
     assert finding.location.uncompressed_offset == 2 * 4 * MiB
 
 
-def test_a_seek_table_that_lists_fewer_frames_judges_none_of_them(fx, state, tmp_path):
+def test_a_seek_table_at_odds_with_the_frames_judges_none_of_them(fx, state, tmp_path):
     """The table is read before the walk gets to it, and its word on each frame is taken while
-    decoding; but a table the walk finds at odds with the frames (it lists 6 of 7) says nothing
-    of any frame. Its wrong checksum for frame 0 is not a finding; the table is, once."""
+    decoding; but a table the walk finds at odds with the frames says nothing of any frame.
+    Here it lists frames 2 and 3 as one (its sizes still add up): frames 2 to 6 disagree with
+    it, which is not a finding of theirs; the table is, once."""
     data = (fx / "seekable.tar.zst").read_bytes()
     count = 7
     table = data[-(8 + count * 12 + 9):]
-    entries = bytearray(table[8:8 + (count - 1) * 12])
-    entries[8] ^= 0xFF  # frame 0's checksum
-    short = bytes(entries) + struct.pack("<IBI", count - 1, 0x80, 0x8F92EAB1)
-    archive = tmp_path / "short-table.tar.zst"
+    entries = [list(struct.unpack_from("<III", table, 8 + i * 12)) for i in range(count)]
+    entries[2:4] = [[entries[2][0] + entries[3][0], entries[2][1] + entries[3][1], entries[2][2]]]
+    short = b"".join(struct.pack("<III", *e) for e in entries) + struct.pack("<IBI", count - 1, 0x80, 0x8F92EAB1)
+    archive = tmp_path / "merged-table.tar.zst"
     archive.write_bytes(data[:-len(table)] + struct.pack("<II", 0x184D2A5E, len(short)) + short)
     result = verify(archive, state=state)
     [finding] = [f for f in result.findings if f.category.value == "corruption"]
@@ -367,6 +368,26 @@ def test_seekable_table_that_disagrees_with_the_frames(fx, state, damaged):
     [finding] = [f for f in result.findings if f.category.value == "corruption"]
     assert finding.code == "ZSTD_SEEK_TABLE_MISMATCH" and finding.location.frame == 1
     assert "table says" in finding.message
+    # the frame itself was walked and decoded: no content is lost, no member is cut
+    assert [f.code for f in result.findings] == ["ZSTD_SEEK_TABLE_MISMATCH"]
+
+
+def test_a_damaged_seek_table_count_reads_no_more_than_the_table(fx):
+    """The table is read before the walk: a count with a high bit flipped must not make that a
+    read of the whole object."""
+    from archcheck.layers.zstd import read_seek_table
+    from archcheck.sources import open_source
+    data = bytearray((fx / "seekable.tar.zst").read_bytes())
+    data[-9 + 2] ^= 0x01  # the count's third byte: 65536 more entries than there are
+    reader = open_source(fx / "seekable.tar.zst").ref().open()
+    read = []
+    reader.pread = lambda offset, length: read.append(length) or bytes(data[offset:offset + length])
+    try:
+        assert read_seek_table(reader) is None and sum(read) <= 9 + 8
+        data[-9 + 2] ^= 0x01
+        assert len(read_seek_table(reader)) == 7
+    finally:
+        reader.close()
 
 
 def test_findings_stop_growing_at_the_limit(state, tmp_path):

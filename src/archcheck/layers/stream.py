@@ -549,8 +549,9 @@ class StreamCheck:
         if frame.content_size is not None and produced != frame.content_size:
             self._lost(frame, event, None, "ZSTD_CONTENT_SIZE_MISMATCH", actual=produced, expected=frame.content_size)
             return
-        problem = _seek_problem(frame, produced, seek_hash)
-        if problem is not None and self.walking is not None:  # the table read first: the walk's word decides
+        # the walk's word on the table decides; while it walks, a frame carries the table read first
+        problem = _seek_problem(frame if self.walking is not None else self.frames[frame.index], produced, seek_hash)
+        if problem is not None and self.walking is not None:
             self._settle_walk()
             problem = _seek_problem(self.frames[frame.index], produced, seek_hash)
         if problem is not None:
@@ -770,7 +771,7 @@ class _WalkThread(threading.Thread):
 
     def _hand_on(self, frame: Frame, found: int, whole: bool) -> None:
         self.findings_made = found
-        if frame.kind == "zstd" and frame.index < len(self.seek):
+        if frame.index < len(self.seek):  # any frame before the table, as the walk's check of it does
             entry = self.seek[frame.index]
             frame = replace(frame, seek_checksum=entry.checksum, seek_size=entry.decompressed)
         if not whole:  # its blocks are walked next, while a lane decodes it
@@ -843,7 +844,10 @@ def _seek_problem(frame: Frame, produced: int, seek_hash: Any) -> str | None:
 
 
 def _loses_content(finding: Finding, frames: list[Frame]) -> bool:
-    """A damaged window that still decodes loses nothing: only its header byte is wrong."""
+    """A damaged window that still decodes loses nothing: only its header byte is wrong. Nor
+    does a seek table that disagrees with a frame's size: the frame itself was walked."""
+    if finding.code == "ZSTD_SEEK_TABLE_MISMATCH":
+        return False
     index = finding.location.frame
     frame = frames[index] if index is not None and 0 <= index < len(frames) else None
     return not (finding.code == "ZSTD_BAD_WINDOW" and frame is not None and frame.decodable)

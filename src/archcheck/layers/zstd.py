@@ -74,7 +74,8 @@ SEEK_TABLE_MAGIC = 0x184D2A5E
 
 def read_seek_table(reader: Any) -> list[SeekEntry] | None:
     """The entries of the seek table a seekable file ends in, read before the walk gets there;
-    None unless it is whole by the rules the walk checks it by (which then reports it)."""
+    None unless it is whole by the rules the walk checks it by and its frames' sizes add up to
+    the table's offset (the walk, run first, then says what is wrong)."""
     size = reader.size
     footer = reader.pread(size - 9, 9) if size >= 17 else b""
     if len(footer) < 9:
@@ -84,11 +85,17 @@ def read_seek_table(reader: Any) -> list[SeekEntry] | None:
     length = 8 + count * entry + 9
     if descriptor & 0x7C or length > size:
         return None
-    data = reader.pread(size - length, length)
-    if len(data) != length or struct.unpack_from("<II", data) != (SEEK_TABLE_MAGIC, length - 8):
+    header = reader.pread(size - length, 8)  # first: a damaged count must not read a whole object
+    if len(header) != 8 or struct.unpack("<II", header) != (SEEK_TABLE_MAGIC, length - 8):
         return None
-    return [SeekEntry(*struct.unpack_from("<II", data, at), struct.unpack_from("<I", data, at + 8)[0]
-                      if entry == 12 else None) for at in range(8, 8 + count * entry, entry)]
+    data = reader.pread(size - length, length)
+    if len(data) != length:
+        return None
+    entries = [SeekEntry(*struct.unpack_from("<II", data, at), struct.unpack_from("<I", data, at + 8)[0]
+                         if entry == 12 else None) for at in range(8, 8 + count * entry, entry)]
+    # frames that do not fill the file up to the table: the walk may find the table at odds
+    # with them, and then it says nothing of any frame
+    return entries if sum(e.compressed for e in entries) == size - length else None
 
 
 def walk_frames(reader: Any, uri: str, max_window: int, findings: Findings,
