@@ -206,7 +206,7 @@ class StreamCheck:
 
     def _seek_table(self) -> list[SeekEntry] | None:
         """A seekable file's table, read before the walk: its checksums are needed as each frame
-        is decoded. [] without one; None when it is not whole (walked first, the walk says why)."""
+        is decoded. [] without one; None when the walk must check it first (read_seek_table)."""
         if self.codec != "zstd" or not has_seek_table(self.reader):
             return []
         return read_seek_table(self.reader)
@@ -269,7 +269,7 @@ class StreamCheck:
     def _take_seek_table(self, walked: list[Frame] | None) -> None:
         """What the walk found the seek table to say of each frame, once it has checked the
         table against the frames (nothing, when they disagree)."""
-        for i, w in enumerate(walked or ()):
+        for i, w in enumerate((walked or [])[:len(self.frames)]):
             f = self.frames[i]
             if (f.seek_checksum, f.seek_size) != (w.seek_checksum, w.seek_size):
                 self.frames[i] = replace(f, seek_checksum=w.seek_checksum, seek_size=w.seek_size)

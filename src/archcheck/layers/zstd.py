@@ -60,7 +60,7 @@ def has_seek_table(reader: Any) -> bool:
     return reader.size >= 9 and reader.pread(reader.size - 4, 4) == SEEKABLE_FOOTER
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per frame, as Frame
 class SeekEntry:
     """A seek table's word on one frame (formats.md 1.7)."""
 
