@@ -26,9 +26,8 @@ from .gate import GateInputs, GateOutcome, judge, save_outcomes
 from .layers import ALL_LAYERS
 from .layers.age import HEAD as AGE_HEAD, AgeKey, check_identity, identity_from
 from .layers.detect import detect_format
-from .layers.members import DEFAULT_DIGEST, DIGESTS
-from .layers.raw import LEAF_SIZE
-from .layers.zstd import DEFAULT_MAX_WINDOW
+from .layers import DEFAULT_DIGEST, DEFAULT_MAX_WINDOW, LEAF_SIZE
+from .layers.members import DIGESTS
 from .pipeline import ProgressCallback, RunOptions
 from .runner import SEALABLE, DrillResult, DrillRunner, NoticeCallback, Verification, read_throughput
 from .scanners.pgbackup import expand as expand_backups

@@ -17,9 +17,7 @@ from rich.text import Text
 from . import __version__
 from .errors import ArchcheckError, UsageError, format_size
 from .status import ExitCode, combine, help_text
-from .layers import ALL_LAYERS
-from .layers.members import DEFAULT_DIGEST
-from .layers.zstd import DEFAULT_MAX_WINDOW
+from .layers import ALL_LAYERS, DEFAULT_DIGEST, DEFAULT_MAX_WINDOW
 from .reports import safe_text
 from .segments import DEFAULT_SEGMENT_SIZE
 from .units import DEFAULT_MAX_MEMORY, parse_budget, parse_duration, parse_size, parse_until

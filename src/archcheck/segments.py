@@ -5,7 +5,7 @@ import secrets
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .layers.raw import LEAF_SIZE
+from .layers import LEAF_SIZE
 
 MiB = 1024 * 1024
 DEFAULT_SEGMENT_SIZE = 64 * MiB

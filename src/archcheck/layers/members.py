@@ -6,7 +6,6 @@ from typing import Any, NamedTuple
 from .. import _native
 
 DIGESTS = ("xxh3-128", "blake3")
-DEFAULT_DIGEST = "xxh3-128"
 
 
 class Member(NamedTuple):

@@ -11,8 +11,7 @@ from typing import Any, Iterable
 import blake3
 
 from .. import _native
-
-LEAF_SIZE = 8 * 1024 * 1024
+from . import LEAF_SIZE
 READ_LEAVES = 1  # leaves read and hashed per call: a read buffer of one leaf per segment in flight
 
 

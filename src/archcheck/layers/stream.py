@@ -24,8 +24,9 @@ from .boundary import Walker
 from ..codecs import STREAM_CODECS, UNITS
 from .decoding import CHUNK, DEPTH, Event, FrameDecoders, FrameFeed
 from . import bzip2, gzip, xz
-from .zstd import (CONTENT_KINDS, DEFAULT_MAX_WINDOW, LARGE_WINDOW, Frame, SeekEntry, has_seek_table,
-                   read_seek_table, walk_frames)
+from . import DEFAULT_MAX_WINDOW
+from .zstd import (CONTENT_KINDS, LARGE_WINDOW, Frame, SeekEntry, has_seek_table, read_seek_table,
+                   walk_frames)
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")

@@ -16,7 +16,6 @@ from ..codecs import UNITS
 
 ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_MASK, SKIPPABLE_BASE = 0xFFFFFFF0, 0x184D2A50
-DEFAULT_MAX_WINDOW = 1 << 31
 CONTENT_KINDS = ("zstd", "raw", *UNITS)  # frames that hold content
 FORMAT_WINDOW_MAX = 1 << 31  # windowLog 31: the most zstd makes or decodes (ZSTD_WINDOWLOG_MAX_64)
 LARGE_WINDOW = 128 * 1024 * 1024  # libzstd's default limit; above it `zstd -d` needs --long
