@@ -23,10 +23,9 @@ from .drills import create_drill, load_drill
 from .errors import ArchcheckError, SourceChanged, UsageError
 from .events import Event
 from .gate import GateInputs, GateOutcome, judge, save_outcomes
-from .layers import ALL_LAYERS
 from .layers.age import HEAD as AGE_HEAD, AgeKey, check_identity, identity_from
 from .layers.detect import detect_format
-from .layers import DEFAULT_DIGEST, DEFAULT_MAX_WINDOW, LEAF_SIZE
+from .layers import ALL_LAYERS, DEFAULT_DIGEST, DEFAULT_MAX_WINDOW, LEAF_SIZE
 from .layers.members import DIGESTS
 from .pipeline import ProgressCallback, RunOptions
 from .runner import SEALABLE, DrillResult, DrillRunner, NoticeCallback, Verification, read_throughput

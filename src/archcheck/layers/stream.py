@@ -25,8 +25,7 @@ from ..codecs import STREAM_CODECS, UNITS
 from .decoding import CHUNK, DEPTH, Event, FrameDecoders, FrameFeed
 from . import bzip2, gzip, xz
 from . import DEFAULT_MAX_WINDOW
-from .zstd import (CONTENT_KINDS, LARGE_WINDOW, Frame, SeekEntry, has_seek_table, read_seek_table,
-                   walk_frames)
+from .zstd import CONTENT_KINDS, LARGE_WINDOW, Frame, SeekEntry, read_seek_table, walk_frames
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")
@@ -208,9 +207,7 @@ class StreamCheck:
     def _seek_table(self) -> list[SeekEntry] | None:
         """A seekable file's table, read before the walk: its checksums are needed as each frame
         is decoded. [] without one; None when the walk must check it first (read_seek_table)."""
-        if self.codec != "zstd" or not has_seek_table(self.reader):
-            return []
-        return read_seek_table(self.reader)
+        return read_seek_table(self.reader) if self.codec == "zstd" else []
 
     def _walks_while_decoding(self) -> bool:
         """A resume walks beside the decoders too, unless decoding had named something on the
@@ -550,8 +547,8 @@ class StreamCheck:
         if frame.content_size is not None and produced != frame.content_size:
             self._lost(frame, event, None, "ZSTD_CONTENT_SIZE_MISMATCH", actual=produced, expected=frame.content_size)
             return
-        # the walk's word on the table decides; while it walks, a frame carries the table read first
-        problem = _seek_problem(frame if self.walking is not None else self.frames[frame.index], produced, seek_hash)
+        # the walk's word on the table decides; while it walks, the frames carry the table read first
+        problem = _seek_problem(self.frames[frame.index], produced, seek_hash)
         if problem is not None and self.walking is not None:
             self._settle_walk()
             problem = _seek_problem(self.frames[frame.index], produced, seek_hash)

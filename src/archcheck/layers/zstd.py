@@ -54,11 +54,6 @@ def is_zstd_start(head: bytes) -> bool:
 SEEKABLE_FOOTER = struct.pack("<I", 0x8F92EAB1)  # the last four bytes of a seekable file
 
 
-def has_seek_table(reader: Any) -> bool:
-    """The file ends in a seek table's footer (read_seek_table reads the table)."""
-    return reader.size >= 9 and reader.pread(reader.size - 4, 4) == SEEKABLE_FOOTER
-
-
 @dataclass(frozen=True, slots=True)  # one per frame, as Frame
 class SeekEntry:
     """A seek table's word on one frame (formats.md 1.7)."""
@@ -72,12 +67,14 @@ SEEK_TABLE_MAGIC = 0x184D2A5E
 
 
 def read_seek_table(reader: Any) -> list[SeekEntry] | None:
-    """The entries of the seek table a seekable file ends in, read before the walk gets there;
-    None unless it is whole by the rules the walk checks it by and its frames' sizes add up to
-    the table's offset (the walk, run first, then says what is wrong)."""
+    """The entries of the seek table a seekable file ends in, read before the walk gets there:
+    [] for a file without one; None unless it is whole by the rules the walk checks it by and
+    its frames' sizes add up to the table's offset (the walk, run first, then says what is wrong)."""
     size = reader.size
-    footer = reader.pread(size - 9, 9) if size >= 17 else b""
-    if len(footer) < 9:
+    footer = reader.pread(size - 9, 9) if size >= 9 else b""
+    if len(footer) < 9 or footer[5:] != SEEKABLE_FOOTER:
+        return []
+    if size < 17:
         return None
     count, descriptor = struct.unpack_from("<IB", footer)
     entry = 12 if descriptor & 0x80 else 8
@@ -87,7 +84,7 @@ def read_seek_table(reader: Any) -> list[SeekEntry] | None:
     header = reader.pread(size - length, 8)  # first: a damaged count must not read a whole object
     if len(header) != 8 or struct.unpack("<II", header) != (SEEK_TABLE_MAGIC, length - 8):
         return None
-    data = reader.pread(size - length, length)
+    data = header + reader.pread(size - length + 8, length - 8)
     if len(data) != length:
         return None
     entries = [SeekEntry(*struct.unpack_from("<II", data, at), struct.unpack_from("<I", data, at + 8)[0]
