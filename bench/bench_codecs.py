@@ -2,9 +2,14 @@
 """Benchmark the verification of gzip, xz, lz4, bzip2 and age-encrypted archives beside each tool's own test, in one run.
 
 Usage:
-    python3 bench/bench_codecs.py --codec gzip|bgzf|xz|lz4|bzip2|age [--data DIR] [--tar pgdata.tar] [--rounds 3]
+    python3 bench/bench_codecs.py --codec gzip|gzip-members|bgzf|xz|lz4|bzip2|age [--data DIR] [--tar pgdata.tar] [--rounds 3]
 
 bgzf: the tar as `bgzip -@ 2` writes it (NAME.bgz), beside `gzip -t` and `bgzip -t -@ 2`.
+
+gzip-members: the tar as gzip members of 16 MiB of it each, back to back (`split -b 16M
+--filter="gzip -6"`, NAME.m16.gz: what `cat a.gz b.gz` and appending backup scripts make),
+beside `gzip -t` and `pigz -t`, and archcheck's gzip layer on one worker (the members then
+decode on one thread; on two, a scout decodes the next member ahead).
 
 age: the tar as `zstd -T0 | age -r` makes it (NAME.zst.age, with a key made by age-keygen in
 --data), beside `age -d | zstd -t` (what a user would run to test it) and `age -d` alone;
@@ -41,12 +46,14 @@ from bench_native import compile_bytecode  # noqa: E402
 from run_bench import MiB, busy_cpus, default_archcheck, measure  # noqa: E402
 
 
-EXTENSION = {"gzip": ".gz", "bgzf": ".bgz", "xz": ".xz", "lz4": ".lz4", "bzip2": ".bz2", "age": ".zst.age"}
+EXTENSION = {"gzip": ".gz", "gzip-members": ".m16.gz", "bgzf": ".bgz", "xz": ".xz", "lz4": ".lz4", "bzip2": ".bz2", "age": ".zst.age"}
 # each reads the tar named by its last argument ({key}: the age identity in --data)
-MAKERS = {"gzip": ["pigz", "-6", "-c"], "bgzf": ["bgzip", "-@", "2", "-c"], "xz": ["xz", "-T0", "-6", "-c"], "lz4": ["lz4", "-c"],
+MAKERS = {"gzip": ["pigz", "-6", "-c"], "gzip-members": ["sh", "-c", 'split -b 16M --filter="gzip -6" "$0"'],
+          "bgzf": ["bgzip", "-@", "2", "-c"], "xz": ["xz", "-T0", "-6", "-c"], "lz4": ["lz4", "-c"],
           "bzip2": ["lbzip2", "-9", "-c"],
           "age": ["sh", "-c", 'zstd -T0 -q -c "$1" | age -R "$0.pub"', "{key}"]}
-REFERENCES = {"gzip": [["gzip", "-t"], ["pigz", "-t"]], "bgzf": [["gzip", "-t"], ["bgzip", "-t", "-@", "2"]], "xz": [["xz", "-t", "-T0"]], "lz4": [["lz4", "-t"]],
+REFERENCES = {"gzip": [["gzip", "-t"], ["pigz", "-t"]], "gzip-members": [["gzip", "-t"], ["pigz", "-t"]],
+              "bgzf": [["gzip", "-t"], ["bgzip", "-t", "-@", "2"]], "xz": [["xz", "-t", "-T0"]], "lz4": [["lz4", "-t"]],
               "bzip2": [["bzip2", "-t"], ["lbzip2", "-t"]],
               "age": [["sh", "-c", 'age -d -i "$0" "$1" | zstd -t -q', "{key}"],
                       ["age", "-d", "-i", "{key}", "-o", "/dev/null"]]}
@@ -73,6 +80,8 @@ def commands(codec: str, archive: Path, archcheck: str, key: Path) -> dict[str, 
               *(["--identity", str(key)] if codec == "age" else [])]
     cmds = {name: [*argv, str(archive)] for name, argv in (_named(ref, key) for ref in REFERENCES[codec])}
     cmds[f"archcheck {codec} layer"] = [*verify, "--layers", "zstd", str(archive)]
+    if codec == "gzip-members":  # its members on one thread: what decoding them on two gains
+        cmds["archcheck layer, 1 worker"] = [*verify, "--layers", "zstd", "--workers", "1", str(archive)]
     cmds["archcheck all layers"] = [*verify, str(archive)]
     return cmds
 

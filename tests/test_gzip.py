@@ -183,6 +183,7 @@ def test_the_header_crc_and_flags_are_checked(plain, tmp_path):
         assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == (0 if not expected else 1)
     method = only(verify(tmp_path / "method.tar.gz", state=tmp_path / "m2"), "GZIP_BAD_HEADER")
     assert dict(method.details)["error"] == "gzip member 0: compression method 7 is not deflate (8)"
+    assert method.location.byte_range == (0, 3)  # up to the method byte, however the file was read
 
 
 def test_a_lone_gz_of_text_is_gzip_content(tmp_path):

@@ -247,6 +247,28 @@ def test_the_stream_check_reads_a_zstd_object_once(s3, proxy, made_by, tmp_path,
     assert archive.stat().st_size <= fetched < 1.25 * archive.stat().st_size, fetched
 
 
+def _gzip_members(tar: Path, out: Path) -> None:
+    with open(out, "wb") as f:
+        subprocess.run(["split", "-b", "8M", "--filter", "gzip -1", tar], stdout=f, check=True)
+
+
+@pytest.mark.parametrize("members", ["one", "many"])
+def test_the_stream_check_reads_a_gzip_object_once(s3, proxy, tmp_path, members):
+    """A gzip file of many members decodes on two threads, the second reading a little ahead of
+    the first, on the same reader: what it fetches ahead is still held when the first gets
+    there, and what it decodes is not read again."""
+    if members == "one":
+        archive, uri = _noise_object(s3, tmp_path, lambda tar, out: out.write_bytes(
+            subprocess.run(["gzip", "-1", "-c", tar], capture_output=True, check=True).stdout), "gz/one.tar.gz",
+            size=64 * MiB)
+    else:
+        archive, uri = _noise_object(s3, tmp_path, _gzip_members, "gz/many.tar.gz", size=64 * MiB, files=8)
+    r = cli("verify", uri, "--layers", "zstd,tar", "--state-dir", tmp_path / "s", "--no-progress", env=env_of(s3))
+    assert r.returncode == 0, r.stderr
+    fetched = _bytes_fetched(proxy.requests)
+    assert archive.stat().st_size <= fetched < 1.25 * archive.stat().st_size, fetched
+
+
 def test_a_resumed_stream_check_reads_a_single_frame_object_once(s3, proxy, tmp_path):
     """A pass stopped inside the one frame goes on from its checkpoint: decoding starts over at
     the frame's start (a zstd frame cannot be entered midway), and the walk goes beside it as on

@@ -429,6 +429,12 @@ impl StreamDecoder {
         self.inner.counts().members
     }
 
+    /// A member ended at the last byte taken and nothing after it was taken.
+    #[getter]
+    fn at_member_end(&self) -> bool {
+        self.inner.at_member_end()
+    }
+
     #[getter]
     fn produced(&self) -> u64 {
         self.inner.counts().produced

@@ -4,8 +4,9 @@ the core owns; iterate for the output in frame order.
 Each lane decodes every n-th frame, reads its compressed bytes and hands them to the core with
 the GIL released, so lanes run on separate cores. A lane owns a small pool of chunks, so no
 lane can starve another and memory is bounded by lanes x (depth + 1) x chunk, whatever the
-archive's size. A plain tar is read the same way, as pseudo-frames of the file. Whatever stops
-a lane is handed on as a Failure, so the walker never waits for output that will not come.
+archive's size. A plain tar is read the same way, as pseudo-frames of the file. A gzip file
+is one frame: its lane takes the idle lane's share too (relay.py). Whatever stops a lane is
+handed on as a Failure, so the walker never waits for output that will not come.
 """
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ class Event:
     trailing: tuple[int, int, int] | None = None  # bytes after the last member of a stream codec: (offset, length, non-zero)
     unchecked: tuple[int, int, int] | None = None  # members of a stream codec no check covers: (first, offset, count)
     lane: int = 0
+    pool: int | None = None  # the pool its chunk goes back to, when not its lane's
 
     @property
     def notable(self) -> bool:
@@ -93,7 +95,7 @@ class Event:
                                            self.unchecked))
 
 
-def _short_read() -> SourceChanged:
+def short_read() -> SourceChanged:
     return SourceChanged("shrank: it ends before frames the run had found")
 
 
@@ -260,6 +262,7 @@ class FrameDecoders:
                  chunk: int = CHUNK):
         self.reader, self.feed, self.max_window, self.chunk = reader, feed, max_window, chunk
         self.threads = max(1, min(threads, len(feed.frames)) if feed.done else threads)
+        self.relays = threads > self.threads  # a lane left idle: a gzip file's lane decodes on two threads
         self.queues = [queue.Queue(depth + 1) for _ in range(self.threads)]
         self.free: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(self.threads)]
         self.depth = depth + 1  # chunks each lane may have out at once
@@ -277,7 +280,7 @@ class FrameDecoders:
                 self.feed.read_from(k)
                 self.reader.reading_from(frame.offset)  # the lanes read from about here now
                 while True:
-                    event = self._until_stopped(lambda: self.queues[k % self.threads].get(timeout=0.2))
+                    event = self.until_stopped(lambda: self.queues[k % self.threads].get(timeout=0.2))
                     if event is None:
                         return  # stopped from outside
                     yield event
@@ -290,7 +293,7 @@ class FrameDecoders:
     def release(self, event: Event) -> None:
         if isinstance(event.data, _native.Chunk):
             event.data.clear()
-            self.free[event.lane].put(event.data)
+            self.free[event.lane if event.pool is None else event.pool].put(event.data)
 
     def close(self) -> None:
         self.stop.set()
@@ -305,30 +308,37 @@ class FrameDecoders:
             if worker.is_alive():  # (never started, when the stream stopped before its first event)
                 worker.join(timeout=5)
 
-    def _until_stopped(self, attempt: Callable[[], Any]) -> Any:
-        """Retry a blocking queue step until it succeeds or the lanes are stopped (None)."""
-        while not self.stop.is_set():
+    def until_stopped(self, attempt: Callable[[], Any], abandoned: Callable[[], bool] | None = None) -> Any:
+        """Retry a blocking queue step until it succeeds or the lanes are stopped (None), or
+        until ``abandoned``."""
+        while not self.stop.is_set() and not (abandoned is not None and abandoned()):
             try:
                 return attempt()
             except (queue.Empty, queue.Full):
                 continue
         return None
 
-    def _put(self, lane: int, event: Event) -> bool:
+    def put(self, lane: int, event: Event) -> bool:
         event.lane = lane
-        return self._until_stopped(lambda: self.queues[lane].put(event, timeout=0.2) or True) is not None
+        return self.until_stopped(lambda: self.queues[lane].put(event, timeout=0.2) or True) is not None
 
-    def _chunk(self, lane: int) -> Chunk | None:
-        """A free chunk of this lane's pool, made on first need up to its depth; None once
-        stopped."""
+    def chunk_of(self, pool: int, abandoned: Callable[[], bool] | None = None) -> Chunk | None:
+        """A free chunk of this pool, made on first need up to its depth; None once stopped
+        (or ``abandoned``)."""
         try:
-            return self.free[lane].get_nowait()
+            return self.free[pool].get_nowait()
         except queue.Empty:
             pass
-        if self.made[lane] < self.depth:
-            self.made[lane] += 1
+        if self.made[pool] < self.depth:
+            self.made[pool] += 1
             return _native.Chunk(self.chunk)
-        return self._until_stopped(lambda: self.free[lane].get(timeout=0.2))
+        return self.until_stopped(lambda: self.free[pool].get(timeout=0.2), abandoned)
+
+    def new_pool(self) -> int:
+        """Another pool of chunks, for a lane that decodes on two threads."""
+        self.free.append(queue.SimpleQueue())
+        self.made.append(0)
+        return len(self.free) - 1
 
     def _lane(self, lane: int) -> None:
         k, frame = lane, None
@@ -341,6 +351,10 @@ class FrameDecoders:
                 if frame.kind == "raw":
                     self._read_plain(frame, lane)
                     continue
+                if frame.kind == "gzip" and self.relays:
+                    from .relay import GzipRelay  # (it builds on this module's events and pools)
+                    GzipRelay(self, frame, lane).run()
+                    continue
                 if frame.kind in UNITS:
                     self._decode_frame(_native.StreamDecoder(frame.kind, self.max_window, list(frame.params)),
                                        frame, lane)
@@ -352,7 +366,7 @@ class FrameDecoders:
                 self._decode_frame(decoder, frame, lane, index)
         except BaseException as exc:  # a lane that dies silently leaves the walker waiting forever
             if frame is not None:
-                self._put(lane, Event(frame, None, 0, frame.offset, failure=Failure.of(exc)))
+                self.put(lane, Event(frame, None, 0, frame.offset, failure=Failure.of(exc)))
 
     def _read_plain(self, frame: Frame, lane: int) -> None:
         """A piece of a plain tar: read in chunk-sized pieces, handed on as they are."""
@@ -362,13 +376,13 @@ class FrameDecoders:
             while pos < frame.end and not self.stop.is_set():
                 data = self.reader.pread(pos, min(self.chunk, frame.end - pos))
                 if not data:
-                    raise _short_read()
+                    raise short_read()
                 pos += len(data)
-                if not self._put(lane, Event(frame, data, len(data), pos)):
+                if not self.put(lane, Event(frame, data, len(data), pos)):
                     return
         except OSError as exc:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
-        self._put(lane, Event(frame, None, 0, pos, io_error=io_error))
+        self.put(lane, Event(frame, None, 0, pos, io_error=io_error))
 
     def _decode_frame(self, decoder: Decoder, frame: Frame, lane: int, index: int | None = None) -> None:
         """``index``: the frame's in the feed, which may hand it on open (its end not yet walked)."""
@@ -399,13 +413,13 @@ class FrameDecoders:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
         message, code = failed or (None, None)
         if code in LOCATORS and where is not None and not self.stop.is_set():
-            where.deflate = self._locate(code, where)
+            where.deflate = self.locate(code, where)
         if open_index is not None:
             frame = self.feed.decoded(open_index)  # its end, as the walk found it
-        self._put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
-                              trailing=decoder.trailing, unchecked=decoder.unchecked))
+        self.put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
+                             trailing=decoder.trailing, unchecked=decoder.unchecked))
 
-    def _locate(self, code: str, where: Block) -> DeflateBlock | None:
+    def locate(self, code: str, where: Block) -> DeflateBlock | None:
         """Where in its member a failure lies, if reading the member again says; a read that
         fails or a run that stops leaves the failure at its member."""
         try:
@@ -418,13 +432,13 @@ class FrameDecoders:
         """Feed the frame's bytes to the decoder; each full chunk goes to the walker. Returns
         how far the input was read, and the error (message, code) and block where decoding failed.
         An open frame is read as far as the walk has got (``open_index``: its index in the feed)."""
-        pos, chunk, stalls = frame.offset, self._chunk(lane), 0
+        pos, chunk, stalls = frame.offset, self.chunk_of(lane), 0
         while chunk is not None:
             end = frame.end if open_index is None else self.feed.bound(open_index, pos)
             want = min(READ_SIZE, end - pos)
             data = self.reader.pread(pos, want) if want > 0 else b""
             if len(data) < want:
-                raise _short_read()  # the walk saw these bytes: the file shrank since
+                raise short_read()  # the walk saw these bytes: the file shrank since
             if trail is not None:
                 trail.feed(pos, data)
             start = 0
@@ -436,9 +450,9 @@ class FrameDecoders:
                 behind = frame.offset + (failed[3] if failed is not None and failed[3] is not None
                                          else decoder.consumed)
                 if len(chunk) and (failed is not None or finished or len(chunk) == chunk.capacity):
-                    if not self._put(lane, Event(frame, chunk, len(chunk), behind)):
+                    if not self.put(lane, Event(frame, chunk, len(chunk), behind)):
                         return pos + start, None, None
-                    chunk = self._chunk(lane)
+                    chunk = self.chunk_of(lane)
                     if chunk is None:
                         return pos + start, None, None
                 if failed is not None:
@@ -454,7 +468,7 @@ class FrameDecoders:
                     raise DecoderFailed(f"the decoder stopped taking input at archive offset {pos + start}")
             if not data:  # the frame's bytes ran out before its end (a zstd frame cut short)
                 if len(chunk):
-                    self._put(lane, Event(frame, chunk, len(chunk), pos))
+                    self.put(lane, Event(frame, chunk, len(chunk), pos))
                 else:
                     self.release(Event(frame, chunk, 0, pos, lane=lane))
                 failed = decoder.finish()  # a gzip (xz, ...) file ends here: whole, or inside a member

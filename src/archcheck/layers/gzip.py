@@ -6,7 +6,7 @@ its own (kind "gzip-members") and a resumed check goes on at a run.
 The walk trusts nothing else: a member without the subfield, or lengths that do not walk to
 the file's end exactly (damage, a cut, bytes appended), and the file decodes member after
 member as `gzip -d` reads it, the decoder naming the damage. Any other gzip file has no
-lengths to walk and is decoded that way too.
+lengths to walk and is decoded that way too (its members on two threads: relay.py).
 """
 from __future__ import annotations
 

@@ -207,7 +207,7 @@ impl BlockWalk {
                     self.phase = Phase::Header;
                     return Err(Halt::Short);
                 }
-                Err(why) => return Err(Halt::Bad(why)),
+                Err((why, _)) => return Err(Halt::Bad(why)),
             },
             Phase::BlockStart if self.final_block => self.stop = Some(Stop::Ended),
             Phase::BlockStart => self.block_header()?,

@@ -1,7 +1,9 @@
 //! gzip (RFC 1952; formats.md 7): a member is a header, raw deflate and a trailer (CRC-32 and
 //! length of the member's output). Every integrity field is checked: header flags and its
 //! CRC-16 when present, the deflate stream, CRC-32 and ISIZE. Members cannot be found without
-//! decoding (gzip stores no compressed length), so a file decodes serially.
+//! decoding (gzip stores no compressed length): a decoder goes through a file in order, and a
+//! second one started at a header found ahead is used only where a member ends at its start
+//! (`at_member_end`; the relay in Python).
 
 use flate2::{Decompress, FlushDecompress, Status};
 
@@ -56,7 +58,8 @@ impl Gzip {
             Ok(Some(length)) if self.gathered.len() >= length => length,
             Ok(_) if self.gathered.len() < MAX_HEADER => return Ok(offered),
             Ok(_) => return Err(Fault::new("GZIP_BAD_HEADER", "a header longer than any gzip writes", offered)),
-            Err(problem) => return Err(Fault::new("GZIP_BAD_HEADER", problem, offered)),
+            // up to the byte that shows the problem: the range does not depend on how the file was read
+            Err((problem, seen)) => return Err(Fault::new("GZIP_BAD_HEADER", problem, seen.saturating_sub(before).min(offered))),
         };
         let taken = length - before;
         self.gathered.truncate(length);
@@ -143,16 +146,16 @@ impl Member for Gzip {
 }
 
 /// The header's whole length once enough of it is known (None: more bytes needed to tell), or
-/// what is wrong with it.
-pub(crate) fn header_length(h: &[u8]) -> Result<Option<usize>, String> {
+/// what is wrong with it and how many of its bytes show it.
+pub(crate) fn header_length(h: &[u8]) -> Result<Option<usize>, (String, usize)> {
     if h.len() >= 2 && h[..2] != ID {
-        return Err(format!("no gzip magic (found {:02x} {:02x})", h[0], h[1]));
+        return Err((format!("no gzip magic (found {:02x} {:02x})", h[0], h[1]), 2));
     }
     if h.len() >= 3 && h[2] != DEFLATE {
-        return Err(format!("compression method {} is not deflate (8)", h[2]));
+        return Err((format!("compression method {} is not deflate (8)", h[2]), 3));
     }
     if h.len() >= 4 && h[3] & RESERVED != 0 {
-        return Err(format!("reserved flag bits are set ({:02x})", h[3]));
+        return Err((format!("reserved flag bits are set ({:02x})", h[3]), 4));
     }
     if h.len() < 10 {
         return Ok(None);
@@ -172,7 +175,7 @@ pub(crate) fn header_length(h: &[u8]) -> Result<Option<usize>, String> {
             }
             match h.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0)) {
                 Some(nul) => at += nul + 1,
-                None if h.len() - at > 1 << 16 => return Err("a name or comment longer than 64 KiB".into()),
+                None if h.len() - at > 1 << 16 => return Err(("a name or comment longer than 64 KiB".into(), h.len())),
                 None => return Ok(None),
             }
         }
@@ -211,6 +214,22 @@ mod tests {
             assert_eq!((out.len(), err), (data.len(), None), "piece {piece}");
             assert!(out == data, "piece {piece}");
         }
+    }
+
+    #[test]
+    fn at_member_end_only_right_after_a_trailer() {
+        let first = gz(&b"first member\n".repeat(500));
+        let mut file = first.clone();
+        file.extend(gz(b"second"));
+        let mut d = super::super::decoder("gzip", 1 << 30, &[]).unwrap();
+        let mut out = Vec::with_capacity(1 << 20);
+        assert!(!d.at_member_end());
+        assert_eq!(d.decode(&file[..first.len() - 1], &mut out), Ok(first.len() - 1));
+        assert!(!d.at_member_end()); // the trailer's last byte is still to come
+        assert_eq!(d.decode(&file[first.len() - 1..first.len()], &mut out), Ok(1));
+        assert!(d.at_member_end());
+        assert_eq!(d.decode(&file[first.len()..first.len() + 1], &mut out), Ok(1));
+        assert!(!d.at_member_end()); // the next member's magic has begun
     }
 
     #[test]
@@ -267,7 +286,10 @@ mod tests {
         assert_eq!(err.unwrap().code, "GZIP_TRUNCATED");
         let mut bad = file.clone();
         bad[3] |= 0x80;
-        assert_eq!(run(&bad, 5).1.unwrap().code, "GZIP_BAD_HEADER");
+        for piece in [2, 5, 4096] { // the range ends at the flags byte however the file is read
+            let err = run(&bad, piece).1.unwrap();
+            assert_eq!((err.code, err.start, err.end), ("GZIP_BAD_HEADER", 0, 4), "piece {piece}");
+        }
         let mut tail = file.clone();
         tail.extend([0, 0, 0, 7]);
         assert_eq!(testing::trailing("gzip", &tail), Some((file.len() as u64, 4, 1)));

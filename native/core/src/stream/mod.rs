@@ -78,6 +78,11 @@ pub trait StreamDecoder: Send + Sync {
     /// The file ends here: fine after a whole member, a truncation inside one.
     fn finish(&mut self) -> Result<(), StreamError>;
     fn counts(&self) -> Counts;
+    /// A member ended at the last byte taken, and nothing after it has been taken: the next
+    /// byte would start another member, as a new decoder's first byte would.
+    fn at_member_end(&self) -> bool {
+        false
+    }
     /// Bytes after the last member that are no member: (where they start, how many, how many
     /// of them are not zero). The tools ignore them or warn; a restore loses nothing. A decoder
     /// of one block has none.
@@ -304,6 +309,10 @@ impl<M: Member> StreamDecoder for Concatenated<M> {
 
     fn counts(&self) -> Counts {
         Counts { consumed: self.consumed, produced: self.produced, members: self.whole, finished: self.finished }
+    }
+
+    fn at_member_end(&self) -> bool {
+        self.state == State::Between && self.magic.is_empty() && self.after == self.consumed && self.whole > 0
     }
 
     fn trailing(&self) -> Option<(u64, u64, u64)> {
