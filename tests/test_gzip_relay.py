@@ -289,3 +289,23 @@ def test_a_scout_starts_a_read_past_the_front_and_reads_little_unconfirmed(dense
         scout.dropped = False
     scout.confirmed = True
     assert relay._next_read(scout, scout.start + 100, past_members=True) == relay_module.READ_SIZE
+
+
+def test_a_stop_ends_both_threads_at_their_next_piece(tmp_path):
+    """A stop (a deadline, Ctrl-C) ends a relayed decode at the next piece: no relay thread
+    decodes on in the background."""
+    from archcheck.layers.stream import StreamCheck, StreamStopped
+
+    size = 48 * MiB
+    path = tmp_path / "many.gz"
+    with open(path, "wb") as out:
+        subprocess.run(["split", "-b", "4M", "--filter", "gzip -1", "-"], input=random.Random(9).randbytes(size),
+                       stdout=out, check=True)
+    reader = LocalReader(str(path))
+    stop = threading.Event()
+    check = StreamCheck(reader, "x", codec="gzip", check_tar=False, threads=2, stop=stop,
+                        on_progress=lambda offset: offset >= 4 * MiB and stop.set())
+    with pytest.raises(StreamStopped):
+        check.run()
+    assert 4 * MiB <= check.uoff < size // 2
+    assert not [t for t in threading.enumerate() if t.name.startswith(("archcheck-lane", "archcheck-relay"))]
