@@ -309,3 +309,22 @@ def test_a_stop_ends_both_threads_at_their_next_piece(tmp_path):
         check.run()
     assert 4 * MiB <= check.uoff < size // 2
     assert not [t for t in threading.enumerate() if t.name.startswith(("archcheck-lane", "archcheck-relay"))]
+
+
+def test_a_read_that_fails_ahead_is_said_by_the_front_and_no_thread_dies_loudly(many_members, monkeypatch):
+    """The scout reads ahead: a read there that fails (the object changed under the run) ends
+    its scouting quietly, and the front, reading the same bytes, hands the failure on."""
+    from archcheck.errors import SourceChanged
+
+    path, starts = many_members
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+
+    class ChangedAfter(LocalReader):
+        def pread(self, offset, length):
+            if offset + length > starts[6]:
+                raise SourceChanged("replaced")
+            return super().pread(offset, length)
+
+    _, end, _, _ = _decode(ChangedAfter(str(path)))
+    assert end.failure is not None and end.failure.changed and not died

@@ -135,8 +135,8 @@ class GzipRelay:
         while True:
             try:
                 segment = segment or self._scout(pool)
-            except OSError:  # a read ahead failed: the front reads those bytes itself, and says so
-                return
+            except Exception:  # a read ahead failed (an I/O error, the object changed): the front
+                return  # reads those bytes itself and says what is wrong; no thread dies loudly
             if segment is None:
                 return
             try:
