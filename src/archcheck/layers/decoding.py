@@ -13,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from .. import _native
 from ..errors import SourceChanged
@@ -432,49 +432,113 @@ class FrameDecoders:
         """Feed the frame's bytes to the decoder; each full chunk goes to the walker. Returns
         how far the input was read, and the error (message, code) and block where decoding failed.
         An open frame is read as far as the walk has got (``open_index``: its index in the feed)."""
-        pos, chunk, stalls = frame.offset, self.chunk_of(lane), 0
-        while chunk is not None:
-            end = frame.end if open_index is None else self.feed.bound(open_index, pos)
-            want = min(READ_SIZE, end - pos)
-            data = self.reader.pread(pos, want) if want > 0 else b""
-            if len(data) < want:
-                raise short_read()  # the walk saw these bytes: the file shrank since
-            if trail is not None:
-                trail.feed(pos, data)
-            start = 0
-            while True:
-                before = len(chunk)
-                taken, finished, failed = decoder.decode(data, start, chunk)
-                start += taken
-                # the input behind this output: up to the failed block, or what the decoder took
-                behind = frame.offset + (failed[3] if failed is not None and failed[3] is not None
-                                         else decoder.consumed)
-                if len(chunk) and (failed is not None or finished or len(chunk) == chunk.capacity):
-                    if not self.put(lane, Event(frame, chunk, len(chunk), behind)):
-                        return pos + start, None, None
-                    chunk = self.chunk_of(lane)
-                    if chunk is None:
-                        return pos + start, None, None
-                if failed is not None:
-                    self.release(Event(frame, chunk, 0, pos, lane=lane))
-                    return pos + start, *_failure(frame, failed)
-                if finished:
-                    self.release(Event(frame, chunk, 0, pos, lane=lane))
-                    return pos + start, None, None
-                if start == len(data) and len(chunk) < chunk.capacity:
-                    break  # wants more input, or there is none left
-                stalls = stalls + 1 if not taken and len(chunk) == before else 0
-                if stalls > STALL_LIMIT:
-                    raise DecoderFailed(f"the decoder stopped taking input at archive offset {pos + start}")
-            if not data:  # the frame's bytes ran out before its end (a zstd frame cut short)
-                if len(chunk):
-                    self.put(lane, Event(frame, chunk, len(chunk), pos))
-                else:
-                    self.release(Event(frame, chunk, 0, pos, lane=lane))
-                failed = decoder.finish()  # a gzip (xz, ...) file ends here: whole, or inside a member
-                return (pos, *_failure(frame, failed)) if failed is not None else (pos, None, None)
-            pos += len(data)
-        return pos, None, None
+        done = decode_chunks(decoder, frame.offset, _LanePort(self, frame, lane, trail, open_index))
+        return (done.pos, *_failure(frame, done.failed)) if done.failed is not None else (done.pos, None, None)
+
+
+class DecodePort(Protocol):
+    """Where one decoding thread's input comes from and where its output goes (decode_chunks)."""
+
+    def chunk(self) -> Chunk | None:
+        """An empty chunk to decode into; None once the decoding should stop."""
+
+    def next_read(self, pos: int) -> int | None:
+        """How many bytes to read at ``pos`` (0: the input ends there); None to stop."""
+
+    def read(self, pos: int, size: int) -> bytes: ...
+
+    def emit(self, chunk: Chunk, behind: int) -> bool:
+        """Hand on a chunk of output, decoded from the input before ``behind``; False to stop."""
+
+    def release(self, chunk: Chunk) -> None:
+        """A chunk not handed on goes back."""
+
+    def read_to(self, pos: int, chunk: Chunk) -> bool:
+        """The input is read up to ``pos``: True when the port takes ``chunk`` and the decoding
+        ends here (a gzip relay's handoff)."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """How a decode_chunks ended: at ``pos`` in the input, at its end or the decoder's
+    (``ended``, ``failed`` the decoder's failure then, if any), or stopped by its port."""
+
+    pos: int
+    ended: bool = False
+    failed: tuple | None = None  # (message, code, unit index, unit start, unit end), offsets from the base
+
+
+def decode_chunks(decoder: Decoder, base: int, port: DecodePort) -> Decoded:
+    """Read the input from ``base`` on, decode it into chunks and hand each full one on, until
+    the decoder fails or finishes, the input ends or the port stops it."""
+    pos, chunk, stalls = base, port.chunk(), 0
+    while chunk is not None:
+        want = port.next_read(pos)
+        if want is None:
+            break
+        data = port.read(pos, want)
+        if len(data) < want:
+            raise short_read()  # the walk saw these bytes: the file shrank since
+        start = 0
+        while True:
+            before = len(chunk)
+            taken, finished, failed = decoder.decode(data, start, chunk)
+            start += taken
+            # the input behind this output: up to the failed block, or what the decoder took
+            behind = base + (failed[3] if failed is not None and failed[3] is not None else decoder.consumed)
+            if len(chunk) and (failed is not None or finished or len(chunk) == chunk.capacity):
+                if not port.emit(chunk, behind) or (chunk := port.chunk()) is None:
+                    return Decoded(pos + start)
+            if failed is not None or finished:
+                port.release(chunk)
+                return Decoded(pos + start, True, failed)
+            if start == len(data) and len(chunk) < chunk.capacity:
+                break  # wants more input, or there is none left
+            stalls = stalls + 1 if not taken and len(chunk) == before else 0
+            if stalls > STALL_LIMIT:
+                raise DecoderFailed(f"the decoder stopped taking input at archive offset {pos + start}")
+        if not data:  # the input ended: a gzip (xz, ...) file whole or inside a member, a zstd frame cut short
+            if len(chunk):
+                port.emit(chunk, pos)
+            else:
+                port.release(chunk)
+            return Decoded(pos, True, decoder.finish())
+        pos += len(data)
+        if port.read_to(pos, chunk):
+            return Decoded(pos)
+    if chunk is not None:
+        port.release(chunk)
+    return Decoded(pos)
+
+
+class _LanePort:
+    """A lane's frame: read to its end (an open frame as far as the walk has got), its chunks
+    handed to the lane's queue."""
+
+    def __init__(self, decoders: FrameDecoders, frame: Frame, lane: int, trail: Any, open_index: int | None):
+        self.decoders, self.frame, self.lane, self.trail, self.open_index = decoders, frame, lane, trail, open_index
+
+    def chunk(self) -> Chunk | None:
+        return self.decoders.chunk_of(self.lane)
+
+    def next_read(self, pos: int) -> int:
+        end = self.frame.end if self.open_index is None else self.decoders.feed.bound(self.open_index, pos)
+        return min(READ_SIZE, end - pos)
+
+    def read(self, pos: int, size: int) -> bytes:
+        data = self.decoders.reader.pread(pos, size) if size > 0 else b""
+        if self.trail is not None:
+            self.trail.feed(pos, data)
+        return data
+
+    def emit(self, chunk: Chunk, behind: int) -> bool:
+        return self.decoders.put(self.lane, Event(self.frame, chunk, len(chunk), behind))
+
+    def release(self, chunk: Chunk) -> None:
+        self.decoders.release(Event(self.frame, chunk, 0, 0, lane=self.lane))
+
+    def read_to(self, pos: int, chunk: Chunk) -> bool:
+        return False
 
 
 def _failure(frame: Frame, failed: tuple) -> tuple[tuple[str, str], Block | None]:

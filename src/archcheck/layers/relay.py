@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _native
-from .decoding import LOCATORS, READ_SIZE, STALL_LIMIT, Block, DecoderFailed, Event, Failure, FrameDecoders, short_read
+from .decoding import LOCATORS, READ_SIZE, Block, Event, Failure, FrameDecoders, decode_chunks
 from .zstd import Frame
 
 MAGIC = b"\x1f\x8b\x08"  # ID1, ID2, CM = deflate
@@ -183,45 +183,11 @@ class GzipRelay:
                     return self.scout
 
     def _decode(self, segment: _Segment) -> None:
-        decoders = self.decoders
-        decoder = _native.StreamDecoder(self.frame.kind, decoders.max_window)
+        decoder = _native.StreamDecoder(self.frame.kind, self.decoders.max_window)
         self.reader.reading_from(segment.start)
-        pos, stalls = segment.start, 0
-        chunk = self._chunk(segment)
-        while chunk is not None:
-            want = self._next_read(segment, pos, past_members=decoder.trailing is not None)
-            if want is None:
-                break
-            data = self.reader.pread(pos, want) if want > 0 else b""
-            if len(data) < want:
-                raise short_read()
-            start = 0
-            while True:
-                before = len(chunk)
-                taken, _, failed = decoder.decode(data, start, chunk)
-                start += taken
-                behind = segment.start + (failed[3] if failed is not None and failed[3] is not None else decoder.consumed)
-                if len(chunk) and (failed is not None or len(chunk) == chunk.capacity):
-                    self._emit(segment, chunk, behind)
-                    chunk = self._chunk(segment)
-                    if chunk is None:
-                        return
-                if failed is not None:
-                    return self._end(segment, chunk, pos + start, failed, decoder)
-                if start == len(data) and len(chunk) < chunk.capacity:
-                    break  # wants more input, or there is none left
-                stalls = stalls + 1 if not taken and len(chunk) == before else 0
-                if stalls > STALL_LIMIT:
-                    raise DecoderFailed(f"the decoder stopped taking input at archive offset {pos + start}")
-            if not data:  # the file's end
-                if len(chunk):
-                    self._emit(segment, chunk, pos)
-                    chunk = None
-                return self._end(segment, chunk, pos, decoder.finish(), decoder)
-            pos += len(data)
-            if pos == segment.target and self._handed_on(segment, chunk, decoder):
-                return
-        self._release(segment, chunk)
+        done = decode_chunks(decoder, segment.start, _SegmentPort(self, segment, decoder))
+        if done.ended:
+            self._end(segment, done.pos, done.failed, decoder)
 
     def _next_read(self, segment: _Segment, pos: int, past_members: bool) -> int | None:
         """How much to read at ``pos``: up to the scout's start, if there is one. A scout
@@ -269,10 +235,9 @@ class GzipRelay:
         segment.events.put(_Handoff(scout))
         return True
 
-    def _end(self, segment: _Segment, chunk: Any, pos: int, failed: tuple | None, decoder: Any) -> None:
+    def _end(self, segment: _Segment, pos: int, failed: tuple | None, decoder: Any) -> None:
         """The segment stopped: at the file's end, or at damage (``failed``, its member counted
         from the segment's first)."""
-        self._release(segment, chunk)
         trailing = decoder.trailing
         if trailing is not None:
             trailing = (segment.start + trailing[0], trailing[1], trailing[2])
@@ -339,3 +304,30 @@ class GzipRelay:
                 return
             if isinstance(item, Event):
                 self.decoders.release(item)
+
+
+class _SegmentPort:
+    """A segment's decoding: read as far as _next_read lets it, its chunks put on its own
+    events, and handed on at the scout's start when a member ends there."""
+
+    def __init__(self, relay: GzipRelay, segment: _Segment, decoder: Any):
+        self.relay, self.segment, self.decoder = relay, segment, decoder
+
+    def chunk(self) -> Any:
+        return self.relay._chunk(self.segment)
+
+    def next_read(self, pos: int) -> int | None:
+        return self.relay._next_read(self.segment, pos, past_members=self.decoder.trailing is not None)
+
+    def read(self, pos: int, size: int) -> bytes:
+        return self.relay.reader.pread(pos, size) if size > 0 else b""
+
+    def emit(self, chunk: Any, behind: int) -> bool:
+        self.relay._emit(self.segment, chunk, behind)
+        return True
+
+    def release(self, chunk: Any) -> None:
+        self.relay._release(self.segment, chunk)
+
+    def read_to(self, pos: int, chunk: Any) -> bool:
+        return pos == self.segment.target and self.relay._handed_on(self.segment, chunk, self.decoder)
