@@ -147,8 +147,11 @@ def test_bad_log_options_are_one_line_and_exit_2(made, tmp_path, args, says):
 def test_a_resumed_drill_logs_under_the_same_drill_and_judges_its_gate(made, tmp_path):
     state = tmp_path / "state"
     sha256 = hashlib.sha256(made["clean"].read_bytes()).hexdigest()
-    first = cli("verify", made["clean"], "--segment-size", "8M", "--deadline", "0.1s", "--log-format", "json",
-                "--state-dir", state, "--expect", f"sha256:{sha256}", env={"ARCHCHECK_FAILPOINT": "slow-read"})
+    # reads of 0.2 s: the run has begun when the deadline comes, however busy the machine, and
+    # goes on past it (a deadline that passes before the archive starts halts no run)
+    first = cli("verify", made["clean"], "--segment-size", "8M", "--deadline", "1s", "--log-format", "json",
+                "--state-dir", state, "--expect", f"sha256:{sha256}",
+                env={"ARCHCHECK_FAILPOINT": "slow-read", "ARCHCHECK_SLOW_READ_SECONDS": "0.2"})
     assert first.returncode == 3, first.stderr
     events = lines(first.stderr)
     (finished,) = [e for e in events if e["event"] == "drill.finished"]

@@ -205,3 +205,27 @@ def test_a_late_autosave_never_overwrites_a_later_save(fx, tmp_path):
     run.save()  # the run ends
     run._write(*early)  # the autosave's thread finishes last
     assert load(path).status == "complete"
+
+
+def test_a_deadline_passed_before_the_layers_start_leaves_no_coroutine_unawaited(fx, tmp_path):
+    """A deadline that ends the run before its layers begin (a slow start, a late resume)
+    stops it as "stopped", and prints no "coroutine was never awaited" warning on stderr,
+    where it broke the JSON event log."""
+    import asyncio
+    import gc
+    import time
+    import warnings
+    from archcheck.manifest import Manifest, SegmentRecord
+    from archcheck.pipeline import Run, RunLimits, RunOptions
+    from archcheck.segments import plan_segments
+    from archcheck.sources import open_source
+    source = open_source(fx / "gnu.tar")
+    identity = asyncio.run(source.identity())
+    manifest = Manifest("d/0001", identity, "tar", {}, [SegmentRecord.planned(s) for s in plan_segments(source.size, 8 << 20)])
+    options = RunOptions(("raw", "tar"), 8 << 20, 64 << 20, 1, 1 << 31, "xxh3-128")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(Run(source, manifest, tmp_path / "manifest.json", options, limits=RunLimits(time.monotonic() - 1)).run())
+        gc.collect()
+    assert manifest.status == "stopped"
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []

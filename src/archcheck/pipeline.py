@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from . import events
 from .events import Event
@@ -155,14 +155,15 @@ class Run:
         self.save()  # the run directory exists and is writable before any work starts
         self.loop = asyncio.get_running_loop()
         self.pool = open_pool(self.options.executor, self.options.workers)
-        layers = []
+        # made into coroutines only when they run: one a deadline ended first must not be left unawaited
+        layers: list[Callable[[], Awaitable[None]]] = []
         if self.shares_leaves:
-            layers.append(self._stream_then_raw())
+            layers.append(self._stream_then_raw)
         else:
             if self.options.stream:  # the longest task goes first, so it starts at once
-                layers.append(self._stream_layer())
+                layers.append(self._stream_layer)
             if "raw" in self.options.layers:
-                layers.append(self._raw_layer())
+                layers.append(self._raw_layer)
         helpers = [asyncio.create_task(self._autosave()), asyncio.create_task(self._watch_source())]
         try:
             await self._within_deadline(self._recheck_then(layers))
@@ -201,9 +202,9 @@ class Run:
                 self.pool.shutdown(wait=True, cancel_futures=True)
             self.save()
 
-    async def _recheck_then(self, layers: list) -> None:
+    async def _recheck_then(self, layers: list[Callable[[], Awaitable[None]]]) -> None:
         await self._recheck_verified()
-        await asyncio.gather(*layers)
+        await asyncio.gather(*(layer() for layer in layers))
 
     async def _stream_then_raw(self) -> None:
         """An object's stream pass hashes the raw leaves of the blocks it transfers (recorded
