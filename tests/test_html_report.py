@@ -157,10 +157,11 @@ def test_markdown_and_json_say_the_same(drill):
 
 
 def test_many_frames_make_a_bucketed_strip(tmp_path):
-    """100,000 zstd frames draw as at most MAX_CELLS rectangles, the broken frames still red."""
+    """20,000 zstd frames (20 times MAX_CELLS) draw as at most MAX_CELLS rectangles, the broken
+    frames still red."""
     frame = subprocess.run(["zstd", "-q", "-c"], input=b"archcheck " * 8, capture_output=True, check=True).stdout
-    data = bytearray(frame * 100_000)
-    for k in (10, 50_000, 99_990):
+    data = bytearray(frame * 20_000)
+    for k in (10, 10_000, 19_990):
         data[(k + 1) * len(frame) - 1] ^= 0xFF  # the frame's content checksum
     archive = tmp_path / "many.zst"
     archive.write_bytes(bytes(data))

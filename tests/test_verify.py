@@ -94,7 +94,7 @@ def test_format_comes_from_magic_not_name(fx, state, tmp_path):
     gzipped.write_bytes((fx / "ustar.tar.gz").read_bytes())
     assert verify(gzipped, state=state).manifest.format == "tar+gzip"
     xz = tmp_path / "backup.tar"  # an xz file named as tar is verified as xz
-    xz.write_bytes(subprocess.run(["xz", "-c"], input=(fx / "ustar.tar").read_bytes(), capture_output=True,
+    xz.write_bytes(subprocess.run(["xz", "-0", "-c"], input=(fx / "ustar.tar").read_bytes(), capture_output=True,
                                   check=True).stdout)
     assert verify(xz, state=state).manifest.format == "tar+xz"
     zipped = tmp_path / "backup.tar.xz"
