@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from archcheck.api import resume, verify
-from conftest import cli, corruption, member_holding, members_of, only
+from conftest import cli, corruption, member_holding, member_offsets, members_of, only
 
 CHUNK, SEALED = 64 * 1024, 64 * 1024 + 16
 
@@ -81,6 +81,24 @@ def test_a_flipped_bit_in_a_plain_tar_is_named_at_its_chunk_and_member(mixed_tar
     assert (details["chunk"], details["plaintext_range"]) == (k, f"{k * CHUNK}-{(k + 1) * CHUNK}")
     assert finding.location.member == member_holding(mixed_tar, k * CHUNK)
     assert "age -d stops at this chunk" in details["restore_loses"]
+
+
+def test_a_failed_chunk_over_a_header_does_not_end_the_walk(mixed_tar, keys, tmp_path):
+    """A failed chunk reads as zeros; over a member's header they make an end marker. That is
+    the chunk's effect, and the walk goes on past it to damage further on."""
+    key, _, recipient = keys
+    headers = sorted(header for header, _ in member_offsets(mixed_tar).values())
+    k = next(h // CHUNK for h in headers if h >= CHUNK and h % CHUNK + 1024 <= CHUNK)
+    resumed = next(h for h in headers if h >= (k + 1) * CHUNK)  # the walk goes on at this header
+    later = next(h for h in headers if h > resumed)
+    plain = bytearray(mixed_tar.read_bytes())
+    plain[later + 10] ^= 0x01  # that header's checksum fails
+    clean = _encrypted(_write(tmp_path, "damaged.tar", bytes(plain)), "tar", recipient)
+    archive = _write(tmp_path, "bad.tar.age", _flip(clean, _payload_start(clean) + k * SEALED + 1000))
+    result = verify(archive, state=tmp_path / "s", identity=key)
+    assert (result.exit_code, corruption(result)) == (1, ["AGE_CHUNK_AUTH", "TAR_HEADER_CHECKSUM"])
+    assert any(e.startswith("TAR_MEMBERS_AFTER_END") for e in dict(only(result, "AGE_CHUNK_AUTH").details)["effects"])
+    assert dict(only(result, "TAR_HEADER_CHECKSUM").details)["plaintext_range"] == f"{later}-{later + 512}"
 
 
 def _member_cut_by_age_d(archive: Path, key: Path) -> str:

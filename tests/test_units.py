@@ -82,6 +82,7 @@ FROZEN_CODES = {
     "FINDINGS_LIMITED": ("info", "info", "run"),
     "ZSTD_SIZE_NOTE_MISMATCH": ("corruption", "error", "zstd"),
     "TAR_EMPTY": ("drift", "warning", "tar"),
+    "TAR_MEMBERS_AFTER_END": ("corruption", "error", "tar"),
 }
 
 
@@ -168,24 +169,38 @@ def test_twelve_digit_size_fields_are_read_whole():
     assert findings == []
 
 
-@pytest.mark.parametrize("size", [b"-1536", b"+5", b"5_0", b"", b"0x10"])
-def test_pax_size_that_is_not_a_size_is_malformed_not_a_hang(size):
-    def header(name: bytes, flag: bytes, length: int) -> bytes:
-        block = bytearray(512)
-        block[0:len(name)] = name
-        block[124:136] = b"%011o\x00" % length
-        block[156:157] = flag
-        block[257:265] = b"ustar\x0000"
-        block[148:156] = b" " * 8
-        block[148:156] = b"%06o\x00 " % sum(block)
-        return bytes(block)
+def _ustar_header(name: bytes, flag: bytes, length: int) -> bytes:
+    block = bytearray(512)
+    block[0:len(name)] = name
+    block[124:136] = b"%011o\x00" % length
+    block[156:157] = flag
+    block[257:265] = b"ustar\x0000"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\x00 " % sum(block)
+    return bytes(block)
 
+
+def _with_pax_size(size: bytes, content: bytes) -> bytes:
+    """A member holding ``content`` whose pax header says ``size``, then the end marker."""
     record = b" size=" + size + b"\n"
     record = str(len(record) + 2).encode() + record
-    data = header(b"p", b"x", len(record)) + record.ljust(512, b"\0")
-    data += header(b"f", b"0", 5) + b"hello".ljust(512, b"\0") + bytes(1024)
-    _, findings = _walk(data)
+    return (_ustar_header(b"p", b"x", len(record)) + record.ljust(512, b"\0")
+            + _ustar_header(b"f", b"0", len(content)) + content.ljust(512, b"\0") + bytes(1024))
+
+
+@pytest.mark.parametrize("size", [b"-1536", b"+5", b"5_0", b"", b"0x10"])
+def test_pax_size_that_is_not_a_size_is_malformed_not_a_hang(size):
+    _, findings = _walk(_with_pax_size(size, b"hello"))
     assert "TAR_PAX_MALFORMED" in [code for code, *_ in findings]
+
+
+@pytest.mark.parametrize("size", [b"9223372036854775808", b"18446744073709551622"])
+def test_a_pax_size_of_2_63_or_more_is_a_bad_number_not_wrapped(size):
+    """2^64 + 6 once wrapped to 6: the member read as whole and the archive as intact."""
+    data = _with_pax_size(size, b"hello\n")
+    assert int(data[512:514]) == len(b" size=" + size + b"\n") + 2  # a whole record
+    _, findings = _walk(data)
+    assert [(code, start, end) for code, start, end, *_ in findings][:1] == [("TAR_BAD_NUMBER", 1024, 1536)]
 
 
 def test_a_late_autosave_never_overwrites_a_later_save(fx, tmp_path):
@@ -229,3 +244,30 @@ def test_a_deadline_passed_before_the_layers_start_leaves_no_coroutine_unawaited
         gc.collect()
     assert manifest.status == "stopped"
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+def test_a_header_after_the_end_marker_is_found_in_any_pieces_and_across_a_checkpoint():
+    """The search past the end marker keeps the bytes where a header may begin, across feeds
+    and in the checkpoint."""
+    first = _ustar_header(b"a", b"0", 5) + b"hello".ljust(512, b"\0") + bytes(1024)
+    data = first + b"junk" * 300 + _ustar_header(b"b", b"0", 3) + b"bye".ljust(512, b"\0") + bytes(1024)
+    members, whole = _walk(data)
+    assert [m.name for m in members] == ["a", "b"]  # the walk goes on from the header
+    found = [row for row in whole if row[0] == "TAR_MEMBERS_AFTER_END"]
+    second = len(first) + 1200
+    assert [(code, start, end) for code, start, end, *_ in found] == [("TAR_MEMBERS_AFTER_END", 1024, second)]
+    for piece in (1, 100, 511, 512, 700):
+        for cut in (None, second + 300):  # a checkpoint taken with a header half read
+            walker = _native.TarWalker("xxh3-128")
+            at, findings = 0, []
+            while at < len(data):
+                if cut is not None and at >= cut:
+                    checkpoint = walker.checkpoint()
+                    findings += walker.take_findings()
+                    walker = _native.TarWalker("xxh3-128")
+                    walker.restore(checkpoint, "[]")
+                    cut, at = None, json.loads(checkpoint)["at"]
+                walker.feed(data[at:at + piece], at, 0)
+                at += piece
+            walker.finish(len(data), False)
+            assert findings + list(walker.take_findings()) == whole, (piece, cut)

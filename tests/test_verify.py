@@ -301,6 +301,52 @@ def test_bytes_after_the_tar_end_marker(fx, state, tmp_path):
     assert dict(finding.details)["length"] == 400 and finding.location.byte_range[0] == len(good)
 
 
+def test_two_tars_joined_with_cat_lose_the_second_to_a_restore(fx, state, tmp_path):
+    """`cat a.tar b.tar`: tar -x stops at a.tar's end marker, exits 0 and restores nothing of
+    b.tar. Corruption, from the marker to b.tar's first header; b.tar's members are walked."""
+    joined = tmp_path / "joined.tar"
+    first = (fx / "gnu.tar").read_bytes()
+    joined.write_bytes(first + (fx / "ustar.tar").read_bytes())
+    result = verify(joined, state=state)
+    assert result.verdict == "corrupt" and result.exit_code == 1
+    assert codes(result) == ["TAR_MEMBERS_AFTER_END"]
+    [finding] = result.findings
+    details = dict(finding.details)
+    import tarfile
+    with tarfile.open(fx / "gnu.tar") as t:
+        last = t.getmembers()[-1]
+    marker = last.offset_data + -(-last.size // 512) * 512  # after the last member's data
+    assert first[marker:].strip(b"\0") == b"" and len(first) > marker + 1024
+    second = (fx / "ustar.tar").read_bytes()[:100].rstrip(b"\0").decode()  # the name as its header has it
+    assert (details["marker"], details["offset"], details["name"]) == (marker, len(first), second)
+    assert finding.location.byte_range == (marker, len(first))
+    each = [verify(fx / name, state=state, layers=["tar", "members"]).members() for name in ("gnu.tar", "ustar.tar")]
+    assert [m["digest"] for m in result.members()] == [m["digest"] for part in each for m in part]
+    tar = subprocess.run(["tar", "-tf", joined], capture_output=True, text=True)
+    assert tar.returncode == 0 and tar.stdout.splitlines() == subprocess.run(
+        ["tar", "-tf", fx / "gnu.tar"], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_zeros_written_over_a_tar_are_not_its_end(fx, state, tmp_path):
+    """64 KiB of zeros from a member's header on read as an end marker; the walk goes on at
+    the next header after them, so damage further on is found too."""
+    good = (fx / "gnu.tar").read_bytes()
+    offsets = sorted(header for header, _ in member_offsets(fx / "gnu.tar").values())
+    hit = next(h for h in offsets if h > len(good) // 3)
+    after = next(h for h in offsets if h >= hit + 65536)
+    later = next(h for h in offsets if h > after)
+    damaged = bytearray(good[:hit] + bytes(65536) + good[hit + 65536:])
+    damaged[later + 10] ^= 0x01  # a header's name: its checksum fails
+    path = tmp_path / "zeroed.tar"
+    path.write_bytes(bytes(damaged))
+    result = verify(path, state=state)
+    assert result.verdict == "corrupt"
+    assert codes(result) == ["TAR_MEMBERS_AFTER_END", "TAR_HEADER_CHECKSUM"]
+    gap, checksum = [f for f in result.findings if f.category.value != "info"]
+    assert (dict(gap.details)["marker"], dict(gap.details)["offset"]) == (hit, after)
+    assert gap.location.byte_range == (hit, after) and checksum.location.byte_range[0] == later
+
+
 def test_raw_digest_matches_blake3_of_the_leaves(fx, state):
     import blake3
     data = (fx / "single.tar.zst").read_bytes()

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::header::{self, is_valid_header, is_zero, parse_pax, round_up, Pax, BLOCK, EXTENSION_LIMIT};
-use super::member::{Extra, Member};
+use super::member::{header_name, Extra, Member};
 use crate::digest::{DigestKind, MemberDigest};
 use crate::fields;
 use crate::finding::{Fields, Finding, Found, Value};
@@ -135,6 +135,8 @@ pub struct Checkpoint {
     end_offset: Option<u64>,
     trailing: u64,
     trailing_at: Option<u64>,
+    #[serde(default)] // absent: written before headers after the end marker were looked for
+    end_carry: String, // latin-1: a header cut by the checkpoint's piece
 }
 
 pub struct TarWalker {
@@ -159,6 +161,7 @@ pub struct TarWalker {
     end_offset: Option<u64>,
     trailing: u64,
     trailing_at: Option<u64>,
+    end_carry: Vec<u8>, // the last bytes after the end marker, where a header may begin
     resync_from: u64,
     search_from: u64,
     pub count: u64,
@@ -193,6 +196,7 @@ impl TarWalker {
             end_offset: None,
             trailing: 0,
             trailing_at: None,
+            end_carry: Vec::new(),
             resync_from: 0,
             search_from: 0,
             count: 0,
@@ -274,6 +278,15 @@ impl TarWalker {
                             i = n;
                             continue;
                         }
+                    }
+                    if nonzero > 0 || !self.end_carry.is_empty() {
+                        if let Some(next) = self.look_past_end(view, offset, i) {
+                            i = next;
+                            continue;
+                        }
+                    }
+                    if nonzero > 0 && self.trailing_at.is_none() {
+                        let lead = rest.iter().take_while(|&&b| b == 0).count();
                         self.trailing_at = Some(offset + (i + lead) as u64);
                     }
                     self.trailing += nonzero;
@@ -297,6 +310,7 @@ impl TarWalker {
             self.start_resync(offset, offset);
         }
         self.carry.clear();
+        self.end_carry.clear();
         self.pending = Pending::default();
         self.extension = None;
         member
@@ -419,6 +433,7 @@ impl TarWalker {
             end_offset: self.end_offset,
             trailing: self.trailing,
             trailing_at: self.trailing_at,
+            end_carry: latin1(&self.end_carry),
         })
     }
 
@@ -441,6 +456,7 @@ impl TarWalker {
         self.saw_header = cp.count > 0 || cp.end_offset.map_or(cp.at > 0, |end| end > 2 * BLOCK as u64);
         self.trailing = cp.trailing;
         self.trailing_at = cp.trailing_at;
+        self.end_carry = from_latin1(&cp.end_carry);
         self.recent.extend(recent);
         if let (Some(router), Some(state)) = (self.router.as_mut(), cp.scanners.as_ref()) {
             router.restore(state);
@@ -613,7 +629,14 @@ impl TarWalker {
                 return;
             }
             match parse_int(value, 10) {
-                Some(v) => size = v,
+                Some(v) if (0..1i128 << 63).contains(&v) => size = v,
+                Some(_) => {
+                    // as large as the header's size field may not be (GNU tar: "out of range")
+                    self.emit("TAR_BAD_NUMBER", at, at + BLOCK as u64,
+                              fields![("field", "size (pax)"), ("value", latin1(value))]);
+                    self.start_resync(at, at + 1);
+                    return;
+                }
                 None => {
                     // more digits than any archive holds
                     self.emit("TAR_PAX_MALFORMED", at, at + BLOCK as u64,
@@ -791,6 +814,42 @@ impl TarWalker {
                 details: f.details,
             });
         }
+    }
+
+    /// Bytes after the end marker, `view[i..]` at archive offset `offset + i`: a valid tar
+    /// header among them (`cat a.tar b.tar`, or zeros written over an archive) means members
+    /// that tar, stopping at the marker, does not restore. That is reported, and the walk goes
+    /// on from the header (as `tar -i` does). Returns where in `view` to go on; None if no
+    /// header was found (the bytes are trailing data, and where a header may begin is kept).
+    fn look_past_end(&mut self, view: &[u8], offset: u64, i: usize) -> Option<usize> {
+        let base = (offset + i as u64).saturating_sub(self.end_carry.len() as u64);
+        let mut data = std::mem::take(&mut self.end_carry);
+        data.extend_from_slice(&view[i..]);
+        let mut start = 0;
+        while let Some(k) = find(&data, b"ustar", start + 257) {
+            let h = k - 257;
+            if h + BLOCK > data.len() {
+                self.end_carry = data.split_off(h);
+                return None;
+            }
+            if is_valid_header(&data[h..h + BLOCK]) {
+                let found = base + h as u64;
+                let marker = self.end_offset.map_or(found, |after| after.saturating_sub(2 * BLOCK as u64));
+                let name = header_name(&data[h..h + BLOCK]);
+                self.emit("TAR_MEMBERS_AFTER_END", marker, found,
+                          fields![("marker", marker), ("name", name), ("offset", found)]);
+                self.state = State::Header;
+                self.need = BLOCK;
+                self.zero_blocks = 0;
+                (self.end_offset, self.trailing, self.trailing_at) = (None, 0, None);
+                self.header(&data[h..h + BLOCK], found);
+                return Some(((found + BLOCK as u64).saturating_sub(offset) as usize).max(i));
+            }
+            start = h + 1;
+        }
+        let keep = start.max(data.len().saturating_sub(BLOCK - 1));
+        self.end_carry = data.split_off(keep.min(data.len()));
+        None
     }
 
     /// Search for the next header with a valid checksum, at any byte offset.
