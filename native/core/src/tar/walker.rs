@@ -825,31 +825,21 @@ impl TarWalker {
         let base = (offset + i as u64).saturating_sub(self.end_carry.len() as u64);
         let mut data = std::mem::take(&mut self.end_carry);
         data.extend_from_slice(&view[i..]);
-        let mut start = 0;
-        while let Some(k) = find(&data, b"ustar", start + 257) {
-            let h = k - 257;
-            if h + BLOCK > data.len() {
-                self.end_carry = data.split_off(h);
+        let h = match next_header(&data, 0) {
+            Ok(h) => h,
+            Err(keep) => {
+                self.end_carry = data.split_off(keep);
                 return None;
             }
-            if is_valid_header(&data[h..h + BLOCK]) {
-                let found = base + h as u64;
-                let marker = self.end_offset.map_or(found, |after| after.saturating_sub(2 * BLOCK as u64));
-                let name = header_name(&data[h..h + BLOCK]);
-                self.emit("TAR_MEMBERS_AFTER_END", marker, found,
-                          fields![("marker", marker), ("name", name), ("offset", found)]);
-                self.state = State::Header;
-                self.need = BLOCK;
-                self.zero_blocks = 0;
-                (self.end_offset, self.trailing, self.trailing_at) = (None, 0, None);
-                self.header(&data[h..h + BLOCK], found);
-                return Some(((found + BLOCK as u64).saturating_sub(offset) as usize).max(i));
-            }
-            start = h + 1;
-        }
-        let keep = start.max(data.len().saturating_sub(BLOCK - 1));
-        self.end_carry = data.split_off(keep.min(data.len()));
-        None
+        };
+        let found = base + h as u64;
+        let marker = self.end_offset.map_or(found, |after| after.saturating_sub(2 * BLOCK as u64));
+        let name = header_name(&data[h..h + BLOCK]);
+        self.emit("TAR_MEMBERS_AFTER_END", marker, found,
+                  fields![("marker", marker), ("name", name), ("offset", found)]);
+        (self.end_offset, self.trailing, self.trailing_at) = (None, 0, None);
+        self.go_on_at(&data[h..h + BLOCK], found);
+        Some(((found + BLOCK as u64).saturating_sub(offset) as usize).max(i))
     }
 
     /// Search for the next header with a valid checksum, at any byte offset.
@@ -857,35 +847,46 @@ impl TarWalker {
         let base = offset + i as u64 - self.carry.len() as u64;
         let mut data = std::mem::take(&mut self.carry);
         data.extend_from_slice(&view[i..]);
-        let mut start = self.search_from.saturating_sub(base) as usize;
-        loop {
-            let k = find(&data, b"ustar", start + 257);
-            let Some(k) = k else {
-                let keep = start.max(data.len().saturating_sub(BLOCK - 1));
-                self.carry.extend_from_slice(&data[keep.min(data.len())..]);
-                return view.len();
-            };
-            let h = k - 257;
-            if h + BLOCK > data.len() {
-                self.carry.extend_from_slice(&data[h..]);
+        let h = match next_header(&data, self.search_from.saturating_sub(base) as usize) {
+            Ok(h) => h,
+            Err(keep) => {
+                self.carry = data.split_off(keep);
                 return view.len();
             }
-            if is_valid_header(&data[h..h + BLOCK]) {
-                let found = base + h as u64;
-                if found > self.resync_from {
-                    let from = self.resync_from;
-                    self.emit("TAR_RESYNC", from, found, fields![("length", found - from)]);
-                }
-                self.state = State::Header;
-                self.need = BLOCK;
-                self.zero_blocks = 0;
-                let block = data[h..h + BLOCK].to_vec();
-                self.header(&block, found);
-                return (found + BLOCK as u64 - offset) as usize;
-            }
-            start = h + 1;
+        };
+        let found = base + h as u64;
+        if found > self.resync_from {
+            let from = self.resync_from;
+            self.emit("TAR_RESYNC", from, found, fields![("length", found - from)]);
         }
+        self.go_on_at(&data[h..h + BLOCK], found);
+        (found + BLOCK as u64 - offset) as usize
     }
+
+    /// Walk on from a header found by searching, at archive offset `at`.
+    fn go_on_at(&mut self, block: &[u8], at: u64) {
+        self.state = State::Header;
+        self.need = BLOCK;
+        self.zero_blocks = 0;
+        self.header(block, at);
+    }
+}
+
+/// The first header with a valid checksum in `data` at or after `start`, found by its magic.
+/// `Err(keep)` when there is none yet: `data[keep..]` may hold the start of one, cut off by the
+/// end of `data`, and is kept to search on with the next bytes.
+fn next_header(data: &[u8], mut start: usize) -> Result<usize, usize> {
+    while let Some(k) = find(data, b"ustar", start + 257) {
+        let h = k - 257;
+        if h + BLOCK > data.len() {
+            return Err(h);
+        }
+        if is_valid_header(&data[h..h + BLOCK]) {
+            return Ok(h);
+        }
+        start = h + 1;
+    }
+    Err(start.max(data.len().saturating_sub(BLOCK - 1)).min(data.len()))
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
