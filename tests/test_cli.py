@@ -16,6 +16,8 @@ def test_intact_archive_exits_0_and_says_so(fx, state):
     assert run.returncode == 0, run.stderr
     assert "verdict   INTACT" in run.stdout and "62 members" in run.stdout
     assert "manifest  " + str(state) in run.stdout
+    sealed = f"sealed    {state}/reports/drill-1.json (ledger entry 1)"  # a path that opens from anywhere
+    assert sealed in run.stdout and (state / "reports" / "drill-1.json").is_file()
 
 
 def test_state_dir_from_environment(fx, tmp_path):

@@ -124,7 +124,8 @@ def render_drill(console: Console, result: Any, report_path: Path | None = None,
     if drill.status in ("stopped", "interrupted"):
         console.print(Text(f"resume    archcheck resume {drill.id}", style="bold"))
     if drill.sealed and not quiet:
-        console.print(Text(f"sealed    {drill.sealed['report']} (ledger entry {drill.sealed['seq']})"))
+        sealed = safe_text(str(drill.root / drill.sealed["report"]))  # the ledger keeps it relative to the state dir
+        console.print(Text(f"sealed    {sealed} (ledger entry {drill.sealed['seq']})"))
     if report_path and not quiet:
         console.print(Text(f"report    {safe_text(str(report_path))}"))
 
