@@ -890,17 +890,10 @@ fn next_header(data: &[u8], mut start: usize) -> Result<usize, usize> {
 }
 
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if from >= haystack.len() {
-        return None;
-    }
-    memfind(&haystack[from..], needle).map(|p| p + from)
+    let rest = haystack.get(from..)?;
+    memchr::memmem::find(rest, needle).map(|p| p + from)
 }
 
-fn memfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A pax time: seconds, with a sign and a fraction if any (POSIX pax "mtime"); empty unsets it.
 fn is_pax_time(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;

@@ -361,7 +361,7 @@ impl<'s> FrameWalk<'s> {
         let mut pos = start;
         while pos < size {
             let window = self.src.read_at(pos, (FIND_WINDOW + 3).min(size - pos) as usize);
-            if let Some(hit) = window.windows(4).position(|w| w == ZSTD_MAGIC_BYTES) {
+            if let Some(hit) = memchr::memmem::find(&window, ZSTD_MAGIC_BYTES) {
                 return pos + hit as u64;
             }
             pos += FIND_WINDOW;
