@@ -9,6 +9,7 @@ import pytest
 import xxhash
 
 from archcheck import UnsupportedArchive, verify
+from archcheck.layers.zstd import walk_frames
 from archcheck.manifest import frame_rows, load
 from conftest import codes, member_offsets
 
@@ -372,6 +373,61 @@ def test_frame_table_records_every_frame(fx, state):
     assert data_rows[0]["uncompressed_start"] == 0
     assert all(a["uncompressed_end"] == b["uncompressed_start"] for a, b in zip(data_rows, data_rows[1:]))
     assert data_rows[-1]["uncompressed_end"] == (fx / "gnu.tar").stat().st_size
+
+
+def _many_small_frames(tmp_path, count=2500):
+    """One frame per input file, as zstd writes them (`zstd -c a b ...`); and the files' sizes."""
+    files = []
+    for i in range(count):
+        piece = tmp_path / f"piece{i:04d}"
+        piece.write_bytes(b"piece %d " % i * (i % 7 + 1))
+        files.append(piece)
+    archive = tmp_path / "many.zst"
+    with open(archive, "wb") as out:
+        subprocess.run(["zstd", "-q", "-c", *files], stdout=out, check=True)
+    return archive, [f.stat().st_size for f in files]
+
+
+def test_many_small_frames_each_have_a_row_in_the_frame_table(state, tmp_path):
+    """More frames than a worker sends rows of at once: every row arrives, in order."""
+    archive, sizes = _many_small_frames(tmp_path)
+    result = verify(archive, state=state, layers=["zstd"])
+    assert (result.verdict, codes(result)) == ("intact", [])
+    table = result.manifest.stream.frame_table
+    rows = [dict(zip(table["fields"], row)) for row in frame_rows(result.manifest, result.manifest_path)]
+    assert [r["kind"] for r in rows] == ["zstd"] * len(sizes)
+    assert rows[0]["offset"] == 0 and rows[-1]["end"] == archive.stat().st_size
+    assert all(a["end"] == b["offset"] for a, b in zip(rows, rows[1:]))
+    assert [r["uncompressed_end"] - r["uncompressed_start"] for r in rows] == sizes
+
+
+def test_the_frame_walk_reads_small_frames_a_window_at_a_time(state, tmp_path):
+    """A frame's header and block headers are read from one window, not one call each; damage
+    inside a window is still found at its frame and bytes."""
+    archive, sizes = _many_small_frames(tmp_path)
+    reads = []
+
+    class Counting:
+        def __init__(self, data):
+            self.data, self.size = data, len(data)
+
+        def pread(self, offset, length):
+            reads.append(length)
+            return self.data[offset:offset + length]
+
+    frames = walk_frames(Counting(archive.read_bytes()), "x", 1 << 27, [])
+    assert len(frames) == len(sizes) and all(f.intact for f in frames)
+    assert len(reads) < len(sizes) // 20
+    frame = frames[1000]
+    block = frame.offset + frame.header_length
+    data = bytearray(archive.read_bytes())
+    data[block] |= 0x06  # block type 3: reserved
+    bad = tmp_path / "bad.zst"
+    bad.write_bytes(bytes(data))
+    result = verify(bad, state=state, layers=["zstd"])
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "ZSTD_RESERVED_BLOCK" and finding.location.byte_range == (block, block + 3)
+    assert finding.location.frame == 1000
 
 
 def test_seekable_table_checksums_are_checked(fx, state, damaged):

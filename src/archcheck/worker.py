@@ -97,6 +97,7 @@ class StreamTask:
 
 
 PROGRESS_EVERY = 0.1  # seconds between progress messages
+ROWS_PER_MESSAGE = 1024  # frame rows held before they are sent
 
 
 def check_stream(ref: SourceRef, task: StreamTask) -> None:
@@ -112,17 +113,29 @@ def check_stream(ref: SourceRef, task: StreamTask) -> None:
 
 
 class _Sender:
-    """Messages from the walker thread and a progress clock, one at a time."""
+    """Messages from the walker thread and a progress clock, one at a time. Frame rows are
+    sent in batches (a file of many small frames would make a message per frame), and what is
+    held is sent before any other message, so that a checkpoint or a result never overtakes
+    the rows before it."""
 
     def __init__(self, conn: Any):
         self.conn, self.lock, self.last_progress = conn, threading.Lock(), 0.0
+        self.rows: list[tuple] = []
 
     def send(self, *message: Any) -> None:
         with self.lock:
+            self._send_rows()
             self.conn.send(message)
+
+    def frame_rows(self, rows: list[tuple]) -> None:
+        with self.lock:
+            self.rows.extend(rows)
+            if len(self.rows) >= ROWS_PER_MESSAGE:
+                self._send_rows()
 
     def failure(self, exc: BaseException) -> None:
         with self.lock:
+            self._send_rows()
             self.conn.send(Failure.of(exc))
 
     def progress(self, offset: int) -> None:
@@ -130,6 +143,11 @@ class _Sender:
         if now - self.last_progress >= PROGRESS_EVERY:
             self.last_progress = now
             self.send("progress", offset)
+
+    def _send_rows(self) -> None:
+        if self.rows:
+            rows, self.rows = self.rows, []
+            self.conn.send(("frames", rows))
 
 
 def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
@@ -155,7 +173,7 @@ def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
         max_window=task.max_window, threads=task.threads, depth=task.depth, chunk=task.chunk,
         on_progress=out.progress,
         on_members=_members_to(out, plain if codec == "tar" else None),
-        on_frames=lambda rows: out.send("frames", rows), resume_from=task.checkpoint,
+        on_frames=out.frame_rows, resume_from=task.checkpoint,
         on_checkpoint=_checkpoints_to(out, plain), checkpoint_every=task.checkpoint_every,
         checkpoint_from=task.checkpoint_from, stop=stop, scan=task.scan)
     try:

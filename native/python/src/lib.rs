@@ -171,19 +171,27 @@ impl<'a> Input<'a> {
 
 // --- zstd ---------------------------------------------------------------------------------------
 
-/// A Python reader (pread(offset, length), size) as the walk's byte source.
+/// A Python reader (pread(offset, length), size) as the walk's byte source. A short read
+/// fetches `READ_AHEAD` bytes and later reads inside them are served from there: a frame's
+/// header and its first block header (or a checksum and the next frame's header) cost one call
+/// into Python, not two; each call hands the GIL over, which dominates on small frames.
 struct PyReader<'py> {
     reader: Bound<'py, PyAny>,
     size: u64,
     error: Option<PyErr>,
+    ahead: Vec<u8>,
+    ahead_at: u64,
 }
 
-impl walk::ByteSource for PyReader<'_> {
-    fn size(&self) -> u64 {
-        self.size
+const READ_AHEAD: usize = 4096;
+
+impl<'py> PyReader<'py> {
+    fn new(reader: Bound<'py, PyAny>) -> PyResult<Self> {
+        let size: u64 = reader.getattr("size")?.extract()?;
+        Ok(PyReader { reader, size, error: None, ahead: Vec::new(), ahead_at: 0 })
     }
 
-    fn read_at(&mut self, offset: u64, length: usize) -> Vec<u8> {
+    fn pread(&mut self, offset: u64, length: usize) -> Vec<u8> {
         if self.error.is_some() {
             return Vec::new();
         }
@@ -194,6 +202,28 @@ impl walk::ByteSource for PyReader<'_> {
                 Vec::new()
             }
         }
+    }
+}
+
+impl walk::ByteSource for PyReader<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, offset: u64, length: usize) -> Vec<u8> {
+        let end = (offset + length as u64).min(self.size);
+        if offset >= self.ahead_at && end <= self.ahead_at + self.ahead.len() as u64 {
+            let from = (offset - self.ahead_at) as usize;
+            return self.ahead[from..from + (end.saturating_sub(offset)) as usize].to_vec();
+        }
+        if length >= READ_AHEAD {
+            return self.pread(offset, length);
+        }
+        let want = READ_AHEAD.min(self.size.saturating_sub(offset) as usize).max(length);
+        self.ahead = self.pread(offset, want);
+        self.ahead_at = offset;
+        let got = self.ahead.len().min(length);
+        self.ahead[..got].to_vec()
     }
 }
 
@@ -222,8 +252,7 @@ fn walk_finding_to_py<'py>(py: Python<'py>, f: &walk::WalkFinding) -> PyResult<B
 #[pyo3(signature = (reader, max_window, on_frame=None))]
 fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64, on_frame: Option<Bound<'py, PyAny>>)
     -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
-    let size: u64 = reader.getattr("size")?.extract()?;
-    let mut source = PyReader { reader, size, error: None };
+    let mut source = PyReader::new(reader)?;
     let mut handed_error: Option<PyErr> = None;
     let (frames, findings) = guarded(|| {
         let walk = walk::FrameWalk::new(&mut source, max_window);
@@ -252,8 +281,7 @@ fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64,
 #[allow(clippy::type_complexity)]
 fn unwalked_problem<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, offset: u64, end: u64)
     -> PyResult<Option<(&'static str, u64, u64, Bound<'py, PyDict>)>> {
-    let size: u64 = reader.getattr("size")?.extract()?;
-    let mut source = PyReader { reader, size, error: None };
+    let mut source = PyReader::new(reader)?;
     let frame = walk::Frame {
         index: 0, kind: walk::Kind::Zstd, offset, end, window: 0, content_size: None, has_checksum: false,
         dictionary_id: 0, intact: true, seek_checksum: None, seek_size: None, walked: false, window_ok: true,
