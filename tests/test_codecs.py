@@ -285,6 +285,36 @@ def test_a_damaged_xz_index_is_found_by_decoding_the_stream_as_xz_does(plain, tm
     assert finding.location.uncompressed_offset == plain.stat().st_size  # every block was good
 
 
+@pytest.mark.parametrize("maker", ["xz", "xz -T2"])
+@pytest.mark.parametrize("field,back", [("crc", 12), ("index size", 8), ("flags", 3), ("magic", 1)])
+def test_a_damaged_xz_footer_is_named_at_its_bytes_and_every_member_is_whole(plain, reference, tmp_path, maker,
+                                                                               field, back):
+    """liblzma calls a damaged footer a data error (or, its magic, a header's) over the whole
+    stream; the index before it is whole and lists the blocks that fill the stream, so the footer
+    alone is named, and the content, which came out checked, is all there."""
+    packed = bytearray(_pack(plain.read_bytes(), maker))
+    packed[len(packed) - back] ^= 0x10
+    archive = _write(tmp_path, "footer.tar.xz", bytes(packed))
+    assert _tool_test("xz", archive) == 1
+    result = verify(archive, state=tmp_path / "s")
+    assert (corruption(result), result.exit_code) == (["XZ_BAD_FOOTER"], 1), field
+    finding = only(result, "XZ_BAD_FOOTER")
+    assert finding.location.byte_range == (len(packed) - 12, len(packed)) and dict(finding.details)["xz_stream"] == 0
+    assert finding.location.uncompressed_offset == plain.stat().st_size and finding.location.member is None
+    assert members_of(result) == members_of(reference)
+
+
+def test_damage_before_an_xz_footer_is_not_taken_for_the_footer(plain, tmp_path):
+    """A stop inside a block, or in the index, is no footer's: the 12 bytes before it are not a
+    footer, but no whole index ends where they begin."""
+    packed = _pack(plain.read_bytes(), "xz")
+    for at in (len(packed) // 2, len(packed) - 12 - 6):  # a block's data; the index
+        damaged = bytearray(packed)
+        damaged[at] ^= 0x01
+        result = verify(_write(tmp_path, f"d{at}.tar.xz", bytes(damaged)), state=tmp_path / f"s{at}")
+        assert (corruption(result), result.exit_code) == (["XZ_DECODE_ERROR"], 1), at
+
+
 # a stream decoded whole resumes by decoding again to where it stopped; xz and bzip2 blocks
 # resume at a block
 @pytest.mark.parametrize("maker", ["gzip -1", "gzip members", "xz", "xz -T2", "bzip2"])

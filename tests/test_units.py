@@ -53,6 +53,7 @@ FROZEN_CODES = {
     "XZ_BAD_HEADER": ("corruption", "error", "xz"),
     "XZ_DECODE_ERROR": ("corruption", "error", "xz"),
     "XZ_TRUNCATED": ("corruption", "error", "xz"),
+    "XZ_BAD_FOOTER": ("corruption", "error", "xz"),
     "XZ_MEMORY_LIMIT": ("unverified", "warning", "xz"),
     "XZ_NO_CHECK": ("info", "info", "xz"),
     "XZ_UNSUPPORTED_CHECK": ("warning", "warning", "xz"),

@@ -576,6 +576,12 @@ class StreamCheck:
             if self.walker and member.end < frame.end:  # the tool stops here: the members after are lost
                 self.walker.lost(self.uoff)
                 self.upstream_lost = True
+        elif (footer := self._damaged_footer(frame, event)) is not None:
+            loc = Location(self.uri, byte_range=footer, frame=self._numbered(frame.index), uncompressed_offset=self.uoff)
+            self.findings.append(Finding.of("XZ_BAD_FOOTER", loc, xz_stream=event.block.index))
+            if self.walker:  # xz -d stops here: any stream after it is not restored
+                self.walker.lost(self.uoff)
+                self.upstream_lost = True
         elif frame.kind in UNITS:
             # a member's output is checked only at its end: tar damage in it is this failure's effect
             effects = self._take_tar_effects(frame_start)
@@ -586,6 +592,13 @@ class StreamCheck:
                     self._add_effect(before, effect)
         else:
             self._lost(frame, event, structural, code, error=event.error)
+
+    def _damaged_footer(self, frame: Frame, event: Event) -> tuple[int, int] | None:
+        """An xz stream's failure that its footer alone explains: liblzma names it as a header's
+        or a data error, and the stream's whole range."""
+        if frame.kind != "xz" or event.error_code not in ("XZ_DECODE_ERROR", "XZ_BAD_HEADER") or event.block is None:
+            return None
+        return xz.damaged_footer(self.reader, event.block.start, event.block.end)
 
     def _lost(self, frame: Frame, event: Event, structural: int | None, code: str | None = None,
               **details: Any) -> None:

@@ -18,6 +18,7 @@ HEADER_MAGIC = b"\xfd7zXZ\x00"
 FOOTER_MAGIC = b"YZ"
 HEADER = FOOTER = 12
 MAX_INDEX = 16 * 1024 * 1024  # an index this large would list millions of blocks
+MAX_FOOTER_SEARCH = 1024 * 1024  # how far before a damaged footer its index is looked for
 MAX_BLOCKS = 1 << 20  # more than this (24 TiB in xz -T0's blocks) decode as whole streams, in bounded memory
 PADDING_PIECE = 64 * 1024
 CHECK_NONE = 0
@@ -61,6 +62,49 @@ def unchecked(frames: list[Frame], reader: Any) -> list[tuple[str, int, tuple[in
     return sorted(((code, check, where) for code, (check, where) in said.items()), key=lambda finding: finding[2])
 
 
+def damaged_footer(reader: Any, start: int, end: int) -> tuple[int, int] | None:
+    """The footer's byte range, when it is what stopped liblzma at ``end`` in the stream that
+    begins at ``start``: the footer there does not hold, and a whole index ends where it begins,
+    listing blocks that fill the stream from a whole header exactly. liblzma checks each block
+    and then the index against them before it reads the footer, so nothing else stops it there;
+    every block's content came out checked. None when that is not so (the usual answer)."""
+    footer_at = end - FOOTER
+    if footer_at - 8 < start + HEADER:
+        return None
+    try:
+        if _footer(_read(reader, footer_at, FOOTER)) is not None or _header(_read(reader, start, HEADER)) is None:
+            return None
+        first = max(start + HEADER, footer_at - MAX_FOOTER_SEARCH)
+        tail = _read(reader, first, footer_at - first)
+    except NotWalkable:
+        return None
+    for size in range(8, len(tail) + 1, 4):  # an index is a multiple of four bytes
+        if tail[-size] != 0:
+            continue
+        try:
+            records = _index_records(tail[-size:])
+        except NotWalkable:
+            continue
+        if start + HEADER + sum(-(-unpadded // 4) * 4 for unpadded, _ in records) == footer_at - size:
+            return footer_at, end
+    return None
+
+
+def _footer(footer: bytes) -> tuple[int, bytes] | None:
+    """(index size, stream flags) of a footer that holds: magic, CRC-32, flags."""
+    crc, backward, flags, magic = struct.unpack("<II2s2s", footer)
+    if magic != FOOTER_MAGIC or zlib.crc32(footer[4:10]) != crc or flags[0] != 0 or flags[1] > 0x0F:
+        return None
+    return (backward + 1) * 4, flags
+
+
+def _header(header: bytes) -> bytes | None:
+    """The stream flags of a header that holds: magic, CRC-32."""
+    if header[:6] != HEADER_MAGIC or zlib.crc32(header[6:8]) != struct.unpack_from("<I", header, 8)[0]:
+        return None
+    return header[6:8]
+
+
 def _streams(reader: Any) -> list[tuple[int, int, list[tuple[int, int]]]]:
     """(check type, stream start, index records) of every stream, first to last."""
     streams = []
@@ -91,27 +135,23 @@ def _skip_padding(reader: Any, end: int) -> int:
 def _stream_ending_at(reader: Any, end: int) -> tuple[int, int, list[tuple[int, int]]]:
     if end < HEADER + FOOTER:
         raise NotWalkable
-    footer = _read(reader, end - FOOTER, FOOTER)
-    crc, backward, flags, magic = struct.unpack("<II2s2s", footer)
-    if magic != FOOTER_MAGIC or zlib.crc32(footer[4:10]) != crc or flags[0] != 0 or flags[1] > 0x0F:
+    footer = _footer(_read(reader, end - FOOTER, FOOTER))
+    if footer is None:
         raise NotWalkable
-    index_size = (backward + 1) * 4
+    index_size, flags = footer
     index_start = end - FOOTER - index_size
     if index_size > MAX_INDEX or index_start < HEADER:
         raise NotWalkable
     records = _index_records(_read(reader, index_start, index_size))
     start = index_start - sum(-(-unpadded // 4) * 4 for unpadded, _ in records) - HEADER
-    if start < 0:
-        raise NotWalkable
-    header = _read(reader, start, HEADER)
-    if header[:6] != HEADER_MAGIC or header[6:8] != flags or zlib.crc32(header[6:8]) != struct.unpack_from("<I", header, 8)[0]:
+    if start < 0 or _header(_read(reader, start, HEADER)) != flags:
         raise NotWalkable
     return flags[1], start, records
 
 
 def _index_records(index: bytes) -> list[tuple[int, int]]:
     """(unpadded size, uncompressed size) of each block the index lists."""
-    if index[:1] != b"\x00" or zlib.crc32(index[:-4]) != struct.unpack_from("<I", index, len(index) - 4)[0]:
+    if index[:1] != b"\x00":
         raise NotWalkable
     at = 1
     count, at = _variable_length(index, at)
@@ -126,6 +166,8 @@ def _index_records(index: bytes) -> list[tuple[int, int]]:
         records.append((unpadded, uncompressed))
     if index[at:-4] != bytes(len(index) - 4 - at) or (len(index) - 4 - at) >= 4:
         raise NotWalkable  # the index padding: zeros, fewer than four
+    if zlib.crc32(index[:-4]) != struct.unpack_from("<I", index, len(index) - 4)[0]:
+        raise NotWalkable  # checked last: damaged_footer tries many candidates, most of them fail sooner
     return records
 
 
