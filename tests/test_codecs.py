@@ -273,46 +273,62 @@ def test_the_blocks_of_a_multi_block_xz_are_checked_each_and_damage_is_named_at_
     assert page.count(", failed<") == 1
 
 
-def test_a_damaged_xz_index_is_found_by_decoding_the_stream_as_xz_does(plain, tmp_path):
-    packed = bytearray(_pack(plain.read_bytes(), "xz -T2"))
-    packed[len(packed) - 12 - 6] ^= 0x01  # inside the index: its CRC-32 no longer matches
-    archive = _write(tmp_path, "index.tar.xz", bytes(packed))
-    assert _tool_test("xz", archive) == 1
-    result = verify(archive, state=tmp_path / "s")
-    assert (corruption(result), result.exit_code) == (["XZ_DECODE_ERROR"], 1)
-    finding = only(result, "XZ_DECODE_ERROR")
-    assert dict(finding.details)["xz_stream"] == 0  # no blocks to trust: one stream, decoded whole
-    assert finding.location.uncompressed_offset == plain.stat().st_size  # every block was good
+def _xz_index(packed: bytes) -> tuple[int, int]:
+    """The byte range of the index of a file's one xz stream, from its footer's backward size."""
+    (backward,) = struct.unpack_from("<I", packed, len(packed) - 8)
+    return len(packed) - 12 - (backward + 1) * 4, len(packed) - 12
 
 
 @pytest.mark.parametrize("maker", ["xz", "xz -T2"])
-@pytest.mark.parametrize("field,back", [("crc", 12), ("index size", 8), ("flags", 3), ("magic", 1)])
-def test_a_damaged_xz_footer_is_named_at_its_bytes_and_every_member_is_whole(plain, reference, tmp_path, maker,
-                                                                               field, back):
-    """liblzma calls a damaged footer a data error (or, its magic, a header's) over the whole
-    stream; the index before it is whole and lists the blocks that fill the stream, so the footer
-    alone is named, and the content, which came out checked, is all there."""
-    packed = bytearray(_pack(plain.read_bytes(), maker))
-    packed[len(packed) - back] ^= 0x10
-    archive = _write(tmp_path, "footer.tar.xz", bytes(packed))
-    assert _tool_test("xz", archive) == 1
-    result = verify(archive, state=tmp_path / "s")
-    assert (corruption(result), result.exit_code) == (["XZ_BAD_FOOTER"], 1), field
-    finding = only(result, "XZ_BAD_FOOTER")
-    assert finding.location.byte_range == (len(packed) - 12, len(packed)) and dict(finding.details)["xz_stream"] == 0
-    assert finding.location.uncompressed_offset == plain.stat().st_size and finding.location.member is None
-    assert members_of(result) == members_of(reference)
+def test_a_damaged_xz_index_is_named_at_its_bytes_and_every_member_is_whole(plain, reference, tmp_path, maker):
+    """With no index to trust, the stream decodes whole, as xz -d reads it; liblzma stops inside
+    the index, and the footer after it says where the index begins: the index is named."""
+    packed = _pack(plain.read_bytes(), maker)
+    index = _xz_index(packed)
+    for at in (index[0], index[0] + 2, index[1] - 1):  # its indicator, a record, its CRC-32
+        damaged = bytearray(packed)
+        damaged[at] ^= 0x01
+        archive = _write(tmp_path, f"{at}.tar.xz", bytes(damaged))
+        assert _tool_test("xz", archive) == 1
+        result = verify(archive, state=tmp_path / f"s{at}")
+        assert (corruption(result), result.exit_code) == (["XZ_BAD_INDEX"], 1), at
+        finding = only(result, "XZ_BAD_INDEX")
+        assert finding.location.byte_range == index and dict(finding.details)["xz_stream"] == 0
+        assert finding.location.uncompressed_offset == plain.stat().st_size  # every block was good
+        assert members_of(result) == members_of(reference)
 
 
-def test_damage_before_an_xz_footer_is_not_taken_for_the_footer(plain, tmp_path):
-    """A stop inside a block, or in the index, is no footer's: the 12 bytes before it are not a
-    footer, but no whole index ends where they begin."""
+def test_a_damaged_block_is_not_taken_for_the_index_or_footer(plain, tmp_path):
+    """liblzma stops in the block, or where the index begins when the block's check fails: no
+    index or footer is named, and the failure covers the stream up to the stop."""
     packed = _pack(plain.read_bytes(), "xz")
-    for at in (len(packed) // 2, len(packed) - 12 - 6):  # a block's data; the index
+    index_start = _xz_index(packed)[0]
+    for at in (len(packed) // 2, index_start - 1):  # the block's data; the last byte of its check
         damaged = bytearray(packed)
         damaged[at] ^= 0x01
         result = verify(_write(tmp_path, f"d{at}.tar.xz", bytes(damaged)), state=tmp_path / f"s{at}")
         assert (corruption(result), result.exit_code) == (["XZ_DECODE_ERROR"], 1), at
+        assert only(result, "XZ_DECODE_ERROR").location.byte_range[0] == 0
+
+
+@pytest.mark.parametrize("maker", ["xz", "xz -T2"])
+def test_a_damaged_xz_footer_is_named_at_its_bytes_and_every_member_is_whole(plain, reference, tmp_path, maker):
+    """liblzma calls a damaged footer a data error (or, its magic, a header's) over the whole
+    stream; the index before it is whole and lists the blocks that fill the stream, so the footer
+    alone is named, and the content, which came out checked, is all there."""
+    packed = _pack(plain.read_bytes(), maker)
+    for field, back in [("crc", 12), ("index size", 8), ("flags", 3), ("magic", 1)]:
+        damaged = bytearray(packed)
+        damaged[len(packed) - back] ^= 0x10
+        archive = _write(tmp_path, f"{back}.tar.xz", bytes(damaged))
+        assert _tool_test("xz", archive) == 1
+        result = verify(archive, state=tmp_path / f"s{back}")
+        assert (corruption(result), result.exit_code) == (["XZ_BAD_FOOTER"], 1), field
+        finding = only(result, "XZ_BAD_FOOTER")
+        assert finding.location.byte_range == (len(packed) - 12, len(packed)), field
+        assert dict(finding.details)["xz_stream"] == 0
+        assert finding.location.uncompressed_offset == plain.stat().st_size and finding.location.member is None
+        assert members_of(result) == members_of(reference), field
 
 
 # a stream decoded whole resumes by decoding again to where it stopped; xz and bzip2 blocks

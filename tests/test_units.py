@@ -54,6 +54,7 @@ FROZEN_CODES = {
     "XZ_DECODE_ERROR": ("corruption", "error", "xz"),
     "XZ_TRUNCATED": ("corruption", "error", "xz"),
     "XZ_BAD_FOOTER": ("corruption", "error", "xz"),
+    "XZ_BAD_INDEX": ("corruption", "error", "xz"),
     "XZ_MEMORY_LIMIT": ("unverified", "warning", "xz"),
     "XZ_NO_CHECK": ("info", "info", "xz"),
     "XZ_UNSUPPORTED_CHECK": ("warning", "warning", "xz"),

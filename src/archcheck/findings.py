@@ -111,6 +111,7 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("XZ_BAD_HEADER", C, E, "xz", "{error}"),
     _c("XZ_DECODE_ERROR", C, E, "xz", "{error}"),
     _c("XZ_TRUNCATED", C, E, "xz", "{error}"),
+    _c("XZ_BAD_INDEX", C, E, "xz", "the index of xz stream {xz_stream} is damaged; every block before it decoded and passed its check: xz -d writes this stream's content, then fails"),
     _c("XZ_BAD_FOOTER", C, E, "xz", "the footer of xz stream {xz_stream} is damaged (its CRC-32, index size, flags or magic); every block before it decoded and passed its check, and the index is whole: xz -d writes this stream's content, then fails"),
     _c("XZ_MEMORY_LIMIT", U, W, "xz", "{error}; content not checked: raise --max-window to verify it"),
     _c("XZ_NO_CHECK", I, N, "xz", "the xz stream carries no integrity check (xz --check=none): damage in its data is caught only by deeper layers"),

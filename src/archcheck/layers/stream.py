@@ -576,9 +576,11 @@ class StreamCheck:
             if self.walker and member.end < frame.end:  # the tool stops here: the members after are lost
                 self.walker.lost(self.uoff)
                 self.upstream_lost = True
-        elif (footer := self._damaged_footer(frame, event)) is not None:
-            loc = Location(self.uri, byte_range=footer, frame=self._numbered(frame.index), uncompressed_offset=self.uoff)
-            self.findings.append(Finding.of("XZ_BAD_FOOTER", loc, xz_stream=event.block.index))
+        elif (named := self._xz_structure(frame, event)) is not None:
+            named_code, byte_range = named
+            loc = Location(self.uri, byte_range=byte_range, frame=self._numbered(frame.index),
+                           uncompressed_offset=self.uoff)
+            self.findings.append(Finding.of(named_code, loc, xz_stream=event.block.index))
             if self.walker:  # xz -d stops here: any stream after it is not restored
                 self.walker.lost(self.uoff)
                 self.upstream_lost = True
@@ -593,12 +595,12 @@ class StreamCheck:
         else:
             self._lost(frame, event, structural, code, error=event.error)
 
-    def _damaged_footer(self, frame: Frame, event: Event) -> tuple[int, int] | None:
-        """An xz stream's failure that its footer alone explains: liblzma names it as a header's
-        or a data error, and the stream's whole range."""
+    def _xz_structure(self, frame: Frame, event: Event) -> tuple[str, tuple[int, int]] | None:
+        """An xz stream's failure that its index or footer alone explains: liblzma names it as a
+        header's or a data error, over the stream's whole range."""
         if frame.kind != "xz" or event.error_code not in ("XZ_DECODE_ERROR", "XZ_BAD_HEADER") or event.block is None:
             return None
-        return xz.damaged_footer(self.reader, event.block.start, event.block.end)
+        return xz.damaged_structure(self.reader, event.block.start, event.block.end)
 
     def _lost(self, frame: Frame, event: Event, structural: int | None, code: str | None = None,
               **details: Any) -> None:

@@ -62,6 +62,41 @@ def unchecked(frames: list[Frame], reader: Any) -> list[tuple[str, int, tuple[in
     return sorted(((code, check, where) for code, (check, where) in said.items()), key=lambda finding: finding[2])
 
 
+def damaged_structure(reader: Any, start: int, stop: int) -> tuple[str, tuple[int, int]] | None:
+    """What stopped liblzma at ``stop`` in the stream that begins at ``start``, when the
+    stream's own structure says it was its index or its footer: ("XZ_BAD_INDEX" or
+    "XZ_BAD_FOOTER", byte range). None when it does not say (the damage is in a block, or
+    more than one part is damaged)."""
+    if (footer := damaged_footer(reader, start, stop)) is not None:
+        return "XZ_BAD_FOOTER", footer
+    if (index := damaged_index(reader, start, stop)) is not None:
+        return "XZ_BAD_INDEX", index
+    return None
+
+
+def damaged_index(reader: Any, start: int, stop: int) -> tuple[int, int] | None:
+    """The index's byte range, when liblzma stopped inside it: a footer that holds follows the
+    stop, and the index it points to begins before the stop. liblzma reads the index only once
+    every block has decoded and passed its check (a bad check stops it where the index begins,
+    not inside it)."""
+    first = max(0, stop - FOOTER)
+    try:
+        header = _header(_read(reader, start, HEADER))
+        window = _read(reader, first, min(reader.size - first, MAX_INDEX + 2 * FOOTER))
+    except NotWalkable:
+        return None
+    at = window.find(FOOTER_MAGIC, FOOTER - 2)
+    while header is not None and at != -1:
+        footer_at = first + at + 2 - FOOTER
+        footer = _footer(window[at + 2 - FOOTER:at + 2])
+        if footer is not None and footer[1] == header:
+            index_start = footer_at - footer[0]
+            if start + HEADER < index_start < stop <= footer_at:
+                return index_start, footer_at
+        at = window.find(FOOTER_MAGIC, at + 1)
+    return None
+
+
 def damaged_footer(reader: Any, start: int, end: int) -> tuple[int, int] | None:
     """The footer's byte range, when it is what stopped liblzma at ``end`` in the stream that
     begins at ``start``: the footer there does not hold, and a whole index ends where it begins,
