@@ -84,7 +84,8 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster, fx, tmp_path):
 
 
 def test_an_unreachable_scheduler_is_one_line(fx, tmp_path):
-    r = cli("verify", fx / "gnu.tar", "--executor", "dask://127.0.0.1:9", "--state-dir", tmp_path, timeout=120)
+    r = cli("verify", fx / "gnu.tar", "--executor", "dask://127.0.0.1:9", "--state-dir", tmp_path, timeout=120,
+            env={"ARCHCHECK_DASK_CONNECT_TIMEOUT": "2"})
     assert r.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

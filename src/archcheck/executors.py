@@ -24,7 +24,7 @@ from . import processes
 from .errors import UsageError
 from .worker import init_worker
 
-CONNECT_TIMEOUT = 10  # seconds to reach a Dask scheduler
+CONNECT_TIMEOUT = float(os.environ.get("ARCHCHECK_DASK_CONNECT_TIMEOUT", "10"))  # seconds to reach a Dask scheduler
 _SPEC = re.compile(r"local|dask://[^\s/]+:\d+|dask-local(?::(\d+))?")
 
 
