@@ -486,10 +486,15 @@ def decode_chunks(decoder: Decoder, base: int, port: DecodePort) -> Decoded:
             start += taken
             # the input behind this output: up to the failed block, or what the decoder took
             behind = base + (failed[3] if failed is not None and failed[3] is not None else decoder.consumed)
-            if len(chunk) and (failed is not None or finished or len(chunk) == chunk.capacity):
-                if not port.emit(chunk, behind) or (chunk := port.chunk()) is None:
+            ended = failed is not None or finished
+            if len(chunk) and (ended or len(chunk) == chunk.capacity):
+                if not port.emit(chunk, behind):
                     return Decoded(pos + start)
-            if failed is not None or finished:
+                if ended:  # no chunk taken for nothing: a lane would wait for one at every frame's end
+                    return Decoded(pos + start, True, failed)
+                if (chunk := port.chunk()) is None:
+                    return Decoded(pos + start)
+            if ended:
                 port.release(chunk)
                 return Decoded(pos + start, True, failed)
             if start == len(data) and len(chunk) < chunk.capacity:
