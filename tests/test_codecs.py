@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from archcheck.api import resume, verify
+from archcheck.layers import xz
 from conftest import cli, corruption, member_holding, members_of, only
 
 MiB = 1024 * 1024
@@ -299,16 +300,40 @@ def test_a_damaged_xz_index_is_named_at_its_bytes_and_every_member_is_whole(plai
 
 
 def test_a_damaged_block_is_not_taken_for_the_index_or_footer(plain, tmp_path):
-    """liblzma stops in the block, or where the index begins when the block's check fails: no
-    index or footer is named, and the failure covers the stream up to the stop."""
+    """liblzma stops in the block, where the index begins when the block's check fails, or
+    inside a whole index that a damaged block ran on into: no index or footer is named, and the
+    failure covers the stream up to the stop."""
     packed = _pack(plain.read_bytes(), "xz")
-    index_start = _xz_index(packed)[0]
-    for at in (len(packed) // 2, index_start - 1):  # the block's data; the last byte of its check
+    index_start, index_end = _xz_index(packed)
+    [(unpadded, _)] = xz._index_records(packed[index_start:index_end])
+    end_marker = 12 + unpadded - 8 - 1  # LZMA2's last byte, before the CRC-64: flipped, it runs on into the index
+    for at in (len(packed) // 2, end_marker, index_start - 1):  # the block's data; its end; its check's last byte
         damaged = bytearray(packed)
         damaged[at] ^= 0x01
         result = verify(_write(tmp_path, f"d{at}.tar.xz", bytes(damaged)), state=tmp_path / f"s{at}")
-        assert (corruption(result), result.exit_code) == (["XZ_DECODE_ERROR"], 1), at
-        assert only(result, "XZ_DECODE_ERROR").location.byte_range[0] == 0
+        [code] = corruption(result)  # a block run on may also run to the file's end
+        assert code in ("XZ_DECODE_ERROR", "XZ_TRUNCATED") and result.exit_code == 1, at
+        assert only(result, code).location.byte_range[0] == 0
+
+
+def test_a_stop_inside_a_whole_xz_index_is_not_the_index_s(plain):
+    """A damaged block can make liblzma run on into the index and stop there. The index then
+    holds (it parses, its CRC-32 matches, its blocks fill the stream): it is not named. A
+    damaged one is."""
+    packed = _pack(plain.read_bytes(), "xz")
+    index_start, index_end = _xz_index(packed)
+
+    class Reader:
+        def __init__(self, data):
+            self.data, self.size = data, len(data)
+
+        def pread(self, offset, length):
+            return self.data[offset:offset + length]
+
+    assert xz.damaged_structure(Reader(packed), 0, index_start + 2) is None
+    damaged = bytearray(packed)
+    damaged[index_end - 1] ^= 0x01  # the index's CRC-32
+    assert xz.damaged_structure(Reader(bytes(damaged)), 0, index_start + 2) == ("XZ_BAD_INDEX", (index_start, index_end))
 
 
 @pytest.mark.parametrize("maker", ["xz", "xz -T2"])

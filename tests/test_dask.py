@@ -88,6 +88,11 @@ def test_an_unreachable_scheduler_is_one_line(fx, tmp_path):
             env={"ARCHCHECK_DASK_CONNECT_TIMEOUT": "2"})
     assert r.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    bad = cli("verify", fx / "gnu.tar", "--executor", "dask://127.0.0.1:9", "--state-dir", tmp_path,
+              env={"ARCHCHECK_DASK_CONNECT_TIMEOUT": "abc"})
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "archcheck: ARCHCHECK_DASK_CONNECT_TIMEOUT must be a number of seconds above 0, not 'abc'"]
+    assert cli("verify", fx / "gnu.tar", "--state-dir", tmp_path, env={"ARCHCHECK_DASK_CONNECT_TIMEOUT": "abc"}).returncode == 0
 
 
 def test_a_cluster_started_early_is_started_once_and_its_failure_said_once(monkeypatch):

@@ -24,7 +24,6 @@ from . import processes
 from .errors import UsageError
 from .worker import init_worker
 
-CONNECT_TIMEOUT = float(os.environ.get("ARCHCHECK_DASK_CONNECT_TIMEOUT", "10"))  # seconds to reach a Dask scheduler
 _SPEC = re.compile(r"local|dask://[^\s/]+:\d+|dask-local(?::(\d+))?")
 
 
@@ -114,12 +113,24 @@ def _client(spec: ExecutorSpec, preload: tuple[str, ...] = (), quiet: bool = Fal
         raise
 
 
+def _connect_timeout() -> float:
+    """Seconds to reach a Dask scheduler: ARCHCHECK_DASK_CONNECT_TIMEOUT, 10 if unset."""
+    text = os.environ.get("ARCHCHECK_DASK_CONNECT_TIMEOUT", "10")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise UsageError(f"ARCHCHECK_DASK_CONNECT_TIMEOUT must be a number of seconds above 0, not {text!r}")
+    return seconds
+
+
 def _connect(spec: ExecutorSpec, preload: tuple[str, ...]) -> Any:
     from distributed import Client, LocalCluster
     if spec.text.startswith("dask://"):
         address = "tcp://" + spec.text[len("dask://"):]
         try:
-            return Client(address, set_as_default=False, timeout=CONNECT_TIMEOUT)
+            return Client(address, set_as_default=False, timeout=_connect_timeout())
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     count = int(_SPEC.fullmatch(spec.text)[1] or 2)

@@ -211,6 +211,9 @@ impl walk::ByteSource for PyReader<'_> {
     }
 
     fn read_at(&mut self, offset: u64, length: usize) -> Vec<u8> {
+        if offset >= self.size {
+            return Vec::new();
+        }
         let end = (offset + length as u64).min(self.size);
         if offset >= self.ahead_at && end <= self.ahead_at + self.ahead.len() as u64 {
             let from = (offset - self.ahead_at) as usize;

@@ -8,6 +8,7 @@ there is not so, there are no blocks to trust: the file is decoded stream after 
 """
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from typing import Any
@@ -18,7 +19,8 @@ HEADER_MAGIC = b"\xfd7zXZ\x00"
 FOOTER_MAGIC = b"YZ"
 HEADER = FOOTER = 12
 MAX_INDEX = 16 * 1024 * 1024  # an index this large would list millions of blocks
-MAX_FOOTER_SEARCH = 1024 * 1024  # how far before a damaged footer its index is looked for
+MAX_FOOTER_SEARCH = 1024 * 1024  # the largest index looked for before a damaged footer
+MAX_FOOTER_CANDIDATES = 64  # footers (or index sizes) tried, so that hostile bytes cost little
 MAX_BLOCKS = 1 << 20  # more than this (24 TiB in xz -T0's blocks) decode as whole streams, in bounded memory
 PADDING_PIECE = 64 * 1024
 CHECK_NONE = 0
@@ -75,24 +77,29 @@ def damaged_structure(reader: Any, start: int, stop: int) -> tuple[str, tuple[in
 
 
 def damaged_index(reader: Any, start: int, stop: int) -> tuple[int, int] | None:
-    """The index's byte range, when liblzma stopped inside it: a footer that holds follows the
-    stop, and the index it points to begins before the stop. liblzma reads the index only once
-    every block has decoded and passed its check (a bad check stops it where the index begins,
-    not inside it)."""
+    """The index's byte range, when liblzma stopped inside it and it does not hold: the first
+    footer after the stop holds and points to an index that begins before the stop, and that
+    index does not parse, fails its CRC-32 or lists blocks that do not fill the stream. liblzma
+    reads the index only once every block has decoded and passed its check (a bad check stops
+    it where the index begins). A block that damage makes run on into a whole index is not the
+    index's: None then, as whenever the structure does not say."""
     first = max(0, stop - FOOTER)
     try:
-        header = _header(_read(reader, start, HEADER))
+        flags = _header(_read(reader, start, HEADER))
         window = _read(reader, first, min(reader.size - first, MAX_INDEX + 2 * FOOTER))
     except NotWalkable:
         return None
     at = window.find(FOOTER_MAGIC, FOOTER - 2)
-    while header is not None and at != -1:
-        footer_at = first + at + 2 - FOOTER
+    for _ in range(MAX_FOOTER_CANDIDATES):
+        if flags is None or at == -1:
+            return None
         footer = _footer(window[at + 2 - FOOTER:at + 2])
-        if footer is not None and footer[1] == header:
+        if footer is not None and footer[1] == flags:  # the stream's footer: it decides
+            footer_at = first + at + 2 - FOOTER
             index_start = footer_at - footer[0]
-            if start + HEADER < index_start < stop <= footer_at:
-                return index_start, footer_at
+            if not (footer[0] <= MAX_INDEX and start + HEADER < index_start < stop <= footer_at):
+                return None
+            return None if _index_fills(reader, start, index_start, footer_at) else (index_start, footer_at)
         at = window.find(FOOTER_MAGIC, at + 1)
     return None
 
@@ -102,27 +109,38 @@ def damaged_footer(reader: Any, start: int, end: int) -> tuple[int, int] | None:
     begins at ``start``: the footer there does not hold, and a whole index ends where it begins,
     listing blocks that fill the stream from a whole header exactly. liblzma checks each block
     and then the index against them before it reads the footer, so nothing else stops it there;
-    every block's content came out checked. None when that is not so (the usual answer)."""
+    every block's content came out checked. None when that is not so (the usual answer).
+
+    The index's size is the footer's, unless that field is the damage: then it is a size whose
+    CRC-32 with the stream's flags is the footer's (one field damaged, the others hold)."""
     footer_at = end - FOOTER
     if footer_at - 8 < start + HEADER:
         return None
     try:
-        if _footer(_read(reader, footer_at, FOOTER)) is not None or _header(_read(reader, start, HEADER)) is None:
-            return None
-        first = max(start + HEADER, footer_at - MAX_FOOTER_SEARCH)
-        tail = _read(reader, first, footer_at - first)
+        footer = _read(reader, footer_at, FOOTER)
+        flags = _header(_read(reader, start, HEADER))
     except NotWalkable:
         return None
-    for size in range(8, len(tail) + 1, 4):  # an index is a multiple of four bytes
-        if tail[-size] != 0:
-            continue
-        try:
-            records = _index_records(tail[-size:])
-        except NotWalkable:
-            continue
-        if start + HEADER + sum(-(-unpadded // 4) * 4 for unpadded, _ in records) == footer_at - size:
+    if _footer(footer) is not None or flags is None:
+        return None
+    crc, backward = struct.unpack_from("<II", footer)
+    sizes = itertools.chain([(backward + 1) * 4], (
+        size for size in range(8, min(MAX_FOOTER_SEARCH, footer_at - start - HEADER) + 1, 4)
+        if zlib.crc32(struct.pack("<I", size // 4 - 1) + flags) == crc))
+    for size in itertools.islice(sizes, MAX_FOOTER_CANDIDATES):
+        if size <= min(MAX_INDEX, footer_at - start - HEADER) and _index_fills(reader, start, footer_at - size, footer_at):
             return footer_at, end
     return None
+
+
+def _index_fills(reader: Any, start: int, index_start: int, index_end: int) -> bool:
+    """Whether [index_start, index_end) is an index that holds and lists blocks that fill the
+    stream from its header (at ``start``) to where the index begins."""
+    try:
+        records = _index_records(_read(reader, index_start, index_end - index_start))
+    except NotWalkable:
+        return False
+    return start + HEADER + sum(-(-unpadded // 4) * 4 for unpadded, _ in records) == index_start
 
 
 def _footer(footer: bytes) -> tuple[int, bytes] | None:

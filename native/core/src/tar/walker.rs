@@ -894,6 +894,7 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     memchr::memmem::find(rest, needle).map(|p| p + from)
 }
 
+/// A pax time: seconds, with a sign and a fraction if any (POSIX pax "mtime"); empty unsets it.
 fn is_pax_time(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
