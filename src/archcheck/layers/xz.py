@@ -220,7 +220,7 @@ def _index_records(index: bytes) -> list[tuple[int, int]]:
     if index[at:-4] != bytes(len(index) - 4 - at) or (len(index) - 4 - at) >= 4:
         raise NotWalkable  # the index padding: zeros, fewer than four
     if zlib.crc32(index[:-4]) != struct.unpack_from("<I", index, len(index) - 4)[0]:
-        raise NotWalkable  # checked last: damaged_footer tries many candidates, most of them fail sooner
+        raise NotWalkable  # checked last: bytes that are no index mostly fail the cheaper checks first
     return records
 
 
