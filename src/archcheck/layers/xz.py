@@ -42,7 +42,7 @@ def walk_blocks(reader: Any) -> list[Frame] | None:
     for check, start, records in streams:
         offset = start + HEADER
         for unpadded, uncompressed in records:
-            padded = -(-unpadded // 4) * 4
+            padded = _padded(unpadded)
             frames.append(Frame(len(frames), "xz-block", offset, offset + padded, content_size=uncompressed,
                                 params=(check, unpadded, uncompressed, len(frames))))
             offset += padded
@@ -140,7 +140,17 @@ def _index_fills(reader: Any, start: int, index_start: int, index_end: int) -> b
         records = _index_records(_read(reader, index_start, index_end - index_start))
     except NotWalkable:
         return False
-    return start + HEADER + sum(-(-unpadded // 4) * 4 for unpadded, _ in records) == index_start
+    return start + HEADER + _blocks_size(records) == index_start
+
+
+def _padded(unpadded: int) -> int:
+    """A block's size in the file: its unpadded size rounded up to four bytes."""
+    return -(-unpadded // 4) * 4
+
+
+def _blocks_size(records: list[tuple[int, int]]) -> int:
+    """The bytes the blocks an index lists take in the file."""
+    return sum(_padded(unpadded) for unpadded, _ in records)
 
 
 def _footer(footer: bytes) -> tuple[int, bytes] | None:
@@ -196,7 +206,7 @@ def _stream_ending_at(reader: Any, end: int) -> tuple[int, int, list[tuple[int, 
     if index_size > MAX_INDEX or index_start < HEADER:
         raise NotWalkable
     records = _index_records(_read(reader, index_start, index_size))
-    start = index_start - sum(-(-unpadded // 4) * 4 for unpadded, _ in records) - HEADER
+    start = index_start - _blocks_size(records) - HEADER
     if start < 0 or _header(_read(reader, start, HEADER)) != flags:
         raise NotWalkable
     return flags[1], start, records
