@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+import pytest
+
 from archcheck.layers.decoding import FrameFeed
 from archcheck.layers.zstd import Frame
 
@@ -32,14 +34,16 @@ def test_the_walk_waits_while_it_is_far_ahead_of_the_frame_being_read():
     assert feed.get(0).index == 0
     thread.join(0.3)
     # a frame per lane and one more, and LEAD bytes: then the walk waits for the reader
-    assert thread.is_alive() and len(feed.frames) == 6 and feed.frames[-1].offset == 20 * MiB
+    assert thread.is_alive() and feed.count == 6 and feed.last().offset == 20 * MiB
     feed.read_from(10)
     assert feed.get(10).index == 10
+    with pytest.raises(IndexError):  # frames before the one being read are let go
+        feed.get(9)
     thread.join(0.3)
-    assert thread.is_alive() and len(feed.frames) == 16
+    assert thread.is_alive() and feed.count == 16
     feed.unpace()  # whoever waits for the walk's end reads nothing meanwhile
     thread.join(5)
-    assert not thread.is_alive() and len(feed.frames) == 40 and feed.get(40) is None
+    assert not thread.is_alive() and feed.count == 40 and feed.get(40) is None
 
 
 def test_a_closed_feed_lets_the_walk_finish_and_an_abandoned_one_ends_it():
@@ -62,7 +66,7 @@ def test_small_frames_are_walked_a_lead_of_bytes_ahead_and_a_known_list_needs_no
     thread = walk(feed, frames(200, MiB // 4), handed)
     assert feed.get(0) is not None
     thread.join(0.3)
-    assert thread.is_alive() and feed.frames[-1].offset == FrameFeed.LEAD + MiB // 4
+    assert thread.is_alive() and feed.last().offset == FrameFeed.LEAD + MiB // 4
     feed.close()
     thread.join(5)
     known = FrameFeed(frames(3, MiB))

@@ -271,7 +271,7 @@ def test_a_scout_starts_a_read_past_the_front_and_reads_little_unconfirmed(dense
     reader = LocalReader(str(dense))
     feed = FrameFeed([Frame(0, "gzip", 0, reader.size)])
     decoders = FrameDecoders(reader, feed, 2, DEFAULT_MAX_WINDOW, depth=3, chunk=256 * 1024)
-    relay = relay_module.GzipRelay(decoders, feed.frames[0], 0)  # (its threads are not started)
+    relay = relay_module.GzipRelay(decoders, feed.get(0), 0)  # (its threads are not started)
     relay.front.reading_to = 300_000
     data = dense.read_bytes()
     expected = 300_000 + relay_module.MIN_AHEAD

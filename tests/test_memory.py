@@ -4,12 +4,15 @@ already fills every buffer the budget allows, and the whole tree (coordinator, f
 workers) stays under a fixed bound."""
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
 import time
 
 import pytest
+import xxhash
 
 from conftest import ARCHCHECK, ROOT
 
@@ -135,3 +138,28 @@ def test_sigterm_stops_cleanly(archives, tmp_path):
         time.sleep(0.1)
     assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")]
     assert not [name for name in set(os.listdir("/dev/shm")) - shm_before if name.startswith("psm_")]
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
+    """A seekable file of 100,000 small frames costs no process more memory than one of 10,000:
+    the walk, the feed and the stream keep no frame once its row of the frame table has left
+    (before, each frame cost about 700 bytes), and the walk runs at most AHEAD_FRAMES frames
+    ahead of the decoding. What stays is the seek table's 28 bytes a frame (2.5 MB here)."""
+    text = b"".join(b"line %06d of a frame's text\n" % i for i in range(160))[:4096]
+    frame = subprocess.run(["zstd", "-q", "--no-check", "-c"], input=text, capture_output=True, check=True).stdout
+    entry = struct.pack("<III", len(frame), len(text), xxhash.xxh64_intdigest(text) & 0xFFFFFFFF)
+    highs = {}
+    for count in (10_000, 100_000):
+        table = entry * count + struct.pack("<IBI", count, 0x80, 0x8F92EAB1)
+        archive = tmp_path / f"frames-{count}.zst"
+        archive.write_bytes(frame * count + struct.pack("<II", 0x184D2A5E, len(table)) + table)
+        report = tmp_path / f"report-{count}.json"
+        _, highs[count], run = peak_memory(["verify", archive, "--layers", "zstd", "--no-progress", "--report", report,
+                                            "--state-dir", tmp_path / f"state-{count}"])
+        assert run.returncode == 0, run.stderr
+        stream = json.loads(report.read_text())["archives"][0]["summary"]["stream"]
+        assert (stream["frames"], stream["checksummed_frames"], stream["seekable"]) == (count, count, True)
+    print(f"frames: largest process {highs[10_000] // MiB} MiB for 10,000, {highs[100_000] // MiB} MiB for 100,000",
+          file=sys.stderr)
+    assert highs[100_000] <= highs[10_000] + NOISE

@@ -250,22 +250,13 @@ fn walk_finding_to_py<'py>(py: Python<'py>, f: &walk::WalkFinding) -> PyResult<B
 
 /// Walk every frame of a zstd file through `reader` (its pread and size): (frames, findings).
 /// Frames as tuples in the field order of layers.zstd.Frame; findings as (code, start, end,
-/// frame, details). `on_frame(frame, findings so far, whole)`: as FrameWalk::run_with.
+/// frame, details).
 #[pyfunction]
-#[pyo3(signature = (reader, max_window, on_frame=None))]
-fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64, on_frame: Option<Bound<'py, PyAny>>)
+fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64)
     -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
     let mut source = PyReader::new(reader)?;
-    let mut handed_error: Option<PyErr> = None;
-    let (frames, findings) = guarded(|| {
-        let walk = walk::FrameWalk::new(&mut source, max_window);
-        let Some(callback) = &on_frame else { return walk.run() };
-        walk.run_with(|frame, found, whole| {
-            let handed = frame_tuple(py, frame).and_then(|t| callback.call1((t, found, whole)));
-            handed.map_err(|e| handed_error = Some(e)).is_ok()
-        })
-    })?;
-    if let Some(e) = source.error.or(handed_error) {
+    let (frames, findings) = guarded(|| walk::FrameWalk::new(&mut source, max_window).run())?;
+    if let Some(e) = source.error {
         return Err(e);
     }
     let (frame_list, finding_list) = (PyList::empty(py), PyList::empty(py));
@@ -276,6 +267,31 @@ fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64,
         finding_list.append(walk_finding_to_py(py, f)?)?;
     }
     Ok((frame_list, finding_list))
+}
+
+/// Walk a zstd file's frames, handing each to `on_frame(frame, findings so far, whole)` as
+/// FrameWalk::run_with does, keeping none: (findings, whether the seek table the file ends in
+/// holds for its frames). `seekable`: whether the file ends in a seekable footer (when it does
+/// not, nothing at all is kept of the frames).
+#[pyfunction]
+fn hand_frames_on<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64, seekable: bool,
+                       on_frame: Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyList>, bool)> {
+    let mut source = PyReader::new(reader)?;
+    let mut handed_error: Option<PyErr> = None;
+    let end = guarded(|| {
+        walk::FrameWalk::new(&mut source, max_window).seekable(seekable).run_with(|frame, found, whole| {
+            let handed = frame_tuple(py, frame).and_then(|t| on_frame.call1((t, found, whole)));
+            handed.map_err(|e| handed_error = Some(e)).is_ok()
+        })
+    })?;
+    if let Some(e) = source.error.or(handed_error) {
+        return Err(e);
+    }
+    let finding_list = PyList::empty(py);
+    for f in &end.findings {
+        finding_list.append(walk_finding_to_py(py, f)?)?;
+    }
+    Ok((finding_list, end.seek_table.is_some()))
 }
 
 /// The block walk of a frame whose end came from pzstd's note: None, or (code, start, end,
@@ -945,6 +961,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AgePayload>()?;
     m.add_function(wrap_pyfunction!(age_payload_start, m)?)?;
     m.add_function(wrap_pyfunction!(walk_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(hand_frames_on, m)?)?;
     m.add_function(wrap_pyfunction!(unwalked_problem, m)?)?;
     m.add_function(wrap_pyfunction!(leaf_digests, m)?)?;
     m.add_function(wrap_pyfunction!(is_tar_header, m)?)?;

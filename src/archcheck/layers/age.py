@@ -12,6 +12,8 @@ Locations stay in the file's coordinates: a finding's byte range is where its by
 stored (encrypted), and ``plaintext_range`` says where they are in the decrypted stream."""
 from __future__ import annotations
 
+import array
+import bisect
 import json
 import os
 import threading
@@ -126,6 +128,8 @@ class Plaintext:
         self._done: list[tuple[int, int]] = []  # authenticated chunks: sorted, disjoint [first, end)
         self.faults: dict[int, tuple[str, str]] = {}  # chunk: (code, why)
         self.members: dict[int, tuple[str, int]] = {}  # chunk: (member, offset in it), for a plain tar
+        # the compressed frames of the plaintext, in order: 16 bytes a frame
+        self._frame_starts, self._frame_ends = array.array("q"), array.array("q")
         self._ahead = ThreadPoolExecutor(AHEAD_THREADS, thread_name_prefix="age-ahead")
 
     def _payload(self) -> Any:
@@ -239,6 +243,18 @@ class Plaintext:
                 if header_offset <= at < max(end, data_offset):
                     self.members[k] = (name, max(0, at - data_offset))
 
+    def note_frames(self, rows: list[tuple]) -> None:
+        """Rows of the frame table, as they leave: where each frame of the plaintext ends."""
+        for _, kind, offset, end, *_ in rows:
+            if kind != "raw":
+                self._frame_starts.append(offset)
+                self._frame_ends.append(end)
+
+    def frame_end(self, at: int) -> int | None:
+        """The end of the frame that holds plaintext offset ``at``, if one does."""
+        k = bisect.bisect_right(self._frame_starts, at) - 1
+        return self._frame_ends[k] if k >= 0 and at < self._frame_ends[k] else None
+
     def state(self) -> dict:
         """What a checkpoint keeps: the chunks authenticated and those that failed."""
         with self._lock:
@@ -289,7 +305,7 @@ def _header_end(head: bytes) -> int:
     return min(len(head), line_end + 1 + 16) if line_end >= 0 else len(head)
 
 
-def conclude(plain: Plaintext, uri: str, result: StreamResult, frames: list, member_at: Any | None) -> StreamResult:
+def conclude(plain: Plaintext, uri: str, result: StreamResult, member_at: Any | None) -> StreamResult:
     """The stream check's result on the plaintext, made the file's: the chunks no layer read
     authenticated, each failed chunk a finding (with what the layers below saw in it as its
     effects), and every byte range moved to where the bytes are stored. ``member_at`` names
@@ -302,7 +318,7 @@ def conclude(plain: Plaintext, uri: str, result: StreamResult, frames: list, mem
     for k in sorted(plain.faults):
         code, why = plain.faults[k]
         start, end = plain.plain_range(k)
-        frame_end = next((f.end for f in frames if f.kind != "raw" and f.offset <= start < f.end), end)
+        frame_end = plain.frame_end(start) or end
         if k == plain.chunks - 1:  # and what ends with the plaintext (a tar cut short) ends with it
             frame_end = plain.size + 1
         effects = [f for f in findings if _inside(f, start, max(end, frame_end))]

@@ -10,6 +10,7 @@ handed on as a Failure, so the walker never waits for output that will not come.
 """
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from dataclasses import dataclass
@@ -101,20 +102,25 @@ def short_read() -> SourceChanged:
 
 class FrameFeed:
     """The content frames to decode, in order: all known at once, or handed on (``put``) by a
-    frame walk still running. That walk is held back while it is more than ``LEAD`` bytes and a
-    frame per lane past the frame being read, so that a remote reader still holds the blocks
+    frame walk still running. That walk is held back while it is more than ``LEAD`` bytes (or
+    ``AHEAD_FRAMES`` frames) and a frame per lane past the frame being read, until it is half as
+    far ahead, so that a remote reader still holds the blocks
     the walk fetched when the lanes read them: the archive crosses the network once. Every
     wait ends: the walk ends (``end``, always), or the feed is closed.
 
     A frame without a size note is handed on ``open``, before the walk has followed its blocks:
     a lane decodes it as far as the walk has got (``bound``), and the walk stays within
-    ``LEAD`` of that lane (``walk_reads``), so a single frame of any size is read once too."""
+    ``LEAD`` of that lane (``walk_reads``), so a single frame of any size is read once too.
+
+    Frames before the one being read are let go: memory does not grow with their number."""
 
     LEAD = 16 * 1024 * 1024  # within a remote reader's read-ahead (in_flight blocks of 8 MiB)
+    AHEAD_FRAMES = 4096  # frames of a few hundred bytes: memory goes by frames, not bytes
 
     def __init__(self, frames: list[Frame] | None = None, lanes: int = 1, stop: threading.Event | None = None):
         """``stop``: the stream's; a reader waiting for the walk's next frame gives up on it."""
-        self.frames: list[Frame] = list(frames or [])
+        self._frames: collections.deque[Frame] = collections.deque(frames or [])
+        self._first = 0  # the index of _frames[0]: those before are read and let go
         self.stop = stop
         self.done = frames is not None  # no frame will be added
         self.lanes = lanes
@@ -128,13 +134,14 @@ class FrameFeed:
         self.cond = threading.Condition()
         self.walk_waits = threading.Condition(self.cond)  # (the same lock) the walk, held back in the open frame
         self.walk_waits_for = 0  # the lane's reads wake the walk only once past this
+        self.walk_ahead = threading.Condition(self.cond)  # (the same lock) the walk, too far ahead of the reading
         self.lane_waits = threading.Condition(self.cond)  # the open frame's lane, for the walk to get on
         self.failed_frame: int | None = None  # a read of the walk failed in this frame: nothing after is checked
 
     def open(self, frame: Frame) -> bool:
         """Add a frame whose end the walk has yet to find; False once the feed is abandoned."""
         with self.cond:
-            self.open_frame, self.walked_to, self.decoded_to = len(self.frames), frame.offset, frame.offset
+            self.open_frame, self.walked_to, self.decoded_to = self.count, frame.offset, frame.offset
             return self._add(frame)
 
     def put(self, frame: Frame) -> bool:
@@ -142,16 +149,34 @@ class FrameFeed:
         walk should end)."""
         with self.cond:
             if self.open_frame is not None:  # the walk goes frame by frame: this is the open one, walked
-                self.frames[self.open_frame], self.open_frame = frame, None
+                self._frames[self._slot(self.open_frame)], self.open_frame = frame, None
                 self._wake_all()
                 return not self.abandoned
             return self._add(frame)
 
+    @property
+    def count(self) -> int:
+        """Frames handed on so far."""
+        return self._first + len(self._frames)
+
+    def _slot(self, k: int) -> int:
+        if not self._first <= k < self.count:
+            raise IndexError(f"frame {k} of the feed is not held (held: {self._first} to {self.count - 1})")
+        return k - self._first
+
+    def _at(self, k: int) -> Frame:
+        return self._frames[self._slot(k)]
+
+    def last(self) -> Frame | None:
+        with self.cond:
+            return self._frames[-1] if self._frames else None
+
     def _add(self, frame: Frame) -> bool:
-        self.frames.append(frame)
+        self._frames.append(frame)
+        self._let_go()
         self.cond.notify_all()
-        while not self.closed and self._ahead():
-            self.cond.wait()
+        while not self.closed and self._ahead(self.LEAD, self.AHEAD_FRAMES):
+            self.walk_ahead.wait()
         return not self.abandoned
 
     def walk_reads(self, offset: int) -> None:
@@ -180,7 +205,7 @@ class FrameFeed:
     def current(self, k: int) -> tuple[Frame, bool]:
         """Frame ``k`` as known now, and whether it is still open."""
         with self.cond:
-            return self.frames[k], self.open_frame == k
+            return self._at(k), self.open_frame == k
 
     def bound(self, k: int, pos: int) -> int:
         """How far the lane decoding frame ``k`` may read, being at ``pos``: its end once walked;
@@ -194,7 +219,7 @@ class FrameFeed:
             while (self.open_frame == k and self.failed_frame is None and self.walked_to <= pos
                    and not self.done and not self.closed):
                 self.lane_waits.wait()
-            return self.walked_to if k in (self.open_frame, self.failed_frame) else self.frames[k].end
+            return self.walked_to if k in (self.open_frame, self.failed_frame) else self._at(k).end
 
     def decoded(self, k: int) -> Frame:
         """The lane is done with frame ``k``: the walk may go on through it unpaced. Returns the
@@ -206,17 +231,21 @@ class FrameFeed:
                 self._wake_all()
             while k in (self.open_frame, self.failed_frame) and not self.done and not self.closed:
                 self.cond.wait()
-            return self.frames[k]
+            return self._at(k)
 
     def _wake_all(self) -> None:
         self.cond.notify_all()
         self.walk_waits.notify_all()
         self.lane_waits.notify_all()
+        self.walk_ahead.notify_all()
 
-    def _ahead(self) -> bool:
-        frames, reading = self.frames, self.reading
-        return self.paced and (len(frames) - reading > self.lanes + 1
-                and frames[-1].offset - frames[reading].offset > self.LEAD)
+    def _ahead(self, lead: int, frames_ahead: int) -> bool:
+        """Whether the walk is more than a frame per lane and ``lead`` bytes or ``frames_ahead``
+        frames past the frame being read."""
+        frames, reading = self._frames, self.reading - self._first
+        ahead = len(frames) - reading
+        return self.paced and ahead > self.lanes + 1 and (
+            ahead > frames_ahead or frames[-1].offset - frames[reading].offset > lead)
 
     def end(self) -> None:
         with self.cond:
@@ -226,11 +255,11 @@ class FrameFeed:
     def get(self, k: int) -> Frame | None:
         """Frame ``k``, once the walk has found it; None past the last, or once closed."""
         with self.cond:
-            while k >= len(self.frames) and not self.done and not self.closed:
+            while k >= self.count and not self.done and not self.closed:
                 if self.stop is not None and self.stop.is_set():
                     return None  # (a resume's walk over the frames before its checkpoint can be long)
                 self.cond.wait(STOP_POLL if self.stop is not None else None)
-            return None if self.closed or k >= len(self.frames) else self.frames[k]
+            return None if self.closed or k >= self.count else self._at(k)
 
     def unpace(self) -> None:
         """Let the walk run to the end: whoever waits for it reads no frame meanwhile."""
@@ -239,9 +268,17 @@ class FrameFeed:
             self._wake_all()
 
     def read_from(self, k: int) -> None:
+        """Frame ``k``'s output is read now: every lane is done with those before it."""
         with self.cond:
             self.reading = k
-            self.cond.notify_all()
+            self._let_go()
+            if not self._ahead(self.LEAD // 2, self.AHEAD_FRAMES // 2):  # a walk held back goes on
+                self.walk_ahead.notify()
+
+    def _let_go(self) -> None:
+        while self._first < self.reading and self._frames:
+            self._frames.popleft()
+            self._first += 1
 
     def close(self) -> None:
         with self.cond:
@@ -261,7 +298,7 @@ class FrameDecoders:
     def __init__(self, reader: Any, feed: FrameFeed, threads: int, max_window: int, depth: int = DEPTH,
                  chunk: int = CHUNK):
         self.reader, self.feed, self.max_window, self.chunk = reader, feed, max_window, chunk
-        self.threads = max(1, min(threads, len(feed.frames)) if feed.done else threads)
+        self.threads = max(1, min(threads, feed.count) if feed.done else threads)
         self.relays = threads > self.threads  # a lane left idle: a gzip file's lane decodes on two threads
         self.queues = [queue.Queue(depth + 1) for _ in range(self.threads)]
         self.free: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(self.threads)]

@@ -25,7 +25,8 @@ from ..codecs import STREAM_CODECS, UNITS
 from .decoding import CHUNK, DEPTH, Event, FrameDecoders, FrameFeed
 from . import bzip2, gzip, xz
 from . import DEFAULT_MAX_WINDOW
-from .zstd import CONTENT_KINDS, LARGE_WINDOW, Frame, SeekEntry, read_seek_table, walk_frames
+from .frame_log import FrameLog
+from .zstd import CONTENT_KINDS, LARGE_WINDOW, Frame, SeekTable, hand_frames_on, read_seek_table, walk_frames
 
 FRAME_FIELDS = ("index", "kind", "offset", "end", "window", "content_size", "checksummed",
                 "uncompressed_start", "uncompressed_end")
@@ -98,8 +99,7 @@ class StreamCheck:
         # the frame table leaves row by row as frames end (a log, not a list held here)
         self.frame_rows: list[tuple] = []
         self.on_frames = on_frames or self.frame_rows.extend
-        self.frames: list[Frame] = []
-        self.rows_next = 0  # the first frame whose row has not left yet
+        self.log = FrameLog()  # the frames whose rows have not left, and what all of them say
         self.fold: tuple[int, int, int] | None = None  # (finding, frame end, members then) after a bad frame
         self.losses: list[tuple[int, int]] = []  # (finding, offset): where the walk lost the stream
         self.count_at_frame_start = 0
@@ -114,7 +114,6 @@ class StreamCheck:
         self.walk_findings = 0  # findings of the frame walk: made again by every (resumed) run
         self.walk_made: list[Finding] = []  # as the walk made them (what decoding adds to them is checkpointed)
         self.skip_to = 0  # output before this offset was walked before the checkpoint
-        self.content_frames = 0
         self.broken: dict[int, int] = {}  # frame index -> the walk's finding that it lost content
         self.walking: _WalkThread | None = None  # a frame walk running beside the decoders
 
@@ -144,11 +143,7 @@ class StreamCheck:
         if self.codec == "zstd" and self._walks_while_decoding() and seek is not None:
             feed = self._walk_while_decoding(seek)
         else:
-            self.frames = self._walk_now()
-            content_frames = self._walked()
-            if self.resume_from is not None:
-                content_frames = self._restore(self.resume_from, content_frames)
-            feed = FrameFeed(content_frames, stop=self.stop)
+            feed = self._walk_first()
         decoders = FrameDecoders(self.reader, feed, self.threads, self.max_window, self.depth, self.chunk)
         try:
             self._consume(decoders)
@@ -164,7 +159,6 @@ class StreamCheck:
         if self.stop.is_set():
             raise StreamStopped()
         self._settle_walk()
-        frames = self.frames
         upstream = self.upstream_lost or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
         if self.walker:
             self.walker.finish(self.uoff, upstream_damage=upstream)
@@ -172,9 +166,19 @@ class StreamCheck:
             self._name_recoveries()
         if self.scan is not None:
             self._decide_scans()
-        return self._result(frames)
+        return self._result()
 
     # --- the frame walk ----------------------------------------------------------------------
+
+    def _walk_first(self) -> FrameFeed:
+        """Walk every frame, then decode: the feed of the frames with content (from a resume's
+        checkpoint on)."""
+        frames = self._walk_now()
+        self.log = FrameLog.of(frames, with_rows=self.compressed)
+        content_frames = self._walked(frames)
+        if self.resume_from is not None:
+            content_frames = self._restore(self.resume_from, content_frames)
+        return FrameFeed(content_frames, stop=self.stop)
 
     def _walk_now(self) -> list[Frame]:
         """Every frame, walked before decoding begins (a walk that may read the whole file:
@@ -191,23 +195,21 @@ class StreamCheck:
         return [Frame(i, "raw", start, min(start + RAW_PIECE, self.reader.size))
                 for i, start in enumerate(range(0, self.reader.size, RAW_PIECE))]
 
-    def _walked(self) -> list[Frame]:
+    def _walked(self, frames: list[Frame] | None = None) -> list[Frame]:
         """What the frames say as a whole, once the walk has ended and its findings come first;
-        returns the frames that hold content."""
-        self._frame_facts(self.frames)
-        self._unchecked_stream()
+        returns those of ``frames`` (every frame, when the walk went first) that hold content."""
+        self._frame_facts()
+        self._unchecked_stream(frames or [])
         self.broken = {f.location.frame: i for i, f in enumerate(self.findings)
-                       if f.category in STRUCTURAL and _loses_content(f, self.frames)}
-        content_frames = [f for f in self.frames if f.kind in CONTENT_KINDS]
-        self.content_frames = len(content_frames)
+                       if f.category in STRUCTURAL and _loses_content(f, self.log)}
         self.walk_findings = len(self.findings)
         self.walk_made = list(self.findings)
-        return content_frames
+        return [f for f in frames or () if f.kind in CONTENT_KINDS]
 
-    def _seek_table(self) -> list[SeekEntry] | None:
+    def _seek_table(self) -> SeekTable | None:
         """A seekable file's table, read before the walk: its checksums are needed as each frame
-        is decoded. [] without one; None when the walk must check it first (read_seek_table)."""
-        return read_seek_table(self.reader) if self.codec == "zstd" else []
+        is decoded. Empty without one; None when the walk must check it first (read_seek_table)."""
+        return read_seek_table(self.reader) if self.codec == "zstd" else SeekTable()
 
     def _walks_while_decoding(self) -> bool:
         """A resume walks beside the decoders too, unless decoding had named something on the
@@ -215,7 +217,7 @@ class StreamCheck:
         cp = self.resume_from
         return cp is None or not (cp.get("walk_named") or cp.get("losses"))
 
-    def _walk_while_decoding(self, seek: list[SeekEntry]) -> FrameFeed:
+    def _walk_while_decoding(self, seek: SeekTable) -> FrameFeed:
         """Walk a zstd file's frames on a thread of its own, handing each to the lanes as it is
         found: the walk's reads and the decoders' are of the same blocks at about the same time
         (one transfer from a store, not two). The stream's findings wait for the walk's, so that
@@ -231,7 +233,7 @@ class StreamCheck:
             resume_at = (cp["frame"], cp["frame_offset"])
         # before the walk reads on: what it fetches is kept for the lanes
         self.reader.reading_from(resume_at[1] if resume_at else 0)
-        walking = _WalkThread(self.reader, self.uri, self.max_window, self.frames, feed, resume_at, seek)
+        walking = _WalkThread(self.reader, self.uri, self.max_window, self.log, feed, resume_at, seek)
         self.walking = walking
         self.findings = _AfterWalk(self._settle_walk, self.findings)
         walking.start()
@@ -252,7 +254,7 @@ class StreamCheck:
             raise walking.error
         if walking.resume_at is not None and not walking.resumed:
             raise CheckpointMismatch(f"the walk found no frame {walking.resume_at[0]} at {walking.resume_at[1]}")
-        self._take_seek_table(walking.walked)
+        self.log.table_holds = walking.table_holds
         made = list(self.findings)  # a checkpoint's (the others wait for the walk)
         del self.findings[:]
         self.findings.extend(walking.found)
@@ -263,14 +265,6 @@ class StreamCheck:
         self.findings_at_frame_start += shift
         self.frame_starts = collections.deque(((*s[:4], s[4] + shift) for s in self.frame_starts),
                                               maxlen=self.frame_starts.maxlen)
-
-    def _take_seek_table(self, walked: list[Frame] | None) -> None:
-        """What the walk found the seek table to say of each frame, once it has checked the
-        table against the frames (nothing, when they disagree)."""
-        for i, w in enumerate((walked or [])[:len(self.frames)]):
-            f = self.frames[i]
-            if (f.seek_checksum, f.seek_size) != (w.seek_checksum, w.seek_size):
-                self.frames[i] = replace(f, seek_checksum=w.seek_checksum, seek_size=w.seek_size)
 
     def _join_walk(self, walking: "_WalkThread") -> None:
         """Wait for the walk to end; a stop ends it at its next frame (not at the archive's end)."""
@@ -342,12 +336,12 @@ class StreamCheck:
             decided.append(Finding.of(code, Location(self.uri), **details))
         self.findings = decided
 
-    def _unchecked_stream(self) -> None:
+    def _unchecked_stream(self, frames: list[Frame]) -> None:
         """An xz file written without its integrity check, as ZSTD_NO_CHECKSUM says it of zstd
         frames: the first xz block of each kind (else the first stream's header). (lz4 frames
         without checksums are counted by their decoder, as they end.)"""
         if self.codec == "xz":
-            for code, check, where in xz.unchecked(self.frames, self.reader):
+            for code, check, where in xz.unchecked(frames, self.reader):
                 self.findings.append(Finding.of(code, Location(self.uri, byte_range=where),
                                                 **({"check": check} if code == "XZ_UNSUPPORTED_CHECK" else {})))
 
@@ -360,19 +354,17 @@ class StreamCheck:
         details = {**dict(cause.details), "tar_effects": effects}
         self.findings[cause_index] = Finding(cause.code, cause.location, tuple(sorted(details.items())))
 
-    def _frame_facts(self, frames: list[Frame]) -> None:
-        zstd_frames = [f for f in frames if f.kind == "zstd"]
-        unchecked = [f for f in zstd_frames if not f.has_checksum and f.seek_checksum is None]
+    def _frame_facts(self) -> None:
+        tally = self.log.tally
+        unchecked, first = self.log.unchecked()
         if unchecked:
-            first = unchecked[0]
-            self.findings.append(Finding.of("ZSTD_NO_CHECKSUM", Location(self.uri, frame=first.index),
-                                            frames=len(unchecked)))
-        big = max(zstd_frames, key=lambda f: f.window, default=None)
+            self.findings.append(Finding.of("ZSTD_NO_CHECKSUM", Location(self.uri, frame=first), frames=unchecked))
+        big = tally.widest
         if big is not None and big.window > LARGE_WINDOW:
             self.findings.append(Finding.of("ZSTD_LARGE_WINDOW", Location(self.uri, frame=big.index),
                                             window=format_size(big.window)))
-        if len(zstd_frames) == 1 and self.reader.size >= 256 * 1024 * 1024:
-            self.findings.append(Finding.of("ZSTD_SINGLE_FRAME", Location(self.uri, frame=zstd_frames[0].index),
+        if tally.zstd == 1 and self.reader.size >= 256 * 1024 * 1024:
+            self.findings.append(Finding.of("ZSTD_SINGLE_FRAME", Location(self.uri, frame=tally.first_zstd),
                                             size=format_size(self.reader.size)))
 
     # --- the stream -------------------------------------------------------------------------
@@ -412,7 +404,8 @@ class StreamCheck:
             self.on_progress(frame.end)
 
     def _piece(self, event: Event, frame: Frame, start_pos: int, seek_hash: Any) -> None:
-        self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos))
+        self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos,
+                           frame.offset))
         if self.walker and self.uoff + event.length > self.skip_to:
             cut = max(0, self.skip_to - self.uoff)  # walked before the checkpoint: skip
             self.walker.feed(event.data, self.uoff, cut)
@@ -455,7 +448,7 @@ class StreamCheck:
             "frame": index, "frame_offset": frame_offset, "frame_start": frame_start, "frame_count": count,
             "covered": self._archive_offset(at, frame_offset), "walker": walker, "recent": recent,
             "upstream_lost": self.upstream_lost,
-            "findings": [f.to_json() for f in self.findings[self.walk_findings:]], "rows_next": self.rows_next,
+            "findings": [f.to_json() for f in self.findings[self.walk_findings:]], "rows_next": self.log.rows_next,
             "walk_named": [[i, f.to_json()] for i, f in enumerate(self.findings[:self.walk_findings])
                            if f is not self.walk_made[i]],
             "provisional": [f.to_json() for f in self.provisional],
@@ -468,7 +461,7 @@ class StreamCheck:
         the input read before the piece of output holding it (at least its frame's start)."""
         if not self.compressed:
             return uoff
-        for u0, u1, _, c0, c1 in reversed(self.spans):
+        for u0, u1, _, c0, c1, _ in reversed(self.spans):
             if u0 <= uoff <= u1:
                 return max(frame_offset, c1 if uoff == u1 else c0)
         return frame_offset
@@ -496,7 +489,7 @@ class StreamCheck:
         self.provisional.dropped.update(cp["provisional_dropped"])
         self.hazards.extend(Finding.from_json(f) for f in cp.get("hazards", ()))
         self.hazards.dropped.update(cp.get("hazards_dropped", {}))
-        self.rows_next = cp["rows_next"]
+        self.log.skip_rows(cp["rows_next"])
         self.losses = [tuple(loss) for loss in cp.get("losses", ())]
 
     def _rename_walk_findings(self, named: Any) -> None:
@@ -548,10 +541,10 @@ class StreamCheck:
             self._lost(frame, event, None, "ZSTD_CONTENT_SIZE_MISMATCH", actual=produced, expected=frame.content_size)
             return
         # the walk's word on the table decides; while it walks, the frames carry the table read first
-        problem = _seek_problem(self.frames[frame.index], produced, seek_hash)
+        problem = _seek_problem(self.log.as_walked(frame), produced, seek_hash)
         if problem is not None and self.walking is not None:
             self._settle_walk()
-            problem = _seek_problem(self.frames[frame.index], produced, seek_hash)
+            problem = _seek_problem(self.log.as_walked(frame), produced, seek_hash)
         if problem is not None:
             self._content_mismatch(frame, "ZSTD_SEEK_TABLE_MISMATCH", frame_start, detail=problem)
 
@@ -636,7 +629,7 @@ class StreamCheck:
         to the end of the frame (of the archive, for a single frame)."""
         cut = f"{member} from byte {member_offset or 0} on" if member else "what follows"
         self._settle_walk()  # how many frames there are
-        if self.content_frames <= 1 or frame.kind in UNITS:  # xz -d, bzip2 -d stop at a bad block
+        if self.log.tally.content <= 1 or frame.kind in UNITS:  # xz -d, bzip2 -d stop at a bad block
             return f"{cut}, and every member after it to the end of the archive"
         unit = UNITS[frame.kind].unit if frame.kind in UNITS else "frame"
         return f"{cut}, and every member after it to the end of {unit} {frame.index} (archive bytes {frame.offset}-{frame.end})"
@@ -692,11 +685,10 @@ class StreamCheck:
         """Give a walker finding its archive byte range and frame."""
         if not self.compressed:
             return finding.with_location(byte_range=(start, max(end, start)))
-        for u0, u1, frame, c0, c1 in reversed(self.spans):
+        for u0, u1, frame, c0, c1, frame_offset in reversed(self.spans):
             if u0 <= start < u1 or (start == u1 == self.uoff):
                 # the read-ahead allowance stays within the frame the location names
-                first = self.frames[frame].offset if frame < len(self.frames) else 0
-                return finding.with_location(byte_range=(max(first, c0 - READ_APPROXIMATION), c1),
+                return finding.with_location(byte_range=(max(frame_offset, c0 - READ_APPROXIMATION), c1),
                                              frame=self._numbered(frame))
         return finding
 
@@ -705,28 +697,21 @@ class StreamCheck:
     def _table_rows(self, upto: int, span: tuple[int, int] | None) -> None:
         """The frame table's rows up to frame ``upto`` (its uncompressed span, if decoded), in
         order: frames between that were not decoded (skippable, seek table) have no span."""
-        if not self.compressed or upto < self.rows_next:
+        if not self.compressed:
             return
-        rows = []
-        for frame in self.frames[self.rows_next:upto + 1]:
-            start, end = span if (span is not None and frame.index == upto) else (None, None)
-            rows.append((frame.index, frame.kind, frame.offset, frame.end, frame.window, frame.content_size,
-                         frame.has_checksum or frame.seek_checksum is not None, start, end))
-        self.rows_next = upto + 1
-        self.on_frames(rows)
+        rows = self.log.rows(upto, span)
+        if rows:
+            self.on_frames(rows)
 
-    def _result(self, frames: list[Frame]) -> StreamResult:
-        self._table_rows(len(frames) - 1, None)
+    def _result(self) -> StreamResult:
+        self._table_rows(self.log.count - 1, None)
         not_tar = any(f.code == "TAR_NOT_TAR" for f in self.findings)
         seen_tar = self.check_tar and not not_tar and self.uoff > 0  # nothing decoded: no tar seen
         fmt = (f"tar+{self.codec}" if seen_tar else self.codec) if self.compressed else "tar"
-        zstd_frames = [f for f in frames if f.kind == "zstd"]
+        tally = self.log.tally
         return StreamResult(
-            format=fmt, frames=len(zstd_frames),
-            skippable_frames=sum(f.kind in ("skippable", "seek_table") for f in frames),
-            checksummed_frames=sum(f.has_checksum or f.seek_checksum is not None for f in zstd_frames),
-            max_window=max((f.window for f in zstd_frames), default=0),
-            seekable=any(f.kind == "seek_table" for f in frames),
+            format=fmt, frames=tally.zstd, skippable_frames=tally.skippable, checksummed_frames=self.log.checksummed(),
+            max_window=tally.widest.window if tally.widest else 0, seekable=tally.seekable,
             compressed_size=self.reader.size, uncompressed_size=self.uoff,
             member_count=self.walker.count if self.walker else 0,
             findings=tuple(self.findings.closed(self.uri)) + tuple(self.hazards.closed(self.uri)),
@@ -754,27 +739,27 @@ class _AfterWalk(Findings):
 
 
 class _WalkThread(threading.Thread):
-    """The native frame walk, handing ``frames`` (every frame) and ``feed`` (those with content)
-    each frame as it is found; ``found`` and ``error`` once it has ended. On a resume
-    (``resume_at``: a checkpoint's frame index and offset), the feed gets the frames from there
-    on, and the walk checks that the archive has that frame there."""
+    """The native frame walk, handing ``log`` (every frame) and ``feed`` (those with content)
+    each frame as it is found; ``found``, ``table_holds`` and ``error`` once it has ended. On a
+    resume (``resume_at``: a checkpoint's frame index and offset), the feed gets the frames from
+    there on, and the walk checks that the archive has that frame there."""
 
-    def __init__(self, reader: Any, uri: str, max_window: int, frames: list[Frame], feed: FrameFeed,
-                 resume_at: tuple[int, int] | None = None, seek: list[SeekEntry] | None = None):
+    def __init__(self, reader: Any, uri: str, max_window: int, log: FrameLog, feed: FrameFeed,
+                 resume_at: tuple[int, int] | None = None, seek: SeekTable | None = None):
         super().__init__(name="archcheck-frame-walk", daemon=True)
-        self.reader, self.uri, self.max_window, self.frames, self.feed = reader, uri, max_window, frames, feed
+        self.reader, self.uri, self.max_window, self.log, self.feed = reader, uri, max_window, log, feed
         self.resume_at = resume_at
         self.resumed = False  # the checkpoint's frame was found where it said
-        self.seek = seek or []  # a seek table's entries, read first
-        self.walked: list[Frame] | None = None  # every frame, once the walk has ended by itself
+        self.seek = seek or SeekTable()  # read first
+        self.table_holds = True  # the walk found the seek table to hold for the frames (or there is none)
         self.found = Findings()
         self.findings_made = 0  # by the walk, when it handed on its last frame
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.walked = walk_frames(_PacedReads(self.reader, self.feed), self.uri, self.max_window, self.found,
-                                      on_frame=self._hand_on)
+            self.table_holds = hand_frames_on(_PacedReads(self.reader, self.feed), self.uri, self.max_window,
+                                              self.found, self.seek, self._hand_on)
         except _Abandoned:
             pass  # the stream was stopped: nobody needs the rest
         except BaseException as exc:  # noqa: BLE001 - raised again where the walk is settled
@@ -785,17 +770,13 @@ class _WalkThread(threading.Thread):
     def _hand_on(self, frame: Frame, found: int, whole: bool) -> None:
         self.findings_made = found
         if frame.index < len(self.seek):  # any frame before the table, as the walk's check of it does
-            entry = self.seek[frame.index]
-            frame = replace(frame, seek_checksum=entry.checksum, seek_size=entry.decompressed)
+            size, checksum = self.seek[frame.index]
+            frame = replace(frame, seek_checksum=checksum, seek_size=size)
+        self.log.add(frame)  # (the open frame again, once walked)
         if not whole:  # its blocks are walked next, while a lane decodes it
-            self.frames.append(frame)
             if self._decoded(frame) and not self.feed.open(frame):
                 raise _Abandoned()
             return
-        if self.frames and self.frames[-1].index == frame.index:
-            self.frames[-1] = frame  # the open frame, walked
-        else:
-            self.frames.append(frame)
         if frame.kind in CONTENT_KINDS and self._decoded(frame) and not self.feed.put(frame):
             raise _Abandoned()
 
@@ -856,14 +837,12 @@ def _seek_problem(frame: Frame, produced: int, seek_hash: Any) -> str | None:
     return None
 
 
-def _loses_content(finding: Finding, frames: list[Frame]) -> bool:
+def _loses_content(finding: Finding, log: FrameLog) -> bool:
     """A damaged window that still decodes loses nothing: only its header byte is wrong. Nor
     does a seek table that disagrees with a frame's size: the frame itself was walked."""
     if finding.code == "ZSTD_SEEK_TABLE_MISMATCH":
         return False
-    index = finding.location.frame
-    frame = frames[index] if index is not None and 0 <= index < len(frames) else None
-    return not (finding.code == "ZSTD_BAD_WINDOW" and frame is not None and frame.decodable)
+    return not (finding.code == "ZSTD_BAD_WINDOW" and log.decodable(finding.location.frame))
 
 
 def _is_tar_damage(finding: Finding) -> bool:

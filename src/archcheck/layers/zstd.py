@@ -54,26 +54,42 @@ def is_zstd_start(head: bytes) -> bool:
 SEEKABLE_FOOTER = struct.pack("<I", 0x8F92EAB1)  # the last four bytes of a seekable file
 
 
-@dataclass(frozen=True, slots=True)  # one per frame, as Frame
-class SeekEntry:
-    """A seek table's word on one frame (formats.md 1.7)."""
+class SeekTable:
+    """A seek table's word on each frame (formats.md 1.7): its entries kept as the table's own
+    bytes (8 or 12 a frame), read one at a time."""
 
-    compressed: int
-    decompressed: int
-    checksum: int | None  # low 32 bits of XXH64 of the content, if the table has checksums
+    def __init__(self, entries: bytes = b"", entry_size: int = 8, present: bool = False):
+        """``present``: the file ends in a seekable footer (a table of no frames is one)."""
+        self.entries, self.entry_size, self.present = entries, entry_size, present
+
+    def __len__(self) -> int:
+        return len(self.entries) // self.entry_size
+
+    def __getitem__(self, i: int) -> tuple[int, int | None]:
+        """Frame ``i``'s decompressed size, and the low 32 bits of XXH64 of its content if the
+        table has checksums."""
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        at = i * self.entry_size
+        checksum = struct.unpack_from("<I", self.entries, at + 8)[0] if self.entry_size == 12 else None
+        return struct.unpack_from("<I", self.entries, at + 4)[0], checksum
+
+    def compressed_total(self) -> int:
+        """The bytes of the frames the table lists."""
+        return sum(struct.unpack_from("<I", self.entries, at)[0] for at in range(0, len(self.entries), self.entry_size))
 
 
 SEEK_TABLE_MAGIC = 0x184D2A5E
 
 
-def read_seek_table(reader: Any) -> list[SeekEntry] | None:
-    """The entries of the seek table a seekable file ends in, read before the walk gets there:
-    [] for a file without one; None unless it is whole by the rules the walk checks it by and
-    its frames' sizes add up to the table's offset (the walk, run first, then says what is wrong)."""
+def read_seek_table(reader: Any) -> SeekTable | None:
+    """The seek table a seekable file ends in, read before the walk gets there: an empty one
+    for a file without one; None unless it is whole by the rules the walk checks it by and its
+    frames' sizes add up to the table's offset (the walk, run first, then says what is wrong)."""
     size = reader.size
     footer = reader.pread(size - 9, 9) if size >= 9 else b""
     if len(footer) < 9 or footer[5:] != SEEKABLE_FOOTER:
-        return []
+        return SeekTable()
     if size < 17:
         return None
     count, descriptor = struct.unpack_from("<IB", footer)
@@ -87,28 +103,39 @@ def read_seek_table(reader: Any) -> list[SeekEntry] | None:
     data = header + reader.pread(size - length + 8, length - 8)
     if len(data) != length:
         return None
-    entries = [SeekEntry(*struct.unpack_from("<II", data, at), struct.unpack_from("<I", data, at + 8)[0]
-                         if entry == 12 else None) for at in range(8, 8 + count * entry, entry)]
+    table = SeekTable(data[8:8 + count * entry], entry, present=True)
     # frames that do not fill the file up to the table: the walk may find the table at odds
     # with them, and then it says nothing of any frame
-    return entries if sum(e.compressed for e in entries) == size - length else None
+    return table if table.compressed_total() == size - length else None
 
 
-def walk_frames(reader: Any, uri: str, max_window: int, findings: Findings,
-                on_frame: Callable[[Frame, int, bool], None] | None = None) -> list[Frame]:
+def walk_frames(reader: Any, uri: str, max_window: int, findings: Findings) -> list[Frame]:
     """Every frame of a zstd file; the walk's findings go to ``findings``. ``reader``: pread
-    and size (the core asks it for the bytes it needs). ``on_frame`` is handed each frame as it
-    is found, with the number of findings made so far and True; a zstd frame without a size
-    note comes first open, before its blocks are walked, with False and the file's end as its
-    end. What ``on_frame`` raises ends the walk."""
+    and size (the core asks it for the bytes it needs)."""
+    frames, found = _native.walk_frames(reader, max_window)
+    _walk_findings(found, uri, findings)
+    return [Frame(*f) for f in frames]
+
+
+def hand_frames_on(reader: Any, uri: str, max_window: int, findings: Findings, seek: SeekTable,
+                   on_frame: Callable[[Frame, int, bool], None]) -> bool:
+    """Walk a zstd file's frames, handing each to ``on_frame`` as it is found, with the number
+    of findings made so far and True; a zstd frame without a size note comes first open, before
+    its blocks are walked, with False and the file's end as its end. None is kept, and the
+    frames carry nothing of a seek table: returns whether the table the file ends in (``seek``,
+    read first) holds for them. What ``on_frame`` raises ends the walk."""
     def hand_on(row: tuple, found: int, whole: bool) -> None:
         frame = Frame(*row)
         on_frame(frame if whole else replace(frame, end=reader.size), found, whole)
 
-    frames, found = _native.walk_frames(reader, max_window, hand_on if on_frame else None)
+    found, table_holds = _native.hand_frames_on(reader, max_window, seek.present, hand_on)
+    _walk_findings(found, uri, findings)
+    return table_holds
+
+
+def _walk_findings(found: list[tuple], uri: str, findings: Findings) -> None:
     for code, start, end, frame, details in found:
         findings.append(Finding.of(code, Location(uri, byte_range=(start, end), frame=frame), **details))
-    return [Frame(*f) for f in frames]
 
 
 def unwalked_problem(reader: Any, frame: Frame) -> tuple | None:

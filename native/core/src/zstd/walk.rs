@@ -292,13 +292,48 @@ fn format_size(n: u64) -> String {
     unreachable!()
 }
 
-/// Walks every frame of a zstd file: the frames, and the structural findings.
+/// Walks every frame of a zstd file: the frames, and the structural findings. It keeps no
+/// frame once handed on, so its memory does not grow with the number of frames, except 16 bytes
+/// a frame where a seek table is looked for (it is checked against every frame at the end).
 pub struct FrameWalk<'s> {
     src: &'s mut dyn ByteSource,
     max_window: u64,
-    pub frames: Vec<Frame>,
+    walked: Vec<Frame>, // walked, not yet handed on (a frame or two)
+    count: u64,         // frames found so far: the next one's index
+    last: Option<Frame>,
+    spans: Option<Vec<(u64, u64)>>, // each frame's (offset, end), while a seek table is looked for
     pub findings: Vec<WalkFinding>,
     size_hint: Option<(u64, u64)>, // (frame start, compressed size) from pzstd
+}
+
+/// A seekable file's table, once the walk has found that it describes the frames before it.
+pub struct SeekTable {
+    entry_size: usize,
+    entries: Vec<u8>,
+}
+
+impl SeekTable {
+    pub fn len(&self) -> usize {
+        self.entries.len() / self.entry_size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Frame `i`'s (checksum, decompressed size).
+    pub fn entry(&self, i: usize) -> (Option<u32>, u64) {
+        let at = i * self.entry_size;
+        let u32_at = |at: usize| u32::from_le_bytes([self.entries[at], self.entries[at + 1], self.entries[at + 2],
+                                                     self.entries[at + 3]]);
+        ((self.entry_size == 12).then(|| u32_at(at + 8)), u32_at(at + 4) as u64)
+    }
+}
+
+/// How a walk ended: its findings, and the seek table when the file's holds.
+pub struct WalkEnd {
+    pub findings: Vec<WalkFinding>,
+    pub seek_table: Option<SeekTable>,
 }
 
 /// A zstd frame's header read: the walk goes on at `Ended`'s position, or walks `Open`'s blocks.
@@ -309,21 +344,42 @@ enum Step {
 
 impl<'s> FrameWalk<'s> {
     pub fn new(src: &'s mut dyn ByteSource, max_window: u64) -> Self {
-        FrameWalk { src, max_window, frames: Vec::new(), findings: Vec::new(), size_hint: None }
+        FrameWalk { src, max_window, walked: Vec::new(), count: 0, last: None, spans: Some(Vec::new()),
+                    findings: Vec::new(), size_hint: None }
     }
 
+    /// Whether to check a seek table at the end (the default): false for a file known not to
+    /// end in a seekable footer, so that nothing is kept of its frames.
+    pub fn seekable(mut self, seekable: bool) -> Self {
+        self.spans = seekable.then(Vec::new);
+        self
+    }
+
+    /// Every frame (with what a seek table that holds says of it) and the findings.
     pub fn run(self) -> (Vec<Frame>, Vec<WalkFinding>) {
-        self.run_with(|_, _, _| true)
+        let mut frames = Vec::new();
+        let end = self.run_with(|frame, _, whole| {
+            if whole {
+                frames.push(frame.clone());
+            }
+            true
+        });
+        if let Some(table) = &end.seek_table {
+            for (i, frame) in frames.iter_mut().take(table.len()).enumerate() {
+                (frame.seek_checksum, frame.seek_size) = (table.entry(i).0, Some(table.entry(i).1));
+            }
+        }
+        (frames, end.findings)
     }
 
-    /// As `run`, handing each frame to `on_frame` as soon as it is walked, with the number of
-    /// findings made so far and `true` (a seek table found at the end still fills in
-    /// `seek_checksum` afterwards). A zstd frame without a size note is handed on before its
-    /// blocks are walked too, with `false` and its end unknown (its offset), so that it can be
-    /// decoded while the walk follows it. `on_frame` returning false ends the walk there.
-    pub fn run_with(mut self, mut on_frame: impl FnMut(&Frame, usize, bool) -> bool) -> (Vec<Frame>, Vec<WalkFinding>) {
+    /// Hands each frame to `on_frame` as soon as it is walked, with the number of findings made
+    /// so far and `true` (what a seek table found at the end says of the frames comes with the
+    /// end). A zstd frame without a size note is handed on before its blocks are walked too,
+    /// with `false` and its end unknown (its offset), so that it can be decoded while the walk
+    /// follows it. `on_frame` returning false ends the walk there.
+    pub fn run_with(mut self, mut on_frame: impl FnMut(&Frame, usize, bool) -> bool) -> WalkEnd {
         let size = self.src.size();
-        let (mut pos, mut handed) = (0, 0);
+        let mut pos = 0;
         while pos < size {
             let head = self.src.read_at(pos, 18);
             let magic = (head.len() >= 4).then(|| u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
@@ -332,7 +388,7 @@ impl<'s> FrameWalk<'s> {
                     Step::Ended(next) => next,
                     Step::Open(frame, header) => {
                         if !on_frame(&frame, self.findings.len(), false) {
-                            return (self.frames, self.findings);
+                            return WalkEnd { findings: self.findings, seek_table: None };
                         }
                         self.walk_open(frame, &header)
                     }
@@ -340,15 +396,23 @@ impl<'s> FrameWalk<'s> {
                 Some(m) if m & SKIPPABLE_MASK == SKIPPABLE_BASE => self.skippable(pos, &head, m),
                 _ => self.garbage(pos, magic),
             };
-            while handed < self.frames.len() {
-                if !on_frame(&self.frames[handed], self.findings.len(), true) {
-                    return (self.frames, self.findings);
+            for frame in std::mem::take(&mut self.walked) {
+                if !on_frame(&frame, self.findings.len(), true) {
+                    return WalkEnd { findings: self.findings, seek_table: None };
                 }
-                handed += 1;
+                self.last = Some(frame);
             }
         }
-        self.check_seek_table();
-        (self.frames, self.findings)
+        let seek_table = self.check_seek_table();
+        WalkEnd { findings: self.findings, seek_table }
+    }
+
+    fn push(&mut self, frame: Frame) {
+        if let Some(spans) = &mut self.spans {
+            spans.push((frame.offset, frame.end));
+        }
+        self.count += 1;
+        self.walked.push(frame);
     }
 
     fn find(&mut self, code: &'static str, start: u64, end: u64, frame: Option<u64>, details: Fields) {
@@ -385,7 +449,7 @@ impl<'s> FrameWalk<'s> {
     }
 
     fn skippable(&mut self, pos: u64, head: &[u8], magic: u32) -> u64 {
-        let index = self.frames.len() as u64;
+        let index = self.count;
         let size = self.src.size();
         if head.len() < 8 {
             self.find("ZSTD_TRUNCATED_FRAME", pos, size, Some(index), vec![]);
@@ -402,7 +466,7 @@ impl<'s> FrameWalk<'s> {
         } else {
             Kind::Skippable
         };
-        self.frames.push(Frame { index, kind, offset: pos, end, window: 0, content_size: None, has_checksum: false,
+        self.push(Frame { index, kind, offset: pos, end, window: 0, content_size: None, has_checksum: false,
                                  dictionary_id: 0, intact: true, seek_checksum: None, seek_size: None, walked: true,
                                  window_ok: true, header_length: 8 });
         if magic == SKIPPABLE_BASE && end - pos == 12 && head.len() >= 12 {
@@ -415,7 +479,7 @@ impl<'s> FrameWalk<'s> {
     /// A zstd frame's header: the frame pushed and the position after it, or the frame whose
     /// blocks are still to walk.
     fn zstd_frame(&mut self, pos: u64, head: &[u8]) -> Step {
-        let index = self.frames.len() as u64;
+        let index = self.count;
         let size = self.src.size();
         let Some(header) = parse_frame_header(head) else {
             self.find("ZSTD_TRUNCATED_FRAME", pos, size, Some(index), vec![]);
@@ -432,7 +496,7 @@ impl<'s> FrameWalk<'s> {
             let end = self.next_magic(pos + 1);
             frame.end = end;
             frame.intact = false;
-            self.frames.push(frame);
+            self.push(frame);
             return Step::Ended(end);
         }
         match self.hinted_end(pos) {
@@ -459,7 +523,7 @@ impl<'s> FrameWalk<'s> {
             self.find("ZSTD_DICTIONARY_REQUIRED", frame.offset, end, Some(frame.index),
                       fields![("dictionary_id", frame.dictionary_id)]);
         }
-        self.frames.push(frame);
+        self.push(frame);
         end
     }
 
@@ -514,20 +578,22 @@ impl<'s> FrameWalk<'s> {
         }
     }
 
-    /// Seekable format (formats.md 1.7): the table must describe the frames before it.
-    fn check_seek_table(&mut self) {
-        let Some(table) = self.frames.last().filter(|f| f.kind == Kind::SeekTable).cloned() else { return };
+    /// Seekable format (formats.md 1.7): the table must describe the frames before it. Its
+    /// entries, when it holds (a frame whose size it has wrong is said, and the table still holds).
+    fn check_seek_table(&mut self) -> Option<SeekTable> {
+        let table = self.last.take().filter(|f| f.kind == Kind::SeekTable)?;
+        let spans = self.spans.take()?;
         let data = self.src.read_at(table.offset, (table.end - table.offset) as usize);
         if data.len() < 17 {
             let problem = format!("a seek table of {} bytes", data.len());
             self.find("ZSTD_SEEK_TABLE_MISMATCH", table.offset, table.end, Some(table.index), fields![("detail", problem)]);
-            return;
+            return None;
         }
         let u32_at = |at: usize| u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
         let count = u32_at(data.len() - 9) as u64;
         let descriptor = data[data.len() - 5];
         let entry_size: u64 = if descriptor & 0x80 != 0 { 12 } else { 8 };
-        let data_frames = self.frames.len() as u64 - 1;
+        let data_frames = self.count - 1;
         let problem = if descriptor & 0x7C != 0 {
             Some("reserved bits set in the seek table descriptor".to_string())
         } else if 8 + count * entry_size + 9 != data.len() as u64 {
@@ -539,22 +605,17 @@ impl<'s> FrameWalk<'s> {
         };
         if let Some(problem) = problem {
             self.find("ZSTD_SEEK_TABLE_MISMATCH", table.offset, table.end, Some(table.index), fields![("detail", problem)]);
-            return;
+            return None;
         }
-        for i in 0..data_frames as usize {
-            let at = 8 + i * entry_size as usize;
-            let (csize, dsize) = (u32_at(at) as u64, u32_at(at + 4) as u64);
-            let checksum = (entry_size == 12).then(|| u32_at(at + 8));
-            let frame = &self.frames[i];
-            if csize != frame.end - frame.offset {
-                let detail = format!("frame is {} bytes, table says {csize}", frame.end - frame.offset);
-                let (offset, end, index) = (frame.offset, frame.end, frame.index);
-                self.find("ZSTD_SEEK_TABLE_MISMATCH", offset, end, Some(index), fields![("detail", detail)]);
+        for (i, &(offset, end)) in spans.iter().take(data_frames as usize).enumerate() {
+            let csize = u32_at(8 + i * entry_size as usize) as u64;
+            if csize != end - offset {
+                let detail = format!("frame is {} bytes, table says {csize}", end - offset);
+                self.find("ZSTD_SEEK_TABLE_MISMATCH", offset, end, Some(i as u64), fields![("detail", detail)]);
             }
-            let frame = &mut self.frames[i];
-            frame.seek_checksum = checksum;
-            frame.seek_size = Some(dsize);
         }
+        let entries = data[8..8 + (count * entry_size) as usize].to_vec();
+        Some(SeekTable { entry_size: entry_size as usize, entries })
     }
 }
 
@@ -618,22 +679,23 @@ mod tests {
         file.extend_from_slice(b"trailing garbage");
         let (all, found) = FrameWalk::new(&mut &file[..], 1 << 27).run();
         let mut handed = Vec::new();
-        let (frames, findings) = FrameWalk::new(&mut &file[..], 1 << 27).run_with(|f, n, whole| {
+        let end = FrameWalk::new(&mut &file[..], 1 << 27).run_with(|f, n, whole| {
             handed.push((f.index, f.offset, f.end, n, whole));
             true
         });
-        assert_eq!((frames.len(), findings.len()), (all.len(), found.len()));
+        let findings = end.findings;
+        assert_eq!((all.len(), findings.len()), (3, found.len()));
         let len = frame.len() as u64;
         // each frame twice: open at its header (its end unknown), then walked
         assert_eq!(handed, vec![(0, 0, 0, 0, false), (0, 0, len, 0, true), (1, len, len, 0, false),
                                 (1, len, 2 * len, 0, true), (2, 2 * len, 2 * len, 0, false), (2, 2 * len, 3 * len, 0, true)]);
         assert_eq!(findings[0].code, "ZSTD_TRAILING_GARBAGE"); // made after the last frame was handed on
         let (mut count, mut source) = (0, &file[..]);
-        let (frames, _) = FrameWalk::new(&mut source, 1 << 27).run_with(|_, _, whole| {
+        FrameWalk::new(&mut source, 1 << 27).run_with(|_, _, whole| {
             count += usize::from(whole);
             count < 2
         });
-        assert_eq!((count, frames.len()), (2, 2));
+        assert_eq!(count, 2);
     }
 
     #[test]
