@@ -233,3 +233,51 @@ def test_every_read_of_the_plaintext_is_what_age_d_writes(mixed_tar, keys, tmp_p
     reader.sweep()
     assert (reader.faults, reader.unread()) == ({}, [])
     reader.close()
+
+
+def test_a_resume_past_a_failed_chunk_still_names_its_effects(keys, tmp_path):
+    """A resume re-walks every frame, so where the failed chunk's frame ends (what its effects
+    are gathered up to) is known though the frame's row left in the earlier run: every
+    checkpoint after the damage resumes to the uninterrupted findings."""
+    import random
+
+    from archcheck.layers import age
+    from archcheck.layers.stream import StreamCheck
+    from archcheck.sources import open_source
+
+    key_file, _, recipient = keys
+    tree, rnd = tmp_path / "tree", random.Random(5)
+    tree.mkdir()
+    for i in range(400):  # text, compressed: a failed chunk's zeros are damage to zstd
+        (tree / f"f{i:04d}.txt").write_text("".join(f"row {i} {rnd.random()}\n" for _ in range(rnd.randrange(50, 800))))
+    data = subprocess.run(["tar", "-cf", "-", "-C", tree, "."], capture_output=True, check=True).stdout
+    piece = 256 * 1024  # frames of 256 KiB, as pzstd writes them
+    frames = b"".join(subprocess.run(["zstd", "-q", "-c"], input=data[i:i + piece], capture_output=True,
+                                     check=True).stdout for i in range(0, len(data), piece))
+    clean = subprocess.run(["age", "-r", recipient], input=frames, capture_output=True, check=True).stdout
+    k = 13  # its zeros make the walk go wrong past the chunk's end, inside the same frame
+    archive = _write(tmp_path, "frames.tar.zst.age", _flip(clean, _payload_start(clean) + k * SEALED + 60000))
+    key = age.AgeKey(key_file.read_text(), "test")
+
+    def run(checkpoint=None, checkpoints=None):
+        reader = open_source(archive).ref().open()
+        plain = age.Plaintext(reader, key)
+        plain.restore((checkpoint or {}).get("age"))
+        check = StreamCheck(plain, str(archive), codec="zstd", check_tar=True, threads=2, on_walked=plain.note_frame,
+                            resume_from=checkpoint, checkpoint_every=0, checkpoint_from=0,
+                            on_checkpoint=(lambda state: checkpoints.append({**json.loads(json.dumps(state)),
+                                                                             "age": plain.state()}))
+                            if checkpoints is not None else None)
+        try:
+            return age.conclude(plain, str(archive), check.run(), None)
+        finally:
+            reader.close()
+
+    checkpoints: list[dict] = []
+    whole = run(checkpoints=checkpoints)
+    [failed] = [f for f in whole.findings if f.code == "AGE_CHUNK_AUTH"]
+    assert corruption(whole) == ["AGE_CHUNK_AUTH"] and dict(failed.details)["effects"][0].startswith("ZSTD_")
+    later = [cp for cp in checkpoints if cp["frame_offset"] > (k + 1) * CHUNK]
+    assert len(later) >= 3, "no checkpoints after the damaged frame"
+    for checkpoint in later[::len(later) // 3]:
+        assert run(checkpoint).findings == whole.findings, checkpoint["frame"]

@@ -173,7 +173,8 @@ def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
         max_window=task.max_window, threads=task.threads, depth=task.depth, chunk=task.chunk,
         on_progress=out.progress,
         on_members=_members_to(out, plain if codec == "tar" else None),
-        on_frames=_frames_to(out, plain), resume_from=task.checkpoint,
+        on_frames=out.frame_rows, on_walked=plain.note_frame if plain is not None else None,
+        resume_from=task.checkpoint,
         on_checkpoint=_checkpoints_to(out, plain), checkpoint_every=task.checkpoint_every,
         checkpoint_from=task.checkpoint_from, stop=stop, scan=task.scan)
     try:
@@ -249,16 +250,6 @@ def _members_to(out: _Sender, plain: age.Plaintext | None) -> Any:
         if plain is not None:  # a failed chunk of a plain tar is named by the member it is in
             plain.note_members(line)
         out.send("members", line, count)
-    return send
-
-
-def _frames_to(out: _Sender, plain: age.Plaintext | None) -> Any:
-    if plain is None:
-        return out.frame_rows
-
-    def send(rows: list[tuple]) -> None:
-        plain.note_frames(rows)  # where a failed chunk's frame ends
-        out.frame_rows(rows)
     return send
 
 

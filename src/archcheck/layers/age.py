@@ -26,6 +26,7 @@ from .. import _native
 from ..errors import UsageError
 from ..findings import Finding, Location
 from .stream import StreamResult
+from .zstd import Frame
 
 MAGIC = b"age-encryption.org/v1\n"
 HEAD = 64 * 1024  # the header must be whole in the file's first bytes
@@ -243,12 +244,15 @@ class Plaintext:
                 if header_offset <= at < max(end, data_offset):
                     self.members[k] = (name, max(0, at - data_offset))
 
-    def note_frames(self, rows: list[tuple]) -> None:
-        """Rows of the frame table, as they leave: where each frame of the plaintext ends."""
-        for _, kind, offset, end, *_ in rows:
-            if kind != "raw":
-                self._frame_starts.append(offset)
-                self._frame_ends.append(end)
+    def note_frame(self, frame: Frame) -> None:
+        """A frame of the plaintext as the walk finds it (again once walked, if it came open)."""
+        if frame.kind == "raw":
+            return
+        if self._frame_starts and self._frame_starts[-1] == frame.offset:
+            self._frame_ends[-1] = frame.end
+        else:
+            self._frame_starts.append(frame.offset)
+            self._frame_ends.append(frame.end)
 
     def frame_end(self, at: int) -> int | None:
         """The end of the frame that holds plaintext offset ``at``, if one does."""

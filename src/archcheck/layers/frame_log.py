@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from .zstd import CONTENT_KINDS, Frame
 
@@ -57,20 +58,21 @@ class FrameLog:
     """Frames in order as a walk finds them (``add``, from any thread), and their rows as the
     stream ends them (``rows``). ``table_holds``: False once the walk has found that the seek
     table the frames were handed with does not hold for them. A plain tar's pieces have no rows
-    (``with_rows``)."""
+    (``with_rows``). ``on_add`` sees every frame added, as ``add`` does."""
 
-    def __init__(self, rows_next: int = 0, with_rows: bool = True):
+    def __init__(self, rows_next: int = 0, with_rows: bool = True, on_add: Callable[[Frame], None] | None = None):
         self.tally = FrameTally()
         self.count = 0  # frames found
         self.rows_next = rows_next  # the first frame whose row has not left (a resume's, from its checkpoint)
         self.table_holds = True
         self.with_rows = with_rows
+        self.on_add = on_add
         self._pending: collections.deque[Frame] = collections.deque()  # frames rows_next onwards
         self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, frames: list[Frame], with_rows: bool = True) -> FrameLog:
-        log = cls(with_rows=with_rows)
+    def of(cls, frames: list[Frame], with_rows: bool = True, on_add: Callable[[Frame], None] | None = None) -> FrameLog:
+        log = cls(with_rows=with_rows, on_add=on_add)
         for frame in frames:
             log.add(frame)
         return log
@@ -78,6 +80,8 @@ class FrameLog:
     def add(self, frame: Frame) -> None:
         """The next frame; or the last one again, walked to its end (it came first open)."""
         with self._lock:
+            if self.on_add is not None:
+                self.on_add(frame)
             if frame.index < self.count:
                 if self._pending and self._pending[-1].index == frame.index:
                     self._pending[-1] = frame
@@ -101,7 +105,7 @@ class FrameLog:
         rows = []
         with self._lock:
             while self._pending and self._pending[0].index <= upto:
-                frame = self._pending.popleft()
+                frame = self.as_walked(self._pending.popleft())
                 start, end = span if (span is not None and frame.index == upto) else (None, None)
                 rows.append((frame.index, frame.kind, frame.offset, frame.end, frame.window, frame.content_size,
                              frame.has_checksum or frame.seek_checksum is not None, start, end))

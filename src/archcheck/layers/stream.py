@@ -76,7 +76,10 @@ class StreamCheck:
                  resume_from: dict[str, Any] | None = None,
                  on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
                  checkpoint_every: float = 2.0, checkpoint_from: int | None = None,
-                 stop: threading.Event | None = None, scan: ScanConfig | None = None):
+                 stop: threading.Event | None = None, scan: ScanConfig | None = None,
+                 on_walked: Callable[[Frame], None] | None = None):
+        """``on_walked`` sees each frame as the walk finds it (a frame handed on open, again once
+        walked), every frame from the first on a resume too."""
         self.reader, self.uri = reader, uri
         self.threads, self.depth, self.chunk = threads, depth, chunk
         self.codec, self.check_tar, self.max_window = codec, check_tar, max_window  # codec: tar, zstd or a stream codec
@@ -99,7 +102,8 @@ class StreamCheck:
         # the frame table leaves row by row as frames end (a log, not a list held here)
         self.frame_rows: list[tuple] = []
         self.on_frames = on_frames or self.frame_rows.extend
-        self.log = FrameLog()  # the frames whose rows have not left, and what all of them say
+        self.on_walked = on_walked
+        self.log = FrameLog(on_add=on_walked)  # the frames whose rows have not left, and what all of them say
         self.fold: tuple[int, int, int] | None = None  # (finding, frame end, members then) after a bad frame
         self.losses: list[tuple[int, int]] = []  # (finding, offset): where the walk lost the stream
         self.count_at_frame_start = 0
@@ -174,7 +178,7 @@ class StreamCheck:
         """Walk every frame, then decode: the feed of the frames with content (from a resume's
         checkpoint on)."""
         frames = self._walk_now()
-        self.log = FrameLog.of(frames, with_rows=self.compressed)
+        self.log = FrameLog.of(frames, with_rows=self.compressed, on_add=self.on_walked)
         content_frames = self._walked(frames)
         if self.resume_from is not None:
             content_frames = self._restore(self.resume_from, content_frames)
@@ -750,8 +754,8 @@ class _WalkThread(threading.Thread):
         self.reader, self.uri, self.max_window, self.log, self.feed = reader, uri, max_window, log, feed
         self.resume_at = resume_at
         self.resumed = False  # the checkpoint's frame was found where it said
-        self.seek = seek or SeekTable()  # read first
-        self.table_holds = True  # the walk found the seek table to hold for the frames (or there is none)
+        self.seek = seek if seek is not None else SeekTable()  # read first
+        self.table_holds = True  # False once the walk finds no seek table that holds for the frames
         self.found = Findings()
         self.findings_made = 0  # by the walk, when it handed on its last frame
         self.error: BaseException | None = None
