@@ -142,24 +142,32 @@ def test_sigterm_stops_cleanly(archives, tmp_path):
 
 @pytest.mark.slow
 def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
-    """A seekable file of 100,000 small frames costs no process more memory than one of 10,000:
-    the walk, the feed and the stream keep no frame once its row of the frame table has left
-    (before, each frame cost about 700 bytes), and the walk runs at most AHEAD_FRAMES frames
-    ahead of the decoding. What stays is the seek table's 28 bytes a frame (2.5 MB here)."""
+    """A seekable file of 100,000 small frames costs no process more memory than one of 10,000,
+    whole or damaged: the walk, the feed and the stream keep no frame once its row of the frame
+    table has left (before, each frame cost about 700 bytes), and the walk runs at most
+    AHEAD_FRAMES frames ahead of the decoding. A finding made while decoding waits for the
+    walk's to be in; the walk then goes on to the end handing on no frame, and another walk takes
+    over from where it stopped (before, every frame after the damage was held). What stays is
+    the seek table's 28 bytes a frame (2.5 MB here)."""
     text = b"".join(b"line %06d of a frame's text\n" % i for i in range(160))[:4096]
     frame = subprocess.run(["zstd", "-q", "--no-check", "-c"], input=text, capture_output=True, check=True).stdout
-    entry = struct.pack("<III", len(frame), len(text), xxhash.xxh64_intdigest(text) & 0xFFFFFFFF)
+    checksum = xxhash.xxh64_intdigest(text) & 0xFFFFFFFF
     highs = {}
-    for count in (10_000, 100_000):
-        table = entry * count + struct.pack("<IBI", count, 0x80, 0x8F92EAB1)
-        archive = tmp_path / f"frames-{count}.zst"
+    for count, damaged in ((10_000, None), (100_000, None), (100_000, 50)):
+        entries = [struct.pack("<III", len(frame), len(text), checksum ^ (k == damaged)) for k in range(count)]
+        table = b"".join(entries) + struct.pack("<IBI", count, 0x80, 0x8F92EAB1)
+        archive = tmp_path / f"frames-{count}-{damaged}.zst"
         archive.write_bytes(frame * count + struct.pack("<II", 0x184D2A5E, len(table)) + table)
-        report = tmp_path / f"report-{count}.json"
-        _, highs[count], run = peak_memory(["verify", archive, "--layers", "zstd", "--no-progress", "--report", report,
-                                            "--state-dir", tmp_path / f"state-{count}"])
-        assert run.returncode == 0, run.stderr
-        stream = json.loads(report.read_text())["archives"][0]["summary"]["stream"]
+        report = tmp_path / f"report-{count}-{damaged}.json"
+        _, highs[count, damaged], run = peak_memory(["verify", archive, "--layers", "zstd", "--no-progress", "--report",
+                                                     report, "--state-dir", tmp_path / f"state-{count}-{damaged}"])
+        assert run.returncode == (0 if damaged is None else 1), run.stderr
+        [verified] = json.loads(report.read_text())["archives"]
+        stream = verified["summary"]["stream"]
         assert (stream["frames"], stream["checksummed_frames"], stream["seekable"]) == (count, count, True)
-    print(f"frames: largest process {highs[10_000] // MiB} MiB for 10,000, {highs[100_000] // MiB} MiB for 100,000",
+        findings = [(f["code"], f["location"]["frame"]) for f in verified["findings"]]
+        assert findings == ([] if damaged is None else [("ZSTD_SEEK_TABLE_MISMATCH", damaged)])
+    print("frames: largest process, MiB: " + ", ".join(f"{count:,} frames{' (damaged)' if damaged else ''} "
+                                                        f"{high // MiB}" for (count, damaged), high in highs.items()),
           file=sys.stderr)
-    assert highs[100_000] <= highs[10_000] + NOISE
+    assert max(highs[100_000, None], highs[100_000, 50]) <= highs[10_000, None] + NOISE

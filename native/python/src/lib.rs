@@ -272,14 +272,16 @@ fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64)
 /// Walk a zstd file's frames, handing each to `on_frame(frame, findings so far, whole)` as
 /// FrameWalk::run_with does, keeping none: (findings, whether the seek table the file ends in
 /// holds for its frames). `seekable`: whether the file ends in a seekable footer (when it does
-/// not, nothing at all is kept of the frames).
+/// not, nothing at all is kept of the frames). `start`: (offset, index) of the frame to begin at.
 #[pyfunction]
+#[pyo3(signature = (reader, max_window, seekable, on_frame, start=(0, 0)))]
 fn hand_frames_on<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64, seekable: bool,
-                       on_frame: Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyList>, bool)> {
+                       on_frame: Bound<'py, PyAny>, start: (u64, u64)) -> PyResult<(Bound<'py, PyList>, bool)> {
     let mut source = PyReader::new(reader)?;
     let mut handed_error: Option<PyErr> = None;
     let end = guarded(|| {
-        walk::FrameWalk::new(&mut source, max_window).seekable(seekable).run_with(|frame, found, whole| {
+        let walk = walk::FrameWalk::new(&mut source, max_window).seekable(seekable).starting_at(start.0, start.1);
+        walk.run_with(|frame, found, whole| {
             let handed = frame_tuple(py, frame).and_then(|t| on_frame.call1((t, found, whole)));
             handed.map_err(|e| handed_error = Some(e)).is_ok()
         })

@@ -175,7 +175,7 @@ class FrameFeed:
         self._frames.append(frame)
         self._let_go()
         self.cond.notify_all()
-        while not self.closed and self._ahead(self.LEAD, self.AHEAD_FRAMES):
+        while not self.closed and self.paced and self._ahead(self.LEAD, self.AHEAD_FRAMES):
             self.walk_ahead.wait()
         return not self.abandoned
 
@@ -244,7 +244,7 @@ class FrameFeed:
         frames past the frame being read."""
         frames, reading = self._frames, self.reading - self._first
         ahead = len(frames) - reading
-        return self.paced and ahead > self.lanes + 1 and (
+        return ahead > self.lanes + 1 and (
             ahead > frames_ahead or frames[-1].offset - frames[reading].offset > lead)
 
     def end(self) -> None:
@@ -262,10 +262,20 @@ class FrameFeed:
             return None if self.closed or k >= self.count else self._at(k)
 
     def unpace(self) -> None:
-        """Let the walk run to the end: whoever waits for it reads no frame meanwhile."""
+        """Let the walk run to the end: whoever waits for it reads no frame meanwhile. The walk
+        hands on no frame once there is no ``room``, and another walk takes over (``pace``)."""
         with self.cond:
             self.paced = False
             self._wake_all()
+
+    def pace(self) -> None:
+        with self.cond:
+            self.paced = True
+
+    def room(self) -> bool:
+        """Whether a frame handed on now would be within the lead."""
+        with self.cond:
+            return not self._ahead(self.LEAD, self.AHEAD_FRAMES)
 
     def read_from(self, k: int) -> None:
         """Frame ``k``'s output is read now: every lane is done with those before it."""

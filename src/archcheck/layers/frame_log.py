@@ -77,18 +77,21 @@ class FrameLog:
             log.add(frame)
         return log
 
-    def add(self, frame: Frame) -> None:
-        """The next frame; or the last one again, walked to its end (it came first open)."""
+    def add(self, frame: Frame, held: bool = True, again: bool = False) -> None:
+        """The next frame, counted; or the last one again, walked to its end (it came first
+        open); or (``again``), from a walk that took over from one that went on to the end
+        without handing frames on, a frame counted before. ``held``: kept until its row leaves."""
         with self._lock:
-            if self.on_add is not None:
+            if self.on_add is not None and not again and frame.index >= self.count - 1:
                 self.on_add(frame)
-            if frame.index < self.count:
-                if self._pending and self._pending[-1].index == frame.index:
-                    self._pending[-1] = frame
+            if frame.index >= self.count:
+                self.count = frame.index + 1
+                self.tally.add(frame)
+            if not (held and self.with_rows and frame.index >= self.rows_next):
                 return
-            self.count = frame.index + 1
-            self.tally.add(frame)
-            if self.with_rows and frame.index >= self.rows_next:
+            if self._pending and self._pending[-1].index == frame.index:
+                self._pending[-1] = frame
+            elif not self._pending or self._pending[-1].index < frame.index:
                 self._pending.append(frame)
 
     def skip_rows(self, rows_next: int) -> None:

@@ -120,6 +120,7 @@ class StreamCheck:
         self.skip_to = 0  # output before this offset was walked before the checkpoint
         self.broken: dict[int, int] = {}  # frame index -> the walk's finding that it lost content
         self.walking: _WalkThread | None = None  # a frame walk running beside the decoders
+        self.following: _WalkThread | None = None  # a walk that took over handing frames on from it
 
     def _walker(self, digest: str | None) -> Walker:
         if self.scan is None:
@@ -160,9 +161,14 @@ class StreamCheck:
             feed.close()
             if self.walking is not None:
                 self._join_walk(self.walking)  # to the end, unless stopped: what it finds is reported
+            if self.following is not None:  # (it has ended, unless the run failed) what it finds is known
+                self.following.feed.abandon()
+                self._join_walk(self.following)
         if self.stop.is_set():
             raise StreamStopped()
         self._settle_walk()
+        if self.following is not None and self.following.error is not None:
+            raise self.following.error  # a read that failed: the frames after it were not handed on
         upstream = self.upstream_lost or any(f.code == "ZSTD_TRUNCATED_FRAME" for f in self.findings)
         if self.walker:
             self.walker.finish(self.uoff, upstream_damage=upstream)
@@ -245,7 +251,9 @@ class StreamCheck:
 
     def _settle_walk(self) -> None:
         """End a walk running beside the decoders (waiting for it): its findings go first, and
-        what the frames say as a whole after them. Raises what ended the walk early."""
+        what the frames say as a whole after them. Raises what ended the walk early. The walk
+        goes on to the end without handing on the frames past the lead, so that they are not
+        all held meanwhile: another walk takes over from the first of them."""
         walking, self.walking = self.walking, None
         if walking is None:
             return
@@ -258,6 +266,11 @@ class StreamCheck:
             raise walking.error
         if walking.resume_at is not None and not walking.resumed:
             raise CheckpointMismatch(f"the walk found no frame {walking.resume_at[0]} at {walking.resume_at[1]}")
+        if walking.follow_from is not None:
+            self.following = _WalkThread(self.reader, self.uri, self.max_window, self.log, walking.feed,
+                                         seek=walking.seek, start=walking.follow_from)
+            walking.feed.pace()
+            self.following.start()
         self.log.table_holds = walking.table_holds
         made = list(self.findings)  # a checkpoint's (the others wait for the walk)
         del self.findings[:]
@@ -400,6 +413,8 @@ class StreamCheck:
                 continue
             if self.walking is not None and (self.walking.findings_made or self.walking.error is not None):
                 self._settle_walk()  # the walk found damage in the frame it handed on open, or failed
+            if self.following is not None and self.following.error is not None:
+                raise self.following.error  # a read failed: the frame's end is not the walk's
             self._table_rows(frame.index, (frame_start, self.uoff))
             self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, self.broken.get(frame.index))
             if self.losses and self.walker:
@@ -746,16 +761,24 @@ class _WalkThread(threading.Thread):
     """The native frame walk, handing ``log`` (every frame) and ``feed`` (those with content)
     each frame as it is found; ``found``, ``table_holds`` and ``error`` once it has ended. On a
     resume (``resume_at``: a checkpoint's frame index and offset), the feed gets the frames from
-    there on, and the walk checks that the archive has that frame there."""
+    there on, and the walk checks that the archive has that frame there.
+
+    Once the feed is unpaced and has no room, the walk hands on no more frames (``follow_from``:
+    the first it did not) and goes on only to find what it finds; a walk made with ``start``
+    (that frame) then takes over handing them on."""
 
     def __init__(self, reader: Any, uri: str, max_window: int, log: FrameLog, feed: FrameFeed,
-                 resume_at: tuple[int, int] | None = None, seek: SeekTable | None = None):
+                 resume_at: tuple[int, int] | None = None, seek: SeekTable | None = None,
+                 start: Frame | None = None):
         super().__init__(name="archcheck-frame-walk", daemon=True)
         self.reader, self.uri, self.max_window, self.log, self.feed = reader, uri, max_window, log, feed
         self.resume_at = resume_at
         self.resumed = False  # the checkpoint's frame was found where it said
         self.seek = seek if seek is not None else SeekTable()  # read first
         self.table_holds = True  # False once the walk finds no seek table that holds for the frames
+        self.start_frame = start
+        self.follow_from: Frame | None = None
+        self.open_index: int | None = None  # the frame last handed on open
         self.found = Findings()
         self.findings_made = 0  # by the walk, when it handed on its last frame
         self.error: BaseException | None = None
@@ -763,20 +786,29 @@ class _WalkThread(threading.Thread):
     def run(self) -> None:
         try:
             self.table_holds = hand_frames_on(_PacedReads(self.reader, self.feed), self.uri, self.max_window,
-                                              self.found, self.seek, self._hand_on)
+                                              self.found, self.seek, self._hand_on, self.start_frame)
         except _Abandoned:
             pass  # the stream was stopped: nobody needs the rest
         except BaseException as exc:  # noqa: BLE001 - raised again where the walk is settled
             self.error = exc
         finally:
-            self.feed.end()
+            if self.follow_from is None:  # else the walk that takes over ends the feed
+                self.feed.end()
 
     def _hand_on(self, frame: Frame, found: int, whole: bool) -> None:
         self.findings_made = found
         if frame.index < len(self.seek):  # any frame before the table, as the walk's check of it does
             size, checksum = self.seek[frame.index]
             frame = replace(frame, seek_checksum=checksum, seek_size=size)
-        self.log.add(frame)  # (the open frame again, once walked)
+        new = frame.index != self.open_index  # not the open frame again, walked
+        if not whole:
+            self.open_index = frame.index
+        if self.follow_from is None and new and not self.feed.paced and not self.feed.room():
+            self.follow_from = frame  # the walk that takes over begins here
+        if self.follow_from is not None:
+            self.log.add(frame, held=False)  # counted, not kept
+            return
+        self.log.add(frame, again=self.start_frame is not None)  # (the open frame again, once walked)
         if not whole:  # its blocks are walked next, while a lane decodes it
             if self._decoded(frame) and not self.feed.open(frame):
                 raise _Abandoned()

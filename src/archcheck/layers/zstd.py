@@ -118,17 +118,19 @@ def walk_frames(reader: Any, uri: str, max_window: int, findings: Findings) -> l
 
 
 def hand_frames_on(reader: Any, uri: str, max_window: int, findings: Findings, seek: SeekTable,
-                   on_frame: Callable[[Frame, int, bool], None]) -> bool:
+                   on_frame: Callable[[Frame, int, bool], None], start: Frame | None = None) -> bool:
     """Walk a zstd file's frames, handing each to ``on_frame`` as it is found, with the number
     of findings made so far and True; a zstd frame without a size note comes first open, before
     its blocks are walked, with False and the file's end as its end. None is kept, and the
     frames carry nothing of a seek table: returns whether the table the file ends in (``seek``,
-    read first) holds for them. What ``on_frame`` raises ends the walk."""
+    read first) holds for them. What ``on_frame`` raises ends the walk. ``start``: a frame to
+    begin at, as another walk found it (this walk then checks no seek table)."""
     def hand_on(row: tuple, found: int, whole: bool) -> None:
         frame = Frame(*row)
         on_frame(frame if whole else replace(frame, end=reader.size), found, whole)
 
-    found, table_holds = _native.hand_frames_on(reader, max_window, seek.present, hand_on)
+    begin = (start.offset, start.index) if start is not None else (0, 0)
+    found, table_holds = _native.hand_frames_on(reader, max_window, seek.present and start is None, hand_on, begin)
     _walk_findings(found, uri, findings)
     return table_holds
 

@@ -300,6 +300,7 @@ pub struct FrameWalk<'s> {
     max_window: u64,
     walked: Vec<Frame>, // walked, not yet handed on (a frame or two)
     count: u64,         // frames found so far: the next one's index
+    start: u64,         // where the walk begins (a frame's start, whose index `count` is)
     last: Option<Frame>,
     spans: Option<Vec<(u64, u64)>>, // each frame's (offset, end), while a seek table is looked for
     pub findings: Vec<WalkFinding>,
@@ -344,8 +345,17 @@ enum Step {
 
 impl<'s> FrameWalk<'s> {
     pub fn new(src: &'s mut dyn ByteSource, max_window: u64) -> Self {
-        FrameWalk { src, max_window, walked: Vec::new(), count: 0, last: None, spans: Some(Vec::new()),
+        FrameWalk { src, max_window, walked: Vec::new(), count: 0, start: 0, last: None, spans: Some(Vec::new()),
                     findings: Vec::new(), size_hint: None }
+    }
+
+    /// Begin at frame `index`, which starts at `offset` (a walk that goes on from where another
+    /// stopped handing frames on): it finds what lies from there on. Begin at a pzstd size note
+    /// rather than at the frame after it (the note is not carried over), and check no seek
+    /// table (`seekable(false)`: the spans before `index` are not known).
+    pub fn starting_at(mut self, offset: u64, index: u64) -> Self {
+        (self.start, self.count) = (offset, index);
+        self
     }
 
     /// Whether to check a seek table at the end (the default): false for a file known not to
@@ -379,7 +389,7 @@ impl<'s> FrameWalk<'s> {
     /// follows it. `on_frame` returning false ends the walk there.
     pub fn run_with(mut self, mut on_frame: impl FnMut(&Frame, usize, bool) -> bool) -> WalkEnd {
         let size = self.src.size();
-        let mut pos = 0;
+        let mut pos = self.start;
         while pos < size {
             let head = self.src.read_at(pos, 18);
             let magic = (head.len() >= 4).then(|| u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
@@ -668,8 +678,8 @@ mod tests {
         unwalked_problem(&mut &file[..], &frame)
     }
 
-    #[test]
-    fn frames_are_handed_on_as_walked_and_the_walk_ends_when_told() {
+    /// Three frames of small blocks and garbage after them; and one frame's bytes.
+    fn three_frames() -> (Vec<u8>, Vec<u8>) {
         let data: Vec<u8> = (0..50_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
         let frame = small_blocks(&data);
         let mut file = Vec::new();
@@ -677,6 +687,12 @@ mod tests {
             file.extend_from_slice(&frame);
         }
         file.extend_from_slice(b"trailing garbage");
+        (file, frame)
+    }
+
+    #[test]
+    fn frames_are_handed_on_as_walked_and_the_walk_ends_when_told() {
+        let (file, frame) = three_frames();
         let (all, found) = FrameWalk::new(&mut &file[..], 1 << 27).run();
         let mut handed = Vec::new();
         let end = FrameWalk::new(&mut &file[..], 1 << 27).run_with(|f, n, whole| {
@@ -696,6 +712,21 @@ mod tests {
             count < 2
         });
         assert_eq!(count, 2);
+    }
+
+    #[test]
+    fn a_walk_begun_at_a_frame_finds_what_the_whole_walk_finds_from_there() {
+        let (file, _) = three_frames();
+        let (all, found) = FrameWalk::new(&mut &file[..], 1 << 27).run();
+        let mut from_one = Vec::new();
+        let end = FrameWalk::new(&mut &file[..], 1 << 27).starting_at(all[1].offset, 1).run_with(|f, _, whole| {
+            if whole {
+                from_one.push(f.clone());
+            }
+            true
+        });
+        assert_eq!(from_one, all[1..].to_vec());
+        assert_eq!(end.findings, found);
     }
 
     #[test]
