@@ -171,3 +171,25 @@ def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
                                                         f"{high // MiB}" for (count, damaged), high in highs.items()),
           file=sys.stderr)
     assert max(highs[100_000, None], highs[100_000, 50]) <= highs[10_000, None] + NOISE
+
+
+@pytest.mark.slow
+def test_a_run_of_skippable_frames_costs_time_not_memory(tmp_path):
+    """Eight bytes make a skippable frame: 300,000 of them (2.4 MB) before one zstd frame cost no
+    process more memory than 10,000 do. Frames without content pace the walk as the others do
+    (before, they were held until the next frame with content ended: 1,000,000 took 471 MiB)."""
+    frame = subprocess.run(["zstd", "-q", "-c"], input=b"archcheck " * 100, capture_output=True, check=True).stdout
+    highs = {}
+    for count in (10_000, 300_000):
+        archive = tmp_path / f"skippable-{count}.zst"
+        archive.write_bytes(struct.pack("<II", 0x184D2A50, 0) * count + frame)
+        report = tmp_path / f"report-{count}.json"
+        _, highs[count], run = peak_memory(["verify", archive, "--layers", "zstd", "--no-progress", "--report", report,
+                                            "--state-dir", tmp_path / f"state-{count}"])
+        assert run.returncode == 0, run.stderr
+        [verified] = json.loads(report.read_text())["archives"]
+        stream = verified["summary"]["stream"]
+        assert (stream["frames"], stream["skippable_frames"], verified["findings"]) == (1, count, [])
+    print(f"skippable frames: largest process {highs[10_000] // MiB} MiB for 10,000, {highs[300_000] // MiB} MiB "
+          f"for 300,000", file=sys.stderr)
+    assert highs[300_000] <= highs[10_000] + NOISE

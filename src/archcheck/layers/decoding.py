@@ -21,7 +21,7 @@ from ..errors import SourceChanged
 from .boundary import Chunk, Decoder
 from ..codecs import UNITS
 from .gzip import DeflateBlock, deflate_block
-from .zstd import Frame, unwalked_problem
+from .zstd import CONTENT_KINDS, Frame, unwalked_problem
 
 # failures the decoder cannot place inside their member: found by reading the member again,
 # from its first byte to where decoding failed (the failure path only)
@@ -96,6 +96,9 @@ class Event:
                                            self.unchecked))
 
 
+PASSED = Frame(-1, "passed", 0, 0)  # a frame without content that the reader has passed
+
+
 def short_read() -> SourceChanged:
     return SourceChanged("shrank: it ends before frames the run had found")
 
@@ -112,7 +115,9 @@ class FrameFeed:
     a lane decodes it as far as the walk has got (``bound``), and the walk stays within
     ``LEAD`` of that lane (``walk_reads``), so a single frame of any size is read once too.
 
-    Frames before the one being read are let go: memory does not grow with their number."""
+    Frames before the one being read are let go: memory does not grow with their number. A
+    frame without content (skippable, a seek table) is handed on too, for its row of the frame
+    table and to pace the walk: the reader passes it, and no lane decodes it."""
 
     LEAD = 16 * 1024 * 1024  # within a remote reader's read-ahead (in_flight blocks of 8 MiB)
     AHEAD_FRAMES = 4096  # frames of a few hundred bytes: memory goes by frames, not bytes
@@ -253,13 +258,16 @@ class FrameFeed:
             self._wake_all()
 
     def get(self, k: int) -> Frame | None:
-        """Frame ``k``, once the walk has found it; None past the last, or once closed."""
+        """Frame ``k``, once the walk has found it; None past the last, or once closed. A frame
+        the reader has passed (a lane late for a frame without content) is PASSED."""
         with self.cond:
             while k >= self.count and not self.done and not self.closed:
                 if self.stop is not None and self.stop.is_set():
                     return None  # (a resume's walk over the frames before its checkpoint can be long)
                 self.cond.wait(STOP_POLL if self.stop is not None else None)
-            return None if self.closed or k >= self.count else self._at(k)
+            if self.closed or k >= self.count:
+                return None
+            return PASSED if k < self._first else self._at(k)
 
     def unpace(self) -> None:
         """Let the walk run to the end: whoever waits for it reads no frame meanwhile. The walk
@@ -325,6 +333,10 @@ class FrameDecoders:
             k = 0
             while (frame := self.feed.get(k)) is not None:
                 self.feed.read_from(k)
+                if frame.kind not in CONTENT_KINDS:  # handed on for its row: nothing to decode
+                    yield Event(frame, None, 0, frame.end)
+                    k += 1
+                    continue
                 self.reader.reading_from(frame.offset)  # the lanes read from about here now
                 while True:
                     event = self.until_stopped(lambda: self.queues[k % self.threads].get(timeout=0.2))
@@ -395,6 +407,8 @@ class FrameDecoders:
                 index, k = k, k + self.threads
                 if self.stop.is_set():
                     return
+                if frame.kind not in CONTENT_KINDS:  # the reader passes it
+                    continue
                 if frame.kind == "raw":
                     self._read_plain(frame, lane)
                     continue

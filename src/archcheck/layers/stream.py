@@ -392,6 +392,10 @@ class StreamCheck:
             if self.stop.is_set():  # at the next piece: the last checkpoint says where to go on
                 raise StreamStopped()
             frame = event.frame
+            if frame.kind not in CONTENT_KINDS:  # (skippable, a seek table) handed on for its row
+                self._table_rows(frame.index, None)
+                self.on_progress(frame.end)
+                continue
             if start_pos is None:  # the frame's first event
                 if self.walking is not None and self.walking.findings_made:
                     self._settle_walk()  # the walk found damage: the frames' findings are needed
@@ -758,8 +762,8 @@ class _AfterWalk(Findings):
 
 
 class _WalkThread(threading.Thread):
-    """The native frame walk, handing ``log`` (every frame) and ``feed`` (those with content)
-    each frame as it is found; ``found``, ``table_holds`` and ``error`` once it has ended. On a
+    """The native frame walk, handing ``log`` and ``feed`` each frame as it is found (the feed
+    paces the walk; its reader passes the frames without content); ``found``, ``table_holds`` and ``error`` once it has ended. On a
     resume (``resume_at``: a checkpoint's frame index and offset), the feed gets the frames from
     there on, and the walk checks that the archive has that frame there.
 
@@ -803,7 +807,9 @@ class _WalkThread(threading.Thread):
         new = frame.index != self.open_index  # not the open frame again, walked
         if not whole:
             self.open_index = frame.index
-        if self.follow_from is None and new and not self.feed.paced and not self.feed.room():
+        # (not at a frame whose end came from pzstd's note: the walk that takes over would not
+        # have the note, which goes before it)
+        if self.follow_from is None and new and frame.walked and not self.feed.paced and not self.feed.room():
             self.follow_from = frame  # the walk that takes over begins here
         if self.follow_from is not None:
             self.log.add(frame, held=False)  # counted, not kept
@@ -813,12 +819,12 @@ class _WalkThread(threading.Thread):
             if self._decoded(frame) and not self.feed.open(frame):
                 raise _Abandoned()
             return
-        if frame.kind in CONTENT_KINDS and self._decoded(frame) and not self.feed.put(frame):
+        if self._decoded(frame) and not self.feed.put(frame):
             raise _Abandoned()
 
     def _decoded(self, frame: Frame) -> bool:
-        """Whether the lanes decode this content frame: on a resume, not those before the
-        checkpoint's, which must be the first after them."""
+        """Whether the feed gets this frame: on a resume, not those before the checkpoint's
+        frame, which must be the first after them."""
         if self.resume_at is None or self.resumed:
             return True
         index, offset = self.resume_at
