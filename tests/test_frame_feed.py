@@ -170,3 +170,46 @@ def test_a_failed_read_of_the_walk_stops_the_lane_where_the_walk_got_to(tmp_path
         check.run()
     assert 24 * MiB - FrameFeed.LEAD < lanes_read_to[0] <= failed_at[0]
     assert checkpoints and all(c["covered"] <= failed_at[0] for c in checkpoints)
+
+
+def test_frames_without_content_pace_the_walk_and_lanes_take_those_with_content_in_turn(tmp_path):
+    """pzstd writes a skippable frame (its size note) before every frame. Those pass through the
+    feed, so a run of them paces the walk too, but a lane is never given one: with two lanes,
+    the frames with content still decode on both, in turn (not all on the lane whose turn the
+    notes would leave them)."""
+    import subprocess
+
+    from archcheck.layers.decoding import FrameDecoders
+    from archcheck.layers.stream import StreamCheck
+    from archcheck.layers.zstd import walk_frames
+    from archcheck.sources import open_source
+
+    text = b"".join(b"line %07d of the test's text\n" % i for i in range(1_200_000))  # 36 MiB
+    archive = tmp_path / "notes.zst"
+    archive.write_bytes(subprocess.run(["pzstd", "-q", "-p", "2", "-c"], input=text, capture_output=True,
+                                       check=True).stdout)
+    reader = open_source(archive).ref().open()
+    try:
+        frames = walk_frames(reader, str(archive), 1 << 27, [])
+        kinds = [f.kind for f in frames]
+        assert kinds[:4] == ["skippable", "zstd", "skippable", "zstd"] and kinds.count("zstd") >= 4
+        feed = FrameFeed(lanes=2)
+        feed.unpace()  # (nobody reads while they are put)
+        for frame in frames:
+            feed.put(frame)
+        feed.end()
+        assert [feed.take(k)[1] for k in range(4)] == [-1, 0, -1, 1]
+        decoders = FrameDecoders(reader, feed, 2, 1 << 27)
+        ended = []
+        for event in decoders:
+            if event.data is None:
+                ended.append((event.frame.kind, event.lane))
+            else:
+                decoders.release(event)
+        assert [lane for kind, lane in ended if kind == "zstd"] == [k % 2 for k in range(kinds.count("zstd"))]
+        assert len(ended) == len(frames)
+        result = StreamCheck(reader, str(archive), codec="zstd", check_tar=False, threads=2).run()
+        assert (result.frames, result.skippable_frames, result.uncompressed_size) == (
+            kinds.count("zstd"), kinds.count("skippable"), len(text))
+    finally:
+        reader.close()

@@ -126,6 +126,12 @@ class FrameFeed:
         """``stop``: the stream's; a reader waiting for the walk's next frame gives up on it."""
         self._frames: collections.deque[Frame] = collections.deque(frames or [])
         self._first = 0  # the index of _frames[0]: those before are read and let go
+        # of each frame held, how many frames with content come before it in the feed (-1: it
+        # has none): lanes take frames with content in turn, whatever lies between
+        self._ordinals: collections.deque[int] = collections.deque()
+        self._with_content = self._content_count = 0  # of those held; of all
+        for frame in self._frames:
+            self._count_in(frame)
         self.stop = stop
         self.done = frames is not None  # no frame will be added
         self.lanes = lanes
@@ -176,8 +182,15 @@ class FrameFeed:
         with self.cond:
             return self._frames[-1] if self._frames else None
 
+    def _count_in(self, frame: Frame) -> None:
+        content = frame.kind in CONTENT_KINDS
+        self._ordinals.append(self._content_count if content else -1)
+        self._content_count += content
+        self._with_content += content
+
     def _add(self, frame: Frame) -> bool:
         self._frames.append(frame)
+        self._count_in(frame)
         self._let_go()
         self.cond.notify_all()
         while not self.closed and self.paced and self._ahead(self.LEAD, self.AHEAD_FRAMES):
@@ -245,12 +258,12 @@ class FrameFeed:
         self.walk_ahead.notify_all()
 
     def _ahead(self, lead: int, frames_ahead: int) -> bool:
-        """Whether the walk is more than a frame per lane and ``lead`` bytes or ``frames_ahead``
-        frames past the frame being read."""
+        """Whether the walk is more than ``frames_ahead`` frames, or a frame with content per
+        lane and ``lead`` bytes, past the frame being read (the frames held)."""
         frames, reading = self._frames, self.reading - self._first
         ahead = len(frames) - reading
-        return ahead > self.lanes + 1 and (
-            ahead > frames_ahead or frames[-1].offset - frames[reading].offset > lead)
+        return ahead > frames_ahead or (self._with_content > self.lanes + 1
+                                        and frames[-1].offset - frames[reading].offset > lead)
 
     def end(self) -> None:
         with self.cond:
@@ -260,6 +273,11 @@ class FrameFeed:
     def get(self, k: int) -> Frame | None:
         """Frame ``k``, once the walk has found it; None past the last, or once closed. A frame
         the reader has passed (a lane late for a frame without content) is PASSED."""
+        taken = self.take(k)
+        return taken[0] if taken is not None else None
+
+    def take(self, k: int) -> tuple[Frame, int] | None:
+        """As ``get``, with how many frames with content come before it (-1: it has none)."""
         with self.cond:
             while k >= self.count and not self.done and not self.closed:
                 if self.stop is not None and self.stop.is_set():
@@ -267,7 +285,7 @@ class FrameFeed:
                 self.cond.wait(STOP_POLL if self.stop is not None else None)
             if self.closed or k >= self.count:
                 return None
-            return PASSED if k < self._first else self._at(k)
+            return (PASSED, -1) if k < self._first else (self._at(k), self._ordinals[self._slot(k)])
 
     def unpace(self) -> None:
         """Let the walk run to the end: whoever waits for it reads no frame meanwhile. The walk
@@ -295,7 +313,8 @@ class FrameFeed:
 
     def _let_go(self) -> None:
         while self._first < self.reading and self._frames:
-            self._frames.popleft()
+            self._with_content -= self._frames.popleft().kind in CONTENT_KINDS
+            self._ordinals.popleft()
             self._first += 1
 
     def close(self) -> None:
@@ -331,15 +350,17 @@ class FrameDecoders:
             worker.start()
         try:
             k = 0
-            while (frame := self.feed.get(k)) is not None:
+            while (taken := self.feed.take(k)) is not None:
+                frame, ordinal = taken
                 self.feed.read_from(k)
-                if frame.kind not in CONTENT_KINDS:  # handed on for its row: nothing to decode
+                if ordinal < 0:  # handed on for its row: nothing to decode
                     yield Event(frame, None, 0, frame.end)
                     k += 1
                     continue
                 self.reader.reading_from(frame.offset)  # the lanes read from about here now
+                lane_queue = self.queues[ordinal % self.threads]
                 while True:
-                    event = self.until_stopped(lambda: self.queues[k % self.threads].get(timeout=0.2))
+                    event = self.until_stopped(lambda: lane_queue.get(timeout=0.2))
                     if event is None:
                         return  # stopped from outside
                     yield event
@@ -400,15 +421,16 @@ class FrameDecoders:
         return len(self.free) - 1
 
     def _lane(self, lane: int) -> None:
-        k, frame = lane, None
+        k, frame = 0, None
         try:
             decoder = None
-            while (frame := self.feed.get(k)) is not None:
-                index, k = k, k + self.threads
+            while (taken := self.feed.take(k)) is not None:
+                index, k = k, k + 1
                 if self.stop.is_set():
                     return
-                if frame.kind not in CONTENT_KINDS:  # the reader passes it
+                if taken[1] < 0 or taken[1] % self.threads != lane:  # another lane's, or none's
                     continue
+                frame = taken[0]
                 if frame.kind == "raw":
                     self._read_plain(frame, lane)
                     continue
