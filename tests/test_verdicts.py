@@ -155,6 +155,29 @@ def test_a_decoder_that_fails_hands_its_failure_on(fx):
     reader.close()
 
 
+def test_a_lane_that_fails_before_its_first_frame_hands_its_failure_on(fx, monkeypatch):
+    """A lane scans every frame of the feed for its own: one that fails before it has taken
+    one still ends the run with the failure (before, the reader would wait on it for ever)."""
+    from archcheck.layers.decoding import DecoderFailed, FrameFeed
+    from archcheck.layers.stream import StreamCheck
+    from archcheck.sources import open_source
+
+    take = FrameFeed.take
+
+    def failing(self, k):
+        if threading.current_thread().name == "archcheck-lane-1":
+            raise RuntimeError("the lane broke")
+        return take(self, k)
+
+    monkeypatch.setattr(FrameFeed, "take", failing)
+    reader = open_source(fx / "multi.tar.zst").ref().open()
+    started = time.monotonic()
+    with pytest.raises(DecoderFailed, match="RuntimeError: the lane broke"):
+        StreamCheck(reader, "x", codec="zstd", check_tar=True, threads=2).run()
+    assert time.monotonic() - started < 10
+    reader.close()
+
+
 def _many_frames(tmp_path, garbage: bytes = b"") -> Path:
     """120 frames of 64 KiB without size notes (the walk follows each one's blocks), with
     ``garbage`` after the second."""

@@ -104,12 +104,12 @@ def short_read() -> SourceChanged:
 
 
 class FrameFeed:
-    """The content frames to decode, in order: all known at once, or handed on (``put``) by a
-    frame walk still running. That walk is held back while it is more than ``LEAD`` bytes (or
-    ``AHEAD_FRAMES`` frames) and a frame per lane past the frame being read, until it is half as
-    far ahead, so that a remote reader still holds the blocks
-    the walk fetched when the lanes read them: the archive crosses the network once. Every
-    wait ends: the walk ends (``end``, always), or the feed is closed.
+    """The frames to decode, in order: all known at once, or handed on (``put``) by a frame walk
+    still running. That walk is held back while it is more than ``AHEAD_FRAMES`` frames, or
+    ``LEAD`` bytes and a frame with content per lane, past the frame being read, until it is
+    half as far ahead, so that a remote reader still holds the blocks the walk fetched when the
+    lanes read them: the archive crosses the network once. Every wait ends: the walk ends
+    (``end``, always), or the feed is closed.
 
     A frame without a size note is handed on ``open``, before the walk has followed its blocks:
     a lane decodes it as far as the walk has got (``bound``), and the walk stays within
@@ -117,7 +117,8 @@ class FrameFeed:
 
     Frames before the one being read are let go: memory does not grow with their number. A
     frame without content (skippable, a seek table) is handed on too, for its row of the frame
-    table and to pace the walk: the reader passes it, and no lane decodes it."""
+    table and to pace the walk: the reader passes it, and no lane decodes it (lanes take the
+    frames with content in turn: ``take``)."""
 
     LEAD = 16 * 1024 * 1024  # within a remote reader's read-ahead (in_flight blocks of 8 MiB)
     AHEAD_FRAMES = 4096  # frames of a few hundred bytes: memory goes by frames, not bytes
@@ -448,8 +449,8 @@ class FrameDecoders:
                     decoder.reset(frame.header_length)
                 self._decode_frame(decoder, frame, lane, index)
         except BaseException as exc:  # a lane that dies silently leaves the walker waiting forever
-            if frame is not None:
-                self.put(lane, Event(frame, None, 0, frame.offset, failure=Failure.of(exc)))
+            failed = frame if frame is not None else PASSED  # (before its first frame)
+            self.put(lane, Event(failed, None, 0, failed.offset, failure=Failure.of(exc)))
 
     def _read_plain(self, frame: Frame, lane: int) -> None:
         """A piece of a plain tar: read in chunk-sized pieces, handed on as they are."""

@@ -392,7 +392,7 @@ class StreamCheck:
             if self.stop.is_set():  # at the next piece: the last checkpoint says where to go on
                 raise StreamStopped()
             frame = event.frame
-            if frame.kind not in CONTENT_KINDS:  # (skippable, a seek table) handed on for its row
+            if frame.kind not in CONTENT_KINDS and event.failure is None:  # (skippable, a seek table) for its row
                 self._table_rows(frame.index, None)
                 self.on_progress(frame.end)
                 continue
