@@ -272,7 +272,8 @@ fn walk_frames<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64)
 /// Walk a zstd file's frames, handing each to `on_frame(frame, findings so far, whole)` as
 /// FrameWalk::run_with does, keeping none: (findings, whether the seek table the file ends in
 /// holds for its frames). `seekable`: whether the file ends in a seekable footer (when it does
-/// not, nothing at all is kept of the frames). `start`: (offset, index) of the frame to begin at.
+/// not, nothing at all is kept of the frames). `start`: (offset, index) of the frame to begin at
+/// (a walk begun past the first checks no seek table).
 #[pyfunction]
 #[pyo3(signature = (reader, max_window, seekable, on_frame, start=(0, 0)))]
 fn hand_frames_on<'py>(py: Python<'py>, reader: Bound<'py, PyAny>, max_window: u64, seekable: bool,

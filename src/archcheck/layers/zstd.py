@@ -130,7 +130,7 @@ def hand_frames_on(reader: Any, uri: str, max_window: int, findings: Findings, s
         on_frame(frame if whole else replace(frame, end=reader.size), found, whole)
 
     begin = (start.offset, start.index) if start is not None else (0, 0)
-    found, table_holds = _native.hand_frames_on(reader, max_window, seek.present and start is None, hand_on, begin)
+    found, table_holds = _native.hand_frames_on(reader, max_window, seek.present, hand_on, begin)
     _walk_findings(found, uri, findings)
     return table_holds
 

@@ -351,10 +351,13 @@ impl<'s> FrameWalk<'s> {
 
     /// Begin at frame `index`, which starts at `offset` (a walk that goes on from where another
     /// stopped handing frames on): it finds what lies from there on. Begin at a pzstd size note
-    /// rather than at the frame after it (the note is not carried over), and check no seek
-    /// table (`seekable(false)`: the spans before `index` are not known).
+    /// rather than at the frame after it (the note is not carried over). Such a walk checks no
+    /// seek table: the frames before `index` are not its own.
     pub fn starting_at(mut self, offset: u64, index: u64) -> Self {
         (self.start, self.count) = (offset, index);
+        if index > 0 {
+            self.spans = None;
+        }
         self
     }
 
@@ -376,7 +379,8 @@ impl<'s> FrameWalk<'s> {
         });
         if let Some(table) = &end.seek_table {
             for (i, frame) in frames.iter_mut().take(table.len()).enumerate() {
-                (frame.seek_checksum, frame.seek_size) = (table.entry(i).0, Some(table.entry(i).1));
+                let (checksum, size) = table.entry(i);
+                (frame.seek_checksum, frame.seek_size) = (checksum, Some(size));
             }
         }
         (frames, end.findings)
