@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,12 @@ def damaged(fx, tmp_path):
                 f.write(insert + rest)
         return dst
     return make
+
+
+def unhurried() -> datetime:
+    """A deadline for a resume that should finish: without one, a resume after a short first run
+    gets a window as long as that run's, which a loaded machine can overrun."""
+    return datetime.now(timezone.utc) + timedelta(minutes=10)
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from archcheck.api import resume, verify
-from conftest import cli, corruption, member_holding, member_offsets, members_of, only
+from conftest import cli, corruption, member_holding, member_offsets, members_of, only, unhurried
 
 CHUNK, SEALED = 64 * 1024, 64 * 1024 + 16
 
@@ -207,7 +207,7 @@ def test_an_interrupted_encrypted_archive_resumes_to_the_uninterrupted_result(mi
     first = cli("verify", archive, "-i", key, "--deadline", "0.1s", "--state-dir", tmp_path / "s", "--no-progress",
                 env={"ARCHCHECK_FAILPOINT": "slow-read", "ARCHCHECK_SAVE_INTERVAL": "0.05"})
     assert first.returncode == 3, first.stderr
-    result = resume("drill-1", state=tmp_path / "s", identity=key)
+    result = resume("drill-1", state=tmp_path / "s", identity=key, deadline=unhurried())
     [(_, verification)] = result.verifications
     assert (verification.verdict, members_of(verification)) == ("intact", members_of(clean))
 

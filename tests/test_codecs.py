@@ -15,7 +15,7 @@ import pytest
 
 from archcheck.api import resume, verify
 from archcheck.layers import xz
-from conftest import cli, corruption, member_holding, members_of, only
+from conftest import cli, corruption, member_holding, members_of, only, unhurried
 
 MiB = 1024 * 1024
 
@@ -365,7 +365,7 @@ def test_an_interrupted_archive_resumes_to_the_uninterrupted_result(plain, tmp_p
     first = cli("verify", archive, "--deadline", "0.1s", "--state-dir", tmp_path / "s", "--no-progress",
                 env={"ARCHCHECK_FAILPOINT": "slow-read", "ARCHCHECK_SAVE_INTERVAL": "0.05"})
     assert first.returncode == 3, first.stderr
-    result = resume("drill-1", state=tmp_path / "s")
+    result = resume("drill-1", state=tmp_path / "s", deadline=unhurried())
     [(_, verification)] = result.verifications
     assert (verification.verdict, members_of(verification)) == ("intact", members_of(clean))
 
