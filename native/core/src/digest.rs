@@ -1,7 +1,7 @@
 //! Digests of member content: xxh3-128 (the default: fast enough to hide behind decoding) or
 //! BLAKE3, streamed as the content passes.
 
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DigestKind {
@@ -20,21 +20,21 @@ impl DigestKind {
 
     pub fn start(self) -> MemberDigest {
         match self {
-            Self::Xxh3_128 => MemberDigest::Xxh3(Box::default()),
+            Self::Xxh3_128 => MemberDigest::Xxh3(Box::new(XxHash3_128::new())),
             Self::Blake3 => MemberDigest::Blake3(Box::default()),
         }
     }
 }
 
 pub enum MemberDigest {
-    Xxh3(Box<Xxh3>),
+    Xxh3(Box<XxHash3_128>),
     Blake3(Box<blake3::Hasher>),
 }
 
 impl MemberDigest {
     pub fn update(&mut self, data: &[u8]) {
         match self {
-            Self::Xxh3(h) => h.update(data),
+            Self::Xxh3(h) => h.write(data),
             Self::Blake3(h) => {
                 h.update(data);
             }
@@ -44,7 +44,7 @@ impl MemberDigest {
     /// Lower-case hex, as the members file has always held it.
     pub fn hex(&self) -> String {
         match self {
-            Self::Xxh3(h) => format!("{:032x}", h.digest128()),
+            Self::Xxh3(h) => format!("{:032x}", h.finish_128()),
             Self::Blake3(h) => h.finalize().to_hex().to_string(),
         }
     }

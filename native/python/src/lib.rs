@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::sync::LazyLock;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -573,23 +574,23 @@ impl DeflateBlocks {
 /// XXH64 over chunks (the seekable format's per-frame checksum), the GIL released.
 #[pyclass(module = "archcheck._native")]
 struct Xxh64 {
-    inner: xxhash_rust::xxh64::Xxh64,
+    inner: twox_hash::XxHash64,
 }
 
 #[pymethods]
 impl Xxh64 {
     #[new]
     fn new() -> Self {
-        Xxh64 { inner: xxhash_rust::xxh64::Xxh64::new(0) }
+        Xxh64 { inner: twox_hash::XxHash64::with_seed(0) }
     }
 
     fn update(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let inner = &mut self.inner;
-        released(py, data, |bytes| inner.update(bytes))
+        released(py, data, |bytes| inner.write(bytes))
     }
 
     fn intdigest(&self) -> u64 {
-        self.inner.digest()
+        self.inner.finish()
     }
 }
 

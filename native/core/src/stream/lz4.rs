@@ -3,13 +3,19 @@
 //! stored bytes), an end mark, and optionally the content size and the xxHash32 of the
 //! content. Every one of them is checked; blocks decode with lz4_flex, safe code only.
 
-use xxhash_rust::xxh32::{xxh32, Xxh32};
+use std::hash::Hasher;
+
+use twox_hash::XxHash32;
 
 use super::{gather, Fault, Member, Step};
 
 const MAGIC: u32 = 0x184D_2204;
 const SKIPPABLE: std::ops::RangeInclusive<u32> = 0x184D_2A50..=0x184D_2A5F;
 const HISTORY: usize = 64 * 1024; // what a linked block may refer back to
+
+fn xxh32(data: &[u8], seed: u32) -> u32 {
+    XxHash32::oneshot(seed, data)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -37,7 +43,7 @@ pub struct Lz4 {
     decoded: Vec<u8>, // the block's output, handed out as room allows
     emitted: usize,
     history: Vec<u8>,
-    hasher: Xxh32,
+    hasher: XxHash32,
     output: u64,
     skip: u64,
 }
@@ -57,7 +63,7 @@ impl Lz4 {
         Lz4 {
             stage: Stage::Magic, gathered: Vec::new(), independent: true, block_checksum: false,
             content_checksum: false, content_size: None, max_block: 0, block_length: 0, block_raw: false,
-            blocks: 0, decoded: Vec::new(), emitted: 0, history: Vec::new(), hasher: Xxh32::new(0), output: 0,
+            blocks: 0, decoded: Vec::new(), emitted: 0, history: Vec::new(), hasher: XxHash32::with_seed(0), output: 0,
             skip: 0,
         }
     }
@@ -162,7 +168,7 @@ impl Lz4 {
                 Err(e) => return Err(Fault::new("LZ4_DECODE_ERROR", format!("block {} does not decode: {e}", self.blocks), taken + step)),
             }
         }
-        self.hasher.update(&self.decoded);
+        self.hasher.write(&self.decoded);
         if !self.independent {
             self.history.extend_from_slice(&self.decoded);
             let excess = self.history.len().saturating_sub(HISTORY);
@@ -191,7 +197,7 @@ impl Lz4 {
         if self.gathered.len() < 4 {
             return Ok(Step { taken: step, ended: false });
         }
-        let (actual, expected) = (self.hasher.digest(), u32_at(&self.gathered, 0));
+        let (actual, expected) = (self.hasher.finish_32(), u32_at(&self.gathered, 0));
         if actual != expected {
             return Err(Fault::new("LZ4_CONTENT_CHECKSUM", format!(
                 "xxHash32 of its {} bytes is {actual:08x}, the frame says {expected:08x}", self.output), taken + step));
@@ -298,6 +304,7 @@ impl Member for Lz4 {
 
 #[cfg(test)]
 mod tests {
+    use super::xxh32;
     use crate::stream::testing::{run, trailing};
 
     /// A frame of `blocks` (raw when `raw`), block and content checksums, 64 KiB blocks.
@@ -305,17 +312,17 @@ mod tests {
         let mut f = 0x184D_2204u32.to_le_bytes().to_vec();
         let descriptor = [0x40 | 0x20 | 0x10 | 0x04, 0x40];
         f.extend(descriptor);
-        f.push((xxhash_rust::xxh32::xxh32(&descriptor, 0) >> 8) as u8);
+        f.push((xxh32(&descriptor, 0) >> 8) as u8);
         let mut all = Vec::new();
         for b in blocks {
             all.extend_from_slice(b);
             let stored = if raw { b.to_vec() } else { lz4_flex::block::compress(b) };
             f.extend(((stored.len() as u32) | if raw { 0x8000_0000 } else { 0 }).to_le_bytes());
             f.extend(&stored);
-            f.extend(xxhash_rust::xxh32::xxh32(&stored, 0).to_le_bytes());
+            f.extend(xxh32(&stored, 0).to_le_bytes());
         }
         f.extend(0u32.to_le_bytes());
-        f.extend(xxhash_rust::xxh32::xxh32(&all, 0).to_le_bytes());
+        f.extend(xxh32(&all, 0).to_le_bytes());
         f
     }
 
