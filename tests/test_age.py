@@ -124,16 +124,21 @@ def test_a_flipped_bit_in_a_compressed_archive_names_where_a_restore_is_cut(mixe
     assert finding.location.member.removeprefix("./") == _member_cut_by_age_d(archive, key)
 
 
-def test_a_file_cut_at_a_chunk_boundary_is_truncated(mixed_tar, keys, tmp_path):
+@pytest.mark.parametrize("kept", [21, 0])
+def test_a_file_cut_at_a_chunk_boundary_is_truncated(mixed_tar, keys, tmp_path, kept):
+    """``kept`` whole chunks are left; none: the header and nonce alone, which an empty
+    plaintext never is (its final chunk is a tag)."""
     key, _, recipient = keys
     clean = _encrypted(mixed_tar, "tar", recipient)
-    start, k = _payload_start(clean), 20
-    archive = _write(tmp_path, "cut.tar.age", clean[:start + (k + 1) * SEALED])
+    start = _payload_start(clean)
+    archive = _write(tmp_path, "cut.tar.age", clean[:start + kept * SEALED])
     assert _age_refuses(archive, key)
     result = verify(archive, state=tmp_path / "s", identity=key)
     assert (result.exit_code, corruption(result)) == (1, ["AGE_TRUNCATED"])
     finding = only(result, "AGE_TRUNCATED")
-    assert dict(finding.details)["chunk"] == k and "not marked as the final chunk" in finding.message
+    last = max(kept - 1, 0)
+    assert dict(finding.details)["chunk"] == last and "not marked as the final chunk" in finding.message
+    assert finding.location.byte_range == (start + last * SEALED, start + kept * SEALED)
 
 
 @pytest.mark.parametrize("change", ["cut inside a chunk", "garbage appended", "another file appended"])

@@ -173,9 +173,10 @@ impl Payload {
         self.start
     }
 
-    /// Chunks in the file (the last may be cut short).
+    /// Chunks in the file (the last may be cut short). One at least: even an empty plaintext
+    /// has its final chunk, so a file that ends at the nonce has lost it.
     pub fn chunks(&self) -> u64 {
-        (self.file_len - self.start).div_ceil(SEALED_CHUNK)
+        (self.file_len - self.start).div_ceil(SEALED_CHUNK).max(1)
     }
 
     /// The ciphertext of chunk `k`: [start, end) in the file.
@@ -193,9 +194,6 @@ impl Payload {
     /// The plaintext's length, if every chunk authenticates.
     pub fn plaintext_len(&self) -> u64 {
         let chunks = self.chunks();
-        if chunks == 0 {
-            return 0;
-        }
         (chunks - 1) * CHUNK + self.plain_len(chunks - 1)
     }
 
