@@ -170,6 +170,37 @@ def test_a_flipped_bzip2_block_crc_names_the_member_being_decoded(plain, tmp_pat
     assert dict(finding.details)["restore_loses"].endswith("and every member after it to the end of the archive")
 
 
+def _bzip2_block_starts(packed: bytes, tmp_path: Path) -> list[int]:
+    """Where each block's output starts, as bzip2recover splits the file into its blocks."""
+    work = tmp_path / "recover"
+    work.mkdir()
+    (work / "a.bz2").write_bytes(packed)
+    subprocess.run(["bzip2recover", "a.bz2"], cwd=work, capture_output=True, check=True)
+    starts, at = [], 0
+    for part in sorted(work.glob("rec*a.bz2")):
+        starts.append(at)
+        at += len(subprocess.run(["bzip2", "-dc", part], capture_output=True, check=True).stdout)
+    return starts
+
+
+def test_a_damaged_bzip2_block_is_placed_at_its_first_byte_and_its_member_has_no_digest(plain, tmp_path):
+    """libbzip2 checks a block's CRC after writing all of it: none of a block that fails may
+    reach the tar walk, which would take its garbage for content (a digest of it, offsets past it)."""
+    packed = _pack(plain.read_bytes(), "bzip2")
+    damaged = bytearray(packed)
+    damaged[len(packed) // 2] ^= 0x10
+    archive = _write(tmp_path, "block.tar.bz2", bytes(damaged))
+    result = verify(archive, state=tmp_path / "s")
+    assert (corruption(result), result.exit_code) == (["BZIP2_DECODE_ERROR"], 1)
+    finding = only(result, "BZIP2_DECODE_ERROR")
+    block = dict(finding.details)["bzip2_block"]
+    start = _bzip2_block_starts(packed, tmp_path)[block]
+    assert block > 0 and finding.location.uncompressed_offset == start
+    assert finding.location.member == member_holding(plain, start)
+    digests = {m["name"]: m.get("digest") for m in result.members()}
+    assert digests[finding.location.member] is None
+
+
 DATA_CODES = {"xz": {"XZ_DECODE_ERROR"}, "lz4": {"LZ4_DECODE_ERROR", "LZ4_CONTENT_CHECKSUM"},
               "bzip2": {"BZIP2_DECODE_ERROR"}}
 

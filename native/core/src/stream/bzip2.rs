@@ -242,7 +242,10 @@ impl BitWriter {
 }
 
 /// One block, set in a stream of its own: fed the bytes from the one holding its first bit,
-/// `skip` bits into it, for `length` bits (its magic included).
+/// `skip` bits into it, for `length` bits (its magic included). Its output is held until the
+/// block's CRC has matched: libbzip2 checks it only after writing the whole block, and a
+/// block that fails must give no member a digest of garbage. A block's output is at most
+/// 900 kB of runs of 4 to 259 bytes, about 47 MB, and is 900 kB or less unless it repeats.
 pub struct Bzip2Block {
     inner: Decompress,
     staged: BitWriter,
@@ -253,16 +256,19 @@ pub struct Bzip2Block {
     block: u64,
     closed: bool, // the end marker is staged
     consumed: u64,
-    produced: u64,
-    finished: bool,
+    held: Vec<u8>,
+    produced: u64, // of held, handed on
+    checked: bool, // the CRC matched: held may go out
 }
+
+const HELD_STEP: usize = 1 << 20;
 
 impl Bzip2Block {
     pub fn new(level: u8, skip: u32, length: u64, crc: u32, block: u64) -> Self {
         let mut staged = BitWriter::default();
         staged.push_bytes(&[b'B', b'Z', b'h', b'0' + level]);
         Bzip2Block { inner: Decompress::new(false), staged, fed: 0, skip, left: length, crc, block, closed: false,
-                     consumed: 0, produced: 0, finished: false }
+                     consumed: 0, held: Vec::new(), produced: 0, checked: false }
     }
 
     fn error(&self, code: &'static str, message: &str) -> StreamError {
@@ -292,29 +298,52 @@ impl Bzip2Block {
         used
     }
 
-    fn run(&mut self, out: &mut Vec<u8>) -> Result<bool, StreamError> {
-        let before = (self.inner.total_in(), out.len());
-        let status = self.inner.decompress_vec(&self.staged.bytes[self.fed..], out);
-        self.fed += (self.inner.total_in() - before.0) as usize;
-        self.produced += (out.len() - before.1) as u64;
-        if self.fed == self.staged.bytes.len() {
-            self.staged.bytes.clear();
-            self.fed = 0;
-        }
-        match status {
-            Ok(Status::StreamEnd) => {
-                self.finished = true;
-                Ok(true)
+    /// Decode what is staged into `held`, until the staged bits are used up or the block ends.
+    fn run(&mut self) -> Result<(), StreamError> {
+        loop {
+            if self.held.capacity() - self.held.len() < HELD_STEP {
+                self.held.reserve(HELD_STEP);
             }
-            Ok(_) => Ok(false),
-            Err(_) => Err(self.error("BZIP2_DECODE_ERROR", "its data does not decode, or its CRC-32 does not match")),
+            let before = (self.inner.total_in(), self.held.len());
+            let status = self.inner.decompress_vec(&self.staged.bytes[self.fed..], &mut self.held);
+            let progressed = self.inner.total_in() != before.0 || self.held.len() != before.1;
+            self.fed += (self.inner.total_in() - before.0) as usize;
+            if self.fed == self.staged.bytes.len() {
+                self.staged.bytes.clear();
+                self.fed = 0;
+            }
+            match status {
+                Ok(Status::StreamEnd) => {
+                    self.checked = true;
+                    return Ok(());
+                }
+                Ok(_) if !progressed => return Ok(()), // wants more bits
+                Ok(_) => {}
+                Err(_) => return Err(self.error("BZIP2_DECODE_ERROR", "its data does not decode, or its CRC-32 does not match")),
+            }
         }
+    }
+
+    /// Hand on what the matched CRC covers, as much as `out` has room for.
+    fn hand_on(&mut self, out: &mut Vec<u8>) {
+        let from = self.produced as usize;
+        let n = (out.capacity() - out.len()).min(self.held.len() - from);
+        out.extend_from_slice(&self.held[from..from + n]);
+        self.produced += n as u64;
+        if self.produced as usize == self.held.len() {
+            self.held = Vec::new();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.checked && self.held.is_empty()
     }
 }
 
 impl StreamDecoder for Bzip2Block {
     fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, StreamError> {
-        if self.finished {
+        if self.checked {
+            self.hand_on(out);
             return Ok(0);
         }
         let used = if self.staged.bytes.len() - self.fed < 1 << 16 { self.stage(input) } else { 0 };
@@ -326,12 +355,15 @@ impl StreamDecoder for Bzip2Block {
             self.staged.pad();
             self.closed = true;
         }
-        self.run(out)?;
+        self.run()?;
+        if self.checked {
+            self.hand_on(out);
+        }
         Ok(used)
     }
 
     fn finish(&mut self) -> Result<(), StreamError> {
-        if self.finished {
+        if self.checked {
             Ok(())
         } else if !self.closed {
             Err(self.error("BZIP2_TRUNCATED", "the file ends inside it"))
@@ -341,7 +373,7 @@ impl StreamDecoder for Bzip2Block {
     }
 
     fn counts(&self) -> Counts {
-        Counts::block(self.consumed, self.produced, self.finished)
+        Counts::block(self.consumed, self.produced, self.finished())
     }
 }
 
