@@ -83,6 +83,20 @@ def test_bad_usage_is_exit_2(fx, state, args, expected):
     assert run.returncode == 2 and expected in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize("args,expected", [
+    (["verify", "--workers", "abc", "a.tar"], "archcheck: Invalid value for '--workers': 'abc' is not a valid int "
+                                              "(see archcheck verify --help)"),
+    (["verify"], "archcheck: missing arguments (see archcheck verify --help)"),
+    (["verify", "--bogus", "a.tar"], "archcheck: No such option: --bogus (see archcheck verify --help)"),
+    (["diff", "a.json"], "archcheck: Missing argument 'new' (see archcheck diff --help)"),
+    (["drill"], "archcheck: give a command (see archcheck drill --help)"),
+    (["frobnicate"], "archcheck: No such command 'frobnicate' (see archcheck --help)"),
+])
+def test_a_bad_command_line_is_one_line_and_exit_2(args, expected):
+    run = cli(*args)
+    assert (run.returncode, run.stdout, run.stderr) == (2, "", expected + "\n")
+
+
 def test_unknown_option_is_exit_2(fx):
     run = cli("verify", fx / "gnu.tar", "--frobnicate")
     assert run.returncode == 2 and "frobnicate" in run.stderr

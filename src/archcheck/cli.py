@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -70,7 +71,8 @@ def _exits(command: Callable) -> Callable:
         except ArchcheckError as exc:
             _failed(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            _failed("interrupted; the manifest keeps what was verified", ExitCode.INCOMPLETE)
+            _failed("interrupted; what was verified is kept: archcheck drill list shows the drill to resume, "
+                    "if it had begun", ExitCode.INCOMPLETE)
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
@@ -132,7 +134,7 @@ def verify_command(
                                    help="Budget for archcheck's buffers (queued segments, decode buffers)."),
     workers: Optional[int] = typer.Option(None, help="Worker processes (default: the CPU count)."),
     max_window: str = typer.Option(format_size(DEFAULT_MAX_WINDOW).replace(" ", ""),
-                                   help="Largest zstd window to decode; larger frames are refused (exit 2)."),
+                                   help="Largest zstd window to decode; a frame that needs more is not decoded (ZSTD_WINDOW_OVER_LIMIT, exit 3)."),
     digest: str = typer.Option(DEFAULT_DIGEST, help="Member digest: xxh3-128 or blake3."),
     drill: Optional[str] = typer.Option(None, "--drill", help="Name the drill (default: drill-N, numbered)."),
     deadline: Optional[str] = DEADLINE,
@@ -623,4 +625,40 @@ class ProgressDisplay:
 
 
 def main() -> None:
-    app()
+    """Click's usage errors (an unknown option, a value of the wrong type, a missing argument)
+    as one line, like the library's; a bare ``archcheck`` shows its help."""
+    click = _click_exceptions()
+    try:
+        code = app(standalone_mode=False, prog_name="archcheck")
+    except click.NoArgsIsHelpError as exc:
+        if exc.ctx is None or exc.ctx.parent is None:
+            typer.echo(exc.format_message(), err=True)
+            sys.exit(ExitCode.USAGE)
+        group = exc.ctx is not None and hasattr(exc.ctx.command, "list_commands")
+        _usage_line(exc.ctx, "give a command" if group else "missing arguments")
+    except click.UsageError as exc:
+        _usage_line(exc.ctx, exc.format_message())
+    except click.ClickException as exc:
+        _failed_line(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        _failed_line("interrupted", ExitCode.INCOMPLETE)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _click_exceptions():
+    """typer 0.28 carries a click of its own; earlier ones use click's."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _usage_line(ctx, message: str) -> None:
+    command = ctx.command_path if ctx is not None else "archcheck"
+    _failed_line(f"{message.rstrip('.')} (see {command} --help)", ExitCode.USAGE)
+
+
+def _failed_line(message: str, code: int) -> None:
+    Output.say_error(message, code)
+    sys.exit(code)
