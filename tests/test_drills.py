@@ -359,12 +359,12 @@ def test_drill_run_from_a_plan_seals_its_report_and_audit_detects_an_edit(fx, tm
     plan = tmp_path / "plan.yaml"
     shutil.copyfile(fx / "multi.tar.zst", tmp_path / "a.tar.zst")
     shutil.copyfile(fx / "single.tar.zst", tmp_path / "b.tar.zst")
-    plan.write_text("archives: ['*.tar.zst', 'missing-*.tar.zst']\nstate_dir: state\nreport: out/{drill}.json\n"
-                    "deadline: 10m\n")
+    plan.write_text("name: weekly\narchives: ['*.tar.zst', 'missing-*.tar.zst']\nstate_dir: state\n"
+                    "report: out/{plan}-{drill}.json\ndeadline: 10m\n")
     run = cli("drill", "run", plan, "--no-progress")
     assert run.returncode == 0, run.stderr
     assert "archcheck: warning: missing-*.tar.zst matches no archive" in run.stderr
-    report = json.loads((tmp_path / "out" / "drill-1.json").read_text())
+    report = json.loads((tmp_path / "out" / "weekly-drill-1.json").read_text())  # the plan's name, the drill's id
     assert report["schema"] == "archcheck.report" and report["version"] == 3
     assert [Path(a["path"]).name for a in report["archives"]] == ["a.tar.zst", "b.tar.zst"]
     assert all(a["verdict"] == "intact" and a["members_log"]["count"] for a in report["archives"])

@@ -55,7 +55,7 @@ def test_nightly_example():
         archives=("/backups/postgres/*.tar.zst", "/backups/files/**/*.tar.zst"),
         window="01:00-05:00", budget=Budget(seconds=3 * 3600), skip_verified_within=7 * 86400,
         workers=4, max_memory=512 * MiB, state_dir=Path("/var/lib/archcheck"),
-        report="/var/log/archcheck/{drill}.json")
+        report="/var/log/archcheck/{plan}-{date}-{drill}.json")
     assert plan.line_of["budget"] == 18 and plan.line_of["archives[1]"] == 9
 
 
@@ -181,9 +181,9 @@ ERRORS = [
     ("archives: [a]\nname: nightly/../../etc\n",
      ":2: 'name' must be letters, digits, '.', '_' or '-', not 'nightly/../../etc'"),
     ("archives: [a]\nreport: /var/log/{host}.json\n",
-     ":2: 'report' may contain {drill} and {date} and no other braces, not '/var/log/{host}.json'"),
+     ":2: 'report' may contain {drill}, {plan} and {date} and no other braces, not '/var/log/{host}.json'"),
     ("archives: [a]\nreport: /var/log/{drill.json\n",
-     ":2: 'report' may contain {drill} and {date} and no other braces, not '/var/log/{drill.json'"),
+     ":2: 'report' may contain {drill}, {plan} and {date} and no other braces, not '/var/log/{drill.json'"),
     ("archives: [a]\nstate_dir: ''\n", ":2: 'state_dir' must not be empty"),
     ("archives: [a]\nbase: &b {workers: 2}\n", f":2: unknown key 'base' (known keys: {KNOWN})"),
     ("archives: [a]\n<<: {workers: 2}\n", ":2: YAML tag '!!merge' is not allowed in a plan"),

@@ -334,7 +334,7 @@ def drill_run_command(
                                       identity=identity)
     template = loaded.report
     if report is None and template:
-        report = Path(template.format(drill=result.drill.id, date=datetime.now().strftime("%Y-%m-%d")))
+        report = Path(template.format(drill=result.drill.id, plan=loaded.name, date=datetime.now().strftime("%Y-%m-%d")))
     out.finish(result, report)
 
 

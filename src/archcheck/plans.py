@@ -26,7 +26,7 @@ from .yamlfile import describe, mapping, line as node_line, text as text_of
 from .units import Budget, parse_budget, parse_duration, parse_size, parse_until, parse_window
 
 TIME_LIMITS = ("deadline", "until", "window")  # a drill stops at one of them, at most
-REPORT_FIELDS = ("drill", "date")
+REPORT_FIELDS = ("drill", "plan", "date")
 
 
 class PlanError(UsageError):
@@ -58,7 +58,7 @@ class Plan:
     max_window: int | None = None
     digest: str | None = None
     state_dir: Path | None = None  # absolute
-    report: str | None = None  # an absolute path template, with {drill} and {date}
+    report: str | None = None  # an absolute path template, with {drill} (its id), {plan} (name) and {date}
     baseline: Path | None = None  # the CI gate's (absolute): a catalog or an archive
     policy: Path | None = None
     expect_file: Path | None = None
@@ -116,7 +116,7 @@ def _report(text: str, option: str) -> str:
     except ValueError:
         fields = [("", "", "")]  # an unmatched brace
     if any(name not in REPORT_FIELDS or spec or conv for name, spec, conv in fields):
-        raise UsageError(f"{option} may contain {{drill}} and {{date}} and no other braces, not {text!r}")
+        raise UsageError(f"{option} may contain {{drill}}, {{plan}} and {{date}} and no other braces, not {text!r}")
     return _path(text, option)
 
 
