@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 from archcheck.api import verify
-from conftest import cli
+from conftest import cli, member_offsets
 from test_verify import pzstd_frames
 
 
@@ -111,6 +111,27 @@ def test_a_bad_block_of_one_frame_of_many_loses_that_frame_and_the_walk_goes_on(
     assert list(walked)[-1] == members[-1].name  # the members after the lost frame are verified
     text = cli("verify", archive, "--state-dir", tmp_path / "t").stdout
     assert f"the walk resumes at {resumed}" in text
+
+
+def test_offsets_after_a_lost_frame_that_states_its_size_are_exact(mixed_tar, tmp_path):
+    """Frames that state their content size (zstd of a file does): what follows a frame that
+    failed starts where the frames say, so members after it keep their true offsets."""
+    piece = 2 * 1024 * 1024
+    data = mixed_tar.read_bytes()
+    frames = [subprocess.run(["zstd", "-q", "-c", f"--stream-size={len(data[at:at + piece])}"], input=data[at:at + piece],
+                             capture_output=True, check=True).stdout for at in range(0, len(data), piece)]
+    whole = tmp_path / "whole.tar.zst"
+    whole.write_bytes(b"".join(frames))
+    archive = tmp_path / "sized.tar.zst"
+    _damage_block(whole, archive, len(frames[0]), lambda ok: ok[len(ok) // 2])  # (the first holds random bytes: raw blocks)
+    result = verify(archive, state=tmp_path / "s")
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.location.frame == 1
+    true = member_offsets(mixed_tar)
+    walked = {m["name"]: m["header_offset"] for m in result.members()}
+    after = [name for name, (header, _) in true.items() if header >= 2 * piece]
+    assert after and all(walked[name] == true[name][0] for name in after)
+    assert dict(finding.details)["walk_resumes_at"] == f"{after[0]} (uncompressed offset {true[after[0]][0]})"
 
 
 def test_damage_deep_in_a_frame_decoded_while_it_is_walked_is_found_as_before(tmp_path):
