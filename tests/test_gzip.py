@@ -186,6 +186,18 @@ def test_the_header_crc_and_flags_are_checked(plain, tmp_path):
     assert method.location.byte_range == (0, 3)  # up to the method byte, however the file was read
 
 
+def test_a_stored_name_of_any_length_is_read_as_gzip_reads_it(plain, mixed_reference, tmp_path):
+    """gzip -t and pigz -t take a name of any length (FNAME): so does the header's reader,
+    which scans it without keeping it (it refused one over 64 KiB as a damaged header)."""
+    import gzip
+    archive = tmp_path / "named.tar.gz"
+    with open(archive, "wb") as f, gzip.GzipFile(filename="n" * 300_000, mode="wb", fileobj=f, mtime=0) as g:
+        g.write(plain.read_bytes())
+    assert subprocess.run(["gzip", "-t", archive], capture_output=True).returncode == 0
+    result = verify(archive, state=tmp_path / "s")
+    assert (result.verdict, members_of(result)) == ("intact", members_of(mixed_reference))
+
+
 def test_a_lone_gz_of_text_is_gzip_content(tmp_path):
     archive = tmp_path / "notes.gz"
     archive.write_bytes(_gzip(b"just some notes, not a tar\n" * 100))
