@@ -85,6 +85,7 @@ FROZEN_CODES = {
     "ZSTD_SIZE_NOTE_MISMATCH": ("corruption", "error", "zstd"),
     "TAR_EMPTY": ("drift", "warning", "tar"),
     "TAR_MEMBERS_AFTER_END": ("corruption", "error", "tar"),
+    "TAR_BAD_SPARSE_MAP": ("corruption", "error", "tar"),
 }
 
 

@@ -149,6 +149,7 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
     _c("ZSTD_SIZE_NOTE_MISMATCH", C, E, "zstd", "pzstd noted a {noted}-byte frame, its blocks take {actual} bytes"),
     _c("TAR_EMPTY", D, W, "tar", "the archive holds no members: its {size} bytes are only end-of-archive zeros"),
     _c("TAR_MEMBERS_AFTER_END", C, E, "tar", "members after the end-of-archive marker at byte {marker}, the first ({name!r}) at byte {offset}: tar stops at the marker and restores none of them"),
+    _c("TAR_BAD_SPARSE_MAP", C, E, "tar", "the sparse map is damaged: {detail}"),
     # the run itself
     _c("ZSTD_BAD_WINDOW", C, E, "zstd", "frame header asks for a {window} window, {why}: the header is damaged"),
     _c("ZSTD_WINDOW_OVER_LIMIT", U, W, "zstd", "frame needs a {window} window, over --max-window {limit}; content not checked: raise --max-window to verify it (decoding needs that much memory)"),

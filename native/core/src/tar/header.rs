@@ -48,6 +48,15 @@ pub type Pax = HashMap<String, Vec<u8>>;
 /// pax records `"<len> <key>=<value>\n"`: the records read, and what is wrong if something is.
 pub fn parse_pax(data: &[u8]) -> (Pax, Option<String>) {
     let mut records = Pax::new();
+    let problem = pax_records(data, |key, value| {
+        records.insert(String::from_utf8_lossy(key).into_owned(), value.to_vec());
+    });
+    (records, problem)
+}
+
+/// Each record in its order, repeats included (GNU's 0.0 sparse map repeats its keys); what is
+/// wrong if something is (the records before it were handed out).
+pub fn pax_records(data: &[u8], mut record: impl FnMut(&[u8], &[u8])) -> Option<String> {
     let mut i = 0;
     while i < data.len() {
         if data[i] == 0 {
@@ -60,22 +69,18 @@ pub fn parse_pax(data: &[u8]) -> (Pax, Option<String>) {
             _ => 0,
         };
         if length <= 0 || i as i128 + length > data.len() as i128 || data[i + length as usize - 1] != b'\n' {
-            return (records, Some(format!("record at byte {i} has a bad length")));
+            return Some(format!("record at byte {i} has a bad length"));
         }
         let end = i + length as usize - 1;
         let body = &data[space.unwrap_or(i) + 1..end.max(space.unwrap_or(i) + 1)];
         match body.iter().position(|&b| b == b'=') {
-            Some(eq) if body[..eq].contains(&0) => {
-                return (records, Some(format!("record at byte {i} has a NUL in its key")));
-            }
-            Some(eq) => {
-                records.insert(String::from_utf8_lossy(&body[..eq]).into_owned(), body[eq + 1..].to_vec());
-            }
-            None => return (records, Some(format!("record at byte {i} has no '='"))),
+            Some(eq) if body[..eq].contains(&0) => return Some(format!("record at byte {i} has a NUL in its key")),
+            Some(eq) => record(&body[..eq], &body[eq + 1..]),
+            None => return Some(format!("record at byte {i} has no '='")),
         }
         i = end + 1;
     }
-    (records, None)
+    None
 }
 
 /// Whether `prefix`, shorter than a block, could be the start of a tar header (or of the zero

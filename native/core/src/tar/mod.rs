@@ -1,6 +1,7 @@
 //! Tar: headers, members and the incremental walk.
 pub mod header;
 pub mod member;
+pub mod sparse;
 pub mod walker;
 
 pub use member::Member;

@@ -9,8 +9,9 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::header::{self, is_valid_header, is_zero, parse_pax, round_up, Pax, BLOCK, EXTENSION_LIMIT};
+use super::header::{self, is_valid_header, is_zero, pax_records, round_up, Pax, BLOCK, EXTENSION_LIMIT};
 use super::member::{header_name, Extra, Member};
+use super::sparse::{self, MapCheck, OldEntry, PaxMap, Problem, TextMap, TextOutcome};
 use crate::digest::{DigestKind, MemberDigest};
 use crate::fields;
 use crate::finding::{Fields, Finding, Found, Value};
@@ -20,6 +21,8 @@ const BATCH: usize = 2048; // members handed out together
 const RECENT: usize = 4096; // members kept for naming where a finding lies
 const NO_DATA_TYPES: &[u8] = b"123456";
 const EXTENSION_TYPES: &[u8] = b"xgXLK";
+const REGULAR_TYPES: &[u8] = b"0\x007"; // what GNU tar restores as a sparse file from a pax map
+const GNU_MAGIC: &[u8] = b"ustar  \0"; // old GNU headers: their sparse map is GNU tar's
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -88,6 +91,7 @@ struct Pending {
     pax: Option<Pax>,
     first_type: u8, // of the first extension header, to name an orphan
     end: u64,       // where the last extension header's body ends
+    sparse: Option<PaxMap>, // a 0.0/0.1 map in the extended headers
 }
 
 impl Pending {
@@ -102,6 +106,13 @@ impl Pending {
             _ => "pax",
         }
     }
+}
+
+/// An old GNU map being read: header first, then extension blocks.
+struct OldMap {
+    check: MapCheck,
+    from: u64,    // the member's header
+    failed: bool, // reported: its blocks are only followed now
 }
 
 struct Current {
@@ -156,6 +167,8 @@ pub struct TarWalker {
     pending_at: u64,
     global_pax: Pax,
     extension: Option<(u8, u64, u64)>, // (type, size, header offset)
+    old_map: Option<OldMap>,
+    text_map: Option<TextMap>,
     zero_blocks: u32,
     saw_header: bool, // a block that is not (part of) the end marker: the archive is not empty
     end_offset: Option<u64>,
@@ -191,6 +204,8 @@ impl TarWalker {
             pending_at: 0,
             global_pax: Pax::new(),
             extension: None,
+            old_map: None,
+            text_map: None,
             zero_blocks: 0,
             saw_header: false,
             end_offset: None,
@@ -234,6 +249,10 @@ impl TarWalker {
                         let size = self.current.as_ref().map_or(0, |c| c.size);
                         s.feed(piece, size - self.remaining);
                     }
+                    if let Some(map) = self.text_map.as_mut() {
+                        let outcome = map.feed(piece);
+                        self.text_map_outcome(outcome);
+                    }
                     self.remaining -= take as u64;
                     i += take;
                     if self.remaining == 0 {
@@ -265,7 +284,7 @@ impl TarWalker {
                     match self.state {
                         State::Header => self.header(&block, at),
                         State::Extension => self.extension_body(&block),
-                        _ => self.sparse_map(&block),
+                        _ => self.sparse_map(&block, at),
                     }
                 }
                 State::End => {
@@ -313,6 +332,7 @@ impl TarWalker {
         self.end_carry.clear();
         self.pending = Pending::default();
         self.extension = None;
+        (self.old_map, self.text_map) = (None, None);
         member
     }
 
@@ -671,6 +691,7 @@ impl TarWalker {
         }
         let extra = self.overrides(&pax, at);
         let header_offset = if self.pending.is_empty() { at } else { self.pending_at };
+        let pax_map = self.pending.sparse.take();
         self.pending = Pending::default();
         let data_len = if NO_DATA_TYPES.contains(&flag) { 0 } else { size };
         let current = Current { header_offset, data_offset: at + BLOCK as u64, header: block.to_vec(), size: data_len, extra };
@@ -684,7 +705,15 @@ impl TarWalker {
         self.current_whole = true;
         self.remaining = data_len;
         self.pad = round_up(data_len) - data_len;
-        if flag == b'S' && block[482] != 0 {
+        if REGULAR_TYPES.contains(&flag) {
+            self.pax_sparse(&pax, pax_map, data_len);
+        }
+        let extended = if flag == b'S' && &block[257..265] == GNU_MAGIC {
+            self.old_map_header(block, at, data_len)
+        } else {
+            flag == b'S' && block[482] != 0
+        };
+        if extended {
             self.state = State::SparseMap;
             self.need = BLOCK;
         } else if data_len > 0 {
@@ -739,8 +768,8 @@ impl TarWalker {
             }
             return;
         }
-        let (records, problem) = parse_pax(body);
         let end = at + BLOCK as u64 + round_up(size);
+        let (records, problem) = self.read_pax(body, flag, (at, end));
         if let Some(problem) = problem {
             self.emit("TAR_PAX_MALFORMED", at, end, fields![("detail", problem)]);
         }
@@ -759,8 +788,114 @@ impl TarWalker {
         }
     }
 
-    fn sparse_map(&mut self, block: &[u8]) {
-        if block[504] == 0 {
+    /// The records of an extended header; a 0.0/0.1 sparse map among them is read on the way.
+    fn read_pax(&mut self, body: &[u8], flag: u8, range: (u64, u64)) -> (Pax, Option<String>) {
+        let mut records = Pax::new();
+        let mut map = self.pending.sparse.take();
+        let problem = pax_records(body, |key, value| {
+            if flag != b'g' && PaxMap::is_map_key(key) {
+                map.get_or_insert_with(|| PaxMap::new(range)).record(key, value);
+            }
+            records.insert(String::from_utf8_lossy(key).into_owned(), value.to_vec());
+        });
+        self.pending.sparse = map;
+        (records, problem)
+    }
+
+    /// A pax sparse map: 0.0/0.1 in the extended headers, checked now the data stored is known;
+    /// 1.0 (GNU.sparse.major) at the start of the data, checked as the data passes.
+    fn pax_sparse(&mut self, pax: &Pax, map: Option<PaxMap>, stored: u64) {
+        let real_size = ["GNU.sparse.realsize", "GNU.sparse.size"].iter().find_map(|k| pax.get(*k))
+            .map_or(Some(stored), |v| parse_int(v, 10).and_then(|n| u64::try_from(n).ok()));
+        let Some(real_size) = real_size else { return }; // reported as TAR_PAX_MALFORMED already
+        let major = pax.get("GNU.sparse.major").and_then(|v| parse_int(v, 10)).unwrap_or(0);
+        if major > 0 {
+            let map = TextMap::new(real_size, stored);
+            if stored == 0 {
+                self.text_map_outcome(map.cut());
+            } else {
+                self.text_map = Some(map);
+            }
+        } else if let Some(map) = map {
+            match map.finish(real_size, stored) {
+                Ok(()) => {}
+                Err(Problem::Malformed(detail)) => self.emit("TAR_PAX_MALFORMED", map.range.0, map.range.1, fields![("detail", detail)]),
+                Err(Problem::Map(detail)) => self.emit("TAR_BAD_SPARSE_MAP", map.range.0, map.range.1, fields![("detail", detail)]),
+            }
+        }
+    }
+
+    /// A 1.0 map's state after some bytes: a problem is reported on the map's bytes so far.
+    fn text_map_outcome(&mut self, outcome: TextOutcome) {
+        match outcome {
+            TextOutcome::More => return,
+            TextOutcome::Done => {}
+            TextOutcome::Bad(detail, read) => {
+                let from = self.current.as_ref().map_or(self.pos, |c| c.data_offset);
+                self.emit("TAR_BAD_SPARSE_MAP", from, from + read.max(1), fields![("detail", detail)]);
+            }
+        }
+        self.text_map = None;
+    }
+
+    /// An old GNU sparse header's map (realsize and the first four entries); whether extension
+    /// blocks follow.
+    fn old_map_header(&mut self, block: &[u8], at: u64, stored: u64) -> bool {
+        let Some(real_size) = sparse::old_number(&block[483..495]) else {
+            self.emit("TAR_BAD_NUMBER", at, at + BLOCK as u64, fields![("field", "realsize"), ("value", hex(&block[483..495]))]);
+            return block[482] != 0;
+        };
+        self.old_map = Some(OldMap { check: MapCheck::new(real_size, stored), from: at, failed: false });
+        self.old_map_entries(&block[386..482], block[482] != 0, at)
+    }
+
+    /// The entries of one block of an old GNU map; whether an extension block follows. GNU tar
+    /// reads one only when every entry before is there and the block's isextended is set; once
+    /// the map is reported, the flags alone are followed.
+    fn old_map_entries(&mut self, entries: &[u8], extended: bool, at: u64) -> bool {
+        let Some(mut map) = self.old_map.take() else { return extended };
+        if map.failed {
+            self.old_map = Some(map);
+            return extended;
+        }
+        for entry in entries.chunks_exact(24) {
+            let index = map.check.entries();
+            let (code, details) = match sparse::old_entry(entry) {
+                OldEntry::Entry(offset, numbytes) => match map.check.entry(offset, numbytes) {
+                    Ok(()) => continue,
+                    Err(detail) => ("TAR_BAD_SPARSE_MAP", fields![("detail", detail)]),
+                },
+                OldEntry::End => {
+                    self.old_map_end(&map, at);
+                    return false;
+                }
+                OldEntry::Bad(field, range) => {
+                    ("TAR_BAD_NUMBER", fields![("field", format!("sparse {field} {index}")), ("value", hex(&entry[range]))])
+                }
+            };
+            self.emit(code, at, at + BLOCK as u64, details);
+            map.failed = true;
+            self.old_map = Some(map);
+            return extended;
+        }
+        if !extended {
+            self.old_map_end(&map, at);
+            return false;
+        }
+        self.old_map = Some(map);
+        true
+    }
+
+    /// The old GNU map ended in the block at `at`: its entries must add up to the data stored.
+    fn old_map_end(&mut self, map: &OldMap, at: u64) {
+        let stored = self.current.as_ref().map_or(0, |c| c.size);
+        if let Err(detail) = map.check.finish(u64::MAX, stored) {
+            self.emit("TAR_BAD_SPARSE_MAP", map.from, at + BLOCK as u64, fields![("detail", detail)]);
+        }
+    }
+
+    fn sparse_map(&mut self, block: &[u8], at: u64) {
+        if !self.old_map_entries(&block[..504], block[504] != 0, at) {
             self.need = BLOCK;
             if self.remaining > 0 {
                 self.state = State::Data;
@@ -772,6 +907,12 @@ impl TarWalker {
     }
 
     fn finish_member(&mut self, complete: bool) {
+        self.old_map = None;
+        if let Some(map) = self.text_map.take() {
+            if complete {
+                self.text_map_outcome(map.cut());
+            }
+        }
         let Some(current) = self.current.take() else {
             self.state = State::Header;
             return;
@@ -934,4 +1075,183 @@ fn trim_ascii_whitespace(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn octal(n: u64, width: usize) -> Vec<u8> {
+        format!("{n:0w$o}\0", w = width - 1).into_bytes()
+    }
+
+    /// A header block of `name`, type `flag`, `size` bytes, with `magic`; `edit` fills the rest.
+    fn header(name: &str, flag: u8, size: u64, magic: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut h = vec![0u8; BLOCK];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(&octal(0o644, 8));
+        h[124..136].copy_from_slice(&octal(size, 12));
+        h[136..148].copy_from_slice(&octal(0, 12));
+        h[156] = flag;
+        h[257..257 + magic.len()].copy_from_slice(magic);
+        edit(&mut h);
+        h[148..156].fill(b' ');
+        let sum: u64 = h.iter().map(|&b| b as u64).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    fn entry(offset: &[u8], numbytes: &[u8]) -> Vec<u8> {
+        [offset, numbytes].concat()
+    }
+
+    /// An old GNU sparse member "sp" of `real` bytes storing `data` bytes: its map's entries
+    /// (24 bytes each) four in the header, 21 in each extension block; the end marker after it.
+    fn gnu_sparse(entries: &[Vec<u8>], real: u64, data: u64) -> Vec<u8> {
+        let head = &entries[..entries.len().min(4)];
+        let rest: Vec<&[Vec<u8>]> = entries[head.len()..].chunks(21).collect();
+        let mut out = header("sp", b'S', data, GNU_MAGIC, |h| {
+            h[386..386 + 24 * head.len()].copy_from_slice(&head.concat());
+            h[482] = !rest.is_empty() as u8;
+            h[483..495].copy_from_slice(&octal(real, 12));
+        });
+        for (i, block) in rest.iter().enumerate() {
+            let mut b = vec![0u8; BLOCK];
+            b[..24 * block.len()].copy_from_slice(&block.concat());
+            b[504] = (i + 1 < rest.len()) as u8;
+            out.extend(b);
+        }
+        out.extend(vec![b'x'; round_up(data) as usize]);
+        out.extend([0u8; 2 * BLOCK]);
+        out
+    }
+
+    fn good_entry(offset: u64, numbytes: u64) -> Vec<u8> {
+        entry(&octal(offset, 12), &octal(numbytes, 12))
+    }
+
+    fn pax_sparse(records: &[(&str, &str)], data: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            let text = format!(" {k}={v}\n");
+            let mut len = text.len() + 1;
+            len += format!("{len}").len() - 1;
+            body.extend(format!("{len}{text}").into_bytes());
+        }
+        let mut out = header("PaxHeaders/sp", b'x', body.len() as u64, b"ustar\x0000", |_| {});
+        body.resize(round_up(body.len() as u64) as usize, 0);
+        out.extend(body);
+        out.extend(header("GNUSparseFile.1/sp", b'0', data.len() as u64, b"ustar\x0000", |_| {}));
+        out.extend(data);
+        out.resize(round_up(out.len() as u64) as usize + 2 * BLOCK, 0);
+        out
+    }
+
+    /// The findings of a walk fed `chunk` bytes at a time: (code, start, end, member, detail).
+    fn walk(archive: &[u8], chunk: usize) -> Vec<(&'static str, u64, u64, Option<String>, String)> {
+        let mut walker = TarWalker::new(None, None);
+        for (i, piece) in archive.chunks(chunk).enumerate() {
+            walker.feed(piece, (i * chunk) as u64);
+        }
+        walker.finish(archive.len() as u64, false);
+        assert_eq!(walker.count, 1, "{:?}", walker.findings);
+        let detail = |f: &Finding| f.details.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(" ");
+        walker.findings.iter().map(|f| (f.code, f.start, f.end, f.member.clone(), detail(f))).collect()
+    }
+
+    fn one(archive: &[u8]) -> (&'static str, u64, u64, Option<String>, String) {
+        let found = walk(archive, archive.len());
+        for chunk in [1, 7, 512] {
+            assert_eq!(walk(archive, chunk), found, "fed {chunk} bytes at a time");
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn an_intact_old_gnu_map_passes_with_and_without_extension_blocks() {
+        let archive = gnu_sparse(&[good_entry(4997120, 4096), good_entry(10485760, 0)], 10485760, 4096);
+        assert_eq!(walk(&archive, 512), vec![]);
+        let mut entries: Vec<_> = (0..30).map(|i| good_entry(i * 1024, 512)).collect();
+        entries.push(good_entry(40000, 0));
+        assert_eq!(walk(&gnu_sparse(&entries, 40000, 30 * 512), 100), vec![]);
+    }
+
+    #[test]
+    fn a_lying_old_gnu_map_is_reported_at_its_block_and_the_walk_goes_on() {
+        let lie = gnu_sparse(&[entry(b"77777777777\0", &octal(4096, 12)), good_entry(10485760, 0)], 10485760, 4096);
+        let (code, start, end, member, detail) = one(&lie);
+        assert_eq!((code, start, end, member.as_deref()), ("TAR_BAD_SPARSE_MAP", 0, 512, Some("sp")));
+        assert!(detail.contains("past the real size 10485760"), "{detail}");
+        let zz = gnu_sparse(&[entry(b"zzzzzzzzzzz\0", &octal(4096, 12)), good_entry(10485760, 0)], 10485760, 4096);
+        let (code, start, end, _, detail) = one(&zz);
+        assert_eq!((code, start, end), ("TAR_BAD_NUMBER", 0, 512));
+        assert!(detail.contains("sparse offset 0") && detail.contains("7a7a"), "{detail}");
+    }
+
+    #[test]
+    fn old_gnu_extension_blocks_are_checked_as_they_pass() {
+        let mut entries: Vec<_> = (0..10).map(|i| good_entry(i * 1024, 512)).collect();
+        entries.swap(6, 7); // in the first extension block: no checksum guards it
+        entries.push(good_entry(40000, 0));
+        let (code, start, end, _, detail) = one(&gnu_sparse(&entries, 40000, 10 * 512));
+        assert_eq!((code, start, end), ("TAR_BAD_SPARSE_MAP", 512, 1024));
+        assert!(detail.contains("entry 7 starts at 6144") && detail.contains("out of order"), "{detail}");
+        let mut entries: Vec<_> = (0..10).map(|i| good_entry(i * 1024, 512)).collect();
+        entries.push(good_entry(40000, 0));
+        let (code, start, end, _, detail) = one(&gnu_sparse(&entries, 40000, 11 * 512));
+        assert_eq!((code, start, end), ("TAR_BAD_SPARSE_MAP", 0, 1024)); // the whole map
+        assert!(detail.contains("hold 5120 bytes of data, the member stores 5632"), "{detail}");
+    }
+
+    #[test]
+    fn gnu_tar_stops_reading_a_map_at_its_first_empty_entry() {
+        // isextended set, but the header's entries end before the fourth: the next block is data
+        let archive = gnu_sparse(&[good_entry(0, 512), good_entry(1024, 0)], 1024, 512);
+        let mut archive = archive.clone();
+        archive[482] = 1;
+        let sum: u64 = archive[..512].iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 }).sum();
+        archive[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        assert_eq!(walk(&archive, 512), vec![]);
+    }
+
+    #[test]
+    fn pax_maps_are_checked_at_the_member() {
+        let data = vec![b'x'; 1024];
+        let ok = [("GNU.sparse.size", "5000"), ("GNU.sparse.numblocks", "2"), ("GNU.sparse.offset", "1000"),
+                  ("GNU.sparse.numbytes", "1024"), ("GNU.sparse.offset", "5000"), ("GNU.sparse.numbytes", "0")];
+        assert_eq!(walk(&pax_sparse(&ok, &data), 512), vec![]);
+        let mut bad = ok;
+        bad[2].1 = "10zz";
+        let (code, start, end, member, detail) = one(&pax_sparse(&bad, &data));
+        assert_eq!((code, start, end, member.as_deref()), ("TAR_PAX_MALFORMED", 0, 1024, Some("GNUSparseFile.1/sp")));
+        assert!(detail.contains("GNU.sparse.offset is not a number: '10zz'"), "{detail}");
+        let map = [("GNU.sparse.size", "5000"), ("GNU.sparse.numblocks", "2"), ("GNU.sparse.name", "sp"),
+                   ("GNU.sparse.map", "1000,1024,500,0")];
+        let (code, start, end, member, detail) = one(&pax_sparse(&map, &data));
+        assert_eq!((code, start, end, member.as_deref()), ("TAR_BAD_SPARSE_MAP", 0, 1024, Some("sp")));
+        assert!(detail.contains("entry 1 starts at 500"), "{detail}");
+    }
+
+    #[test]
+    fn a_1_0_map_is_read_from_the_data_as_it_passes() {
+        let records = [("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0"), ("GNU.sparse.name", "sp"),
+                       ("GNU.sparse.realsize", "10485760")];
+        let member = |map: &[u8]| {
+            let mut data = map.to_vec();
+            data.resize(512, 0);
+            data.extend(vec![b'x'; 8192]);
+            pax_sparse(&records, &data)
+        };
+        assert_eq!(walk(&member(b"3\n4997120\n4096\n7999488\n4096\n10485760\n0\n"), 512), vec![]);
+        let (code, start, end, member_name, detail) = one(&member(b"99999999999999999999999\n"));
+        assert_eq!((code, start, member_name.as_deref()), ("TAR_BAD_SPARSE_MAP", 1536, Some("sp")));
+        assert_eq!(end, 1536 + 19); // the 19th digit passes off_t
+        assert!(detail.contains("number at byte 0 of the map is over"), "{detail}");
+        let (_, start, end, _, detail) = one(&member(b"3\n4997120\n4096\n4997130\n4096\n10485760\n0\n"));
+        assert_eq!((start, end), (1536, 1536 + 28));
+        assert!(detail.contains("overlapping"), "{detail}");
+        let (_, _, _, _, detail) = one(&member(b"3\n4997120\n2048\n7999488\n4096\n10485760\n0\n"));
+        assert!(detail.contains("hold 6144 bytes of data, the member stores 8192"), "{detail}");
+    }
 }
