@@ -421,14 +421,15 @@ class StreamCheck:
                 raise self.following.error  # a read failed: the frame's end is not the walk's
             self._table_rows(frame.index, (frame_start, self.uoff))
             self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, self.broken.get(frame.index))
-            self._past_stated_size(frame, frame_start)
+            if event.error_code is not None and frame.decodable:
+                self._past_stated_size(frame, frame_start)
             if self.losses and self.walker:
                 self._name_recoveries()
             start_pos = None
             self.on_progress(frame.end)
 
     def _past_stated_size(self, frame: Frame, frame_start: int) -> None:
-        """A frame that gave less than its stated size (its header's, an xz block's index
+        """A frame that failed before giving its stated size (its header's, an xz block's index
         record, a seek table's): what follows starts where the format says, so offsets after a
         lost frame stay exact. Without a stated size they count the output decoded."""
         stated = frame.content_size if frame.content_size is not None else frame.seek_size
