@@ -20,6 +20,9 @@ use crate::text::{field_text, from_latin1, latin1, parse_int, parse_number, py_r
 const BATCH: usize = 2048; // members handed out together
 const RECENT: usize = 4096; // members kept for naming where a finding lies
 const NO_DATA_TYPES: &[u8] = b"123456";
+/// The pax keys a member's record or checks read (overrides, pax_sparse, the size).
+const MEMBER_KEYS: [&str; 12] = ["size", "path", "linkpath", "uid", "gid", "uname", "gname", "GNU.sparse.name",
+                                 "GNU.sparse.realsize", "GNU.sparse.size", "GNU.sparse.major", "GNU.sparse.minor"];
 const EXTENSION_TYPES: &[u8] = b"xgXLK";
 const REGULAR_TYPES: &[u8] = b"0\x007"; // what GNU tar restores as a sparse file from a pax map
 const GNU_MAGIC: &[u8] = b"ustar  \0"; // old GNU headers: their sparse map is GNU tar's
@@ -781,10 +784,13 @@ impl TarWalker {
                 self.emit("TAR_PAX_MALFORMED", at, end, fields![("detail", format!("{key} is not a number: {shown}"))]);
             }
         }
+        // only what a member reads is kept: global headers last to the archive's end, and
+        // records of other keys would pile up with them (a hostile archive's without bound)
+        let kept = records.into_iter().filter(|(key, _)| MEMBER_KEYS.contains(&key.as_str()));
         if flag == b'g' {
-            self.global_pax.extend(records);
+            self.global_pax.extend(kept);
         } else {
-            self.pending.pax.get_or_insert_with(Pax::new).extend(records);
+            self.pending.pax.get_or_insert_with(Pax::new).extend(kept);
         }
     }
 
@@ -1130,7 +1136,8 @@ mod tests {
         entry(&octal(offset, 12), &octal(numbytes, 12))
     }
 
-    fn pax_sparse(records: &[(&str, &str)], data: &[u8]) -> Vec<u8> {
+    /// An extended header of type `flag` holding `records`, its body padded to a block.
+    fn pax_header<K: std::fmt::Display, V: std::fmt::Display>(name: &str, flag: u8, records: &[(K, V)]) -> Vec<u8> {
         let mut body = Vec::new();
         for (k, v) in records {
             let text = format!(" {k}={v}\n");
@@ -1138,13 +1145,40 @@ mod tests {
             len += format!("{len}").len() - 1;
             body.extend(format!("{len}{text}").into_bytes());
         }
-        let mut out = header("PaxHeaders/sp", b'x', body.len() as u64, b"ustar\x0000", |_| {});
+        let mut out = header(name, flag, body.len() as u64, b"ustar\x0000", |_| {});
         body.resize(round_up(body.len() as u64) as usize, 0);
         out.extend(body);
+        out
+    }
+
+    fn pax_sparse(records: &[(&str, &str)], data: &[u8]) -> Vec<u8> {
+        let mut out = pax_header("PaxHeaders/sp", b'x', records);
         out.extend(header("GNUSparseFile.1/sp", b'0', data.len() as u64, b"ustar\x0000", |_| {}));
         out.extend(data);
         out.resize(round_up(out.len() as u64) as usize + 2 * BLOCK, 0);
         out
+    }
+
+    #[test]
+    fn pax_records_no_member_reads_are_not_kept() {
+        // global headers last to the archive's end, local ones to their member: keys of their
+        // own (a hostile archive's thousands) must not pile up with them
+        let mut archive = Vec::new();
+        for g in 0..50 {
+            let mut records: Vec<(String, String)> = (0..100).map(|k| (format!("X.h{g}.k{k}"), "v".repeat(40))).collect();
+            records.push(("uname".into(), format!("user{g}")));
+            archive.extend(pax_header("PaxHeaders/g", if g % 2 == 0 { b'g' } else { b'x' }, &records));
+        }
+        archive.extend(header("last", b'0', 1, b"ustar\x0000", |_| {}));
+        archive.extend(b"z");
+        archive.resize(round_up(archive.len() as u64) as usize + 2 * BLOCK, 0);
+        let mut walker = TarWalker::new(None, None);
+        walker.feed(&archive, 0);
+        walker.finish(archive.len() as u64, false);
+        assert!(walker.findings.is_empty(), "{:?}", walker.findings);
+        assert_eq!(walker.global_pax.keys().collect::<Vec<_>>(), vec!["uname"]);
+        assert_eq!(walker.global_pax["uname"], b"user48");
+        assert_eq!(walker.recent.back().map(|m| m.uname.as_str()), Some("user49")); // the local header's
     }
 
     /// The findings of a walk fed `chunk` bytes at a time: (code, start, end, member, detail).
