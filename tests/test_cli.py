@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, cli
+from conftest import ARCHCHECK, ROOT, cli
 
 
 def test_intact_archive_exits_0_and_says_so(fx, state):
@@ -95,6 +95,14 @@ def test_bad_usage_is_exit_2(fx, state, args, expected):
 def test_a_bad_command_line_is_one_line_and_exit_2(args, expected):
     run = cli(*args)
     assert (run.returncode, run.stdout, run.stderr) == (2, "", expected + "\n")
+
+
+def test_a_reader_that_goes_away_leaves_no_traceback(fx, state):
+    """A pipe closed before the output comes (`| head` done early): the write fails, quietly."""
+    run = subprocess.Popen([*ARCHCHECK, "verify", fx / "gnu.tar", "--state-dir", state, "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.stdout.close()
+    assert (run.stderr.read(), run.wait(timeout=120) != 0) == ("", True)
 
 
 def test_unknown_option_is_exit_2(fx):

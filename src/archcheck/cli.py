@@ -640,7 +640,7 @@ def main() -> None:
         _usage_line(exc.ctx, exc.format_message())
     except click.ClickException as exc:
         _failed_line(exc.format_message(), exc.exit_code)
-    except click.Abort:
+    except typer.Abort:
         _failed_line("interrupted", ExitCode.INCOMPLETE)
     sys.exit(code if isinstance(code, int) else 0)
 
