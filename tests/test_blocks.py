@@ -8,6 +8,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from archcheck.api import verify
 from conftest import cli, member_offsets
 from test_verify import pzstd_frames
@@ -113,13 +115,17 @@ def test_a_bad_block_of_one_frame_of_many_loses_that_frame_and_the_walk_goes_on(
     assert f"the walk resumes at {resumed}" in text
 
 
+def _sized_frames(data: bytes, piece: int) -> list[bytes]:
+    """zstd frames of ``piece`` bytes each that state their content size."""
+    return [subprocess.run(["zstd", "-q", "-c", f"--stream-size={len(data[at:at + piece])}"], input=data[at:at + piece],
+                           capture_output=True, check=True).stdout for at in range(0, len(data), piece)]
+
+
 def test_offsets_after_a_lost_frame_that_states_its_size_are_exact(mixed_tar, tmp_path):
     """Frames that state their content size (zstd of a file does): what follows a frame that
     failed starts where the frames say, so members after it keep their true offsets."""
     piece = 2 * 1024 * 1024
-    data = mixed_tar.read_bytes()
-    frames = [subprocess.run(["zstd", "-q", "-c", f"--stream-size={len(data[at:at + piece])}"], input=data[at:at + piece],
-                             capture_output=True, check=True).stdout for at in range(0, len(data), piece)]
+    frames = _sized_frames(mixed_tar.read_bytes(), piece)
     whole = tmp_path / "whole.tar.zst"
     whole.write_bytes(b"".join(frames))
     archive = tmp_path / "sized.tar.zst"
@@ -132,6 +138,28 @@ def test_offsets_after_a_lost_frame_that_states_its_size_are_exact(mixed_tar, tm
     after = [name for name, (header, _) in true.items() if header >= 2 * piece]
     assert after and all(walked[name] == true[name][0] for name in after)
     assert dict(finding.details)["walk_resumes_at"] == f"{after[0]} (uncompressed offset {true[after[0]][0]})"
+
+
+@pytest.mark.parametrize("lie", [1 << 60, (1 << 64) - 2])
+def test_a_content_size_no_frame_could_hold_is_not_followed(mixed_tar, tmp_path, lie):
+    """A frame that decodes whole but states a size its bytes could never hold (a lie, or
+    damage in the field): offsets after it count the output decoded, which is all of it."""
+    frames = _sized_frames(mixed_tar.read_bytes(), 2 * 1024 * 1024)
+    frame = frames[1]
+    descriptor = frame[4]
+    assert descriptor == 0xA4  # a 4-byte size, a single segment (its window is its size), a checksum
+    # the header rewritten with a 2 MiB window and an 8-byte size: the frame stays decodable
+    header = frame[:4] + bytes([0xC4, (21 - 10) << 3]) + lie.to_bytes(8, "little")
+    archive = tmp_path / "lie.tar.zst"
+    archive.write_bytes(b"".join([frames[0], header + frame[5 + 4:], *frames[2:]]))
+    result = verify(archive, state=tmp_path / "s")
+    assert result.verdict == "corrupt" and {f.location.frame for f in result.findings if f.category.value == "corruption"} == {1}
+    true = {name.rstrip("/"): header for name, (header, _) in member_offsets(mixed_tar).items()}
+    walked = {m["name"].rstrip("/"): m["header_offset"] for m in result.members()}
+    # libzstd holds back the frame's last block (128 KiB) when its size does not match: the
+    # members in it are lost, and those after are placed that much early, not 2^60 bytes late
+    lost = {n for n, header in true.items() if 4 * 1024 * 1024 - 128 * 1024 <= header < 4 * 1024 * 1024}
+    assert walked.keys() == true.keys() - lost and all(true[n] - 128 * 1024 <= walked[n] <= true[n] for n in walked)
 
 
 def test_damage_deep_in_a_frame_decoded_while_it_is_walked_is_found_as_before(tmp_path):

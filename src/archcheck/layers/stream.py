@@ -34,6 +34,7 @@ STRUCTURAL = (Category.CORRUPTION, Category.UNVERIFIED)  # frame-level facts fro
 RAW_PIECE = 16 * 1024 * 1024
 CHECKPOINT_SHARE = 0.02  # of the run's time, at most, spent taking checkpoints
 READ_APPROXIMATION = 128 * 1024  # where no block is known, a range this far back from the input read
+MAX_EXPANSION = 1 << 15  # output a compressed byte can give at most: a zstd RLE block, 128 KiB from 4 bytes
 BLOCK = 512
 WALK_POLL = 0.2  # seconds between looks at a stop request while waiting for the frame walk
 MembersCallback = Callable[[bytes, int], None]
@@ -422,18 +423,20 @@ class StreamCheck:
             self._table_rows(frame.index, (frame_start, self.uoff))
             self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, self.broken.get(frame.index))
             if event.error_code is not None and frame.decodable:
-                self._past_stated_size(frame, frame_start)
+                self._past_stated_size(frame, frame_start, event)
             if self.losses and self.walker:
                 self._name_recoveries()
             start_pos = None
             self.on_progress(frame.end)
 
-    def _past_stated_size(self, frame: Frame, frame_start: int) -> None:
+    def _past_stated_size(self, frame: Frame, frame_start: int, event: Event) -> None:
         """A frame that failed before giving its stated size (its header's, an xz block's index
         record, a seek table's): what follows starts where the format says, so offsets after a
-        lost frame stay exact. Without a stated size they count the output decoded."""
+        lost frame stay exact. Without a stated size they count the output decoded; so they
+        do when the size is more than the bytes left undecoded could hold (a lie)."""
         stated = frame.content_size if frame.content_size is not None else frame.seek_size
-        if stated is not None and self.uoff < frame_start + stated:
+        undecoded = frame.end - (event.block.start if event.block is not None else frame.offset)
+        if stated is not None and self.uoff < frame_start + stated <= self.uoff + undecoded * MAX_EXPANSION:
             self.uoff = frame_start + stated
 
     def _piece(self, event: Event, frame: Frame, start_pos: int, seek_hash: Any) -> None:
