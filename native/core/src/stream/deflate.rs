@@ -4,7 +4,7 @@
 //! written out: the output's length alone is kept, for distances that reach too far back.
 //! Fed in pieces; memory is the piece and a small margin.
 
-use super::gzip::header_length;
+use super::gzip::HeaderReader;
 
 /// More than one step reads: a symbol is at most 48 bits, a dynamic block's header 290 bytes.
 const MARGIN: usize = 1024;
@@ -117,6 +117,7 @@ enum Phase {
 
 /// The walk over one gzip member, fed its bytes from its first in order.
 pub struct BlockWalk {
+    head: HeaderReader, // read as it passes: a name of any length is not kept
     pending: Vec<u8>,
     base: u64, // the member offset of pending[0]
     bit: usize, // the next bit, in pending
@@ -136,7 +137,7 @@ impl Default for BlockWalk {
 
 impl BlockWalk {
     pub fn new() -> Self {
-        BlockWalk { pending: Vec::new(), base: 0, bit: 0, output: 0, phase: Phase::Header, final_block: false,
+        BlockWalk { head: HeaderReader::default(), pending: Vec::new(), base: 0, bit: 0, output: 0, phase: Phase::Header, final_block: false,
                     blocks: 0, current: None, stop: None }
     }
 
@@ -198,17 +199,21 @@ impl BlockWalk {
     /// One step; Ok(false): more bytes are needed to go on.
     fn step(&mut self, last: bool) -> Result<bool, Halt> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Header => match header_length(&self.pending) {
-                Ok(Some(length)) if self.pending.len() >= length => {
-                    self.bit = length * 8;
-                    self.phase = Phase::BlockStart;
+            Phase::Header => {
+                let from = self.bit / 8;
+                match self.head.feed(&self.pending[from..]) {
+                    Ok(Some(length)) => {
+                        self.bit = (from + length) * 8;
+                        self.phase = Phase::BlockStart;
+                    }
+                    Ok(None) => {
+                        self.bit = self.pending.len() * 8; // taken: feed lets them go
+                        self.phase = Phase::Header;
+                        return Err(Halt::Short);
+                    }
+                    Err((why, _)) => return Err(Halt::Bad(why)),
                 }
-                Ok(_) => {
-                    self.phase = Phase::Header;
-                    return Err(Halt::Short);
-                }
-                Err((why, _)) => return Err(Halt::Bad(why)),
-            },
+            }
             Phase::BlockStart if self.final_block => self.stop = Some(Stop::Ended),
             Phase::BlockStart => self.block_header()?,
             Phase::Stored { left } => {
@@ -475,6 +480,27 @@ mod tests {
     }
 
     #[test]
+    fn a_name_of_any_length_is_read_as_it_passes() {
+        let (file, _) = flushed(&text(5_000), b"");
+        let walked = |member: &[u8], piece: usize| {
+            let mut walk = BlockWalk::new();
+            for bytes in member.chunks(piece) {
+                walk.feed(bytes);
+                assert!(walk.pending.len() <= piece + MARGIN, "{} bytes held", walk.pending.len());
+            }
+            walk.finish();
+            (walk.stop().cloned(), walk.block().map(|b| b.index), walk.output)
+        };
+        let mut named = file[..10].to_vec(); // the same member with a 1 MiB name (FNAME)
+        named[3] |= 0x08;
+        named.extend(std::iter::repeat_n(b'n', 1 << 20));
+        named.push(0);
+        named.extend(&file[10..]);
+        assert_eq!(walked(&named, 4096), walked(&file, 4096));
+        assert_eq!(walked(&named, 4096).0, Some(Stop::Ended));
+    }
+
+    #[test]
     fn a_flipped_bit_fails_where_zlib_fails() {
         let (file, _) = flushed(&text(5_000), b"");
         let (mut decoder_failures, mut in_an_earlier_block) = (0, 0);
@@ -483,7 +509,7 @@ mod tests {
             damaged[at] ^= 0x10;
             let mut inflate = flate2::Decompress::new(false);
             let mut out = Vec::with_capacity(16 << 20);
-            let header = header_length(&damaged).unwrap().unwrap();
+            let header = super::super::gzip::header_length(&damaged).unwrap().unwrap();
             let zlib = inflate.decompress_vec(&damaged[header..], &mut out, flate2::FlushDecompress::Finish);
             let walk = walk(&damaged, 4096);
             match zlib {

@@ -138,6 +138,7 @@ impl Member for Gzip {
 
 /// The header's whole length once enough of it is known (None: more bytes needed to tell),
 /// or what is wrong with it and how many bytes show it.
+#[cfg(test)]
 pub(crate) fn header_length(h: &[u8]) -> Result<Option<usize>, (String, usize)> {
     HeaderReader::default().feed(h)
 }
