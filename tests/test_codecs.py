@@ -15,7 +15,7 @@ import pytest
 
 from archcheck.api import resume, verify
 from archcheck.layers import xz
-from conftest import cli, corruption, member_holding, members_of, only, unhurried
+from conftest import cli, corruption, member_holding, member_offsets, members_of, only, unhurried
 
 MiB = 1024 * 1024
 
@@ -173,7 +173,7 @@ def test_a_flipped_bzip2_block_crc_names_the_member_being_decoded(plain, tmp_pat
 def _bzip2_block_starts(packed: bytes, tmp_path: Path) -> list[int]:
     """Where each block's output starts, as bzip2recover splits the file into its blocks."""
     work = tmp_path / "recover"
-    work.mkdir()
+    work.mkdir(parents=True)
     (work / "a.bz2").write_bytes(packed)
     subprocess.run(["bzip2recover", "a.bz2"], cwd=work, capture_output=True, check=True)
     starts, at = [], 0
@@ -199,6 +199,13 @@ def test_a_damaged_bzip2_block_is_placed_at_its_first_byte_and_its_member_has_no
     assert finding.location.member == member_holding(plain, start)
     digests = {m["name"]: m.get("digest") for m in result.members()}
     assert digests[finding.location.member] is None
+    # bzip2 states no block's size: members after it are placed by the output the damaged
+    # block gave (not walked), near where they lie, not a whole block early
+    starts = _bzip2_block_starts(packed, tmp_path / "again")
+    end, length = starts[block + 1], starts[block + 1] - start
+    placed = {m["name"]: m["header_offset"] for m in result.members()}
+    after = {name: header for name, (header, _) in member_offsets(plain).items() if header >= end and name in placed}
+    assert after and all(abs(placed[name] - header) < length // 2 for name, header in after.items())
 
 
 DATA_CODES = {"xz": {"XZ_DECODE_ERROR"}, "lz4": {"LZ4_DECODE_ERROR", "LZ4_CONTENT_CHECKSUM"},

@@ -403,6 +403,12 @@ impl FrameDecoder {
         None
     }
 
+    /// libzstd hands on each block as it decodes: nothing is held back for a check.
+    #[getter]
+    fn withheld(&self) -> u64 {
+        0
+    }
+
     #[getter]
     fn produced(&self) -> u64 {
         self.inner.produced
@@ -473,6 +479,12 @@ impl StreamDecoder {
     #[getter]
     fn unchecked(&self) -> Option<(u64, u64, u64)> {
         self.inner.unchecked()
+    }
+
+    /// Output of a unit that failed its check, not handed on: how long it was, about.
+    #[getter]
+    fn withheld(&self) -> u64 {
+        self.inner.withheld()
     }
 
     #[getter]

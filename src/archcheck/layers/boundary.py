@@ -33,6 +33,7 @@ class Decoder(Protocol):
     consumed: int  # compressed bytes of the frame taken in
     trailing: Union[tuple[int, int, int], None]  # stream codecs: bytes after the last member (offset, length, non-zero)
     unchecked: Union[tuple[int, int, int], None]  # stream codecs: members no check covers (first, its offset, count)
+    withheld: int  # output of a unit that failed its check, not handed on (a bzip2 block's): its length, about
 
     def decode(self, data: bytes, start: int, chunk: Chunk) -> tuple[int, bool, Union[tuple, None]]:
         """Decode ``data[start:]`` into the chunk's spare room: (input taken, frame finished,

@@ -86,6 +86,7 @@ class Event:
     block: Block | None = None  # where the decoder failed (a zstd block, a gzip member, an xz stream, ...)
     trailing: tuple[int, int, int] | None = None  # bytes after the last member of a stream codec: (offset, length, non-zero)
     unchecked: tuple[int, int, int] | None = None  # members of a stream codec no check covers: (first, offset, count)
+    withheld: int = 0  # output of a unit that failed its check, not handed on: about how long it was
     lane: int = 0
     pool: int | None = None  # the pool its chunk goes back to, when not its lane's
 
@@ -501,7 +502,8 @@ class FrameDecoders:
         if open_index is not None:
             frame = self.feed.decoded(open_index)  # its end, as the walk found it
         self.put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
-                             trailing=decoder.trailing, unchecked=decoder.unchecked))
+                             trailing=decoder.trailing, unchecked=decoder.unchecked,
+                             withheld=decoder.withheld))
 
     def locate(self, code: str, where: Block) -> DeflateBlock | None:
         """Where in its member a failure lies, if reading the member again says; a read that

@@ -432,12 +432,15 @@ class StreamCheck:
     def _past_stated_size(self, frame: Frame, frame_start: int, event: Event) -> None:
         """A frame that failed before giving its stated size (its header's, an xz block's index
         record, a seek table's): what follows starts where the format says, so offsets after a
-        lost frame stay exact. Without a stated size they count the output decoded; so they
-        do when the size is more than the bytes left undecoded could hold (a lie)."""
+        lost frame stay exact. Without a stated size they count the output decoded, a failed
+        block's withheld output included; so they do when the size is more than the bytes left
+        undecoded could hold (a lie)."""
         stated = frame.content_size if frame.content_size is not None else frame.seek_size
         undecoded = frame.end - (event.block.start if event.block is not None else frame.offset)
         if stated is not None and self.uoff < frame_start + stated <= self.uoff + undecoded * MAX_EXPANSION:
             self.uoff = frame_start + stated
+        elif stated is None:
+            self.uoff += event.withheld  # a block whose check failed: the output it gave, not walked
 
     def _piece(self, event: Event, frame: Frame, start_pos: int, seek_hash: Any) -> None:
         self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos,

@@ -375,6 +375,10 @@ impl StreamDecoder for Bzip2Block {
     fn counts(&self) -> Counts {
         Counts::block(self.consumed, self.produced, self.finished())
     }
+
+    fn withheld(&self) -> u64 {
+        if self.checked { 0 } else { self.held.len() as u64 }
+    }
 }
 
 #[cfg(test)]

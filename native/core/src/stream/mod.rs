@@ -93,6 +93,11 @@ pub trait StreamDecoder: Send + Sync {
     fn unchecked(&self) -> Option<(u64, u64, u64)> {
         None
     }
+    /// Output decoded but not handed on, because the unit it came from failed its check:
+    /// about how long the lost unit was, where the format does not say.
+    fn withheld(&self) -> u64 {
+        0
+    }
 }
 
 /// How far a decoder has come.
