@@ -173,7 +173,7 @@ def test_a_flipped_bzip2_block_crc_names_the_member_being_decoded(plain, tmp_pat
 def _bzip2_block_starts(packed: bytes, tmp_path: Path) -> list[int]:
     """Where each block's output starts, as bzip2recover splits the file into its blocks."""
     work = tmp_path / "recover"
-    work.mkdir(parents=True)
+    work.mkdir()
     (work / "a.bz2").write_bytes(packed)
     subprocess.run(["bzip2recover", "a.bz2"], cwd=work, capture_output=True, check=True)
     starts, at = [], 0
@@ -194,14 +194,14 @@ def test_a_damaged_bzip2_block_is_placed_at_its_first_byte_and_its_member_has_no
     assert (corruption(result), result.exit_code) == (["BZIP2_DECODE_ERROR"], 1)
     finding = only(result, "BZIP2_DECODE_ERROR")
     block = dict(finding.details)["bzip2_block"]
-    start = _bzip2_block_starts(packed, tmp_path)[block]
+    starts = _bzip2_block_starts(packed, tmp_path)
+    start = starts[block]
     assert block > 0 and finding.location.uncompressed_offset == start
     assert finding.location.member == member_holding(plain, start)
     digests = {m["name"]: m.get("digest") for m in result.members()}
     assert digests[finding.location.member] is None
     # bzip2 states no block's size: members after it are placed by the output the damaged
     # block gave (not walked), near where they lie, not a whole block early
-    starts = _bzip2_block_starts(packed, tmp_path / "again")
     end, length = starts[block + 1], starts[block + 1] - start
     placed = {m["name"]: m["header_offset"] for m in result.members()}
     after = {name: header for name, (header, _) in member_offsets(plain).items() if header >= end and name in placed}

@@ -627,18 +627,18 @@ class ProgressDisplay:
 def main() -> None:
     """Click's usage errors (an unknown option, a value of the wrong type, a missing argument)
     as one line, like the library's; a bare ``archcheck`` shows its help."""
-    click = _click_exceptions()
+    errors = _click_exceptions()
     try:
         code = app(standalone_mode=False, prog_name="archcheck")
-    except click.NoArgsIsHelpError as exc:
+    except errors.NoArgsIsHelpError as exc:
         if exc.ctx is None or exc.ctx.parent is None:
             typer.echo(exc.format_message(), err=True)
             sys.exit(ExitCode.USAGE)
-        group = exc.ctx is not None and hasattr(exc.ctx.command, "list_commands")
+        group = hasattr(exc.ctx.command, "list_commands")
         _usage_line(exc.ctx, "give a command" if group else "missing arguments")
-    except click.UsageError as exc:
+    except errors.UsageError as exc:
         _usage_line(exc.ctx, exc.format_message())
-    except click.ClickException as exc:
+    except errors.ClickException as exc:
         _failed_line(exc.format_message(), exc.exit_code)
     except typer.Abort:
         _failed_line("interrupted", ExitCode.INCOMPLETE)

@@ -21,8 +21,8 @@ const BATCH: usize = 2048; // members handed out together
 const RECENT: usize = 4096; // members kept for naming where a finding lies
 const NO_DATA_TYPES: &[u8] = b"123456";
 /// The pax keys a member's record or checks read (overrides, pax_sparse, the size).
-const MEMBER_KEYS: [&str; 12] = ["size", "path", "linkpath", "uid", "gid", "uname", "gname", "GNU.sparse.name",
-                                 "GNU.sparse.realsize", "GNU.sparse.size", "GNU.sparse.major", "GNU.sparse.minor"];
+const MEMBER_KEYS: [&str; 11] = ["size", "path", "linkpath", "uid", "gid", "uname", "gname", "GNU.sparse.name",
+                                 "GNU.sparse.realsize", "GNU.sparse.size", "GNU.sparse.major"];
 const EXTENSION_TYPES: &[u8] = b"xgXLK";
 const REGULAR_TYPES: &[u8] = b"0\x007"; // what GNU tar restores as a sparse file from a pax map
 const GNU_MAGIC: &[u8] = b"ustar  \0"; // old GNU headers: their sparse map is GNU tar's
