@@ -65,7 +65,9 @@ def mixed_tar(tmp_path_factory) -> Path:
         data = rnd.randbytes(size) if i % 2 else (f"row {i}\n" * (size // 6)).encode()
         (tree / f"f{i:02d}.dat").write_bytes(data)
     tar = out / "data.tar"
-    subprocess.run(["tar", "-C", tree, "-cf", tar, "."], check=True)
+    # the same bytes on every machine and run: a failure found in CI is found here too
+    subprocess.run(["tar", "-C", tree, "-cf", tar, "--sort=name", "--mtime=2026-01-01 00:00Z", "--owner=0",
+                    "--group=0", "--numeric-owner", "."], check=True)
     return tar
 
 

@@ -108,20 +108,50 @@ def _member_cut_by_age_d(archive: Path, key: Path) -> str:
     return listing[-1].removeprefix("./")
 
 
-def test_a_flipped_bit_in_a_compressed_archive_names_where_a_restore_is_cut(mixed_tar, keys, tmp_path):
+@pytest.fixture(scope="module")
+def worded_tar(tmp_path_factory) -> Path:
+    """A tar, made by real tar, of text members of random words: compressed, and no block stored."""
+    import random
+    rnd = random.Random(5)
+    words = ["".join(rnd.choice("abcdefghij") for _ in range(rnd.randrange(2, 9))) for _ in range(5000)]
+    tree = tmp_path_factory.mktemp("worded")
+    for i in range(10):
+        (tree / f"w{i}.txt").write_text(" ".join(rnd.choices(words, k=rnd.randrange(10_000, 120_000))))
+    tar = tree.parent / "worded.tar"
+    subprocess.run(["tar", "-C", tree, "-cf", tar, "--sort=name", "--mtime=2026-01-01 00:00Z", "--owner=0",
+                    "--group=0", "--numeric-owner", "."], check=True)
+    return tar
+
+
+@pytest.mark.parametrize("content,effect", [("random", "ZSTD_CHECKSUM_MISMATCH"), ("words", "ZSTD_")])
+def test_a_flipped_bit_in_a_compressed_archive_names_where_a_restore_is_cut(mixed_tar, worded_tar, keys, tmp_path,
+                                                                           content, effect):
+    """The chunk that fails is read as zeros: in stored blocks (random bytes) that only makes
+    the content wrong, in compressed ones (text) a block fail. Either way the member named is
+    the one a restore through age -d is cut in: what the plaintext before the chunk decodes to
+    ends in it, not where decoding went wrong."""
     key, _, recipient = keys
-    clean = _encrypted(mixed_tar, "zstd", recipient)
+    tar = mixed_tar if content == "random" else worded_tar
+    compressed = subprocess.run(PACK["zstd"], input=tar.read_bytes(), capture_output=True, check=True).stdout
+    k = len(compressed) // CHUNK // 2
+    clean = _encrypted(_write(tmp_path, "a.tar.zst", compressed), "tar", recipient)  # (compressed already)
     start = _payload_start(clean)
-    k = (len(clean) - start) // SEALED // 2
     archive = _write(tmp_path, "bad.tar.zst.age", _flip(clean, start + k * SEALED + 5000))
     result = verify(archive, state=tmp_path / "s", identity=key)
     # what zstd and tar make of the chunk is its effect, not damage of its own
     assert (result.exit_code, corruption(result)) == (1, ["AGE_CHUNK_AUTH"])
     finding = only(result, "AGE_CHUNK_AUTH")
     details = dict(finding.details)
-    assert details["chunk"] == k and details["effects"][0].startswith("ZSTD_")
+    assert details["chunk"] == k and details["effects"][0].startswith(effect)
     assert finding.location.byte_range == (start + k * SEALED, start + (k + 1) * SEALED)
     assert finding.location.member.removeprefix("./") == _member_cut_by_age_d(archive, key)
+    # zstd -d gives what the plaintext before the chunk decodes to, but for the part of a block
+    # that it has not whole (libzstd would give a stored block's part)
+    cut = len(subprocess.run(["zstd", "-dcq"], input=compressed[:k * CHUNK], capture_output=True).stdout)
+    assert 0 <= finding.location.uncompressed_offset - cut < 128 * 1024
+    data_offset = member_offsets(tar)[finding.location.member][1]
+    assert finding.location.member_offset == finding.location.uncompressed_offset - data_offset
+    assert details["restore_loses"].startswith(f"{finding.location.member} from byte {finding.location.member_offset} on")
 
 
 @pytest.mark.parametrize("kept", [21, 0])

@@ -172,8 +172,9 @@ def _stream_to(out: _Sender, ref: SourceRef, task: StreamTask) -> None:
         reader, task.uri, codec=codec, check_tar=task.check_tar, digest=task.digest,
         max_window=task.max_window, threads=task.threads, depth=task.depth, chunk=task.chunk,
         on_progress=out.progress,
-        on_members=_members_to(out, plain if codec == "tar" else None),
+        on_members=_members_to(out, plain),
         on_frames=out.frame_rows, on_walked=plain.note_frame if plain is not None else None,
+        on_cut=plain.note_cut if plain is not None else None,
         resume_from=task.checkpoint,
         on_checkpoint=_checkpoints_to(out, plain), checkpoint_every=task.checkpoint_every,
         checkpoint_from=task.checkpoint_from, stop=stop, scan=task.scan)
@@ -247,7 +248,7 @@ def _inner_codec(plain: age.Plaintext) -> str:
 
 def _members_to(out: _Sender, plain: age.Plaintext | None) -> Any:
     def send(line: bytes, count: int) -> None:
-        if plain is not None:  # a failed chunk of a plain tar is named by the member it is in
+        if plain is not None:  # a failed chunk is named by the member a restore is cut in
             plain.note_members(line)
         out.send("members", line, count)
     return send

@@ -128,7 +128,10 @@ class Plaintext:
         self._lock = threading.Lock()
         self._done: list[tuple[int, int]] = []  # authenticated chunks: sorted, disjoint [first, end)
         self.faults: dict[int, tuple[str, str]] = {}  # chunk: (code, why)
-        self.members: dict[int, tuple[str, int]] = {}  # chunk: (member, offset in it), for a plain tar
+        # a failed chunk: the uncompressed offset where what the plaintext before it gives ends
+        # (age -d stops there), and the member a restore is cut in there
+        self.cuts: dict[int, int] = {}
+        self.members: dict[int, tuple[str, int]] = {}
         # the compressed frames of the plaintext, in order: 16 bytes a frame
         self._frame_starts, self._frame_ends = array.array("q"), array.array("q")
         self._ahead = ThreadPoolExecutor(AHEAD_THREADS, thread_name_prefix="age-ahead")
@@ -143,10 +146,31 @@ class Plaintext:
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
+        start, data = self._decrypted(offset, end)
+        return data[offset - start:end - start]
+
+    def _decrypted(self, offset: int, end: int) -> tuple[int, bytes]:
         start, data = getattr(self._local, "kept", (0, b""))
         if not (start <= offset and end <= start + len(data)):
             start, data = self._fill(offset, end, start, data)
-        return data[offset - start:end - start]
+        return start, data
+
+    def cut_within(self, offset: int, end: int) -> int | None:
+        """The first place in (offset, end) where a restore stops: the start of a chunk that
+        fails (the span is decrypted, as the read that follows would)."""
+        end = min(end, self.size)
+        if offset >= end:
+            return None
+        self._decrypted(offset, end)
+        with self._lock:
+            failed = [k * CHUNK for k in self.faults if offset < k * CHUNK < end]
+        return min(failed, default=None)
+
+    def note_cut(self, position: int, uncompressed: int) -> None:
+        """What the plaintext before ``position`` (a failed chunk's start) decodes to ends at
+        ``uncompressed``: a restore through age -d is cut there."""
+        with self._lock:
+            self.cuts.setdefault(position // CHUNK, uncompressed)
 
     def _fill(self, offset: int, end: int, start: int, data: bytes) -> tuple[int, bytes]:
         """This thread's span from ``offset``'s chunk to at least ``end``: the whole chunks of
@@ -233,14 +257,14 @@ class Plaintext:
                 self._decrypt(first, min(b, first + SWEEP_CHUNKS))
 
     def note_members(self, line: bytes) -> None:
-        """A batch of members of a plain tar passed: name the member each failed chunk is in."""
-        pending = [k for k in self.faults if k not in self.members]
+        """A batch of members passed: name the member a restore is cut in at each failed chunk."""
+        with self._lock:
+            pending = {k: at for k, at in self.cuts.items() if k not in self.members}
         if not pending:
             return
         for name, _, size, _, _, header_offset, data_offset, *_ in json.loads(line):
             end = data_offset + -(-size // 512) * 512
-            for k in pending:
-                at = k * CHUNK
+            for k, at in pending.items():
                 if header_offset <= at < max(end, data_offset):
                     self.members[k] = (name, max(0, at - data_offset))
 
@@ -264,6 +288,7 @@ class Plaintext:
         with self._lock:
             return {"authenticated": [list(span) for span in self._done],
                     "faults": [[k, code, why] for k, (code, why) in sorted(self.faults.items())],
+                    "cuts": [[k, at] for k, at in sorted(self.cuts.items())],
                     "members": [[k, name, offset] for k, (name, offset) in sorted(self.members.items())]}
 
     def restore(self, state: dict | None) -> None:
@@ -272,6 +297,7 @@ class Plaintext:
         with self._lock:
             self._done = [(a, b) for a, b in state.get("authenticated", ())]
             self.faults = {k: (code, why) for k, code, why in state.get("faults", ())}
+            self.cuts = {k: at for k, at in state.get("cuts", ())}
             self.members = {k: (name, offset) for k, name, offset in state.get("members", ())}
 
 
@@ -339,15 +365,18 @@ def _inside(finding: Finding, start: int, end: int) -> bool:
 
 def _chunk_finding(plain: Plaintext, uri: str, k: int, code: str, why: str, effects: list[Finding],
                    member_at: Any | None) -> Finding:
-    """The member a failed chunk is in: named by what the layers below found in it (a decode
-    error names where good output ends), else, in a plain tar, by the member at its offset."""
+    """The member a failed chunk cuts a restore in: the one holding the end of what the
+    plaintext before the chunk decodes to; else the one named by what the layers below found in
+    it (a decode error names where good output ends); else, in a plain tar, the one at its offset."""
     start, end = plain.plain_range(k)
     named = next((f.location for f in effects if f.location.member), None)
     member, member_offset, uncompressed = None, None, None
-    if named is not None:
+    if k in plain.members:
+        (member, member_offset), uncompressed = plain.members[k], plain.cuts.get(k)
+    elif named is not None:
         member, member_offset, uncompressed = named.member, named.member_offset, named.uncompressed_offset
     elif member_at is not None:
-        member, member_offset = plain.members.get(k) or member_at(start)
+        member, member_offset = member_at(start)
         uncompressed = start if member else None
     cut = f"{member} from byte {member_offset or 0} on" if member else f"the plaintext from byte {start} on"
     details: dict[str, Any] = {"chunk": k, "plaintext_range": f"{start}-{end}", "error": why,

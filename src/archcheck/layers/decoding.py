@@ -87,6 +87,9 @@ class Event:
     trailing: tuple[int, int, int] | None = None  # bytes after the last member of a stream codec: (offset, length, non-zero)
     unchecked: tuple[int, int, int] | None = None  # members of a stream codec no check covers: (first, offset, count)
     withheld: int = 0  # output of a unit that failed its check, not handed on: about how long it was
+    # where a restore reading the input stops inside it (an age chunk that fails): (input
+    # position, the offset in ``data`` of all the output decoded from the input before it)
+    cuts: tuple[tuple[int, int], ...] = ()
     lane: int = 0
     pool: int | None = None  # the pool its chunk goes back to, when not its lane's
 
@@ -457,13 +460,17 @@ class FrameDecoders:
         """A piece of a plain tar: read in chunk-sized pieces, handed on as they are."""
         pos = frame.offset
         io_error = None
+        cut_within = getattr(self.reader, "cut_within", lambda start, end: None)
         try:
             while pos < frame.end and not self.stop.is_set():
-                data = self.reader.pread(pos, min(self.chunk, frame.end - pos))
+                end = min(pos + self.chunk, frame.end)
+                cut = cut_within(pos, end)  # a piece ends where a restore would stop
+                data = self.reader.pread(pos, (cut or end) - pos)
                 if not data:
                     raise short_read()
                 pos += len(data)
-                if not self.put(lane, Event(frame, data, len(data), pos)):
+                cuts = ((cut, len(data)),) if cut == pos else ()
+                if not self.put(lane, Event(frame, data, len(data), pos, cuts=cuts)):
                     return
         except OSError as exc:
             io_error = f"{exc.strerror or exc} (errno {exc.errno})"
@@ -608,13 +615,19 @@ class _LanePort:
 
     def __init__(self, decoders: FrameDecoders, frame: Frame, lane: int, trail: Any, open_index: int | None):
         self.decoders, self.frame, self.lane, self.trail, self.open_index = decoders, frame, lane, trail, open_index
+        self.cut_within = getattr(decoders.reader, "cut_within", None)
+        self.cut: int | None = None  # where the read in hand was made to end
+        self.cuts: list[tuple[int, int]] = []  # in the chunk being filled
 
     def chunk(self) -> Chunk | None:
         return self.decoders.chunk_of(self.lane)
 
     def next_read(self, pos: int) -> int:
+        """Reads end where a restore would stop, so what the input before it decodes to is known."""
         end = self.frame.end if self.open_index is None else self.decoders.feed.bound(self.open_index, pos)
-        return min(READ_SIZE, end - pos)
+        end = min(pos + READ_SIZE, end)
+        self.cut = self.cut_within(pos, end) if self.cut_within is not None and pos < end else None
+        return (self.cut or end) - pos
 
     def read(self, pos: int, size: int) -> bytes:
         data = self.decoders.reader.pread(pos, size) if size > 0 else b""
@@ -623,12 +636,15 @@ class _LanePort:
         return data
 
     def emit(self, chunk: Chunk, behind: int) -> bool:
-        return self.decoders.put(self.lane, Event(self.frame, chunk, len(chunk), behind))
+        cuts, self.cuts = tuple(self.cuts), []
+        return self.decoders.put(self.lane, Event(self.frame, chunk, len(chunk), behind, cuts=cuts))
 
     def release(self, chunk: Chunk) -> None:
         self.decoders.release(Event(self.frame, chunk, 0, 0, lane=self.lane))
 
     def read_to(self, pos: int, chunk: Chunk) -> bool:
+        if pos == self.cut:  # all the input before the cut is decoded: what it gives ends here
+            self.cuts.append((pos, len(chunk)))
         return False
 
 

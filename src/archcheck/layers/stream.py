@@ -78,9 +78,12 @@ class StreamCheck:
                  on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
                  checkpoint_every: float = 2.0, checkpoint_from: int | None = None,
                  stop: threading.Event | None = None, scan: ScanConfig | None = None,
-                 on_walked: Callable[[Frame], None] | None = None):
+                 on_walked: Callable[[Frame], None] | None = None,
+                 on_cut: Callable[[int, int], None] | None = None):
         """``on_walked`` sees each frame as the walk finds it (a frame handed on open, again once
-        walked), every frame from the first on a resume too."""
+        walked), every frame from the first on a resume too. ``on_cut`` is told, for each place
+        in the input where the reader says a restore stops, the uncompressed offset where what
+        the input before it decodes to ends."""
         self.reader, self.uri = reader, uri
         self.threads, self.depth, self.chunk = threads, depth, chunk
         self.codec, self.check_tar, self.max_window = codec, check_tar, max_window  # codec: tar, zstd or a stream codec
@@ -104,6 +107,7 @@ class StreamCheck:
         self.frame_rows: list[tuple] = []
         self.on_frames = on_frames or self.frame_rows.extend
         self.on_walked = on_walked
+        self.on_cut = on_cut or (lambda position, uncompressed: None)
         self.log = FrameLog(on_add=on_walked)  # the frames whose rows have not left, and what all of them say
         self.fold: tuple[int, int, int] | None = None  # (finding, frame end, members then) after a bad frame
         self.losses: list[tuple[int, int]] = []  # (finding, offset): where the walk lost the stream
@@ -445,6 +449,8 @@ class StreamCheck:
     def _piece(self, event: Event, frame: Frame, start_pos: int, seek_hash: Any) -> None:
         self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos,
                            frame.offset))
+        for position, offset in event.cuts:
+            self.on_cut(position, self.uoff + offset)
         if self.walker and self.uoff + event.length > self.skip_to:
             cut = max(0, self.skip_to - self.uoff)  # walked before the checkpoint: skip
             self.walker.feed(event.data, self.uoff, cut)
