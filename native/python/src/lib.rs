@@ -368,6 +368,17 @@ impl FrameDecoder {
         self.inner.reset(header_length);
     }
 
+    /// The caller checks each frame's content checksum against `stored_checksum`.
+    fn check_checksum_outside(&mut self) -> PyResult<()> {
+        self.inner.check_checksum_outside().map_err(|e| value_error(e.message))
+    }
+
+    /// The content checksum the frame stores, once decoded to its end, when the caller checks it.
+    #[getter]
+    fn stored_checksum(&self) -> Option<u32> {
+        self.inner.stored_checksum()
+    }
+
     /// Decode from `data[start:]` into `chunk` until the chunk is full, the input is used up,
     /// or the frame ends: (input taken, frame finished, error). The error, when there is one,
     /// is (message, finding code, block index, block start, block end), block offsets
@@ -485,6 +496,12 @@ impl StreamDecoder {
     #[getter]
     fn withheld(&self) -> u64 {
         self.inner.withheld()
+    }
+
+    /// Each codec checks its own content: no checksum is left to the caller.
+    #[getter]
+    fn stored_checksum(&self) -> Option<u32> {
+        None
     }
 
     #[getter]

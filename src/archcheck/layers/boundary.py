@@ -34,6 +34,9 @@ class Decoder(Protocol):
     trailing: Union[tuple[int, int, int], None]  # stream codecs: bytes after the last member (offset, length, non-zero)
     unchecked: Union[tuple[int, int, int], None]  # stream codecs: members no check covers (first, its offset, count)
     withheld: int  # output of a unit that failed its check, not handed on (a bzip2 block's): its length, about
+    # a zstd frame's content checksum, once decoded whole, when the caller checks it (XXH64 of
+    # the output, low 32 bits, made off the decoding thread); None: the decoder checked it, or none
+    stored_checksum: Union[int, None]
 
     def decode(self, data: bytes, start: int, chunk: Chunk) -> tuple[int, bool, Union[tuple, None]]:
         """Decode ``data[start:]`` into the chunk's spare room: (input taken, frame finished,

@@ -87,6 +87,7 @@ class Event:
     trailing: tuple[int, int, int] | None = None  # bytes after the last member of a stream codec: (offset, length, non-zero)
     unchecked: tuple[int, int, int] | None = None  # members of a stream codec no check covers: (first, offset, count)
     withheld: int = 0  # output of a unit that failed its check, not handed on: about how long it was
+    stored_checksum: int | None = None  # a zstd frame's, for the consumer to check (Decoder.stored_checksum)
     # where a restore reading the input stops inside it (an age chunk that fails): (input
     # position, the offset in ``data`` of all the output decoded from the input before it)
     cuts: tuple[tuple[int, int], ...] = ()
@@ -449,6 +450,7 @@ class FrameDecoders:
                     continue
                 if decoder is None:
                     decoder = _native.FrameDecoder(self.max_window, frame.header_length)
+                    decoder.check_checksum_outside()  # the walk's thread hashes the output (StreamCheck)
                 else:
                     decoder.reset(frame.header_length)
                 self._decode_frame(decoder, frame, lane, index)
@@ -510,7 +512,7 @@ class FrameDecoders:
             frame = self.feed.decoded(open_index)  # its end, as the walk found it
         self.put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
                              trailing=decoder.trailing, unchecked=decoder.unchecked,
-                             withheld=decoder.withheld))
+                             withheld=decoder.withheld, stored_checksum=decoder.stored_checksum))
 
     def locate(self, code: str, where: Block) -> DeflateBlock | None:
         """Where in its member a failure lies, if reading the member again says; a read that

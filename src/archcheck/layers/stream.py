@@ -392,7 +392,7 @@ class StreamCheck:
     # --- the stream -------------------------------------------------------------------------
 
     def _consume(self, decoders: FrameDecoders) -> None:
-        frame_start, start_pos, seek_hash = 0, None, None
+        frame_start, start_pos, content_hash = 0, None, None
         for event in decoders:
             if self.stop.is_set():  # at the next piece: the last checkpoint says where to go on
                 raise StreamStopped()
@@ -411,9 +411,10 @@ class StreamCheck:
                 self.findings_at_frame_start = len(self.findings)
                 self.frame_starts.append((frame.index, self.uoff, frame.offset, self.count_at_frame_start,
                                           len(self.findings) + len(self.provisional)))
-                seek_hash = _native.Xxh64() if frame.seek_checksum is not None else None
+                hashed = frame.seek_checksum is not None or (frame.kind == "zstd" and frame.has_checksum)
+                content_hash = _native.Xxh64() if hashed else None
             if event.data is not None:
-                self._piece(event, frame, start_pos, seek_hash)
+                self._piece(event, frame, start_pos, content_hash)
                 start_pos = event.compressed_pos
                 decoders.release(event)
                 if self.on_checkpoint and (time.monotonic() >= self.next_checkpoint or (
@@ -425,7 +426,8 @@ class StreamCheck:
             if self.following is not None and self.following.error is not None:
                 raise self.following.error  # a read failed: the frame's end is not the walk's
             self._table_rows(frame.index, (frame_start, self.uoff))
-            self._end_frame(frame, event, frame_start, self.uoff - frame_start, seek_hash, self.broken.get(frame.index))
+            event = _checksum_checked(event, content_hash)
+            self._end_frame(frame, event, frame_start, self.uoff - frame_start, content_hash, self.broken.get(frame.index))
             if event.error_code is not None and frame.decodable:
                 self._past_stated_size(frame, frame_start, event)
             if self.losses and self.walker:
@@ -446,7 +448,7 @@ class StreamCheck:
         elif stated is None:
             self.uoff += event.withheld  # a block whose check failed: the output it gave, not walked
 
-    def _piece(self, event: Event, frame: Frame, start_pos: int, seek_hash: Any) -> None:
+    def _piece(self, event: Event, frame: Frame, start_pos: int, content_hash: Any) -> None:
         self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos,
                            frame.offset))
         for position, offset in event.cuts:
@@ -455,8 +457,8 @@ class StreamCheck:
             cut = max(0, self.skip_to - self.uoff)  # walked before the checkpoint: skip
             self.walker.feed(event.data, self.uoff, cut)
             self._drain_walker()
-        if seek_hash is not None:
-            seek_hash.update(event.data)
+        if content_hash is not None:
+            content_hash.update(event.data)
         self.uoff += event.length
         self.on_progress(event.compressed_pos)
 
@@ -889,6 +891,16 @@ class _StoppableReads:
 
 class _Abandoned(Exception):
     pass
+
+
+def _checksum_checked(event: Event, content_hash: Any) -> Event:
+    """A frame's end, failed as libzstd fails it when the content checksum it stores is not the
+    output's (the decoder left that check to this thread, off the decoding one)."""
+    stored = event.stored_checksum
+    if stored is None or event.error is not None or content_hash is None or content_hash.intdigest() & 0xFFFFFFFF == stored:
+        return event
+    return replace(event, error="zstd decompress error: Restored data doesn't match checksum",
+                               error_code="ZSTD_CHECKSUM_MISMATCH")
 
 
 def _seek_problem(frame: Frame, produced: int, seek_hash: Any) -> str | None:

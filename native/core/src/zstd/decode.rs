@@ -79,6 +79,8 @@ pub struct FrameDecoder {
     consumed: u64, // compressed bytes of the frame taken in
     pub produced: u64,
     finished: bool,
+    checksum_outside: bool,
+    stored: Vec<u8>, // the content checksum's bytes, after the last block, as they pass
 }
 
 /// The window log libzstd may use for `max_window` bytes (10 to 31).
@@ -90,16 +92,34 @@ impl FrameDecoder {
     pub fn new(max_window: u64, header_length: u64) -> Result<Self, DecodeError> {
         let mut dctx = DCtx::create();
         dctx.set_parameter(DParameter::WindowLogMax(window_log(max_window))).map_err(|code| error(code, None))?;
-        Ok(FrameDecoder { dctx, blocks: BlockTracker::new(header_length), consumed: 0, produced: 0, finished: false })
+        Ok(FrameDecoder { dctx, blocks: BlockTracker::new(header_length), consumed: 0, produced: 0, finished: false,
+                          checksum_outside: false, stored: Vec::new() })
     }
 
-    /// Start on another frame with the same context.
+    /// The caller checks each frame's content checksum (an XXH64 of the output, made on
+    /// another core): libzstd skips it, and the checksum stored in the frame is kept for the
+    /// caller (`stored_checksum`). A tenth of a decoding thread's time goes to it otherwise.
+    pub fn check_checksum_outside(&mut self) -> Result<(), DecodeError> {
+        self.dctx.set_parameter(DParameter::ForceIgnoreChecksum(true)).map_err(|code| error(code, None))?;
+        self.checksum_outside = true;
+        Ok(())
+    }
+
+    /// The content checksum the frame stores, once decoded to its end (None: it stores none,
+    /// or libzstd checked it).
+    pub fn stored_checksum(&self) -> Option<u32> {
+        let bytes: [u8; 4] = self.stored.as_slice().try_into().ok()?;
+        (self.finished && self.checksum_outside).then(|| u32::from_le_bytes(bytes))
+    }
+
+    /// Start on another frame with the same context (and parameters).
     pub fn reset(&mut self, header_length: u64) {
         let _ = self.dctx.reset(ResetDirective::SessionOnly);
         self.blocks = BlockTracker::new(header_length);
         self.consumed = 0;
         self.produced = 0;
         self.finished = false;
+        self.stored.clear();
     }
 
     pub fn finished(&self) -> bool {
@@ -136,6 +156,11 @@ impl FrameDecoder {
         let mut outb = OutBuffer::around_pos(out, before);
         let result = self.dctx.decompress_stream(&mut outb, &mut inb);
         let taken = inb.pos();
+        if self.blocks.done && self.blocks.next(self.consumed).is_none() {
+            // past the last block: what libzstd takes in now is the content checksum
+            let room = 4 - self.stored.len().min(4);
+            self.stored.extend_from_slice(&input[..taken.min(room)]);
+        }
         self.consumed += taken as u64;
         let written = outb.pos() - before;
         self.produced += written as u64;
@@ -179,6 +204,10 @@ mod tests {
     fn decode_all(frame: &[u8], piece: usize, room: usize) -> Result<Vec<u8>, DecodeError> {
         let header = crate::zstd::walk::parse_frame_header(frame).unwrap();
         let mut d = FrameDecoder::new(1 << 27, header.length as u64)?;
+        decode_with(&mut d, frame, piece, room)
+    }
+
+    fn decode_with(d: &mut FrameDecoder, frame: &[u8], piece: usize, room: usize) -> Result<Vec<u8>, DecodeError> {
         let mut all = Vec::new();
         for chunk in frame.chunks(piece) {
             let mut chunk = chunk;
@@ -211,6 +240,37 @@ mod tests {
         for (piece, room) in [(1, 64 << 10), (7, 100), (4096, 1), (4096, 64 << 10), (frame.len(), 5000)] {
             assert_eq!(decode_all(&frame, piece, room).unwrap(), data);
         }
+    }
+
+    #[test]
+    fn a_checksum_checked_outside_is_the_frame_s_in_any_pieces_and_frames_without_one_give_none() {
+        use std::hash::Hasher;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8 ^ (i / 7919) as u8).collect();
+        let mut hasher = twox_hash::XxHash64::with_seed(0);
+        hasher.write(&data);
+        let frame = compress(&data, 3);
+        let header = crate::zstd::walk::parse_frame_header(&frame).unwrap();
+        let mut d = FrameDecoder::new(1 << 27, header.length as u64).unwrap();
+        d.check_checksum_outside().unwrap();
+        for (piece, room) in [(1, 64 << 10), (3, 100), (4096, 7), (frame.len(), 1 << 20)] {
+            d.reset(header.length as u64);
+            assert_eq!(decode_with(&mut d, &frame, piece, room).unwrap(), data);
+            assert_eq!(d.stored_checksum(), Some(hasher.finish() as u32));
+        }
+        // libzstd no longer fails a frame whose checksum does not match: the caller does
+        let mut wrong = frame.clone();
+        *wrong.last_mut().unwrap() ^= 1;
+        d.reset(header.length as u64);
+        assert_eq!(decode_with(&mut d, &wrong, 5, 1000).unwrap(), data);
+        assert_eq!(d.stored_checksum(), Some(hasher.finish() as u32 ^ 1 << 24));
+        let mut cctx = zstd_safe::CCtx::create();
+        cctx.set_parameter(zstd_safe::CParameter::ChecksumFlag(false)).unwrap();
+        let mut bare = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
+        cctx.compress2(&mut bare, &data).unwrap();
+        let header = crate::zstd::walk::parse_frame_header(&bare).unwrap();
+        d.reset(header.length as u64);
+        assert_eq!(decode_with(&mut d, &bare, 4096, 1 << 16).unwrap(), data);
+        assert_eq!(d.stored_checksum(), None);
     }
 
     #[test]
