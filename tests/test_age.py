@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from archcheck.api import resume, verify
-from conftest import cli, corruption, member_holding, member_offsets, members_of, only, unhurried
+from conftest import cli, corruption, maker, member_holding, member_offsets, members_of, only, unhurried
 
 CHUNK, SEALED = 64 * 1024, 64 * 1024 + 16
 
@@ -270,10 +270,14 @@ def test_every_read_of_the_plaintext_is_what_age_d_writes(mixed_tar, keys, tmp_p
     reader.close()
 
 
-def test_a_resume_past_a_failed_chunk_still_names_its_effects(keys, tmp_path):
+@pytest.mark.parametrize("order", [0, 35])
+def test_a_resume_past_a_failed_chunk_still_names_its_effects(keys, tmp_path, order):
     """A resume re-walks every frame, so where the failed chunk's frame ends (what its effects
     are gathered up to) is known though the frame's row left in the earlier run: every
-    checkpoint after the damage resumes to the uninterrupted findings."""
+    checkpoint after the damage resumes to the uninterrupted findings. Members in the order
+    ``Random(35)`` shuffles them to put a frame's end in the chunk's zeros: the frame walk, reading block
+    headers in them, ends that frame 8 bytes after them, and the rest of it, up to the next
+    frame, is unknown data that the chunk caused too."""
     import random
 
     from archcheck.layers import age
@@ -285,7 +289,10 @@ def test_a_resume_past_a_failed_chunk_still_names_its_effects(keys, tmp_path):
     tree.mkdir()
     for i in range(400):  # text, compressed: a failed chunk's zeros are damage to zstd
         (tree / f"f{i:04d}.txt").write_text("".join(f"row {i} {rnd.random()}\n" for _ in range(rnd.randrange(50, 800))))
-    data = subprocess.run(["tar", "-cf", "-", "-C", tree, "."], capture_output=True, check=True).stdout
+    names = sorted(p.name for p in tree.iterdir())
+    random.Random(order).shuffle(names)
+    data = subprocess.run(["tar", "-cf", "-", "--no-recursion", *maker.TAR_FLAGS, "-C", tree, ".",
+                           *[f"./{name}" for name in names]], capture_output=True, check=True).stdout
     piece = 256 * 1024  # frames of 256 KiB, as pzstd writes them
     frames = b"".join(subprocess.run(["zstd", "-q", "-c"], input=data[i:i + piece], capture_output=True,
                                      check=True).stdout for i in range(0, len(data), piece))
@@ -299,6 +306,7 @@ def test_a_resume_past_a_failed_chunk_still_names_its_effects(keys, tmp_path):
         plain = age.Plaintext(reader, key)
         plain.restore((checkpoint or {}).get("age"))
         check = StreamCheck(plain, str(archive), codec="zstd", check_tar=True, threads=2, on_walked=plain.note_frame,
+                            on_cut=plain.note_cut, on_members=lambda line, count: plain.note_members(line),
                             resume_from=checkpoint, checkpoint_every=0, checkpoint_from=0,
                             on_checkpoint=(lambda state: checkpoints.append({**json.loads(json.dumps(state)),
                                                                              "age": plain.state()}))
@@ -311,7 +319,10 @@ def test_a_resume_past_a_failed_chunk_still_names_its_effects(keys, tmp_path):
     checkpoints: list[dict] = []
     whole = run(checkpoints=checkpoints)
     [failed] = [f for f in whole.findings if f.code == "AGE_CHUNK_AUTH"]
-    assert corruption(whole) == ["AGE_CHUNK_AUTH"] and dict(failed.details)["effects"][0].startswith("ZSTD_")
+    effects = dict(failed.details)["effects"]
+    assert corruption(whole) == ["AGE_CHUNK_AUTH"] and all(e.startswith("ZSTD_") for e in effects)
+    assert any(e.startswith("ZSTD_BAD_MAGIC") for e in effects) == (order == 35)
+    assert failed.location.member is not None
     later = [cp for cp in checkpoints if cp["frame_offset"] > (k + 1) * CHUNK]
     assert len(later) >= 3, "no checkpoints after the damaged frame"
     for checkpoint in later[::len(later) // 3]:

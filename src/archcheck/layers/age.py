@@ -351,7 +351,14 @@ def conclude(plain: Plaintext, uri: str, result: StreamResult, member_at: Any | 
         frame_end = plain.frame_end(start) or end
         if k == plain.chunks - 1:  # and what ends with the plaintext (a tar cut short) ends with it
             frame_end = plain.size + 1
-        effects = [f for f in findings if _inside(f, start, max(end, frame_end))]
+        reach = max(end, frame_end)
+        # a frame walk that read block headers in the zeros ends the frame in the wrong place:
+        # the rest of the real frame, up to the next one, is 'unknown data' that starts there
+        rest = next((f for f in findings if f.code == "ZSTD_BAD_MAGIC" and f.location.byte_range
+                     and f.location.byte_range[0] == reach), None)
+        if rest is not None:
+            reach = rest.location.byte_range[1]
+        effects = [f for f in findings if _inside(f, start, reach)]
         findings = [f for f in findings if f not in effects]
         chunk_findings.append(_chunk_finding(plain, uri, k, code, why, effects, member_at))
     return replace(result, format=f"{result.format}+age", compressed_size=plain.reader.size,

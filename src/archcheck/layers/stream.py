@@ -605,7 +605,7 @@ class StreamCheck:
             return
         if code == "ZSTD_CHECKSUM_MISMATCH":
             self._content_mismatch(frame, code, frame_start)
-            if self.walker:  # the decoder withholds its last piece of output on this error
+            if self.walker:  # a restore stops here (zstd -d fails the frame): no member it ends in is whole
                 self.walker.lost(self.uoff)
                 self.upstream_lost = True
         elif frame.kind in UNITS and code in UNITS[frame.kind].content_mismatch:
