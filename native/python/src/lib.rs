@@ -368,15 +368,22 @@ impl FrameDecoder {
         self.inner.reset(header_length);
     }
 
-    /// The caller checks each frame's content checksum against `stored_checksum`.
-    fn check_checksum_outside(&mut self) -> PyResult<()> {
-        self.inner.check_checksum_outside().map_err(|e| value_error(e.message))
+    /// Whether the caller checks the content checksum of the frames from the next one on,
+    /// against `stored_checksum` (libzstd skips it then).
+    fn check_checksum_outside(&mut self, outside: bool) -> PyResult<()> {
+        self.inner.check_checksum_outside(outside).map_err(|e| value_error(e.message))
     }
 
     /// The content checksum the frame stores, once decoded to its end, when the caller checks it.
     #[getter]
     fn stored_checksum(&self) -> Option<u32> {
         self.inner.stored_checksum()
+    }
+
+    /// The caller checks the content checksum of the frame being decoded.
+    #[getter]
+    fn checksum_outside(&self) -> bool {
+        self.inner.checksum_outside()
     }
 
     /// Decode from `data[start:]` into `chunk` until the chunk is full, the input is used up,
@@ -502,6 +509,11 @@ impl StreamDecoder {
     #[getter]
     fn stored_checksum(&self) -> Option<u32> {
         None
+    }
+
+    #[getter]
+    fn checksum_outside(&self) -> bool {
+        false
     }
 
     #[getter]

@@ -37,6 +37,7 @@ class Decoder(Protocol):
     # a zstd frame's content checksum, once decoded whole, when the caller checks it (XXH64 of
     # the output, low 32 bits, made off the decoding thread); None: the decoder checked it, or none
     stored_checksum: Union[int, None]
+    checksum_outside: bool  # the caller checks the frame's content checksum
 
     def decode(self, data: bytes, start: int, chunk: Chunk) -> tuple[int, bool, Union[tuple, None]]:
         """Decode ``data[start:]`` into the chunk's spare room: (input taken, frame finished,

@@ -87,7 +87,8 @@ class Event:
     trailing: tuple[int, int, int] | None = None  # bytes after the last member of a stream codec: (offset, length, non-zero)
     unchecked: tuple[int, int, int] | None = None  # members of a stream codec no check covers: (first, offset, count)
     withheld: int = 0  # output of a unit that failed its check, not handed on: about how long it was
-    stored_checksum: int | None = None  # a zstd frame's, for the consumer to check (Decoder.stored_checksum)
+    checksum_outside: bool = False  # the consumer checks the frame's content checksum (Decoder.checksum_outside)
+    stored_checksum: int | None = None  # at the frame's end, the checksum it checks against
     # where a restore reading the input stops inside it (an age chunk that fails): (input
     # position, the offset in ``data`` of all the output decoded from the input before it)
     cuts: tuple[tuple[int, int], ...] = ()
@@ -450,9 +451,14 @@ class FrameDecoders:
                     continue
                 if decoder is None:
                     decoder = _native.FrameDecoder(self.max_window, frame.header_length)
-                    decoder.check_checksum_outside()  # the walk's thread hashes the output (StreamCheck)
                 else:
                     decoder.reset(frame.header_length)
+                # the archive's first frame's checksum, a lone frame's, is hashed on the walk's
+                # thread, which has time to spare (StreamCheck); frames decoded side by side keep
+                # both cores busy, and libzstd hashes each block while it is still in cache, at a
+                # third of the cost. (By the frame's index, not by how many frames are known yet:
+                # the same on every run, resumed or not.)
+                decoder.check_checksum_outside(frame.index == 0)
                 self._decode_frame(decoder, frame, lane, index)
         except BaseException as exc:  # a lane that dies silently leaves the walker waiting forever
             failed = frame if frame is not None else PASSED  # (before its first frame)
@@ -512,7 +518,8 @@ class FrameDecoders:
             frame = self.feed.decoded(open_index)  # its end, as the walk found it
         self.put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
                              trailing=decoder.trailing, unchecked=decoder.unchecked,
-                             withheld=decoder.withheld, stored_checksum=decoder.stored_checksum))
+                             withheld=decoder.withheld, checksum_outside=decoder.checksum_outside,
+                             stored_checksum=decoder.stored_checksum))
 
     def locate(self, code: str, where: Block) -> DeflateBlock | None:
         """Where in its member a failure lies, if reading the member again says; a read that
@@ -527,7 +534,8 @@ class FrameDecoders:
         """Feed the frame's bytes to the decoder; each full chunk goes to the walker. Returns
         how far the input was read, and the error (message, code) and block where decoding failed.
         An open frame is read as far as the walk has got (``open_index``: its index in the feed)."""
-        done = decode_chunks(decoder, frame.offset, _LanePort(self, frame, lane, trail, open_index))
+        port = _LanePort(self, frame, lane, trail, open_index, decoder.checksum_outside)
+        done = decode_chunks(decoder, frame.offset, port)
         return (done.pos, *_failure(frame, done.failed)) if done.failed is not None else (done.pos, None, None)
 
 
@@ -615,8 +623,10 @@ class _LanePort:
     """A lane's frame: read to its end (an open frame as far as the walk has got), its chunks
     handed to the lane's queue."""
 
-    def __init__(self, decoders: FrameDecoders, frame: Frame, lane: int, trail: Any, open_index: int | None):
+    def __init__(self, decoders: FrameDecoders, frame: Frame, lane: int, trail: Any, open_index: int | None,
+                 checksum_outside: bool):
         self.decoders, self.frame, self.lane, self.trail, self.open_index = decoders, frame, lane, trail, open_index
+        self.checksum_outside = checksum_outside
         self.cut_within = getattr(decoders.reader, "cut_within", None)
         self.cut: int | None = None  # where the read in hand was made to end
         self.cuts: list[tuple[int, int]] = []  # in the chunk being filled
@@ -639,7 +649,8 @@ class _LanePort:
 
     def emit(self, chunk: Chunk, behind: int) -> bool:
         cuts, self.cuts = tuple(self.cuts), []
-        return self.decoders.put(self.lane, Event(self.frame, chunk, len(chunk), behind, cuts=cuts))
+        return self.decoders.put(self.lane, Event(self.frame, chunk, len(chunk), behind, cuts=cuts,
+                                                  checksum_outside=self.checksum_outside))
 
     def release(self, chunk: Chunk) -> None:
         self.decoders.release(Event(self.frame, chunk, 0, 0, lane=self.lane))

@@ -411,7 +411,7 @@ class StreamCheck:
                 self.findings_at_frame_start = len(self.findings)
                 self.frame_starts.append((frame.index, self.uoff, frame.offset, self.count_at_frame_start,
                                           len(self.findings) + len(self.provisional)))
-                hashed = frame.seek_checksum is not None or (frame.kind == "zstd" and frame.has_checksum)
+                hashed = frame.seek_checksum is not None or event.checksum_outside
                 content_hash = _native.Xxh64() if hashed else None
             if event.data is not None:
                 self._piece(event, frame, start_pos, content_hash)

@@ -96,13 +96,18 @@ impl FrameDecoder {
                           checksum_outside: false, stored: Vec::new() })
     }
 
-    /// The caller checks each frame's content checksum (an XXH64 of the output, made on
-    /// another core): libzstd skips it, and the checksum stored in the frame is kept for the
-    /// caller (`stored_checksum`). A tenth of a decoding thread's time goes to it otherwise.
-    pub fn check_checksum_outside(&mut self) -> Result<(), DecodeError> {
-        self.dctx.set_parameter(DParameter::ForceIgnoreChecksum(true)).map_err(|code| error(code, None))?;
-        self.checksum_outside = true;
+    /// Whether the caller checks the content checksum of the frames from the next one on (an
+    /// XXH64 of the output, made on another core): libzstd then skips it, and the checksum
+    /// stored in the frame is kept for the caller (`stored_checksum`). A tenth of a decoding
+    /// thread's time goes to it otherwise. Set it before a frame's first byte.
+    pub fn check_checksum_outside(&mut self, outside: bool) -> Result<(), DecodeError> {
+        self.dctx.set_parameter(DParameter::ForceIgnoreChecksum(outside)).map_err(|code| error(code, None))?;
+        self.checksum_outside = outside;
         Ok(())
+    }
+
+    pub fn checksum_outside(&self) -> bool {
+        self.checksum_outside
     }
 
     /// The content checksum the frame stores, once decoded to its end (None: it stores none,
@@ -251,7 +256,7 @@ mod tests {
         let frame = compress(&data, 3);
         let header = crate::zstd::walk::parse_frame_header(&frame).unwrap();
         let mut d = FrameDecoder::new(1 << 27, header.length as u64).unwrap();
-        d.check_checksum_outside().unwrap();
+        d.check_checksum_outside(true).unwrap();
         for (piece, room) in [(1, 64 << 10), (3, 100), (4096, 7), (frame.len(), 1 << 20)] {
             d.reset(header.length as u64);
             assert_eq!(decode_with(&mut d, &frame, piece, room).unwrap(), data);
@@ -270,6 +275,11 @@ mod tests {
         let header = crate::zstd::walk::parse_frame_header(&bare).unwrap();
         d.reset(header.length as u64);
         assert_eq!(decode_with(&mut d, &bare, 4096, 1 << 16).unwrap(), data);
+        assert_eq!(d.stored_checksum(), None);
+        // and back: libzstd checks the next frame's checksum itself
+        d.reset(crate::zstd::walk::parse_frame_header(&wrong).unwrap().length as u64);
+        d.check_checksum_outside(false).unwrap();
+        assert!(decode_with(&mut d, &wrong, 5, 1000).unwrap_err().checksum);
         assert_eq!(d.stored_checksum(), None);
     }
 
