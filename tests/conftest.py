@@ -26,6 +26,13 @@ def _load_maker():
 
 maker = _load_maker()
 
+# CI runs the property tests on the same examples every time (ARCHCHECK_TEST_PROFILE=ci, set by
+# .ci/run), so its verdict on a commit is that commit's; anywhere else they explore anew
+from hypothesis import settings as _hypothesis  # noqa: E402
+
+_hypothesis.register_profile("ci", derandomize=True, database=None, print_blob=True)
+_hypothesis.load_profile(os.environ.get("ARCHCHECK_TEST_PROFILE", "default"))
+
 
 @pytest.fixture(scope="session")
 def fx(tmp_path_factory) -> Path:
