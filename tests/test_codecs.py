@@ -351,6 +351,40 @@ def test_a_damaged_xz_index_is_named_at_its_bytes_and_every_member_is_whole(plai
         assert members_of(result) == members_of(reference)
 
 
+def _xz_index_bytes(records: list[tuple[int, int]]) -> bytes:
+    """An xz index listing ``records``, its padding and CRC-32 made as xz makes them."""
+    def vli(value: int) -> bytes:
+        out = bytearray()
+        while value >= 0x80:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        return bytes(out + bytes([value]))
+    body = b"\x00" + vli(len(records)) + b"".join(vli(u) + vli(c) for u, c in records)
+    body += bytes(-len(body) % 4)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_an_xz_index_that_lies_with_a_good_crc_is_named_and_no_block_is_blamed(plain, reference, tmp_path):
+    """Two records trade 4 bytes of size and the CRC-32 is made anew: the blocks still fill the
+    stream, but xz -T wrote each block's sizes in its header, which the index no longer says.
+    The blocks are not decoded where the index puts them (each would fail, intact): the stream
+    decodes whole, as xz -d reads it, every member comes out, and the index is named."""
+    packed = _pack(plain.read_bytes(), "xz -T2")
+    start, end = _xz_index(packed)
+    records = xz._index_records(packed[start:end])
+    assert len(records) > 2
+    records[0], records[1] = (records[0][0] + 4, records[0][1]), (records[1][0] - 4, records[1][1])
+    lie = _xz_index_bytes(records)
+    assert len(lie) == end - start
+    archive = _write(tmp_path, "lie.tar.xz", packed[:start] + lie + packed[end:])
+    assert _tool_test("xz", archive) == 1
+    result = verify(archive, state=tmp_path / "s")
+    assert (corruption(result), result.exit_code) == (["XZ_BAD_INDEX"], 1)
+    finding = only(result, "XZ_BAD_INDEX")
+    assert finding.location.byte_range == (start, end) and finding.location.uncompressed_offset == plain.stat().st_size
+    assert members_of(result) == members_of(reference)
+
+
 def test_a_damaged_block_is_not_taken_for_the_index_or_footer(plain, tmp_path):
     """liblzma stops in the block, where the index begins when the block's check fails, or
     inside a whole index that a damaged block ran on into: no index or footer is named, and the

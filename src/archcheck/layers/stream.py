@@ -882,6 +882,7 @@ class _StoppableReads:
 
     def __init__(self, reader: Any, stop: threading.Event):
         self.reader, self.stop, self.size = reader, stop, reader.size
+        self.small_reads_cheap = getattr(reader, "small_reads_cheap", False)
 
     def pread(self, offset: int, length: int) -> bytes:
         if self.stop.is_set():

@@ -1,10 +1,12 @@
 """The blocks of an xz file, read from the index at the end of each stream (formats.md 7), so a
 file of many blocks (`xz -T0`, pixz) decodes its blocks in parallel and resumes at a block.
 
-The walk reads only the footers, indexes and stream headers, and checks their CRC-32s, magic
-bytes and flags and that the blocks the index lists fill the stream exactly. When anything
-there is not so, there are no blocks to trust: the file is decoded stream after stream, as
-`xz -d` reads it, and liblzma names the damage.
+The walk reads the footers, indexes and stream headers, and checks their CRC-32s, magic
+bytes and flags and that the blocks the index lists fill the stream exactly; in a local file
+it reads each block's header too, and where one that holds states its sizes (xz -T writes
+them), they must be its record's. When anything there is not so, there are no blocks to
+trust: the file is decoded stream after stream, as `xz -d` reads it, and liblzma names the
+damage.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ MAX_BLOCKS = 1 << 20  # more than this (24 TiB in xz -T0's blocks) decode as who
 PADDING_PIECE = 64 * 1024
 CHECK_NONE = 0
 KNOWN_CHECKS = (1, 4, 10)  # CRC-32, CRC-64, SHA-256; the other IDs are reserved
+CHECK_SIZES = (0, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64)  # bytes, by check ID
+MAX_BLOCK_HEADER = 1024
 
 
 class NotWalkable(Exception):
@@ -38,6 +42,9 @@ def walk_blocks(reader: Any) -> list[Frame] | None:
         streams = _streams(reader)
     except NotWalkable:
         return None
+    if getattr(reader, "small_reads_cheap", False) and not all(
+            _headers_agree(reader, start + HEADER, check, records) for check, start, records in streams):
+        return None  # an index that lies, its CRC-32 made anew: liblzma names it, reading the stream whole
     frames: list[Frame] = []
     for check, start, records in streams:
         offset = start + HEADER
@@ -135,12 +142,45 @@ def damaged_footer(reader: Any, start: int, end: int) -> tuple[int, int] | None:
 
 def _index_fills(reader: Any, start: int, index_start: int, index_end: int) -> bool:
     """Whether [index_start, index_end) is an index that holds and lists blocks that fill the
-    stream from its header (at ``start``) to where the index begins."""
+    stream from its header (at ``start``) to where the index begins, as their headers say (in
+    a local file: remote, reading every header would fetch most of the stream again)."""
     try:
         records = _index_records(_read(reader, index_start, index_end - index_start))
+        flags = _header(_read(reader, start, HEADER))
     except NotWalkable:
         return False
-    return start + HEADER + _blocks_size(records) == index_start
+    return (flags is not None and start + HEADER + _blocks_size(records) == index_start
+            and (not getattr(reader, "small_reads_cheap", False)
+                 or _headers_agree(reader, start + HEADER, flags[1], records)))
+
+
+def _headers_agree(reader: Any, offset: int, check: int, records: list[tuple[int, int]]) -> bool:
+    """False when a block header that holds (its CRC-32) states sizes (xz -T writes them) that
+    its index record does not: the index lies. A header that does not hold is the block's
+    damage, for its decoding to name; one that states no sizes says nothing."""
+    for unpadded, uncompressed in records:
+        stated = _stated_sizes(reader.pread(offset, min(MAX_BLOCK_HEADER, unpadded)), check)
+        if stated is not None and any(size is not None and size != recorded
+                                      for size, recorded in zip(stated, (unpadded, uncompressed))):
+            return False
+        offset += _padded(unpadded)
+    return True
+
+
+def _stated_sizes(block: bytes, check: int) -> tuple[int | None, int | None] | None:
+    """(unpadded size, uncompressed size), each None when not stated, from a block header that
+    holds at the start of ``block``; None when it does not hold."""
+    size = (block[0] + 1) * 4 if block and block[0] else 0
+    header = block[:size]
+    if size == 0 or len(header) < size or zlib.crc32(header[:-4]) != struct.unpack_from("<I", header, size - 4)[0]:
+        return None
+    flags, at = header[1], 2
+    try:
+        compressed, at = _variable_length(header, at) if flags & 0x40 else (None, at)
+        uncompressed, at = _variable_length(header, at) if flags & 0x80 else (None, at)
+    except NotWalkable:
+        return None
+    return (None if compressed is None else size + compressed + CHECK_SIZES[check], uncompressed)
 
 
 def _padded(unpadded: int) -> int:

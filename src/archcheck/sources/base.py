@@ -55,6 +55,9 @@ class RangeReader(Protocol):
     """Opened inside a worker process."""
 
     size: int
+    # whether scattered small reads cost little (a local file's page cache); a remote reader's
+    # each fetch a block and read ahead. Readers without it are taken to be remote ones
+    small_reads_cheap: bool
 
     def expect(self, start: int, end: int) -> None:
         """The reads to come are in [start, end) (a remote reader reads ahead within it)."""

@@ -109,6 +109,8 @@ class LocalFileRef:
 
 
 class LocalReader:
+    small_reads_cheap = True  # a read here and there costs a page, not a range request
+
     def __init__(self, path: str, stamp: FileStamp | None = None):
         self.fd = os.open(path, os.O_RDONLY)
         self.stamp = stamp

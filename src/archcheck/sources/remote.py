@@ -81,6 +81,8 @@ class RemoteReader:
     """Ranged reads of one pinned object. Reads that go forward are read ahead, up to
     ``in_flight`` blocks at once, within the span ``expect`` names."""
 
+    small_reads_cheap = False  # each read is a block's range request, read ahead from
+
     def __init__(self, transport: Transport, pinned: ObjectInfo, options: RemoteOptions,
                  clock: Clock | None = None, rng: random.Random | None = None):
         self.transport, self.pinned, self.options = transport, pinned, options
