@@ -123,17 +123,19 @@ def worded_tar(tmp_path_factory) -> Path:
     return tar
 
 
-@pytest.mark.parametrize("content,effect", [("random", "ZSTD_CHECKSUM_MISMATCH"), ("words", "ZSTD_")])
+@pytest.mark.parametrize("content,effect,chunk", [("random", "ZSTD_CHECKSUM_MISMATCH", "middle"), ("words", "ZSTD_", "middle"),
+                                                  ("random", "ZSTD_", 16), ("words", "ZSTD_", 16)])
 def test_a_flipped_bit_in_a_compressed_archive_names_where_a_restore_is_cut(mixed_tar, worded_tar, keys, tmp_path,
-                                                                           content, effect):
+                                                                           content, effect, chunk):
     """The chunk that fails is read as zeros: in stored blocks (random bytes) that only makes
     the content wrong, in compressed ones (text) a block fail. Either way the member named is
     the one a restore through age -d is cut in: what the plaintext before the chunk decodes to
-    ends in it, not where decoding went wrong."""
+    ends in it, not where decoding went wrong. Chunk 16 starts where a 1 MiB read ends."""
     key, _, recipient = keys
     tar = mixed_tar if content == "random" else worded_tar
     compressed = subprocess.run(PACK["zstd"], input=tar.read_bytes(), capture_output=True, check=True).stdout
-    k = len(compressed) // CHUNK // 2
+    k = len(compressed) // CHUNK // 2 if chunk == "middle" else chunk
+    assert k * CHUNK < len(compressed)
     clean = _encrypted(_write(tmp_path, "a.tar.zst", compressed), "tar", recipient)  # (compressed already)
     start = _payload_start(clean)
     archive = _write(tmp_path, "bad.tar.zst.age", _flip(clean, start + k * SEALED + 5000))

@@ -364,24 +364,30 @@ def _xz_index_bytes(records: list[tuple[int, int]]) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def test_an_xz_index_that_lies_with_a_good_crc_is_named_and_no_block_is_blamed(plain, reference, tmp_path):
-    """Two records trade 4 bytes of size and the CRC-32 is made anew: the blocks still fill the
-    stream, but xz -T wrote each block's sizes in its header, which the index no longer says.
-    The blocks are not decoded where the index puts them (each would fail, intact): the stream
-    decodes whole, as xz -d reads it, every member comes out, and the index is named."""
+@pytest.mark.parametrize("moved", [4, -4, "all but 8"])
+def test_an_xz_index_that_lies_with_a_good_crc_is_named_and_no_block_is_blamed(plain, reference, tmp_path, moved):
+    """Two records trade bytes of size (all but 8 of the first's: less than its own header) and
+    the CRC-32 is made anew: the blocks still fill the stream, but xz -T wrote each block's sizes
+    in its header, which the index no longer says. The blocks are not decoded where the index
+    puts them (each would fail, intact): the stream decodes whole, as xz -d reads it, every
+    member comes out, and the index is named."""
     packed = _pack(plain.read_bytes(), "xz -T2")
     start, end = _xz_index(packed)
     records = xz._index_records(packed[start:end])
     assert len(records) > 2
-    records[0], records[1] = (records[0][0] + 4, records[0][1]), (records[1][0] - 4, records[1][1])
+    if moved == "all but 8":
+        moved = 8 - -(-records[0][0] // 4) * 4  # the first keeps 8 bytes, padding and all
+    records[0], records[1] = (records[0][0] + moved, records[0][1]), (records[1][0] - moved, records[1][1])
     lie = _xz_index_bytes(records)
-    assert len(lie) == end - start
-    archive = _write(tmp_path, "lie.tar.xz", packed[:start] + lie + packed[end:])
+    flags = packed[end + 8:end + 10]  # the footer made anew: the index may be shorter
+    footer = struct.pack("<I", len(lie) // 4 - 1) + flags
+    archive = _write(tmp_path, "lie.tar.xz", packed[:start] + lie + struct.pack("<I", zlib.crc32(footer)) + footer + b"YZ")
     assert _tool_test("xz", archive) == 1
     result = verify(archive, state=tmp_path / "s")
     assert (corruption(result), result.exit_code) == (["XZ_BAD_INDEX"], 1)
     finding = only(result, "XZ_BAD_INDEX")
-    assert finding.location.byte_range == (start, end) and finding.location.uncompressed_offset == plain.stat().st_size
+    assert finding.location.byte_range == (start, start + len(lie))
+    assert finding.location.uncompressed_offset == plain.stat().st_size
     assert members_of(result) == members_of(reference)
 
 

@@ -99,6 +99,9 @@ def check_identity(head: bytes, size: int, key: AgeKey, name: str) -> None:
                              f"{recipients(head)}, or those stanzas are damaged)") from None
 
 
+DERAILED_BY = 3 + 128 * 1024  # a zstd block header and the largest block: how far past a failed chunk's zeros a frame walk reads
+
+
 class Unopened(Exception):
     """The payload cannot be decrypted: no identity, or a header that does not open."""
 
@@ -156,14 +159,14 @@ class Plaintext:
         return start, data
 
     def cut_within(self, offset: int, end: int) -> int | None:
-        """The first place in (offset, end) where a restore stops: the start of a chunk that
-        fails (the span is decrypted, as the read that follows would)."""
+        """The first place in (offset, end] where a restore stops: the start of a chunk that
+        fails (the span, and the chunk at ``end``, are decrypted, as the reads that follow would)."""
         end = min(end, self.size)
         if offset >= end:
             return None
-        self._decrypted(offset, end)
+        self._decrypted(max(0, offset), min(self.size, end + 1))
         with self._lock:
-            failed = [k * CHUNK for k in self.faults if offset < k * CHUNK < end]
+            failed = [k * CHUNK for k in self.faults if offset < k * CHUNK <= end]
         return min(failed, default=None)
 
     def note_cut(self, position: int, uncompressed: int) -> None:
@@ -352,10 +355,11 @@ def conclude(plain: Plaintext, uri: str, result: StreamResult, member_at: Any | 
         if k == plain.chunks - 1:  # and what ends with the plaintext (a tar cut short) ends with it
             frame_end = plain.size + 1
         reach = max(end, frame_end)
-        # a frame walk that read block headers in the zeros ends the frame in the wrong place:
-        # the rest of the real frame, up to the next one, is 'unknown data' that starts there
+        # a frame walk that read block headers in the zeros ends the frame in the wrong place,
+        # a block past them at most: the rest of the real frame, up to the next one, is
+        # 'unknown data' that starts there
         rest = next((f for f in findings if f.code == "ZSTD_BAD_MAGIC" and f.location.byte_range
-                     and f.location.byte_range[0] == reach), None)
+                     and f.location.byte_range[0] == reach <= end + DERAILED_BY), None)
         if rest is not None:
             reach = rest.location.byte_range[1]
         effects = [f for f in findings if _inside(f, start, reach)]

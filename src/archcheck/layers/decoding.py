@@ -458,7 +458,7 @@ class FrameDecoders:
                 # both cores busy, and libzstd hashes each block while it is still in cache, at a
                 # third of the cost. (By the frame's index, not by how many frames are known yet:
                 # the same on every run, resumed or not.)
-                decoder.check_checksum_outside(frame.index == 0)
+                decoder.check_checksum_outside(frame.index == 0 and frame.has_checksum)
                 self._decode_frame(decoder, frame, lane, index)
         except BaseException as exc:  # a lane that dies silently leaves the walker waiting forever
             failed = frame if frame is not None else PASSED  # (before its first frame)
@@ -469,6 +469,7 @@ class FrameDecoders:
         pos = frame.offset
         io_error = None
         cut_within = getattr(self.reader, "cut_within", lambda start, end: None)
+        at_start = _cut_at_start(cut_within, frame)
         try:
             while pos < frame.end and not self.stop.is_set():
                 end = min(pos + self.chunk, frame.end)
@@ -477,7 +478,7 @@ class FrameDecoders:
                 if not data:
                     raise short_read()
                 pos += len(data)
-                cuts = ((cut, len(data)),) if cut == pos else ()
+                cuts, at_start = at_start + (((cut, len(data)),) if cut == pos else ()), ()
                 if not self.put(lane, Event(frame, data, len(data), pos, cuts=cuts)):
                     return
         except OSError as exc:
@@ -502,9 +503,10 @@ class FrameDecoders:
         # a frame whose end came from pzstd's note: its blocks walked on the bytes decoded
         trail = None if frame.walked else _native.BlockTrail(frame.offset, frame.end, frame.header_length,
                                                                frame.window, frame.has_checksum)
+        cuts: tuple = ()
         try:
             if frame.decodable:
-                pos, failed, where = self._decode_chunks(decoder, frame, lane, trail, open_index)
+                pos, failed, where, cuts = self._decode_chunks(decoder, frame, lane, trail, open_index)
             if trail is not None and not self.stop.is_set():
                 settled, problem = trail.settled()
                 if not settled:  # decoding stopped first, or the blocks run past the note: read them
@@ -519,7 +521,7 @@ class FrameDecoders:
         self.put(lane, Event(frame, None, 0, pos, message, code, io_error, problem, block=where,
                              trailing=decoder.trailing, unchecked=decoder.unchecked,
                              withheld=decoder.withheld, checksum_outside=decoder.checksum_outside,
-                             stored_checksum=decoder.stored_checksum))
+                             stored_checksum=decoder.stored_checksum, cuts=cuts))
 
     def locate(self, code: str, where: Block) -> DeflateBlock | None:
         """Where in its member a failure lies, if reading the member again says; a read that
@@ -530,13 +532,15 @@ class FrameDecoders:
             return None
 
     def _decode_chunks(self, decoder: Decoder, frame: Frame, lane: int, trail: Any = None,
-                       open_index: int | None = None) -> tuple[int, tuple[str, str] | None, Block | None]:
+                       open_index: int | None = None) -> tuple[int, tuple[str, str] | None, Block | None, tuple]:
         """Feed the frame's bytes to the decoder; each full chunk goes to the walker. Returns
-        how far the input was read, and the error (message, code) and block where decoding failed.
-        An open frame is read as far as the walk has got (``open_index``: its index in the feed)."""
+        how far the input was read, the error (message, code) and block where decoding failed,
+        and the cuts no chunk took out (at the frame's end). An open frame is read as far as
+        the walk has got (``open_index``: its index in the feed)."""
         port = _LanePort(self, frame, lane, trail, open_index, decoder.checksum_outside)
         done = decode_chunks(decoder, frame.offset, port)
-        return (done.pos, *_failure(frame, done.failed)) if done.failed is not None else (done.pos, None, None)
+        failed, where = _failure(frame, done.failed) if done.failed is not None else (None, None)
+        return done.pos, failed, where, tuple(port.cuts)
 
 
 class DecodePort(Protocol):
@@ -629,13 +633,15 @@ class _LanePort:
         self.checksum_outside = checksum_outside
         self.cut_within = getattr(decoders.reader, "cut_within", None)
         self.cut: int | None = None  # where the read in hand was made to end
-        self.cuts: list[tuple[int, int]] = []  # in the chunk being filled
+        # in the chunk being filled; a chunk that fails at the frame's first byte cuts it at 0
+        self.cuts: list[tuple[int, int]] = list(_cut_at_start(self.cut_within, frame)) if self.cut_within else []
 
     def chunk(self) -> Chunk | None:
         return self.decoders.chunk_of(self.lane)
 
     def next_read(self, pos: int) -> int:
-        """Reads end where a restore would stop, so what the input before it decodes to is known."""
+        """Reads end where a restore would stop, so what the input before it decodes to is known
+        (read_to)."""
         end = self.frame.end if self.open_index is None else self.decoders.feed.bound(self.open_index, pos)
         end = min(pos + READ_SIZE, end)
         self.cut = self.cut_within(pos, end) if self.cut_within is not None and pos < end else None
@@ -659,6 +665,11 @@ class _LanePort:
         if pos == self.cut:  # all the input before the cut is decoded: what it gives ends here
             self.cuts.append((pos, len(chunk)))
         return False
+
+
+def _cut_at_start(cut_within: Callable[[int, int], int | None], frame: Frame) -> tuple[tuple[int, int], ...]:
+    """A restore that stops at the frame's first byte: nothing of the frame is restored."""
+    return ((frame.offset, 0),) if cut_within(frame.offset - 1, frame.offset) == frame.offset else ()
 
 
 def _failure(frame: Frame, failed: tuple) -> tuple[tuple[str, str], Block | None]:

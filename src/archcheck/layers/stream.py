@@ -413,6 +413,8 @@ class StreamCheck:
                                           len(self.findings) + len(self.provisional)))
                 hashed = frame.seek_checksum is not None or event.checksum_outside
                 content_hash = _native.Xxh64() if hashed else None
+            for position, offset in event.cuts:  # offsets in this piece (the frame's end: none left)
+                self.on_cut(position, self.uoff + offset)
             if event.data is not None:
                 self._piece(event, frame, start_pos, content_hash)
                 start_pos = event.compressed_pos
@@ -451,8 +453,6 @@ class StreamCheck:
     def _piece(self, event: Event, frame: Frame, start_pos: int, content_hash: Any) -> None:
         self.spans.append((self.uoff, self.uoff + event.length, frame.index, start_pos, event.compressed_pos,
                            frame.offset))
-        for position, offset in event.cuts:
-            self.on_cut(position, self.uoff + offset)
         if self.walker and self.uoff + event.length > self.skip_to:
             cut = max(0, self.skip_to - self.uoff)  # walked before the checkpoint: skip
             self.walker.feed(event.data, self.uoff, cut)

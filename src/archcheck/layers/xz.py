@@ -159,17 +159,20 @@ def _headers_agree(reader: Any, offset: int, check: int, records: list[tuple[int
     its index record does not: the index lies. A header that does not hold is the block's
     damage, for its decoding to name; one that states no sizes says nothing."""
     for unpadded, uncompressed in records:
-        stated = _stated_sizes(reader.pread(offset, min(MAX_BLOCK_HEADER, unpadded)), check)
-        if stated is not None and any(size is not None and size != recorded
-                                      for size, recorded in zip(stated, (unpadded, uncompressed))):
-            return False
+        # (read whole whatever the record says: a record shorter than the header is a lie too)
+        header = _block_header(reader.pread(offset, MAX_BLOCK_HEADER), check)
+        if header is not None:
+            length, stated = header
+            if length + CHECK_SIZES[check] >= unpadded or any(
+                    size is not None and size != recorded for size, recorded in zip(stated, (unpadded, uncompressed))):
+                return False
         offset += _padded(unpadded)
     return True
 
 
-def _stated_sizes(block: bytes, check: int) -> tuple[int | None, int | None] | None:
-    """(unpadded size, uncompressed size), each None when not stated, from a block header that
-    holds at the start of ``block``; None when it does not hold."""
+def _block_header(block: bytes, check: int) -> tuple[int, tuple[int | None, int | None]] | None:
+    """(its length, (unpadded size, uncompressed size)) of a block header that holds at the
+    start of ``block``, each size None when not stated; None when it does not hold."""
     size = (block[0] + 1) * 4 if block and block[0] else 0
     header = block[:size]
     if size == 0 or len(header) < size or zlib.crc32(header[:-4]) != struct.unpack_from("<I", header, size - 4)[0]:
@@ -180,7 +183,7 @@ def _stated_sizes(block: bytes, check: int) -> tuple[int | None, int | None] | N
         uncompressed, at = _variable_length(header, at) if flags & 0x80 else (None, at)
     except NotWalkable:
         return None
-    return (None if compressed is None else size + compressed + CHECK_SIZES[check], uncompressed)
+    return size, (None if compressed is None else size + compressed + CHECK_SIZES[check], uncompressed)
 
 
 def _padded(unpadded: int) -> int:
