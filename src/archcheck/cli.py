@@ -628,6 +628,7 @@ def main() -> None:
     """Click's usage errors (an unknown option, a value of the wrong type, a missing argument)
     as one line, like the library's; a bare ``archcheck`` shows its help."""
     errors = _click_exceptions()
+    sys.stdout = _Unread(sys.stdout)
     try:
         code = app(standalone_mode=False, prog_name="archcheck")
     except errors.NoArgsIsHelpError as exc:
@@ -643,6 +644,40 @@ def main() -> None:
     except typer.Abort:
         _failed_line("interrupted", ExitCode.INCOMPLETE)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Unread:
+    """stdout, whose reader may stop reading (``| head``): what it no longer takes is dropped
+    and the run goes on to its verdict's exit code. (Click ends a run whose pipe broke with
+    exit 1, which here means corruption found.)"""
+
+    def __init__(self, stream: Any):
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._leave()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._leave()
+
+    def _leave(self) -> None:
+        """Nothing more goes to the reader, not even what is buffered at exit."""
+        self._gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _click_exceptions():
