@@ -342,6 +342,8 @@ class FrameDecoders:
     def __init__(self, reader: Any, feed: FrameFeed, threads: int, max_window: int, depth: int = DEPTH,
                  chunk: int = CHUNK):
         self.reader, self.feed, self.max_window, self.chunk = reader, feed, max_window, chunk
+        # where in (start, end] a restore reading the input stops, if anywhere (an age plaintext's failed chunk)
+        self.cut_within: Callable[[int, int], int | None] = getattr(reader, "cut_within", lambda start, end: None)
         self.threads = max(1, min(threads, feed.count) if feed.done else threads)
         self.relays = threads > self.threads  # a lane left idle: a gzip file's lane decodes on two threads
         self.queues = [queue.Queue(depth + 1) for _ in range(self.threads)]
@@ -468,7 +470,7 @@ class FrameDecoders:
         """A piece of a plain tar: read in chunk-sized pieces, handed on as they are."""
         pos = frame.offset
         io_error = None
-        cut_within = getattr(self.reader, "cut_within", lambda start, end: None)
+        cut_within = self.cut_within
         at_start = _cut_at_start(cut_within, frame)
         try:
             while pos < frame.end and not self.stop.is_set():
@@ -631,10 +633,10 @@ class _LanePort:
                  checksum_outside: bool):
         self.decoders, self.frame, self.lane, self.trail, self.open_index = decoders, frame, lane, trail, open_index
         self.checksum_outside = checksum_outside
-        self.cut_within = getattr(decoders.reader, "cut_within", None)
+        self.cut_within = decoders.cut_within
         self.cut: int | None = None  # where the read in hand was made to end
         # in the chunk being filled; a chunk that fails at the frame's first byte cuts it at 0
-        self.cuts: list[tuple[int, int]] = list(_cut_at_start(self.cut_within, frame)) if self.cut_within else []
+        self.cuts: list[tuple[int, int]] = list(_cut_at_start(self.cut_within, frame))
 
     def chunk(self) -> Chunk | None:
         return self.decoders.chunk_of(self.lane)
@@ -644,7 +646,7 @@ class _LanePort:
         (read_to)."""
         end = self.frame.end if self.open_index is None else self.decoders.feed.bound(self.open_index, pos)
         end = min(pos + READ_SIZE, end)
-        self.cut = self.cut_within(pos, end) if self.cut_within is not None and pos < end else None
+        self.cut = self.cut_within(pos, end) if pos < end else None
         return (self.cut or end) - pos
 
     def read(self, pos: int, size: int) -> bytes:

@@ -901,7 +901,7 @@ def _checksum_checked(event: Event, content_hash: Any) -> Event:
     if stored is None or event.error is not None or content_hash is None or content_hash.intdigest() & 0xFFFFFFFF == stored:
         return event
     return replace(event, error="zstd decompress error: Restored data doesn't match checksum",
-                               error_code="ZSTD_CHECKSUM_MISMATCH")
+                   error_code="ZSTD_CHECKSUM_MISMATCH")
 
 
 def _seek_problem(frame: Frame, produced: int, seek_hash: Any) -> str | None:

@@ -106,7 +106,7 @@ def damaged_index(reader: Any, start: int, stop: int) -> tuple[int, int] | None:
             index_start = footer_at - footer[0]
             if not (footer[0] <= MAX_INDEX and start + HEADER < index_start < stop <= footer_at):
                 return None
-            return None if _index_fills(reader, start, index_start, footer_at) else (index_start, footer_at)
+            return None if _index_fills(reader, start, flags, index_start, footer_at) else (index_start, footer_at)
         at = window.find(FOOTER_MAGIC, at + 1)
     return None
 
@@ -135,21 +135,21 @@ def damaged_footer(reader: Any, start: int, end: int) -> tuple[int, int] | None:
         size for size in range(8, min(MAX_FOOTER_SEARCH, footer_at - start - HEADER) + 1, 4)
         if zlib.crc32(struct.pack("<I", size // 4 - 1) + flags) == crc))
     for size in itertools.islice(sizes, MAX_FOOTER_CANDIDATES):
-        if size <= min(MAX_INDEX, footer_at - start - HEADER) and _index_fills(reader, start, footer_at - size, footer_at):
+        if size <= min(MAX_INDEX, footer_at - start - HEADER) and _index_fills(reader, start, flags, footer_at - size, footer_at):
             return footer_at, end
     return None
 
 
-def _index_fills(reader: Any, start: int, index_start: int, index_end: int) -> bool:
+def _index_fills(reader: Any, start: int, flags: bytes, index_start: int, index_end: int) -> bool:
     """Whether [index_start, index_end) is an index that holds and lists blocks that fill the
-    stream from its header (at ``start``) to where the index begins, as their headers say (in
-    a local file: remote, reading every header would fetch most of the stream again)."""
+    stream from its header (at ``start``, with ``flags``) to where the index begins, as their
+    headers say (in a local file: remote, reading every header would fetch most of the stream
+    again)."""
     try:
         records = _index_records(_read(reader, index_start, index_end - index_start))
-        flags = _header(_read(reader, start, HEADER))
     except NotWalkable:
         return False
-    return (flags is not None and start + HEADER + _blocks_size(records) == index_start
+    return (start + HEADER + _blocks_size(records) == index_start
             and (not getattr(reader, "small_reads_cheap", False)
                  or _headers_agree(reader, start + HEADER, flags[1], records)))
 
