@@ -180,7 +180,7 @@ def test_a_reader_that_stops_reading_leaves_the_verdict_s_exit_code(tmp_path, da
         archive = tmp_path / "damaged.tar.zst"
         archive.write_bytes(bytes(data))
     run = subprocess.Popen([*ARCHCHECK, "verify", str(archive), "--state-dir", str(tmp_path / "s"),
-                            "--report-members", "--report", "-", "--no-progress"],
+                            "--report-members", "--report", str(tmp_path / "report.json"), "--no-progress"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run.stdout.close()  # gone before the first line
     _, errors = run.communicate(timeout=120)
