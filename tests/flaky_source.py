@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
-from contextlib import contextmanager
+import os
 from dataclasses import dataclass
 
 from archcheck.sources.local import LocalReader
@@ -16,7 +16,7 @@ class FlakyRef:
     uri: str
     counter: str  # file holding how many faults are left
     position: int  # a read covering this byte misbehaves
-    mode: str  # "error" (EIO) or "flip" (the byte reads flipped)
+    mode: str  # "error" (EIO), "flip" (the byte reads flipped) or "cut" (the file is cut there under a map)
 
     def open(self) -> "FlakyReader":
         return FlakyReader(self)
@@ -49,12 +49,13 @@ class FlakyReader(LocalReader):
             data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
         return data
 
-    @contextmanager
-    def view(self, offset: int, length: int):
-        with super().view(offset, length) as view:
-            if self._fault(offset, len(view)):
-                copy = bytearray(view)
-                copy[self.ref.position - offset] ^= 0xFF
-                yield memoryview(copy)
-            else:
-                yield view
+    def read_in_place(self, offset: int, length: int) -> bytes | memoryview:
+        view = super().read_in_place(offset, length)
+        if self.ref.mode == "cut" and self._fault(offset, len(view)):
+            os.truncate(self.ref.uri, self.ref.position)  # what this process touches past it: SIGBUS
+            return view
+        if self._fault(offset, len(view)):
+            copy = bytearray(view)
+            copy[self.ref.position - offset] ^= 0xFF
+            return memoryview(copy)
+        return view

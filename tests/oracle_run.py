@@ -22,6 +22,8 @@ class BytesReader:
     def pread(self, offset: int, length: int) -> bytes:
         return self.data[offset:offset + length]
 
+    read_in_place = pread
+
     def readinto(self, offset: int, buffer) -> int:
         chunk = self.data[offset:offset + len(buffer)]
         buffer[:len(chunk)] = chunk

@@ -4,6 +4,9 @@ differently the second time is SOURCE_UNSTABLE, not corruption."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+
+import pytest
 
 from archcheck.api import _config
 from archcheck.manifest import Manifest, SegmentRecord
@@ -55,3 +58,17 @@ def test_damage_that_reads_differently_again_is_unstable_not_corruption(fx, tmp_
     unstable = [f for f in manifest.findings if f.code == "SOURCE_UNSTABLE"]
     assert corrupt == [] and len(unstable) == 1
     assert unstable[0].location.byte_range[0] <= position < unstable[0].location.byte_range[1]
+
+
+@pytest.mark.parametrize("layers", [("raw",), ("tar", "members")])
+def test_a_file_cut_under_a_workers_map_is_a_change_not_a_crash(fx, tmp_path, layers):
+    """Local reads are mapped: a file cut short while a worker holds its pages kills that worker
+    (SIGBUS) as it touches them. The run reports the change, not a failed worker."""
+    from archcheck.findings import verdict
+    archive = tmp_path / "cut.tar"
+    shutil.copyfile(fx / "gnu.tar", archive)
+    manifest = run_with_faults(archive, tmp_path, faults=1, position=9 * MiB, mode="cut", layers=layers)
+    assert archive.stat().st_size == 9 * MiB  # the cut happened, in the worker, under its map
+    [finding] = manifest.findings
+    assert finding.code == "SOURCE_CHANGED" and "shrank by" in dict(finding.details)["what"]
+    assert verdict(manifest.findings) == "incomplete"

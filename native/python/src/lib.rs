@@ -22,6 +22,9 @@ use archcheck_core::tar::{self, ContentScanner, Member};
 use archcheck_core::stream;
 use archcheck_core::zstd::{decode, walk};
 
+mod buffer;
+use buffer::BufferView;
+
 create_exception!(_native, NativePanic, PyException, "The native core failed (a bug in archcheck).");
 
 thread_local! {
@@ -148,10 +151,12 @@ impl Chunk {
     }
 }
 
-/// Bytes for the core: a Chunk's, or a bytes object's.
+/// Bytes for the core: a Chunk's, a bytes object's, or any other buffer's read in place (a
+/// memoryview of a mapped file).
 enum Input<'a> {
     Chunk(PyRef<'a, Chunk>),
     Bytes(Bound<'a, PyBytes>),
+    Buffer(BufferView<'a>),
 }
 
 impl<'a> Input<'a> {
@@ -159,13 +164,17 @@ impl<'a> Input<'a> {
         if let Ok(chunk) = obj.cast::<Chunk>() {
             return Ok(Input::Chunk(chunk.borrow()));
         }
-        Ok(Input::Bytes(obj.cast::<PyBytes>()?.clone()))
+        if let Ok(bytes) = obj.cast::<PyBytes>() {
+            return Ok(Input::Bytes(bytes.clone()));
+        }
+        Ok(Input::Buffer(BufferView::get(obj)?))
     }
 
     fn bytes(&self) -> &[u8] {
         match self {
             Input::Chunk(c) => &c.data,
             Input::Bytes(b) => b.as_bytes(),
+            Input::Buffer(v) => v.bytes(),
         }
     }
 }
@@ -672,10 +681,11 @@ impl ContentDigest {
 
 /// BLAKE3 of each `leaf_size` piece of `data`, in hex.
 #[pyfunction]
-fn leaf_digests(py: Python<'_>, data: &Bound<'_, PyBytes>, leaf_size: usize) -> Vec<String> {
-    let bytes = data.as_bytes();
+fn leaf_digests(py: Python<'_>, data: &Bound<'_, PyAny>, leaf_size: usize) -> PyResult<Vec<String>> {
+    let input = Input::extract(data)?;
+    let bytes = input.bytes();
     let leaves = py.detach(|| archcheck_core::raw::leaf_digests(bytes, leaf_size));
-    leaves.iter().map(|l| l.iter().map(|b| format!("{b:02x}")).collect()).collect()
+    Ok(leaves.iter().map(|l| l.iter().map(|b| format!("{b:02x}")).collect()).collect())
 }
 
 // --- tar ----------------------------------------------------------------------------------------

@@ -152,6 +152,8 @@ class Plaintext:
         start, data = self._decrypted(offset, end)
         return data[offset - start:end - start]
 
+    read_in_place = pread  # (decrypted into memory of its own)
+
     def _decrypted(self, offset: int, end: int) -> tuple[int, bytes]:
         start, data = getattr(self._local, "kept", (0, b""))
         if not (start <= offset and end <= start + len(data)):

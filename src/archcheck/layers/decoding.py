@@ -476,7 +476,7 @@ class FrameDecoders:
             while pos < frame.end and not self.stop.is_set():
                 end = min(pos + self.chunk, frame.end)
                 cut = cut_within(pos, end)  # a piece ends where a restore would stop
-                data = self.reader.pread(pos, (cut or end) - pos)
+                data = self.reader.read_in_place(pos, (cut or end) - pos)
                 if not data:
                     raise short_read()
                 pos += len(data)

@@ -12,22 +12,20 @@ import blake3
 
 from .. import _native
 from . import LEAF_SIZE
-READ_LEAVES = 1  # leaves read and hashed per call: a read buffer of one leaf per segment in flight
 
 
 def leaf_digests(reader: Any, offset: int, length: int) -> list[str]:
-    """Hash [offset, offset+length) leaf by leaf: read a few leaves at a time (pread: a file
-    cut short mid-read is a short read, never a crash), hashed by the core with the GIL released.
-    A short read is an error: the bytes are not there."""
+    """Hash [offset, offset+length) leaf by leaf, each read in place where the reader can (a
+    local file, mapped: a copy out of the page cache costs as much as the hash) and hashed by
+    the core with the GIL released. A short read is an error: the bytes are not there."""
     digests: list[str] = []
     reader.expect(offset, offset + length)
-    for start in range(offset, offset + length, READ_LEAVES * LEAF_SIZE):
-        want = min(READ_LEAVES * LEAF_SIZE, offset + length - start)
-        data = reader.pread(start, want)
-        if len(data) < want:
-            raise OSError(5, f"read {len(data)} of {want} bytes at {start}: the file ends early")
-        digests += _native.leaf_digests(data, LEAF_SIZE)
-        del data  # freed before the next read: malloc hands the same memory back, no new pages
+    for start in range(offset, offset + length, LEAF_SIZE):
+        want = min(LEAF_SIZE, offset + length - start)
+        with reader.view(start, want) as data:
+            if len(data) < want:
+                raise OSError(5, f"read {len(data)} of {want} bytes at {start}: the file ends early")
+            digests += _native.leaf_digests(data, LEAF_SIZE)
     return digests
 
 

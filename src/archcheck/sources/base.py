@@ -62,9 +62,16 @@ class RangeReader(Protocol):
     def expect(self, start: int, end: int) -> None:
         """The reads to come are in [start, end) (a remote reader reads ahead within it)."""
 
+    def check(self) -> None:
+        """SourceChanged if the archive is no longer the one the run was planned on."""
+
     def pread(self, offset: int, length: int) -> bytes: ...
 
     def readinto(self, offset: int, buffer: bytearray | memoryview) -> int: ...
+
+    def read_in_place(self, offset: int, length: int) -> bytes | memoryview:
+        """pread's bytes, read in place where the reader can (a local file's pages, mapped), as
+        long as the result is held: for the core, which reads any buffer."""
 
     def view(self, offset: int, length: int) -> AbstractContextManager[memoryview]: ...
 

@@ -21,6 +21,7 @@ from ..errors import SourceChanged, SourceError
 from .base import ArchiveIdentity, FileStamp
 
 ID_PROBE = 64 * 1024
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault a map's pages in at once
 # a test's way to make reading slow, so what depends on time (budgets, deadlines) does not
 # depend on how fast the machine is
 SLOW_READ = os.environ.get("ARCHCHECK_FAILPOINT") == "slow-read"
@@ -145,25 +146,29 @@ class LocalReader:
         _throttle()
         return os.preadv(self.fd, [buffer], offset)
 
+    def read_in_place(self, offset: int, length: int) -> bytes | memoryview:
+        """pread's bytes, read in place: mapped, no copy out of the page cache (which costs as
+        much as hashing them). Only that range is mapped (mapped pages count in RSS), prefaulted
+        in one call rather than a fault per page, and unmapped when the last view of it goes.
+        Short where the file ends now, as pread is; a file cut short while mapped kills the
+        process that touches the lost pages (SIGBUS), and the run reports the change (pipeline.Run)."""
+        _throttle()
+        length = max(0, min(length, os.fstat(self.fd).st_size - offset))
+        if length == 0:
+            return b""
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(self.fd, length + offset - start, flags=mmap.MAP_SHARED | MAP_POPULATE,
+                           prot=mmap.PROT_READ, offset=start)
+        return memoryview(mapped)[offset - start:]
+
     @contextmanager
     def view(self, offset: int, length: int) -> Iterator[memoryview]:
-        """Map only [offset, offset+length): mapped pages count in RSS, so never the file."""
-        _throttle()
-        length = max(0, min(length, self.size - offset))
-        if length == 0:
-            yield memoryview(b"")
-            return
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mm = mmap.mmap(self.fd, length + offset - start, access=mmap.ACCESS_READ, offset=start)
+        """read_in_place's bytes, unmapped at once when done."""
+        view = memoryview(self.read_in_place(offset, length))
         try:
-            mm.madvise(mmap.MADV_SEQUENTIAL)
-            view = memoryview(mm)[offset - start:]
-            try:
-                yield view
-            finally:
-                view.release()
+            yield view
         finally:
-            mm.close()
+            view.release()  # (the map goes with its last view)
 
     def find(self, needle: bytes, start: int, end: int) -> int:
         """First offset of ``needle`` in [start, end), or -1; reads one window at a time."""

@@ -135,6 +135,9 @@ class RemoteReader:
         memoryview(buffer)[:len(data)] = data
         return len(data)
 
+    def read_in_place(self, offset: int, length: int) -> bytes:
+        return self.pread(offset, length)
+
     @contextmanager
     def view(self, offset: int, length: int) -> Iterator[memoryview]:
         yield memoryview(self.pread(offset, length))
