@@ -222,6 +222,36 @@ def test_a_damaged_bzip2_block_is_placed_at_its_first_byte_and_its_member_has_no
     assert 0 <= shift - (gave - length) < 5000
 
 
+def test_a_one_block_bzip2_file_is_decoded_by_its_block(tmp_path):
+    """A tar under bzip2's 900 kB block is one block: it decodes as a block too, so damage in it
+    is the block's, at uncompressed offset 0, and none of its garbage reaches the tar walk.
+    (Decoded as a whole stream, the walk took the garbage for content: 'not a tar archive', the
+    format plain bzip2, a loss placed past the tar's end.)"""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for i in range(1, 4):
+        (tree / f"f{i}.txt").write_text("".join(f"{n}\n" for n in range(15000 * i)))
+    subprocess.run(["tar", "-C", tmp_path, "--sort=name", "--mtime=@0", "--owner=0", "--group=0",
+                    "--numeric-owner", "-cf", tmp_path / "a.tar", "t"], check=True)
+    tar = (tmp_path / "a.tar").read_bytes()
+    packed = _pack(tar, "bzip2")
+    assert len(tar) > 300_000 and len(_bzip2_blocks(packed, tmp_path / "recover")) == 1
+    result = verify(_write(tmp_path, "whole.tar.bz2", packed), state=tmp_path / "s")
+    assert (result.verdict, result.manifest.format) == ("intact", "tar+bzip2")
+    assert members_of(result) == members_of(verify(tmp_path / "a.tar", state=tmp_path / "s0"))
+    damaged = bytearray(packed)
+    damaged[len(packed) // 2] ^= 0x10
+    archive = _write(tmp_path, "one.tar.bz2", bytes(damaged))
+    assert _tool_test("bzip2", archive) == 2
+    result = verify(archive, state=tmp_path / "s1")
+    assert (corruption(result), result.exit_code, result.manifest.format) == (["BZIP2_DECODE_ERROR"], 1, "tar+bzip2")
+    assert [f.code for f in result.findings] == ["BZIP2_DECODE_ERROR"]  # no TAR_NOT_TAR of its garbage
+    finding = only(result, "BZIP2_DECODE_ERROR")
+    assert dict(finding.details)["bzip2_block"] == 0 and finding.location.uncompressed_offset == 0
+    assert finding.location.byte_range == (4, len(packed) - 10)  # the block: after "BZh9", before the end marker
+    assert members_of(result) == []
+
+
 DATA_CODES = {"xz": {"XZ_DECODE_ERROR"}, "lz4": {"LZ4_DECODE_ERROR", "LZ4_CONTENT_CHECKSUM"},
               "bzip2": {"BZIP2_DECODE_ERROR"}}
 

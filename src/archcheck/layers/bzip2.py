@@ -22,8 +22,9 @@ END_BITS = 48 + 32  # the end-of-stream magic and the combined CRC
 
 
 def walk_blocks(reader: Any) -> list[Frame] | None:
-    """Frames of kind "bzip2-block", one per block, in file order; None when the file has one
-    block only or its blocks cannot be trusted."""
+    """Frames of kind "bzip2-block", one per block, in file order (a file of one block too: a
+    block's output is checked before the walk sees it, a whole stream's is not); None when the
+    blocks cannot be trusted."""
     marks = _scan(reader)
     if marks is None:
         return None
@@ -50,7 +51,7 @@ def walk_blocks(reader: Any) -> list[Frame] | None:
         pos = -(-(end_bit + END_BITS) // 8)
     if i != len(marks):
         return None
-    return frames if len(frames) > 1 else None
+    return frames
 
 
 def _scan(reader: Any) -> list[tuple[bool, int, int]] | None:
