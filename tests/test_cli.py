@@ -187,3 +187,45 @@ def test_a_reader_that_stops_reading_leaves_the_verdict_s_exit_code(tmp_path, da
     assert (run.returncode, errors) == (1 if damaged else 0, b"")
     assert json.loads((tmp_path / "s" / "reports" / "drill-1.json").read_text())["verdict"] == (
         "corrupt" if damaged else "intact")
+
+
+def test_a_report_to_standard_output_is_the_report_alone(fx, state, damaged):
+    """`--report -`: standard output is the JSON report and nothing else (for jq), the summary goes
+    to stderr; the exit code is still the verdict's."""
+    size = (fx / "single.tar.zst").stat().st_size
+    run = cli("verify", damaged("single.tar.zst", at=size - 2, xor=1), "--state-dir", state, "--report", "-",
+              "--junit", state / "junit.xml")
+    assert run.returncode == 1
+    report = json.loads(run.stdout)
+    assert report["verdict"] == "corrupt"
+    [archive] = report["archives"]
+    assert [f["code"] for f in archive["findings"]] == ["ZSTD_CHECKSUM_MISMATCH"]
+    assert "verdict   CORRUPT" in run.stderr and "report    -" in run.stderr
+    assert (state / "junit.xml").read_text().startswith("<?xml")
+    assert not (Path.cwd() / "-").exists()
+    shown = cli("report", "drill-1", "--state-dir", state, "-o", "-")
+    assert json.loads(shown.stdout)["verdict"] == "corrupt" and shown.returncode == 1
+
+
+def test_only_one_output_can_be_standard_output(fx, state):
+    run = cli("verify", fx / "gnu.tar", "--state-dir", state, "--report", "-", "--prometheus", "-")
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr == "archcheck: only one of --report, --junit and --prometheus can be - (standard output)\n"
+    assert not (state / "drills").exists()  # refused before anything ran
+
+
+def test_an_output_that_is_no_regular_file_is_written_into_never_replaced(fx, state, tmp_path):
+    """A pipe (or /dev/stdout, /dev/null) is opened and written; renaming a file over it, as an
+    atomic write of a regular file does, would replace it (as root, /dev/null itself)."""
+    import stat
+    import threading
+    fifo = tmp_path / "report.pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    run = cli("verify", fx / "gnu.tar", "--state-dir", state, "--report", fifo)
+    reader.join(timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(got[0])["verdict"] == "intact"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and not list(tmp_path.glob(".report.pipe.*"))

@@ -93,10 +93,13 @@ def _failed(message: str, code: int) -> None:
 
 STATE_DIR = typer.Option(None, "--state-dir", envvar="ARCHCHECK_STATE_DIR",
                          help="State directory (default: $XDG_STATE_HOME/archcheck).")
-REPORT = typer.Option(None, "--report", help="Write the JSON report here.")
-JUNIT = typer.Option(None, "--junit", help="Write JUnit XML here: a suite per archive, a case per layer and gate rule.")
+REPORT = typer.Option(None, "--report", help="Write the JSON report here; - for stdout (the summary then goes "
+                                               "to stderr).")
+JUNIT = typer.Option(None, "--junit", help="Write JUnit XML here: a suite per archive, a case per layer and gate rule; "
+                                           "- for stdout.")
 PROMETHEUS = typer.Option(None, "--prometheus",
-                          help="Write Prometheus textfile-collector metrics here (a .prom file, atomically).")
+                          help="Write Prometheus textfile-collector metrics here (a .prom file, atomically); "
+                               "- for stdout.")
 REPORT_MEMBERS = typer.Option(False, "--report-members",
                               help="List every member in the JSON report (by default it names the members log, "
                                    "with its digests: a million members make a report of hundreds of MB).")
@@ -190,7 +193,7 @@ def verify_command(
     from . import api
     gate = api.GateSpec(baseline, policy, tuple(expect or ()), expect_file, save_catalog)
     with Output(progress, quiet, report_members, junit, prometheus,
-                logs=LogSpec(log_format, log_level, log_file)) as out:
+                logs=LogSpec(log_format, log_level, log_file), report=report) as out:
         result = api.run_drill(
             archives, layers=[x.strip() for x in layers.split(",") if x.strip()],
             segment_size=parse_size(segment_size, "--segment-size"),
@@ -291,7 +294,7 @@ def resume_command(
     start_early()  # the worker server loads while the library does
     from . import api
     with Output(progress, quiet, report_members, junit, prometheus,
-                logs=LogSpec(log_format, log_level, log_file)) as out:
+                logs=LogSpec(log_format, log_level, log_file), report=report) as out:
         result = api.resume(drill, state=state_dir, deadline=_deadline(deadline, until),
                             on_progress=out.progress, on_notice=out.notice, recheck=not trust_verified,
                             identity=identity)
@@ -327,7 +330,7 @@ def drill_run_command(
     start_early()  # the worker server loads while the library does
     from . import api
     with Output(progress, quiet, report_members, junit, prometheus,
-                logs=LogSpec(log_format, log_level, log_file)) as out:
+                logs=LogSpec(log_format, log_level, log_file), report=report) as out:
         result, loaded = api.run_plan(plan, state=state_dir, deadline=_deadline(deadline, until),
                                       on_progress=out.progress, on_notice=out.notice,
                                       recheck=not trust_verified, executor=executor,
@@ -415,7 +418,7 @@ def report_command(drill: str = typer.Argument(..., help="The drill, e.g. drill-
     tables, or one self-contained HTML page (inline CSS and SVG; it loads nothing). Exit codes as
     for drill status: the drill's."""
     from . import api
-    from .manifest import atomic_file
+    from .manifest import output_file
     from .reports import html_report, markdown_report
     renderers = {"json": markdown_report.render_json, "md": markdown_report.render, "html": html_report.render}
     if fmt not in renderers:
@@ -425,10 +428,10 @@ def report_command(drill: str = typer.Argument(..., help="The drill, e.g. drill-
     out = Console(highlight=False, soft_wrap=True)
     if output is None and fmt == "html":  # a page is for a browser, not a terminal
         output = Path(f"{result.drill.id}.html")
-    if output is None:
+    if output is None or str(output) == "-":
         out.print(Text(text), end="")  # a Text: never parsed for markup
     else:
-        with atomic_file(output) as f:
+        with output_file(output) as f:
             f.write(text.encode())
         out.print(Text(f"report    {safe_text(str(output))}"))
     raise typer.Exit(result.exit_code)
@@ -484,8 +487,11 @@ class Output:
     log = None  # the command's LogSink: one per process, as a command is
 
     def __init__(self, progress: bool | None, quiet: bool, report_members: bool = False,
-                 junit: Path | None = None, prometheus: Path | None = None, logs: LogSpec | None = None):
+                 junit: Path | None = None, prometheus: Path | None = None, logs: LogSpec | None = None,
+                 report: Path | None = None):
         self.report_members, self.junit, self.prometheus = report_members, junit, prometheus
+        if len(self._on_stdout(report)) > 1:
+            raise UsageError("only one of --report, --junit and --prometheus can be - (standard output)")
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
         self.quiet = quiet
@@ -546,7 +552,9 @@ class Output:
                "failed": "an archive could not be verified"}.get(drill.status)
         if why:
             self.say(f"{why}; what was verified is kept: archcheck resume {drill.id}", error=True)
-        text_report.render_drill(self.out, result, report, quiet=self.quiet)
+        # standard output carries a report as it is: the summary goes to stderr then
+        summary = self.err if self._on_stdout(report) else self.out
+        text_report.render_drill(summary, result, report, quiet=self.quiet)
         codes = [result.exit_code]
         for write in self._outputs(report):
             try:
@@ -554,11 +562,16 @@ class Output:
             except ArchcheckError as exc:
                 self.say(str(exc), error=True)
                 codes.append(exc.exit_code)
+            except BrokenPipeError:  # a reader of "-" that stopped reading: as for the text
+                _reader_gone()
         for problem in (result.seal_error and f"not sealed: {result.seal_error}", result.state_error,
                         result.gate_failure and result.gate_failure[0]):
             if problem:
                 self.say(problem, error=True)
         raise typer.Exit(combine(codes))
+
+    def _on_stdout(self, report: Path | None) -> list[Path]:
+        return [p for p in (report, self.junit, self.prometheus) if p is not None and str(p) == "-"]
 
     def _outputs(self, report: Path | None) -> list[Callable]:
         """The files CI systems and monitoring read, each written atomically; on GitHub Actions,
@@ -646,6 +659,11 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _reader_gone() -> None:
+    if isinstance(sys.stdout, _Unread):
+        sys.stdout.leave()
+
+
 class _Unread:
     """stdout, whose reader may stop reading (``| head``): what it no longer takes is dropped
     and the run goes on to its verdict's exit code. (Click ends a run whose pipe broke with
@@ -659,7 +677,7 @@ class _Unread:
             try:
                 return self._stream.write(text)
             except BrokenPipeError:
-                self._leave()
+                self.leave()
         return len(text)
 
     def flush(self) -> None:
@@ -667,9 +685,9 @@ class _Unread:
             try:
                 self._stream.flush()
             except BrokenPipeError:
-                self._leave()
+                self.leave()
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         """Nothing more goes to the reader, not even what is buffered at exit."""
         self._gone = True
         devnull = os.open(os.devnull, os.O_WRONLY)

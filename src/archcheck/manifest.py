@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 import json
 import os
+import stat
+import sys
 import tempfile
 
 import blake3
@@ -329,6 +331,35 @@ def read_sealed(path: Path, what: str) -> dict[str, Any]:
 def write_atomic(path: Path, data: bytes) -> None:
     with atomic_file(path) as f:
         f.write(data)
+
+
+@contextmanager
+def output_file(path: Path) -> Iterator[BinaryIO]:
+    """Where a user sends an output (a report, JUnit XML, metrics). "-" is standard output; a
+    path that is no regular file (/dev/stdout, /dev/null, a pipe) is written into, never
+    replaced (a rename over /dev/null, as root, would replace the device with a file); any
+    other appears whole or not at all (atomic_file)."""
+    if str(path) == "-":
+        sys.stdout.flush()  # what the text layer holds goes first
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not special:
+        with atomic_file(path) as f:
+            yield f
+        return
+    try:
+        f = open(path, "wb")
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with f:
+        yield f
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..findings import VERDICTS, verdict
-from ..manifest import Manifest, atomic_file, iter_members
+from ..manifest import Manifest, iter_members, output_file
 
 SCHEMA, VERSION = "archcheck.report", 3
 
@@ -100,7 +100,7 @@ def sealed_bytes(result: Any) -> bytes:
 def write(result: Any, path: Path, members: bool = False) -> None:
     """The report; ``members`` lists every member too, streamed from their log rather than held
     in memory (a million members make it hundreds of MB)."""
-    with atomic_file(path) as f:
+    with output_file(path) as f:
         f.write(json.dumps(build_drill(result), indent=1)[:-2].encode() + b',\n "archives": [')
         for n, (entry, verification) in enumerate(result.verifications):
             item = _archive_entry(entry, verification)

@@ -14,7 +14,7 @@ from ..coverage import parse_iso
 from ..findings import Category, Finding
 from ..codecs import STREAM_CODECS
 from ..gate import GatedFinding, GateOutcome
-from ..manifest import atomic_file
+from ..manifest import output_file
 from ..status import ExitCode, combine
 from . import safe_text
 from .text_report import where
@@ -172,5 +172,5 @@ def render(result: Any, gates: Sequence[GateOutcome]) -> bytes:
 def write(result: Any, gates: Sequence[GateOutcome], path: Path) -> None:
     """The JUnit XML file at ``path``, written atomically."""
     data = render(result, gates)
-    with atomic_file(Path(path)) as out:
+    with output_file(Path(path)) as out:
         out.write(data)

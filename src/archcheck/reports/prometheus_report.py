@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..gate import GateOutcome
-from ..manifest import Manifest, atomic_file
+from ..manifest import Manifest, output_file
 from ..status import ExitCode, combine
 from .github_report import weighed_findings
 
@@ -157,5 +157,5 @@ def write(result: Any, gates: Sequence[GateOutcome], path: Path, now: datetime |
     """The ``.prom`` file at ``path``, by atomic rename; the last success is carried over from the
     file it replaces when this run is not one."""
     text = render(result, gates, now, last_success(Path(path)))
-    with atomic_file(Path(path)) as out:
+    with output_file(Path(path)) as out:
         out.write(text.encode("utf-8", "backslashreplace"))
