@@ -57,5 +57,5 @@ class FlakyReader(LocalReader):
         if self._fault(offset, len(view)):
             copy = bytearray(view)
             copy[self.ref.position - offset] ^= 0xFF
-            return memoryview(copy)
+            return bytes(copy)
         return view

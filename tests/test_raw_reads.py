@@ -8,6 +8,8 @@ import json
 import mmap
 import os
 import subprocess
+import sys
+import textwrap
 
 import blake3
 import pytest
@@ -56,21 +58,87 @@ def test_a_plain_tar_is_walked_from_the_files_pages(tmp_path):
     assert digests == {name: xxhash.xxh3_128_hexdigest(content) for name, content in contents.items()}
 
 
-def test_the_core_reads_any_buffer_and_refuses_what_is_not_one(tmp_path):
+def test_the_core_reads_read_only_buffers_and_refuses_others(tmp_path):
+    """A map, a slice of one, bytes; not a bytearray, which another thread could write while
+    the core reads it with the GIL released; not what is no buffer."""
     data = os.urandom(3 * MiB)
     (tmp_path / "b.bin").write_bytes(data)
+    expected = _native.leaf_digests(data, MiB)
     with open(tmp_path / "b.bin", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         view = memoryview(mapped)
-        expected = _native.leaf_digests(data, MiB)
         assert _native.leaf_digests(view, MiB) == expected
-        assert _native.leaf_digests(bytearray(data), MiB) == expected
         assert _native.leaf_digests(view[MiB:], MiB) == expected[1:]
+        assert _native.resident(view, mmap.PAGESIZE)  # just written: in the page cache
         view.release()  # the core holds no view past its call: the map closes
     digest = _native.ContentDigest("xxh3-128")
     digest.update(memoryview(data)[:MiB])
-    digest.update(bytearray(data[MiB:]))
+    digest.update(data[MiB:])
     assert digest.hexdigest() == xxhash.xxh3_128_hexdigest(data)
+    with pytest.raises(TypeError, match="a read-only buffer is required"):
+        _native.leaf_digests(bytearray(data), MiB)
     with pytest.raises(TypeError, match="bytes-like object is required, not 'int'"):
         _native.leaf_digests(5, MiB)
     with pytest.raises(TypeError):
         _native.leaf_digests("text", MiB)
+
+
+def test_a_range_not_all_in_memory_is_read_not_mapped(tmp_path, monkeypatch):
+    """Touching a mapped page whose read failed (a bad sector) kills the process (SIGBUS); pread
+    fails with EIO, which is retried and reported. mincore tells a page that is in memory, read
+    whole, from one that is not (here: dropped from the page cache, not yet touched), and a
+    range with any page not in memory is read with pread instead; the bytes are the same."""
+    path = tmp_path / "c.bin"
+    data = os.urandom(4 * LEAF_SIZE)  # far more than the kernel reads ahead of a touched page
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if not _in_memory_only(path):  # (tmpfs keeps every page: nothing to drop)
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            assert not _native.resident(view, mmap.PAGESIZE)
+            assert view[0] == data[0]  # read in by touching
+            assert _native.resident(view[:mmap.PAGESIZE], mmap.PAGESIZE) and not _native.resident(view, mmap.PAGESIZE)
+            view.release()
+    with LocalReader(str(path)) as reader:
+        assert type(reader.read_in_place(4097, 2 * MiB)) is memoryview  # its pages read in at once
+        monkeypatch.setattr(_native, "resident", lambda view, page: False)  # as after a failed read
+        piece = reader.read_in_place(4097, 2 * MiB)
+        assert type(piece) is bytes and piece == data[4097:4097 + 2 * MiB]
+        assert raw.leaf_digests(reader, 0, len(data)) == [
+            blake3.blake3(data[i:i + LEAF_SIZE]).hexdigest() for i in range(0, len(data), LEAF_SIZE)]
+
+
+def _in_memory_only(path) -> bool:
+    mounts = [line.split() for line in open("/proc/mounts")]
+    here = max((m for m in mounts if str(path).startswith(m[1].rstrip("/") + "/")), key=lambda m: len(m[1]))
+    return here[2] in ("tmpfs", "ramfs")
+
+
+FEW_FILES = textwrap.dedent("""
+    import json, resource, sys
+    from archcheck.layers.stream import StreamCheck
+    from archcheck.sources.local import LocalReader
+    resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+    members = []
+    result = StreamCheck(LocalReader(sys.argv[1]), "a.tar", codec="tar", check_tar=True, threads=8, depth=8,
+                         chunk=256 * 1024, on_members=lambda line, count: members.extend(json.loads(line))).run()
+    print(json.dumps([[f.code for f in result.findings], {m[0]: m[7] for m in members if m[1] == "file"}]))
+""")
+
+
+def test_a_map_that_cannot_be_made_is_read_instead(tmp_path):
+    """CPython keeps a file descriptor per mapping: eight lanes eight pieces deep, in a process
+    allowed 40 files, run out of them; the pieces past that are read (pread) instead, and the
+    walk is whole."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    contents = {f"t/f{i}": os.urandom(16 * MiB + i) for i in range(8)}  # eight 16 MiB pieces: a lane each
+    for name, content in contents.items():
+        (tmp_path / name).write_bytes(content)
+    subprocess.run(["tar", "-C", tmp_path, "--sort=name", "-cf", tmp_path / "a.tar", "t"], check=True)
+    run = subprocess.run([sys.executable, "-c", FEW_FILES, tmp_path / "a.tar"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    findings, digests = json.loads(run.stdout)
+    assert findings == [] and digests == {name: xxhash.xxh3_128_hexdigest(c) for name, c in contents.items()}

@@ -61,14 +61,19 @@ def test_damage_that_reads_differently_again_is_unstable_not_corruption(fx, tmp_
 
 
 @pytest.mark.parametrize("layers", [("raw",), ("tar", "members")])
-def test_a_file_cut_under_a_workers_map_is_a_change_not_a_crash(fx, tmp_path, layers):
+def test_a_file_cut_under_a_workers_map_is_a_change_not_a_crash(fx, tmp_path, layers, monkeypatch):
     """Local reads are mapped: a file cut short while a worker holds its pages kills that worker
     (SIGBUS) as it touches them. The run reports the change, not a failed worker."""
+    from archcheck.errors import WorkerCrashed
     from archcheck.findings import verdict
     archive = tmp_path / "cut.tar"
     shutil.copyfile(fx / "gnu.tar", archive)
+    crashes: list[str] = []
+    real_init = WorkerCrashed.__init__
+    monkeypatch.setattr(WorkerCrashed, "__init__", lambda self, *a: crashes.append(a[0]) or real_init(self, *a))
     manifest = run_with_faults(archive, tmp_path, faults=1, position=9 * MiB, mode="cut", layers=layers)
     assert archive.stat().st_size == 9 * MiB  # the cut happened, in the worker, under its map
+    assert crashes  # the worker died touching the pages cut off (SIGBUS); a change explains it
     [finding] = manifest.findings
     assert finding.code == "SOURCE_CHANGED" and "shrank by" in dict(finding.details)["what"]
     assert verdict(manifest.findings) == "incomplete"

@@ -7,6 +7,7 @@ core's, called with the GIL released.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import threading
@@ -28,8 +29,22 @@ from .sources import SourceRef
 
 def init_worker(coordinator: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
+    _more_files()
     if coordinator is not None:
         threading.Thread(target=_end_with, args=(coordinator,), daemon=True).start()
+
+
+def _more_files() -> None:
+    """Each piece of a local file read in place holds a mapping, and CPython's mmap keeps a file
+    descriptor per mapping: lanes x depth of them (about a thousand at --workers 32 and a large
+    --max-memory, past the usual soft limit of 1024). The soft limit goes up to the hard one;
+    a map that still cannot be made is read instead (LocalReader.read_in_place)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # the limit stays; mapping falls back to reading
 
 
 def _end_with(coordinator: int) -> None:

@@ -679,6 +679,13 @@ impl ContentDigest {
 
 // --- raw ----------------------------------------------------------------------------------------
 
+/// Whether every page of a mapped buffer is in memory, read whole (mincore): the caller reads
+/// the range instead when not, so an I/O error is a failed read, not SIGBUS.
+#[pyfunction]
+fn resident(data: &Bound<'_, PyAny>, page: usize) -> PyResult<bool> {
+    Ok(BufferView::get(data)?.resident(page))
+}
+
 /// BLAKE3 of each `leaf_size` piece of `data`, in hex.
 #[pyfunction]
 fn leaf_digests(py: Python<'_>, data: &Bound<'_, PyAny>, leaf_size: usize) -> PyResult<Vec<String>> {
@@ -1019,6 +1026,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hand_frames_on, m)?)?;
     m.add_function(wrap_pyfunction!(unwalked_problem, m)?)?;
     m.add_function(wrap_pyfunction!(leaf_digests, m)?)?;
+    m.add_function(wrap_pyfunction!(resident, m)?)?;
     m.add_function(wrap_pyfunction!(is_tar_header, m)?)?;
     Ok(())
 }

@@ -17,11 +17,12 @@ from typing import Iterator
 
 import blake3
 
+from .. import _native
 from ..errors import SourceChanged, SourceError
 from .base import ArchiveIdentity, FileStamp
 
 ID_PROBE = 64 * 1024
-MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: fault a map's pages in at once
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux: a map's pages read in at once, not a fault each
 # a test's way to make reading slow, so what depends on time (budgets, deadlines) does not
 # depend on how fast the machine is
 SLOW_READ = os.environ.get("ARCHCHECK_FAILPOINT") == "slow-read"
@@ -147,19 +148,31 @@ class LocalReader:
         return os.preadv(self.fd, [buffer], offset)
 
     def read_in_place(self, offset: int, length: int) -> bytes | memoryview:
-        """pread's bytes, read in place: mapped, no copy out of the page cache (which costs as
-        much as hashing them). Only that range is mapped (mapped pages count in RSS), prefaulted
-        in one call rather than a fault per page, and unmapped when the last view of it goes.
-        Short where the file ends now, as pread is; a file cut short while mapped kills the
-        process that touches the lost pages (SIGBUS), and the run reports the change (pipeline.Run)."""
+        """pread's bytes, read in place: mapped, with no copy out of the page cache (which
+        costs as much as hashing them). Only that range is mapped (mapped pages count in RSS),
+        its pages read in at once, and unmapped when its last view goes. Where a page did not
+        read in whole (mincore: a bad sector), the range is read with pread instead: touching
+        that page would kill the process (SIGBUS), where pread fails with EIO, which is retried
+        and reported; so is a range that cannot be mapped (a FUSE mount with direct I/O, the
+        process out of file descriptors). Short where the file ends now, as pread is. (A file
+        cut short while mapped still kills the process that touches the lost pages: the run
+        reports the change, pipeline.Run.)"""
         _throttle()
         length = max(0, min(length, os.fstat(self.fd).st_size - offset))
         if length == 0:
             return b""
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(self.fd, length + offset - start, flags=mmap.MAP_SHARED | MAP_POPULATE,
-                           prot=mmap.PROT_READ, offset=start)
-        return memoryview(mapped)[offset - start:]
+        try:
+            mapped = mmap.mmap(self.fd, length + offset - start, flags=mmap.MAP_SHARED | MAP_POPULATE,
+                               prot=mmap.PROT_READ, offset=start)
+        except OSError:
+            return os.pread(self.fd, length, offset)
+        view = memoryview(mapped).toreadonly()  # PROT_READ, which CPython exports as writable all the same
+        if not _native.resident(view, mmap.PAGESIZE):
+            view.release()
+            mapped.close()
+            return os.pread(self.fd, length, offset)
+        return view[offset - start:]
 
     @contextmanager
     def view(self, offset: int, length: int) -> Iterator[memoryview]:
