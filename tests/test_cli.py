@@ -194,9 +194,10 @@ def test_a_report_to_standard_output_is_the_report_alone(fx, state, damaged):
     to stderr; the exit code is still the verdict's."""
     size = (fx / "single.tar.zst").stat().st_size
     run = cli("verify", damaged("single.tar.zst", at=size - 2, xor=1), "--state-dir", state, "--report", "-",
-              "--junit", state / "junit.xml")
+              "--junit", state / "junit.xml", env={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": ""})
     assert run.returncode == 1
-    report = json.loads(run.stdout)
+    report = json.loads(run.stdout)  # GitHub's workflow commands went to stderr too
+    assert "::error " in run.stderr
     assert report["verdict"] == "corrupt"
     [archive] = report["archives"]
     assert [f["code"] for f in archive["findings"]] == ["ZSTD_CHECKSUM_MISMATCH"]
@@ -222,10 +223,38 @@ def test_an_output_that_is_no_regular_file_is_written_into_never_replaced(fx, st
     fifo = tmp_path / "report.pipe"
     os.mkfifo(fifo)
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)  # (never holds pytest)
     reader.start()
     run = cli("verify", fx / "gnu.tar", "--state-dir", state, "--report", fifo)
     reader.join(timeout=60)
     assert run.returncode == 0, run.stderr
     assert json.loads(got[0])["verdict"] == "intact"
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and not list(tmp_path.glob(".report.pipe.*"))
+
+
+def test_a_symlinked_output_is_written_through_and_metrics_go_to_a_pipe(fx, state, tmp_path):
+    """`--report /dev/stdout > out.json` hands archcheck a symlink to a regular file: it is written
+    through, the link stays (renaming over it replaced /dev/stdout). Metrics to a pipe are written
+    without reading an earlier file from it first (that waited for a writer forever)."""
+    import threading
+    target, link = tmp_path / "target.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    fifo = tmp_path / "metrics.pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    run = cli("verify", fx / "gnu.tar", "--state-dir", state, "--report", link, "--prometheus", fifo, timeout=60)
+    reader.join(timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert link.is_symlink() and json.loads(target.read_text())["verdict"] == "intact"
+    assert b"archcheck_last_success_timestamp_seconds" in got[0]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="Linux's /dev/full")
+def test_an_output_that_cannot_be_written_is_one_line_after_the_verdict(fx, state):
+    run = cli("verify", fx / "gnu.tar", "--state-dir", state, "--report", "/dev/full")
+    assert run.returncode == 8 and "verdict   INTACT" in run.stdout
+    assert run.stderr == "archcheck: cannot write /dev/full: No space left on device\n"
+    assert Path("/dev/full").is_char_device()

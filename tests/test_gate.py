@@ -269,8 +269,11 @@ def test_expected_checksums_are_checked_in_the_same_run(base, tmp_path, state):
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     sums = tmp_path / "SHA256SUMS"
     sums.write_text(f"{'0' * 64}  other.tar.zst\n{sha}  {archive.name}\n")
-    result = gate(archive, state, expect_file=sums, expect=("blake3:" + _b3(archive),))
+    import xxhash
+    xxh3 = xxhash.xxh3_128_hexdigest(archive.read_bytes())  # (the core's digest)
+    result = gate(archive, state, expect_file=sums, expect=("blake3:" + _b3(archive), "xxh3-128:" + xxh3))
     assert result.exit_code == 0 and [r.rule for r in result.gates[0].rules] == ["expect"]
+    assert "xxh3-128" in str(result.gates[0].rules[0])
     run = cli("verify", archive, "--expect", "sha256:" + "ab" * 32, "--state-dir", state, "--no-progress")
     assert run.returncode == 1
     assert f"CHECKSUM_MISMATCH  the archive's sha256 is {sha}, --expect expects {'ab' * 32}" in run.stdout

@@ -120,6 +120,7 @@ FEW_FILES = textwrap.dedent("""
     import json, resource, sys
     from archcheck.layers.stream import StreamCheck
     from archcheck.sources.local import LocalReader
+    StreamCheck(LocalReader(sys.argv[1]), "a.tar", codec="tar", check_tar=True).run()  # what it imports on use, first
     resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
     members = []
     result = StreamCheck(LocalReader(sys.argv[1]), "a.tar", codec="tar", check_tar=True, threads=8, depth=8,
@@ -142,3 +143,42 @@ def test_a_map_that_cannot_be_made_is_read_instead(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     findings, digests = json.loads(run.stdout)
     assert findings == [] and digests == {name: xxhash.xxh3_128_hexdigest(c) for name, c in contents.items()}
+
+
+def _as_nobody(path: str) -> str:
+    """What a LocalReader of ``path`` does in a child process running as user nobody."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no test machinery, out by _exit whatever happens
+        try:
+            os.setuid(65534)
+            with LocalReader(path) as reader:
+                os.write(write, f"{reader.mappable} {type(reader.read_in_place(0, 4096)).__name__}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    said = os.read(read, 200).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    return said
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to read as another user")
+def test_a_file_whose_pages_mincore_does_not_tell_is_read_not_mapped():
+    """Linux tells which pages are in memory only to a process that owns the file or could write
+    it; to others mincore says every page is, and a failed page would kill the process. Such a
+    reader (here: user nobody, a file of root's, 0644) reads; given write access, it maps."""
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="archcheck-told-")
+    try:
+        os.chmod(folder, 0o755)
+        path = os.path.join(folder, "d.bin")
+        with open(path, "wb") as f:
+            f.write(os.urandom(MiB))
+        os.chmod(path, 0o644)
+        assert _as_nobody(path) == "False bytes"
+        os.chmod(path, 0o666)
+        assert _as_nobody(path) == "True memoryview"
+    finally:
+        shutil.rmtree(folder)

@@ -140,6 +140,7 @@ class FileDigests:
                 if not n:
                     self.digests[path] = {a: h.hexdigest() for a, h in hashers.items()}
                     return
+                piece = buffer[:n].toreadonly()  # (the core reads only read-only buffers; only this thread refills it)
                 for hasher in hashers.values():
-                    hasher.update(buffer[:n])
+                    hasher.update(piece)
         self.errors[path] = "the drill stopped before the whole file was read"

@@ -494,6 +494,7 @@ class Output:
             raise UsageError("only one of --report, --junit and --prometheus can be - (standard output)")
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
+        self.lines = self.out  # where the summary goes: stderr when a document takes stdout
         self.quiet = quiet
         Output.log = logs.open() if logs else None
         bar = (progress if progress is not None else True) and not quiet and not Output._log_on_stderr()
@@ -552,9 +553,9 @@ class Output:
                "failed": "an archive could not be verified"}.get(drill.status)
         if why:
             self.say(f"{why}; what was verified is kept: archcheck resume {drill.id}", error=True)
-        # standard output carries a report as it is: the summary goes to stderr then
-        summary = self.err if self._on_stdout(report) else self.out
-        text_report.render_drill(summary, result, report, quiet=self.quiet)
+        # standard output carries a report as it is: the summary (and GitHub's lines) go to stderr then
+        self.lines = self.err if self._on_stdout(report) else self.out
+        text_report.render_drill(self.lines, result, report, quiet=self.quiet)
         codes = [result.exit_code]
         for write in self._outputs(report):
             try:
@@ -590,8 +591,8 @@ class Output:
 
     def _github(self, result) -> None:
         from .reports import github_report
-        for line in github_report.commands(result, result.gates):
-            self.out.print(Text(line), highlight=False)  # escaped by github_report: no command injection
+        for line in github_report.commands(result, result.gates):  # (the runner reads stderr's too)
+            self.lines.print(Text(line), highlight=False)  # escaped by github_report: no command injection
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:
             github_report.write_summary(result, result.gates, Path(summary))

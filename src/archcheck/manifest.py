@@ -335,31 +335,34 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 @contextmanager
 def output_file(path: Path) -> Iterator[BinaryIO]:
-    """Where a user sends an output (a report, JUnit XML, metrics). "-" is standard output; a
-    path that is no regular file (/dev/stdout, /dev/null, a pipe) is written into, never
-    replaced (a rename over /dev/null, as root, would replace the device with a file); any
-    other appears whole or not at all (atomic_file)."""
+    """Where a user sends an output (a report, JUnit XML, metrics). "-" is standard output. A
+    path that is a symlink or no regular file (/dev/stdout, /dev/null, a pipe) is written into,
+    never replaced: an atomic write renames a new file over the path, which as root replaced
+    /dev/stdout or /dev/null themselves. Any other appears whole or not at all (atomic_file)."""
     if str(path) == "-":
         sys.stdout.flush()  # what the text layer holds goes first
-        yield sys.stdout.buffer
+        yield sys.stdout.buffer  # (a reader that stopped reading: BrokenPipeError, the CLI's to handle)
         sys.stdout.buffer.flush()
         return
-    try:
-        special = not stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
-        special = False
-    except OSError as exc:
-        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
-    if not special:
+    if not written_into(path):
         with atomic_file(path) as f:
             yield f
         return
     try:
-        f = open(path, "wb")
+        with open(path, "wb") as f:
+            yield f
     except OSError as exc:
         raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
-    with f:
-        yield f
+
+
+def written_into(path: Path) -> bool:
+    """Whether an output at ``path`` is written into rather than renamed over (output_file)."""
+    try:
+        return not stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @contextmanager

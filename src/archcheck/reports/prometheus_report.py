@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..gate import GateOutcome
-from ..manifest import Manifest, output_file
+from ..manifest import Manifest, output_file, written_into
 from ..status import ExitCode, combine
 from .github_report import weighed_findings
 
@@ -156,6 +156,8 @@ def _histogram(out: _Text, labels: dict[str, Any], values: list[float]) -> None:
 def write(result: Any, gates: Sequence[GateOutcome], path: Path, now: datetime | None = None) -> None:
     """The ``.prom`` file at ``path``, by atomic rename; the last success is carried over from the
     file it replaces when this run is not one."""
-    text = render(result, gates, now, last_success(Path(path)))
+    # (a pipe or stdout holds no earlier file: reading one would wait for a writer)
+    earlier = None if str(path) == "-" or written_into(Path(path)) else last_success(Path(path))
+    text = render(result, gates, now, earlier)
     with output_file(Path(path)) as out:
         out.write(text.encode("utf-8", "backslashreplace"))

@@ -101,6 +101,20 @@ def open_local(location: str | os.PathLike) -> LocalFile:
     return LocalFile(path.resolve(), fd)
 
 
+def _pages_told(fd: int) -> bool:
+    """Whether mincore tells this process which of the file's pages are in memory: Linux (5.0
+    on) tells only a process that owns the file or could write it, and says every page is in
+    to others. Without it a page whose read failed cannot be told, so the file is read, not
+    mapped (LocalReader.read_in_place)."""
+    euid = os.geteuid()
+    if euid in (0, os.fstat(fd).st_uid):
+        return True
+    try:
+        return os.access(f"/proc/self/fd/{fd}", os.W_OK, effective_ids=True)
+    except (NotImplementedError, OSError):
+        return False
+
+
 @dataclass(frozen=True)
 class LocalFileRef:
     uri: str
@@ -122,6 +136,7 @@ class LocalReader:
             os.close(self.fd)
             raise
         self.size = os.fstat(self.fd).st_size if stamp is None else stamp.size
+        self.mappable = _pages_told(self.fd)
 
     def check(self) -> None:
         """SourceChanged unless the file is still the one the run began with."""
@@ -161,6 +176,8 @@ class LocalReader:
         length = max(0, min(length, os.fstat(self.fd).st_size - offset))
         if length == 0:
             return b""
+        if not self.mappable:
+            return os.pread(self.fd, length, offset)
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
             mapped = mmap.mmap(self.fd, length + offset - start, flags=mmap.MAP_SHARED | MAP_POPULATE,
