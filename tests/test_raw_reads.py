@@ -182,3 +182,18 @@ def test_a_file_whose_pages_mincore_does_not_tell_is_read_not_mapped():
         assert _as_nobody(path) == "True memoryview"
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_stream_check_raises_its_soft_limit_of_open_files():
+    """Wherever it runs (a pool's worker, a Dask worker), the stream check's process may hold a
+    map per piece in flight: its soft limit of open files goes up to the hard one."""
+    script = textwrap.dedent("""
+        import resource
+        from archcheck.worker import check_stream
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        check_stream(None, type("Task", (), {"address": "/nonexistent/archcheck.sock", "authkey": b""})())
+        print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard) and hard > 64)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (run.returncode, run.stdout.strip()) == (0, "True"), run.stderr[-2000:]

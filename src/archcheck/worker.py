@@ -29,7 +29,6 @@ from .sources import SourceRef
 
 def init_worker(coordinator: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides how to stop
-    _more_files()
     if coordinator is not None:
         threading.Thread(target=_end_with, args=(coordinator,), daemon=True).start()
 
@@ -120,6 +119,7 @@ def check_stream(ref: SourceRef, task: StreamTask) -> None:
     finds goes to the coordinator as messages: ("members", line, count), ("frames", rows),
     ("checkpoint", state), ("progress", offset), ("leaf", index, digest), then ("result", StreamResult) or ("stopped",),
     ("mismatch",), ("io_error", text), or ("found", findings) and a Failure. The coordinator's "stop" ends it early."""
+    _more_files()  # here, not in a pool's initializer: a Dask worker runs this too
     try:
         with Client(task.address, authkey=task.authkey) as conn:
             _stream_to(_Sender(conn), ref, task)
