@@ -276,6 +276,32 @@ def test_trailing_garbage_after_the_last_frame(fx, state, tmp_path):
     assert finding.code == "ZSTD_TRAILING_GARBAGE" and finding.location.byte_range == (len(good), len(good) + 180)
 
 
+def raw_frame(declared: int, content: bytes) -> bytes:
+    """A single-segment frame that says it holds ``declared`` bytes: one raw block of
+    ``content``, then the right checksum of ``content``."""
+    block_header = (1 | len(content) << 3).to_bytes(3, "little")  # last, raw
+    checksum = struct.pack("<I", xxhash.xxh64_intdigest(content) & 0xFFFFFFFF)
+    return struct.pack("<IBB", 0xFD2FB528, 0x24, declared) + block_header + content + checksum
+
+
+@pytest.mark.parametrize("content, code, byte_range", [
+    # libzstd ends a frame on an empty last block without comparing its size: archcheck does
+    (b"", "ZSTD_CONTENT_SIZE_MISMATCH", (32, 45)),
+    (b"0123456789", "ZSTD_DECODE_ERROR", (38, 51)),  # libzstd's own check: the block's range
+])
+def test_a_frame_that_holds_less_than_its_header_says(state, tmp_path, content, code, byte_range):
+    first = subprocess.run(["zstd", "-q", "-c"], input=b"first frame\n" * 50, capture_output=True, check=True).stdout
+    last = subprocess.run(["zstd", "-q", "-c"], input=b"last frame\n" * 50, capture_output=True, check=True).stdout
+    assert len(first) == 32
+    bad = tmp_path / "short.zst"
+    bad.write_bytes(first + raw_frame(64, content) + last)
+    assert subprocess.run(["zstd", "-t", "-q", str(bad)], capture_output=True).returncode != 0
+    result = verify(bad, state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert (finding.code, finding.location.frame, finding.location.byte_range) == (code, 1, byte_range)
+    assert finding.location.uncompressed_offset == 600
+
+
 def test_a_legacy_frame_between_frames_is_named_and_the_next_frame_is_not_lost(fx, state, tmp_path):
     """A frame of zstd's legacy format is not checked (unverified), and it is not a frame of
     the walk: the frame after it decodes as any other."""

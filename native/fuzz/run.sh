@@ -70,7 +70,16 @@ for target in "${TARGETS[@]}"; do
     # the panic or sanitizer report and its backtrace, not the input's bytes cargo fuzz prints
     first=$(grep -n -m1 -E "panicked at|==ERROR|ERROR: libFuzzer|SUMMARY" "$log" | cut -d: -f1)
     sed -n "${first:-1},\$p" "$log" | grep -v -E '^\s*\[[0-9, ]*\]\s*$' | cut -c1-300 | head -n 70
-    find "artifacts/$target" -type f -newer "target/logs/$target.start" 2>/dev/null | sed "s|^|run.sh:   kept: native/fuzz/|"
+    # CI keeps only this output, not the files: print each new input small enough to paste back
+    find "artifacts/$target" -type f -newer "target/logs/$target.start" 2>/dev/null | while read -r kept; do
+      size=$(stat -c %s "$kept")
+      echo "run.sh:   kept: native/fuzz/$kept ($size bytes)"
+      if [ "$size" -le 65536 ]; then
+        echo "run.sh:   its bytes in base64, to the end line (restore with: base64 -d > FILE):"
+        base64 -w 100 "$kept"
+        echo "run.sh:   end of $kept"
+      fi
+    done
   fi
 done
 
