@@ -215,6 +215,21 @@ def test_only_one_output_can_be_standard_output(fx, state):
     assert not (state / "drills").exists()  # refused before anything ran
 
 
+def test_a_plans_report_to_standard_output(fx, state, tmp_path):
+    """`report: -` in a plan is standard output, as `--report -` is (not a file named - beside the
+    plan); with `--junit -` as well, the run is refused before it starts."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"archives: [{fx / 'gnu.tar'}]\nreport: '-'\nstate_dir: {state}\n")
+    run = cli("drill", "run", plan)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["verdict"] == "intact" and "verdict   INTACT" in run.stderr
+    assert not (tmp_path / "-").exists()
+    both = cli("drill", "run", plan, "--junit", "-")
+    assert both.returncode == 2 and both.stdout == ""
+    assert both.stderr == "archcheck: only one of --report, --junit and --prometheus can be - (standard output)\n"
+    assert [p.name for p in (state / "drills").iterdir()] == ["drill-1"]  # the second never started
+
+
 def test_an_output_that_is_no_regular_file_is_written_into_never_replaced(fx, state, tmp_path):
     """A pipe (or /dev/stdout, /dev/null) is opened and written; renaming a file over it, as an
     atomic write of a regular file does, would replace it (as root, /dev/null itself)."""

@@ -276,15 +276,15 @@ def _judge(result: DrillResult, gate: _Gate, digests: FileDigests | None, now: d
     return outcomes
 
 
-def run_plan(plan_path: str | os.PathLike, *, state: str | os.PathLike | None = None,
+def run_plan(plan_path: str | os.PathLike | Plan, *, state: str | os.PathLike | None = None,
              deadline: datetime | None = None, on_progress: ProgressCallback | None = None,
              on_notice: NoticeCallback | None = None, now: Callable[[], datetime] | None = None,
              recheck: bool = True, executor: str | None = None,
              identity: str | os.PathLike | None = None) -> tuple[DrillResult, Plan]:
-    """Start a drill from a plan file; ``state``, ``deadline`` and ``executor`` override the plan's;
-    ``identity`` as for ``run_drill``."""
-    from .plans import expand_archives, load_plan
-    plan = load_plan(plan_path)
+    """Start a drill from a plan file (or a plan loaded from one); ``state``, ``deadline`` and
+    ``executor`` override the plan's; ``identity`` as for ``run_drill``."""
+    from .plans import Plan, expand_archives, load_plan
+    plan = plan_path if isinstance(plan_path, Plan) else load_plan(plan_path)
     remote = remote_options(retries=plan.retries, in_flight=plan.in_flight, timeout=plan.request_timeout,
                             max_elapsed=plan.retry_max_elapsed, breaker_threshold=plan.breaker_threshold,
                             breaker_cooldown=plan.breaker_cooldown)

@@ -329,15 +329,19 @@ def drill_run_command(
     from .processes import start_early
     start_early()  # the worker server loads while the library does
     from . import api
+    from .plans import load_plan
+    loaded = load_plan(plan)
+    if report is None and loaded.report == "-":
+        report = Path("-")  # known before the run: Output refuses a second "-"
     with Output(progress, quiet, report_members, junit, prometheus,
                 logs=LogSpec(log_format, log_level, log_file), report=report) as out:
-        result, loaded = api.run_plan(plan, state=state_dir, deadline=_deadline(deadline, until),
-                                      on_progress=out.progress, on_notice=out.notice,
-                                      recheck=not trust_verified, executor=executor,
-                                      identity=identity)
-    template = loaded.report
-    if report is None and template:
-        report = Path(template.format(drill=result.drill.id, plan=loaded.name, date=datetime.now().strftime("%Y-%m-%d")))
+        result, _ = api.run_plan(loaded, state=state_dir, deadline=_deadline(deadline, until),
+                                 on_progress=out.progress, on_notice=out.notice,
+                                 recheck=not trust_verified, executor=executor,
+                                 identity=identity)
+    if report is None and loaded.report:
+        report = Path(loaded.report.format(drill=result.drill.id, plan=loaded.name,
+                                           date=datetime.now().strftime("%Y-%m-%d")))
     out.finish(result, report)
 
 

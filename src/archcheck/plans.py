@@ -58,7 +58,7 @@ class Plan:
     max_window: int | None = None
     digest: str | None = None
     state_dir: Path | None = None  # absolute
-    report: str | None = None  # an absolute path template, with {drill} (its id), {plan} (name) and {date}
+    report: str | None = None  # an absolute path template, with {drill} (its id), {plan} (name) and {date}; or -
     baseline: Path | None = None  # the CI gate's (absolute): a catalog or an archive
     policy: Path | None = None
     expect_file: Path | None = None
@@ -176,7 +176,7 @@ def load_plan(path: str | Path) -> Plan:
                         f"set at most one of {', '.join(TIME_LIMITS)}")
     base = path.absolute().parent
     for key in ("state_dir", "report", *GATE_KEYS):  # Path("/a") / "/b" is "/b": absolute paths stay as written
-        if key in values:
+        if key in values and not (key == "report" and values[key] == "-"):  # "-": stdout, as --report -
             values[key] = base / os.path.expanduser(values[key])
     if "report" in values:
         values["report"] = str(values["report"])
