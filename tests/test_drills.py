@@ -425,6 +425,22 @@ def test_a_time_budget_does_its_share_exits_0_and_the_next_drill_goes_on(drill_a
     assert manifest.run_id == "drill-1/0001"  # the pass of drill-1, gone on with
 
 
+def test_corruption_found_before_a_budget_stops_the_stream_is_in_the_verdict(drill_archives, tmp_path):
+    """The stream stops where the budget's share ends: what it found before (kept in its last
+    checkpoint) is the drill's verdict and is sealed, as a whole run finds it."""
+    archive = drill_archives / "damaged.tar.zst"
+    whole = api.verify(archive, state=tmp_path / "whole", segment_size=8 * MiB)
+    [broken] = [f for f in whole.findings if f.category.value == "corruption"]
+    share = archive.stat().st_size * 2 // 3  # the damage is a third of the way in
+    result = api.run_drill([archive], state=tmp_path, segment_size=8 * MiB, budget=Budget(bytes=share))
+    [(entry, verification)] = result.verifications
+    assert (entry.status, result.verdict, result.exit_code) == ("partial", "corrupt", 1)
+    assert verification.manifest.stream.status.value == "stopped"
+    assert [f for f in verification.findings if f.category.value == "corruption"] == [broken]
+    sealed = json.loads((tmp_path / "reports" / f"{result.drill.id}.json").read_text())
+    assert sealed["verdict"] == "corrupt"
+
+
 def test_a_drill_that_will_not_fit_its_deadline_says_so(fx, tmp_path):
     (tmp_path / "throughput.json").write_text('{"bytes_per_second": 1000}')
     run = cli("verify", fx / "multi.tar.zst", "--deadline", "1h", "--state-dir", tmp_path, "--no-progress")

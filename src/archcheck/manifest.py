@@ -126,6 +126,14 @@ class StreamState:
             return size
         return (self.checkpoint or {}).get("covered", 0)
 
+    def found_so_far(self) -> list[Finding]:
+        """What a check that has not ended found before its last checkpoint: a run stopped by
+        its deadline, budget or a signal still reports it (the walk's own findings, made again
+        by every run, only where decoding named them)."""
+        checkpoint = self.checkpoint or {}
+        named = [Finding.from_json(f) for _, f in checkpoint.get("walk_named", ())]
+        return named + [Finding.from_json(f) for f in checkpoint.get("findings", ())]
+
     def log_refs(self) -> list[Any]:
         """The logs it names: the frame table's, and those its checkpoint covers."""
         checkpoint = self.checkpoint or {}
@@ -192,7 +200,8 @@ class Manifest:
     @property
     def findings(self) -> list[Finding]:
         out = [f for seg in self.segments for f in seg.findings]
-        return out + self.stream_findings + self.run_findings
+        stream = self.stream_findings if self.stream_findings or self.stream.settled else self.stream.found_so_far()
+        return out + stream + self.run_findings
 
     @property
     def dead_letters(self) -> list[dict[str, Any]]:
