@@ -202,6 +202,33 @@ def test_broken_header_checksum_then_resync(fx, state, damaged):
     assert resync.location.byte_range == (header, offsets["./etc/config-06.conf"][0])
 
 
+@pytest.mark.parametrize("compress", [None, ["zstd", "-q", "-c"], ["gzip", "-c"]])
+@pytest.mark.parametrize("at, xor", [(257, 0x20), (5, 0x01)])  # ustar's u, a byte of the name
+def test_a_damaged_first_header_is_corruption_not_another_format(fx, state, tmp_path, compress, at, xor):
+    """tar refuses the archive ("does not look like a tar archive"); it was taken for a lone
+    compressed file (or no archive at all), intact."""
+    data = bytearray((fx / "gnu.tar").read_bytes())
+    data[at] ^= xor
+    bad = tmp_path / "first.tar"
+    bad.write_bytes(data)
+    if compress:
+        bad = tmp_path / "first.tar.z"
+        bad.write_bytes(subprocess.run([*compress], input=bytes(data), capture_output=True, check=True).stdout)
+    assert subprocess.run(["tar", "-tf", str(bad)], capture_output=True).returncode != 0
+    offsets = member_offsets(fx / "gnu.tar")
+    second = sorted(header for header, _ in offsets.values())[1]
+    result = verify(bad, state=state)
+    [finding] = [f for f in result.findings if f.category.value == "corruption"]
+    assert finding.code == "TAR_HEADER_CHECKSUM" and result.verdict == "corrupt"
+    resync = next(f for f in result.findings if f.code == "TAR_RESYNC")
+    if compress:
+        assert finding.location.uncompressed_offset == resync.location.uncompressed_offset == 0
+        assert dict(resync.details)["length"] == second
+    else:
+        assert finding.location.byte_range == (0, 512) and resync.location.byte_range == (0, second)
+    assert len(list(result.members())) == len(offsets) - 1  # the walk went on at the second header
+
+
 def _set_size(path, header, size_field: bytes):
     with open(path, "r+b") as f:
         f.seek(header)

@@ -853,10 +853,10 @@ impl TarWalker {
     }
 }
 
-/// Whether a 512-byte block is a tar header whose checksum holds.
+/// Whether a 512-byte block is a tar header: its checksum holds, or one damaged byte away.
 #[pyfunction]
 fn is_tar_header(block: &[u8]) -> bool {
-    tar::header::is_valid_header(block)
+    tar::header::is_valid_header(block) || tar::header::is_damaged_header(block)
 }
 
 // --- database files, one at a time (tests and tools) ----------------------------------------------

@@ -43,6 +43,19 @@ pub fn is_valid_header(block: &[u8]) -> bool {
     block.len() >= BLOCK && !is_zero(&block[..BLOCK]) && checksum_holds(block)
 }
 
+/// Whether a block whose checksum fails is still a tar header, with one byte damaged: its
+/// checksum field reads as a number within 255 of what its bytes sum to (one byte changes the
+/// sum by at most that), or it has the ustar magic. Other data passes this once in thousands
+/// of blocks at most: its checksum field must hold octal digits, and the right ones.
+pub fn is_damaged_header(block: &[u8]) -> bool {
+    if block.len() < BLOCK || is_zero(&block[..BLOCK]) {
+        return false;
+    }
+    let (unsigned, signed) = header_checksums(block);
+    let near = |stored: i128| (stored - unsigned).abs() <= 255 || (stored - signed).abs() <= 255;
+    &block[257..262] == b"ustar" || stored_checksum(block).is_some_and(near)
+}
+
 pub type Pax = HashMap<String, Vec<u8>>;
 
 /// pax records `"<len> <key>=<value>\n"`: the records read, and what is wrong if something is.

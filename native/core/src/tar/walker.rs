@@ -586,7 +586,7 @@ impl TarWalker {
         let stored = header::stored_checksum(block);
         let (unsigned, signed) = header::header_checksums(block);
         if !matches!(stored, Some(s) if s == unsigned || s == signed) {
-            if at == 0 && self.count == 0 && &block[257..262] != b"ustar" {
+            if at == 0 && self.count == 0 && !header::is_damaged_header(block) {
                 self.state = State::NotTar;
                 self.emit("TAR_NOT_TAR", 0, 0, vec![]);
                 return;
@@ -1157,6 +1157,31 @@ mod tests {
         out.extend(data);
         out.resize(round_up(out.len() as u64) as usize + 2 * BLOCK, 0);
         out
+    }
+
+    #[test]
+    fn a_damaged_first_header_is_damage_not_another_format() {
+        let mut archive = header("first", b'0', 3, b"ustar\x0000", |_| {});
+        archive.extend(b"abc");
+        archive.resize(BLOCK * 2, 0);
+        archive.extend(header("second", b'0', 0, b"ustar\x0000", |_| {}));
+        archive.resize(archive.len() + 2 * BLOCK, 0);
+        for (at, xor) in [(257, 0x20), (0, 0x01), (100, 0xff)] {
+            let mut damaged = archive.clone();
+            damaged[at] ^= xor; // the magic's u, the name's f, the mode
+            let mut walker = TarWalker::new(None, None);
+            walker.feed(&damaged, 0);
+            walker.finish(damaged.len() as u64, false);
+            let codes: Vec<_> = walker.findings.iter().map(|f| (f.code, f.start)).collect();
+            assert_eq!(codes, vec![("TAR_HEADER_CHECKSUM", 0), ("TAR_RESYNC", 0)], "byte {at}");
+            assert_eq!(walker.count, 1, "byte {at}: the walk goes on at the next header");
+        }
+        // text that is no tar stays not tar
+        let mut walker = TarWalker::new(None, None);
+        let text = b"-- PostgreSQL database dump\n".repeat(40);
+        walker.feed(&text, 0);
+        walker.finish(text.len() as u64, false);
+        assert_eq!(walker.findings.iter().map(|f| f.code).collect::<Vec<_>>(), vec!["TAR_NOT_TAR"]);
     }
 
     #[test]
