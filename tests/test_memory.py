@@ -33,15 +33,19 @@ def peak_rss(args: list[str]) -> tuple[int, subprocess.CompletedProcess]:
 def peak_memory(args: list[str]) -> tuple[int, int, subprocess.CompletedProcess]:
     """(peak summed RSS of the tree, as sampled; the largest high-water mark of one process, which
     the kernel keeps, so a short peak between two samples is not missed; the run)."""
-    proc = subprocess.Popen([*ARCHCHECK, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak, high = 0, {}
-    while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
-        for pid in [proc.pid, *descendants(proc.pid)]:
-            high[pid] = max(high.get(pid, 0), _status_kib(pid, "VmHWM:") * 1024)
-        time.sleep(0.02)
-    out, err = proc.communicate()
-    return peak, max(high.values(), default=0), subprocess.CompletedProcess(args, proc.returncode, out, err)
+    import tempfile
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # (a pipe fills, and blocks it)
+        proc = subprocess.Popen([*ARCHCHECK, *args], stdout=out, stderr=err, text=True)
+        peak, high = 0, {}
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            for pid in [proc.pid, *descendants(proc.pid)]:
+                high[pid] = max(high.get(pid, 0), _status_kib(pid, "VmHWM:") * 1024)
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        return peak, max(high.values(), default=0), subprocess.CompletedProcess(args, proc.returncode, out.read(),
+                                                                               err.read())
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -109,6 +113,38 @@ def test_a_bomb_of_zeros_costs_time_not_memory(tmp_path):
     assert "verdict   INTACT" in run.stdout
     print(f"bomb: {bomb.stat().st_size // 1024} KiB decoding to 2 GiB, peak RSS {peak // MiB} MiB", file=sys.stderr)
     assert peak < 200 * MiB
+
+
+def test_megabyte_names_cost_neither_memory_nor_output(tmp_path):
+    """40 members named '../N' and a MiB of escape bytes (pax paths; 2 KiB of zstd): each is a
+    restore hazard, reported with its name cut at 4096 characters, in findings and the member
+    list alike; memory does not grow with the names."""
+    import io
+    import json
+    import tarfile
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(40):
+            info = tarfile.TarInfo(f"../{i}" + "\x1b" * MiB)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    archive = tmp_path / "names.tar.zst"
+    archive.write_bytes(subprocess.run(["zstd", "-q", "-c"], input=raw.getvalue(), capture_output=True,
+                                       check=True).stdout)
+    report = tmp_path / "r.json"
+    peak, high, run = peak_memory(["verify", archive, "--no-progress", "--state-dir", tmp_path / "s",
+                                   "--report", report, "--report-members"])
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout) < 40 * 3 * 4 * 4096 and "\x1b" not in run.stdout  # (shown as \\x1b, 4 characters)
+    [entry] = json.loads(report.read_text())["archives"]
+    hazards = [f for f in entry["findings"] if f["code"] == "TAR_UNSAFE_PATH"]
+    assert len(hazards) == 40 and len(entry["members"]) == 40
+    cut = f"... ({MiB + 4} characters in all)"
+    assert hazards[0]["location"]["member"] == "../0" + "\x1b" * 4092 + cut
+    assert hazards[0]["details"]["path"] == hazards[0]["location"]["member"]  # cut once, not again
+    assert all(len(m["name"]) <= 4096 + len(cut) + 1 for m in entry["members"])
+    print(f"names: peak RSS {peak // MiB} MiB, largest process {high // MiB} MiB", file=sys.stderr)
+    assert high < 200 * MiB  # (one process reached 514 MB for 50 such names)
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -183,6 +183,23 @@ CATALOGUE: dict[str, Code] = {c.code: c for c in [
 del C, T, U, D, I, H, E, W, N, G, P
 
 
+# characters of a text from the archive (a name, a path) a finding keeps: a hostile archive's
+# megabyte names, copied into each finding, message and report, would grow without bound
+TEXT_LIMIT = 4096  # PATH_MAX: no restore creates a longer path
+
+
+_NOTE_ROOM = 40  # a text the core has cut already keeps its note of how long it was
+
+
+def bounded(value: Any) -> Any:
+    """``value``, its texts cut at TEXT_LIMIT characters (saying how long they were)."""
+    if isinstance(value, str) and len(value) > TEXT_LIMIT + _NOTE_ROOM:
+        return f"{value[:TEXT_LIMIT]}... ({len(value)} characters in all)"
+    if isinstance(value, (list, tuple)) and any(isinstance(v, str) and len(v) > TEXT_LIMIT + _NOTE_ROOM for v in value):
+        return type(value)(bounded(v) for v in value)
+    return value
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a finding is, from the archive's bytes down to the member."""
@@ -226,7 +243,9 @@ class Finding:
     def of(cls, code: str, location: Location, **details: Any) -> "Finding":
         if code not in CATALOGUE:
             raise KeyError(f"unknown finding code {code}")
-        return cls(code, location, tuple(sorted(details.items())))
+        if location.member is not None and len(location.member) > TEXT_LIMIT + _NOTE_ROOM:
+            location = replace(location, member=bounded(location.member))
+        return cls(code, location, tuple(sorted((key, bounded(value)) for key, value in details.items())))
 
     @property
     def spec(self) -> Code:

@@ -159,6 +159,22 @@ pub fn py_repr(s: &str) -> String {
     out
 }
 
+
+/// Characters of a text from the archive (a name, a link target) kept where it is reported: a
+/// hostile archive's megabyte names would otherwise be copied into every line about them. As
+/// findings.py's TEXT_LIMIT: PATH_MAX, longer than any path a restore creates.
+pub const TEXT_LIMIT: usize = 4096;
+
+/// `text`, cut at TEXT_LIMIT characters, saying how long it was.
+pub fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(TEXT_LIMIT) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => {
+            std::borrow::Cow::Owned(format!("{}... ({} characters in all)", &text[..cut], text.chars().count()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

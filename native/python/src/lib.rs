@@ -21,6 +21,7 @@ use archcheck_core::scan::{self, Router};
 use archcheck_core::tar::{self, ContentScanner, Member};
 use archcheck_core::stream;
 use archcheck_core::zstd::{decode, walk};
+use archcheck_core::text::bounded;
 
 mod buffer;
 use buffer::BufferView;
@@ -790,7 +791,7 @@ impl TarWalker {
             return None;
         }
         let hazards = members.iter()
-            .filter_map(|m| m.restore_hazard().map(|(what, path, how)| (what, path.to_string(), how, m.name.clone(), m.header_offset)))
+            .filter_map(|m| m.restore_hazard().map(|(what, path, how)| (what, bounded(path).into_owned(), how, bounded(&m.name).into_owned(), m.header_offset)))
             .collect();
         Some((PyBytes::new(py, members_json(&members).as_bytes()), members.len(), hazards))
     }

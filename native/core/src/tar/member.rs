@@ -128,7 +128,7 @@ impl Member {
     /// One JSON array, fields in FIELDS order.
     pub fn write_json(&self, out: &mut String) {
         out.push('[');
-        json_string(out, &self.name);
+        json_string(out, &crate::text::bounded(&self.name));
         out.push(',');
         json_string(out, &self.kind);
         let _ = write!(out, ",{},{},{},{},{},", self.size, self.mode, self.mtime, self.header_offset, self.data_offset);
@@ -137,7 +137,7 @@ impl Member {
             None => out.push_str("null"),
         }
         out.push(',');
-        json_string(out, &self.linkname);
+        json_string(out, &crate::text::bounded(&self.linkname));
         match self.sparse_size {
             Some(s) => {
                 let _ = write!(out, ",{s}");

@@ -15,7 +15,7 @@ use super::sparse::{self, MapCheck, OldEntry, PaxMap, Problem, TextMap, TextOutc
 use crate::digest::{DigestKind, MemberDigest};
 use crate::fields;
 use crate::finding::{Fields, Finding, Found, Value};
-use crate::text::{field_text, from_latin1, latin1, parse_int, parse_number, py_repr};
+use crate::text::{bounded, field_text, from_latin1, latin1, parse_int, parse_number, py_repr};
 
 const BATCH: usize = 2048; // members handed out together
 const RECENT: usize = 4096; // members kept for naming where a finding lies
@@ -491,15 +491,17 @@ impl TarWalker {
 
     /// The member whose header or content holds `offset`, and the offset within it (among the
     /// members still known: the current one, the batch, the recent ones).
+    /// The member holding `offset` (its name bounded: every finding in it carries a copy), and
+    /// where in it.
     pub fn member_at(&self, offset: u64) -> (Option<String>, Option<u64>) {
         if let Some(c) = &self.current {
             if offset >= c.header_offset {
-                return (Some(c.member().name), Some(offset.saturating_sub(c.data_offset)));
+                return (Some(bounded(&c.member().name).into_owned()), Some(offset.saturating_sub(c.data_offset)));
             }
         }
         for m in self.batch.iter().rev() {
             if m.header_offset <= offset && offset < m.padded_end() {
-                return (Some(m.name.clone()), Some(offset.saturating_sub(m.data_offset)));
+                return (Some(bounded(&m.name).into_owned()), Some(offset.saturating_sub(m.data_offset)));
             }
             if m.padded_end() <= offset {
                 return (None, None);
@@ -507,7 +509,7 @@ impl TarWalker {
         }
         for m in self.recent.iter().rev() {
             if m.header_offset <= offset && offset < m.padded_end() {
-                return (Some(m.name.clone()), Some(offset.saturating_sub(m.data_offset)));
+                return (Some(bounded(&m.name).into_owned()), Some(offset.saturating_sub(m.data_offset)));
             }
             if m.padded_end() <= offset {
                 break;
@@ -734,10 +736,11 @@ impl TarWalker {
         } else if let Some(name) = &self.pending.name {
             extra.name = Some(name.clone());
         }
-        if let Some(link) = &self.pending.linkname {
-            extra.linkname = Some(link.clone());
-        } else if let Some(v) = pax.get("linkpath") {
+        // pax records override GNU's long names, for the link as for the path
+        if let Some(v) = pax.get("linkpath") {
             extra.linkname = Some(crate::text::decode_lossless(v));
+        } else if let Some(link) = &self.pending.linkname {
+            extra.linkname = Some(link.clone());
         }
         if let Some(v) = pax.get("GNU.sparse.realsize").or_else(|| pax.get("GNU.sparse.size")) {
             match parse_int(v, 10) {
@@ -1157,6 +1160,42 @@ mod tests {
         out.extend(data);
         out.resize(round_up(out.len() as u64) as usize + 2 * BLOCK, 0);
         out
+    }
+
+    #[test]
+    fn a_pax_linkpath_wins_over_a_gnu_long_link_as_in_gnu_tar() {
+        let mut archive = pax_header("PaxHeaders/h", b'x', &[("linkpath", "../../../etc/passwd")]);
+        let mut long_link = header("././@LongLink", b'K', 2, b"ustar  \0", |_| {});
+        long_link.extend(b"f\0");
+        long_link.resize(2 * BLOCK, 0);
+        archive.extend(long_link);
+        archive.extend(header("h", b'1', 0, b"ustar\x0000", |_| {}));
+        archive.resize(archive.len() + 2 * BLOCK, 0);
+        let mut walker = TarWalker::new(None, None);
+        walker.feed(&archive, 0);
+        walker.finish(archive.len() as u64, false);
+        let member = walker.recent.back().expect("the hard link");
+        assert_eq!(member.linkname, "../../../etc/passwd");
+        assert!(member.restore_hazard().is_some_and(|(what, _, _)| what == "hard link target"));
+    }
+
+    #[test]
+    fn a_huge_name_is_bounded_where_it_is_reported() {
+        let name = format!("../{}", "\u{1b}".repeat(100_000));
+        let mut archive = pax_header("PaxHeaders/a", b'x', &[("path", name.as_str())]);
+        archive.extend(header("a", b'0', 1, b"ustar\x0000", |_| {}));
+        archive.extend(b"x");
+        archive.resize(round_up(archive.len() as u64) as usize + 2 * BLOCK, 0);
+        let mut walker = TarWalker::new(None, None);
+        walker.feed(&archive, 0);
+        walker.finish(archive.len() as u64, false);
+        let member = walker.recent.back().expect("the member");
+        assert_eq!(member.name, name); // the walk itself keeps it whole
+        let mut line = String::new();
+        member.write_json(&mut line);
+        assert!(line.len() < 6 * 4096 + 200 && line.contains("... (100003 characters in all)"), "{}", line.len());
+        let (shown, _) = walker.member_at(member.data_offset);
+        assert_eq!(shown.map(|s| s.chars().count()), Some(4096 + "... (100003 characters in all)".len()));
     }
 
     #[test]
