@@ -1171,9 +1171,7 @@ mod tests {
         archive.extend(long_link);
         archive.extend(header("h", b'1', 0, b"ustar\x0000", |_| {}));
         archive.resize(archive.len() + 2 * BLOCK, 0);
-        let mut walker = TarWalker::new(None, None);
-        walker.feed(&archive, 0);
-        walker.finish(archive.len() as u64, false);
+        let walker = walked(&archive);
         let member = walker.recent.back().expect("the hard link");
         assert_eq!(member.linkname, "../../../etc/passwd");
         assert!(member.restore_hazard().is_some_and(|(what, _, _)| what == "hard link target"));
@@ -1186,9 +1184,7 @@ mod tests {
         archive.extend(header("a", b'0', 1, b"ustar\x0000", |_| {}));
         archive.extend(b"x");
         archive.resize(round_up(archive.len() as u64) as usize + 2 * BLOCK, 0);
-        let mut walker = TarWalker::new(None, None);
-        walker.feed(&archive, 0);
-        walker.finish(archive.len() as u64, false);
+        let walker = walked(&archive);
         let member = walker.recent.back().expect("the member");
         assert_eq!(member.name, name); // the walk itself keeps it whole
         let mut line = String::new();
@@ -1208,18 +1204,13 @@ mod tests {
         for (at, xor) in [(257, 0x20), (0, 0x01), (100, 0xff)] {
             let mut damaged = archive.clone();
             damaged[at] ^= xor; // the magic's u, the name's f, the mode
-            let mut walker = TarWalker::new(None, None);
-            walker.feed(&damaged, 0);
-            walker.finish(damaged.len() as u64, false);
+            let walker = walked(&damaged);
             let codes: Vec<_> = walker.findings.iter().map(|f| (f.code, f.start)).collect();
             assert_eq!(codes, vec![("TAR_HEADER_CHECKSUM", 0), ("TAR_RESYNC", 0)], "byte {at}");
             assert_eq!(walker.count, 1, "byte {at}: the walk goes on at the next header");
         }
         // text that is no tar stays not tar
-        let mut walker = TarWalker::new(None, None);
-        let text = b"-- PostgreSQL database dump\n".repeat(40);
-        walker.feed(&text, 0);
-        walker.finish(text.len() as u64, false);
+        let walker = walked(&b"-- PostgreSQL database dump\n".repeat(40));
         assert_eq!(walker.findings.iter().map(|f| f.code).collect::<Vec<_>>(), vec!["TAR_NOT_TAR"]);
     }
 
@@ -1236,13 +1227,19 @@ mod tests {
         archive.extend(header("last", b'0', 1, b"ustar\x0000", |_| {}));
         archive.extend(b"z");
         archive.resize(round_up(archive.len() as u64) as usize + 2 * BLOCK, 0);
-        let mut walker = TarWalker::new(None, None);
-        walker.feed(&archive, 0);
-        walker.finish(archive.len() as u64, false);
+        let walker = walked(&archive);
         assert!(walker.findings.is_empty(), "{:?}", walker.findings);
         assert_eq!(walker.global_pax.keys().collect::<Vec<_>>(), vec!["uname"]);
         assert_eq!(walker.global_pax["uname"], b"user48");
         assert_eq!(walker.recent.back().map(|m| m.uname.as_str()), Some("user49")); // the local header's
+    }
+
+    /// A walk of the whole archive, fed at once.
+    fn walked(archive: &[u8]) -> TarWalker {
+        let mut walker = TarWalker::new(None, None);
+        walker.feed(archive, 0);
+        walker.finish(archive.len() as u64, false);
+        walker
     }
 
     /// The findings of a walk fed `chunk` bytes at a time: (code, start, end, member, detail).
