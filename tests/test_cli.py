@@ -74,7 +74,8 @@ def test_window_over_max_window_is_incomplete_naming_the_option(fx, state):
     (["--layers", "raw,bogus"], "unknown layer bogus"),
     (["--segment-size", "5M"], "multiple of 8 MiB"),
     (["--segment-size", "lots"], "cannot read 'lots' as a size"),
-    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "0"], "--workers must be between 1 and 1024, not 0"),
+    (["--workers", "99999999999999999999"], "--workers must be between 1 and 1024, not 99999999999999999999"),
     (["--digest", "md5"], "unknown digest md5"),
     (["--max-memory", "1M"], "--max-memory must be at least"),
 ])
@@ -215,6 +216,23 @@ def test_only_one_output_can_be_standard_output(fx, state):
     assert not (state / "drills").exists()  # refused before anything ran
 
 
+def test_an_archive_path_that_is_not_utf8_is_shown_escaped_and_reported(fx, state, tmp_path):
+    """The byte 0x9b (a terminal's CSI) in a file's name reaches no terminal raw, and the HTML
+    and Markdown reports of it are written (they failed on the name's undecodable byte)."""
+    name = os.fsencode(tmp_path) + b"/c1\x9b31mRED.tar"
+    with open(name, "wb") as f:
+        f.write((fx / "gnu.tar").read_bytes())
+    run = subprocess.run([*ARCHCHECK, "verify", name, "--state-dir", str(state), "--no-progress"], capture_output=True)
+    assert run.returncode == 0, run.stderr
+    assert b"\x9b" not in run.stdout and b"c1\\x9b31mRED.tar" in run.stdout
+    for fmt in ("html", "md"):
+        out = tmp_path / f"r.{fmt}"
+        shown = cli("report", "drill-1", "--state-dir", state, "--format", fmt, "-o", out)
+        assert shown.returncode == 0, shown.stderr
+        text = out.read_text()
+        assert "x9b31mRED.tar" in text and "\x9b" not in text and "\udc9b" not in text
+
+
 def test_a_plans_report_to_standard_output(fx, state, tmp_path):
     """`report: -` in a plan is standard output, as `--report -` is (not a file named - beside the
     plan); with `--junit -` as well, the run is refused before it starts."""
@@ -265,6 +283,19 @@ def test_a_symlinked_output_is_written_through_and_metrics_go_to_a_pipe(fx, stat
     assert run.returncode == 0, run.stderr
     assert link.is_symlink() and json.loads(target.read_text())["verdict"] == "intact"
     assert b"archcheck_last_success_timestamp_seconds" in got[0]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="Linux's /dev/full")
+def test_standard_output_on_a_full_disk_is_one_line_and_the_verdict_s_exit(fx, state, damaged):
+    """`verify ... > /dev/full` (cron appending to a full /var/log): the verdict's exit, corruption
+    first, then 8; never an internal error."""
+    size = (fx / "single.tar.zst").stat().st_size
+    for archive, code in ((damaged("single.tar.zst", at=size - 2, xor=1), 1), (fx / "gnu.tar", 8)):
+        with open("/dev/full", "w") as full:
+            run = subprocess.run([*ARCHCHECK, "verify", str(archive), "--state-dir", str(state)], stdout=full,
+                                 stderr=subprocess.PIPE, text=True)
+        assert (run.returncode, run.stderr) == (code, "archcheck: cannot write standard output: "
+                                                      "No space left on device\n")
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="Linux's /dev/full")

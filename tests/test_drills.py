@@ -276,6 +276,17 @@ def test_a_hand_edited_manifest_is_refused(drill_archives, tmp_path):
     assert "is damaged (not valid JSON)" in cli("resume", drill, "--state-dir", tmp_path).stderr
 
 
+def test_a_lock_that_cannot_be_taken_is_a_state_error_not_a_crash(drill_archives, tmp_path):
+    """A state directory made read-only (or a lock path that is a directory): one line, exit 8."""
+    drill_id = _stopped_drill(drill_archives / "multi.tar.zst", tmp_path)
+    lock = tmp_path / "drills" / drill_id / "lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    run = cli("resume", drill_id, "--state-dir", tmp_path, "--no-progress")
+    assert run.returncode == 8, run.stderr
+    assert run.stderr == f"archcheck: cannot lock {drill_id}: {lock}: Is a directory\n"
+
+
 def test_a_second_runner_is_refused_and_a_dead_runners_lock_is_taken_over(drill_archives, tmp_path):
     drill_id = _stopped_drill(drill_archives / "multi.tar.zst", tmp_path)
     drill = load_drill(tmp_path, drill_id)

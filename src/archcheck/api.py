@@ -451,11 +451,14 @@ def _check_memory(max_memory: int) -> int:
     return max_memory
 
 
+MAX_WORKERS = 1024  # processes (and threads) a run starts for them: more is a typo, not a machine
+
+
 def _check_workers(workers: int | None) -> int:
     if workers is None:
         return os.cpu_count() or 1
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}")
     return workers
 
 

@@ -436,7 +436,7 @@ def report_command(drill: str = typer.Argument(..., help="The drill, e.g. drill-
         out.print(Text(text), end="")  # a Text: never parsed for markup
     else:
         with output_file(output) as f:
-            f.write(text.encode())
+            f.write(text.encode(errors="backslashreplace"))  # a path that is not UTF-8 stays readable
         out.print(Text(f"report    {safe_text(str(output))}"))
     raise typer.Exit(result.exit_code)
 
@@ -661,7 +661,12 @@ def main() -> None:
         _failed_line(exc.format_message(), exc.exit_code)
     except typer.Abort:
         _failed_line("interrupted", ExitCode.INCOMPLETE)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    unwritten = sys.stdout.error if isinstance(sys.stdout, _Unread) else None
+    if unwritten:  # the verdict's code still wins over it, by the documented precedence
+        Output.say_error(f"cannot write standard output: {unwritten}", ExitCode.STATE)
+        code = combine([code, ExitCode.STATE])
+    sys.exit(code)
 
 
 def _reader_gone() -> None:
@@ -672,25 +677,32 @@ def _reader_gone() -> None:
 class _Unread:
     """stdout, whose reader may stop reading (``| head``): what it no longer takes is dropped
     and the run goes on to its verdict's exit code. (Click ends a run whose pipe broke with
-    exit 1, which here means corruption found.)"""
+    exit 1, which here means corruption found.) A write that fails otherwise (a full disk
+    under ``> log``) is dropped too, and said once at the end (``error``)."""
 
     def __init__(self, stream: Any):
         self._stream, self._gone = stream, False
+        self.error: str | None = None
 
     def write(self, text: str) -> int:
         if not self._gone:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
-                self.leave()
+            except OSError as exc:
+                self._failed(exc)
         return len(text)
 
     def flush(self) -> None:
         if not self._gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self.leave()
+            except OSError as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        if not isinstance(exc, BrokenPipeError):
+            self.error = exc.strerror or str(exc)
+        self.leave()
 
     def leave(self) -> None:
         """Nothing more goes to the reader, not even what is buffered at exit."""

@@ -182,7 +182,10 @@ class DrillLock:
         self.previous: str | None = None  # the holder recorded by a runner that died
 
     def __enter__(self) -> "DrillLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only state directory, a lock that is a directory
+            raise StateError(f"cannot lock {self.drill_id}: {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
