@@ -231,6 +231,25 @@ def _stopped_drill(archive: Path, state: Path) -> str:
     return "drill-1"
 
 
+def test_an_archive_gone_before_a_resume_fails_alone(drill_archives, tmp_path):
+    """Removed between two runs of a drill: that archive is failed (and said), the others are
+    verified; it used to stop the resume before anything ran, every time."""
+    gone = tmp_path / "gone.tar.zst"
+    shutil.copyfile(drill_archives / "single.tar.zst", gone)
+    run = cli("verify", drill_archives / "multi.tar.zst", gone, "--segment-size", "8M", "--workers", "1",
+              "--deadline", "0.1s", "--state-dir", tmp_path / "s", "--no-progress",
+              env={"ARCHCHECK_FAILPOINT": "slow-read"})
+    assert run.returncode == 3, run.stderr
+    gone.unlink()
+    again = cli("resume", "drill-1", "--state-dir", tmp_path / "s", "--no-progress", "--deadline", "10m")
+    assert again.returncode == 5, again.stderr
+    assert f"archcheck: {gone}: no such file\n" in again.stderr
+    status = api.drill_status("drill-1", state=tmp_path / "s")
+    assert [(entry.status, verification is not None) for entry, verification in status.verifications] == [
+        ("complete", True), ("failed", False)]
+    assert status.verifications[0][1].verdict == "intact"
+
+
 def test_deadline_stops_cleanly_and_resume_finishes(drill_archives, tmp_path):
     run = cli("verify", drill_archives / "multi.tar.zst", "--segment-size", "8M", "--workers", "1",
               "--deadline", "0.1s", "--state-dir", tmp_path, "--no-progress", env={"ARCHCHECK_FAILPOINT": "slow-read"})

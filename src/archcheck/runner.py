@@ -237,7 +237,11 @@ class DrillRunner:
                 events.emit(Event.ARCHIVE_FINISHED, logging.ERROR, status=entry.status, note=entry.note,
                             exit_code=entry.exit_code)
         if entry.status in ("failed", "changed"):
-            self.notice(f"{entry.path}: {entry.note}")
+            self._say_failed(entry)
+
+    def _say_failed(self, entry: DrillArchive) -> None:
+        named = entry.note.startswith(f"{entry.path}: ")  # (open_source's errors name the path)
+        self.notice(entry.note if named else f"{entry.path}: {entry.note}")
 
     def _time_left(self) -> float | None:
         ends = [t for t in (self.deadline, self.budget_deadline) if t is not None]
@@ -253,7 +257,13 @@ class DrillRunner:
             if entry.status in ENDED:
                 continue
             entry.note = entry.exit_code = None  # a failed archive is tried again
-            cov = self.coverage.get(self._identity(entry), self.options.segment_size, now)
+            try:
+                identity = self._identity(entry)
+            except ArchcheckError as exc:  # gone or unreadable since the drill began: the others go on
+                entry.status, entry.note, entry.exit_code = "failed", str(exc), int(exc.exit_code)
+                self._say_failed(entry)
+                continue
+            cov = self.coverage.get(identity, self.options.segment_size, now)
             self.coverage.put(cov)  # remembered from the first sight, for the age of unverified data
             if (skip_within and cov.complete and cov.in_progress is None
                     and (now - parse_iso(cov.complete)).total_seconds() < skip_within):
