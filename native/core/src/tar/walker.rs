@@ -644,7 +644,8 @@ impl TarWalker {
         if let Some(local) = &self.pending.pax {
             pax.extend(local.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        if let Some(value) = pax.get("size") {
+        // a pax size is the next member's: an extended header's own size is its header's (tar, tarfile)
+        if let Some(value) = pax.get("size").filter(|_| !EXTENSION_TYPES.contains(&flag)) {
             let value = trim_ascii_whitespace(value);
             if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
                 let shown = latin1(&value[..value.len().min(40)]);
@@ -1192,6 +1193,22 @@ mod tests {
         assert!(line.len() < 6 * 4096 + 200 && line.contains("... (100003 characters in all)"), "{}", line.len());
         let (shown, _) = walker.member_at(member.data_offset);
         assert_eq!(shown.map(|s| s.chars().count()), Some(4096 + "... (100003 characters in all)".len()));
+    }
+
+    #[test]
+    fn a_pax_size_is_the_members_not_the_next_extended_headers() {
+        let body = vec![b'm'; 600];
+        for first in [b'x', b'g'] {
+            let mut archive = pax_header("PaxHeaders/a", first, &[("size", "600")]);
+            archive.extend(pax_header("PaxHeaders/b", b'x', &[("path", "b")]));
+            archive.extend(header("b", b'0', 0, b"ustar\x0000", |_| {}));
+            archive.extend(&body);
+            archive.resize(round_up(archive.len() as u64) as usize + 2 * BLOCK, 0);
+            let walker = walked(&archive);
+            assert!(walker.findings.is_empty(), "{:?}", walker.findings);
+            let member = walker.recent.back().expect("the member");
+            assert_eq!((member.name.as_str(), member.size), ("b", 600));
+        }
     }
 
     #[test]
