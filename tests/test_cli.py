@@ -296,6 +296,11 @@ def test_standard_output_on_a_full_disk_is_one_line_and_the_verdict_s_exit(fx, s
                                  stderr=subprocess.PIPE, text=True)
         assert (run.returncode, run.stderr) == (code, "archcheck: cannot write standard output: "
                                                       "No space left on device\n")
+    with open("/dev/full", "w") as full:  # the report itself to standard output
+        run = subprocess.run([*ARCHCHECK, "verify", str(fx / "gnu.tar"), "--state-dir", str(state), "--report", "-"],
+                             stdout=full, stderr=subprocess.PIPE, text=True)
+    assert run.returncode == 8 and "cannot write standard output: No space left on device" in run.stderr
+    assert "internal error" not in run.stderr
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="Linux's /dev/full")

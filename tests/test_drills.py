@@ -469,6 +469,9 @@ def test_corruption_found_before_a_budget_stops_the_stream_is_in_the_verdict(dri
     assert [f for f in verification.findings if f.category.value == "corruption"] == [broken]
     sealed = json.loads((tmp_path / "reports" / f"{result.drill.id}.json").read_text())
     assert sealed["verdict"] == "corrupt"
+    manifest = verification.manifest
+    manifest.status = "changed"  # as a run that found the file changed under it leaves it
+    assert manifest.stream.found_so_far() and not [f for f in manifest.findings if f.category.value == "corruption"]
 
 
 def test_a_drill_that_will_not_fit_its_deadline_says_so(fx, tmp_path):

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import collections
 import enum
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+import blake3
 
 
 class Category(str, enum.Enum):
@@ -188,14 +191,21 @@ del C, T, U, D, I, H, E, W, N, G, P
 TEXT_LIMIT = 4096  # PATH_MAX: no restore creates a longer path
 
 
-_NOTE_ROOM = 40  # a text the core has cut already keeps its note of how long it was
+_CUT = re.compile(r"\.\.\. \(\d+ characters in all, blake3 [0-9a-f]{16}\)\Z")  # as the core cuts
+
+
+def _too_long(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) > TEXT_LIMIT
+            and not (len(value) <= TEXT_LIMIT + 64 and _CUT.search(value)))
 
 
 def bounded(value: Any) -> Any:
-    """``value``, its texts cut at TEXT_LIMIT characters (saying how long they were)."""
-    if isinstance(value, str) and len(value) > TEXT_LIMIT + _NOTE_ROOM:
-        return f"{value[:TEXT_LIMIT]}... ({len(value)} characters in all)"
-    if isinstance(value, (list, tuple)) and any(isinstance(v, str) and len(v) > TEXT_LIMIT + _NOTE_ROOM for v in value):
+    """``value``, its texts cut at TEXT_LIMIT characters, saying how long they were and the
+    BLAKE3 of the whole (as the core's text::bounded), so distinct texts stay distinct."""
+    if _too_long(value):
+        short = blake3.blake3(value.encode("utf-8", "surrogatepass")).digest(8).hex()
+        return f"{value[:TEXT_LIMIT]}... ({len(value)} characters in all, blake3 {short})"
+    if isinstance(value, (list, tuple)) and any(_too_long(v) for v in value):
         return type(value)(bounded(v) for v in value)
     return value
 
@@ -243,7 +253,7 @@ class Finding:
     def of(cls, code: str, location: Location, **details: Any) -> "Finding":
         if code not in CATALOGUE:
             raise KeyError(f"unknown finding code {code}")
-        if location.member is not None and len(location.member) > TEXT_LIMIT + _NOTE_ROOM:
+        if _too_long(location.member):
             location = replace(location, member=bounded(location.member))
         return cls(code, location, tuple(sorted((key, bounded(value)) for key, value in details.items())))
 

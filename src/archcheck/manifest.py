@@ -132,7 +132,8 @@ class StreamState:
         by every run, only where decoding named them)."""
         checkpoint = self.checkpoint or {}
         named = [Finding.from_json(f) for _, f in checkpoint.get("walk_named", ())]
-        return named + [Finding.from_json(f) for f in checkpoint.get("findings", ())]
+        found = [*checkpoint.get("findings", ()), *checkpoint.get("hazards", ())]
+        return named + [Finding.from_json(f) for f in found]
 
     def log_refs(self) -> list[Any]:
         """The logs it names: the frame table's, and those its checkpoint covers."""
@@ -200,7 +201,9 @@ class Manifest:
     @property
     def findings(self) -> list[Finding]:
         out = [f for seg in self.segments for f in seg.findings]
-        stream = self.stream_findings if self.stream_findings or self.stream.settled else self.stream.found_so_far()
+        # a changed archive's checkpoint judged bytes that are no longer there
+        ended = self.stream_findings or self.stream.settled or self.status == "changed"
+        stream = self.stream_findings if ended else self.stream.found_so_far()
         return out + stream + self.run_findings
 
     @property
@@ -349,9 +352,14 @@ def output_file(path: Path) -> Iterator[BinaryIO]:
     never replaced: an atomic write renames a new file over the path, which as root replaced
     /dev/stdout or /dev/null themselves. Any other appears whole or not at all (atomic_file)."""
     if str(path) == "-":
-        sys.stdout.flush()  # what the text layer holds goes first
-        yield sys.stdout.buffer  # (a reader that stopped reading: BrokenPipeError, the CLI's to handle)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.flush()  # what the text layer holds goes first
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise  # a reader that stopped reading: the CLI's to handle
+        except OSError as exc:  # a full disk under > report.json
+            raise StateError(f"cannot write standard output: {exc.strerror or exc}") from None
         return
     if not written_into(path):
         with atomic_file(path) as f:

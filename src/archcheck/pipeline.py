@@ -244,9 +244,9 @@ class Run:
     def _source_changed(self, what: str) -> None:
         """The archive is not the file the run began with: nothing read from it is judged. What
         the layers found is set aside (counted), never reported as the archive's damage."""
-        self._halt("changed")
         manifest = self.manifest
-        set_aside = len(manifest.findings)
+        set_aside = len(manifest.findings)  # (before the halt: a checkpoint's count too)
+        self._halt("changed")
         for record in manifest.segments:
             if record.findings:
                 record.findings = []

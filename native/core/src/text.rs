@@ -165,12 +165,17 @@ pub fn py_repr(s: &str) -> String {
 /// findings.py's TEXT_LIMIT: PATH_MAX, longer than any path a restore creates.
 pub const TEXT_LIMIT: usize = 4096;
 
-/// `text`, cut at TEXT_LIMIT characters, saying how long it was.
+/// `text`, cut at TEXT_LIMIT characters, saying how long it was and the BLAKE3 of the whole
+/// (its first 8 bytes): two long names alike in their first 4096 characters stay two names
+/// where the member list is compared (catalogs, diff, policies).
 pub fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(TEXT_LIMIT) {
         None => std::borrow::Cow::Borrowed(text),
         Some((cut, _)) => {
-            std::borrow::Cow::Owned(format!("{}... ({} characters in all)", &text[..cut], text.chars().count()))
+            let digest = blake3::hash(text.as_bytes());
+            let short: String = digest.as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect();
+            std::borrow::Cow::Owned(format!("{}... ({} characters in all, blake3 {short})", &text[..cut],
+                                            text.chars().count()))
         }
     }
 }

@@ -1190,9 +1190,14 @@ mod tests {
         assert_eq!(member.name, name); // the walk itself keeps it whole
         let mut line = String::new();
         member.write_json(&mut line);
-        assert!(line.len() < 6 * 4096 + 200 && line.contains("... (100003 characters in all)"), "{}", line.len());
+        assert!(line.len() < 6 * 4096 + 200 && line.contains("... (100003 characters in all, blake3 "), "{}", line.len());
+        let mut other = member.clone();
+        other.name.push('x');
+        let mut second = String::new();
+        other.write_json(&mut second);
+        assert_ne!(line, second, "names alike in their first 4096 characters stay distinct");
         let (shown, _) = walker.member_at(member.data_offset);
-        assert_eq!(shown.map(|s| s.chars().count()), Some(4096 + "... (100003 characters in all)".len()));
+        assert_eq!(shown.map(|s| s.chars().count()), Some(4096 + "... (100003 characters in all, blake3 )".len() + 16));
     }
 
     #[test]
@@ -1226,9 +1231,15 @@ mod tests {
             assert_eq!(codes, vec![("TAR_HEADER_CHECKSUM", 0), ("TAR_RESYNC", 0)], "byte {at}");
             assert_eq!(walker.count, 1, "byte {at}: the walk goes on at the next header");
         }
-        // text that is no tar stays not tar
-        let walker = walked(&b"-- PostgreSQL database dump\n".repeat(40));
-        assert_eq!(walker.findings.iter().map(|f| f.code).collect::<Vec<_>>(), vec!["TAR_NOT_TAR"]);
+        // text that is no tar stays not tar, and so does binary data whose checksum field is
+        // empty (it reads as 0, near the sum of a block of small bytes)
+        let mut binary = b"\x7fELF\x02\x01\x01".to_vec();
+        binary.resize(2048, 0);
+        binary[300..304].fill(0x80); // the signed sum: 602 - 4 * 128, within 255 of 0
+        for data in [b"-- PostgreSQL database dump\n".repeat(40), binary] {
+            let walker = walked(&data);
+            assert_eq!(walker.findings.iter().map(|f| f.code).collect::<Vec<_>>(), vec!["TAR_NOT_TAR"]);
+        }
     }
 
     #[test]
