@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import collections
 import enum
-import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import blake3
+from . import _native
 
 
 class Category(str, enum.Enum):
@@ -188,23 +187,21 @@ del C, T, U, D, I, H, E, W, N, G, P
 
 # characters of a text from the archive (a name, a path) a finding keeps: a hostile archive's
 # megabyte names, copied into each finding, message and report, would grow without bound
-TEXT_LIMIT = 4096  # PATH_MAX: no restore creates a longer path
-
-
-_CUT = re.compile(r"\.\.\. \(\d+ characters in all, blake3 [0-9a-f]{16}\)\Z")  # as the core cuts
+TEXT_LIMIT = _native.TEXT_LIMIT  # PATH_MAX: no restore creates a longer path
 
 
 def _too_long(value: Any) -> bool:
-    return (isinstance(value, str) and len(value) > TEXT_LIMIT
-            and not (len(value) <= TEXT_LIMIT + 64 and _CUT.search(value)))
+    return isinstance(value, str) and len(value) > TEXT_LIMIT
 
 
 def bounded(value: Any) -> Any:
-    """``value``, its texts cut at TEXT_LIMIT characters, saying how long they were and the
-    BLAKE3 of the whole (as the core's text::bounded), so distinct texts stay distinct."""
+    """``value``, its texts cut as the core cuts them (text::bounded: at TEXT_LIMIT characters,
+    with their length and BLAKE3, so distinct texts stay distinct; a cut text is kept)."""
     if _too_long(value):
-        short = blake3.blake3(value.encode("utf-8", "surrogatepass")).digest(8).hex()
-        return f"{value[:TEXT_LIMIT]}... ({len(value)} characters in all, blake3 {short})"
+        try:
+            return _native.bounded_text(value)
+        except UnicodeEncodeError:  # the bytes of a name that is not UTF-8 (os.fsdecode's surrogates)
+            return _native.bounded_text(value.encode("utf-8", "backslashreplace").decode("utf-8"))
     if isinstance(value, (list, tuple)) and any(_too_long(v) for v in value):
         return type(value)(bounded(v) for v in value)
     return value

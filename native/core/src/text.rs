@@ -168,9 +168,11 @@ pub const TEXT_LIMIT: usize = 4096;
 /// `text`, cut at TEXT_LIMIT characters, saying how long it was and the BLAKE3 of the whole
 /// (its first 8 bytes): two long names alike in their first 4096 characters stay two names
 /// where the member list is compared (catalogs, diff, policies).
+/// A text it has cut already is kept as it is (findings.py passes the core's texts through it).
 pub fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(TEXT_LIMIT) {
         None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) if already_cut(text, cut) => std::borrow::Cow::Borrowed(text),
         Some((cut, _)) => {
             let digest = blake3::hash(text.as_bytes());
             let short: String = digest.as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -180,9 +182,25 @@ pub fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Whether `text`, whose first TEXT_LIMIT characters end at byte `cut`, is what `bounded`
+/// makes of a longer one: those characters, then its note.
+fn already_cut(text: &str, cut: usize) -> bool {
+    let note = &text[cut..];
+    note.starts_with("... (") && note.ends_with(')') && note.contains(" characters in all, blake3 ") && note.len() < 64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_cut_once_stays_as_cut() {
+        let long = "é".repeat(TEXT_LIMIT + 10);
+        let cut = bounded(&long).into_owned();
+        assert!(cut.ends_with(')') && cut.contains(&format!("... ({} characters in all, blake3 ", TEXT_LIMIT + 10)));
+        assert_eq!(bounded(&cut), cut);
+        assert_ne!(bounded(&format!("{long}x")), cut);
+    }
 
     #[test]
     fn invalid_utf8_bytes_stay_visible() {

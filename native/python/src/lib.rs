@@ -854,6 +854,13 @@ impl TarWalker {
     }
 }
 
+/// A text from the archive cut where it is reported (text::bounded): findings.py's, for every
+/// layer, so that there is one form of the cut.
+#[pyfunction]
+fn bounded_text(text: &str) -> String {
+    bounded(text).into_owned()
+}
+
 /// Whether a 512-byte block is a tar header: its checksum holds, or one damaged byte away.
 #[pyfunction]
 fn is_tar_header(block: &[u8]) -> bool {
@@ -1029,5 +1036,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(leaf_digests, m)?)?;
     m.add_function(wrap_pyfunction!(resident, m)?)?;
     m.add_function(wrap_pyfunction!(is_tar_header, m)?)?;
+    m.add_function(wrap_pyfunction!(bounded_text, m)?)?;
+    m.add("TEXT_LIMIT", archcheck_core::text::TEXT_LIMIT)?;
     Ok(())
 }
